@@ -1,0 +1,54 @@
+"""yat-core: the ⵟ-product ("Yat") neural layer, written once against the array API.
+
+The functional API runs on any array-API library (NumPy, PyTorch, JAX, MLX, ...)::
+
+    >>> import numpy as np, yat_core
+    >>> yat_core.yat_product(np.ones((2, 3)), np.ones((4, 3)), epsilon=1.0).shape
+    (2, 4)
+
+Training backends live in :mod:`yat_core.backends`, framework-native layers in
+:mod:`yat_core.nn`, data loading in :mod:`yat_core.data`.
+"""
+
+from yat_core.errors import BackendUnavailableError, DataError, YatError
+from yat_core.losses import count_correct, softmax_cross_entropy
+from yat_core.mlp import (
+    LayerSpec,
+    MLPSpec,
+    count_params,
+    init_mlp,
+    mlp_forward,
+    mlp_loss,
+    mlp_value_and_grad,
+    seed_spec,
+)
+from yat_core.optim import AdamWConfig, AdamWState, adamw_init, adamw_update
+from yat_core.product import DEFAULT_EPSILON, dense, softplus, yat_product, yat_product_vjp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "yat_product",
+    "yat_product_vjp",
+    "dense",
+    "softplus",
+    "DEFAULT_EPSILON",
+    "LayerSpec",
+    "MLPSpec",
+    "seed_spec",
+    "init_mlp",
+    "mlp_forward",
+    "mlp_loss",
+    "mlp_value_and_grad",
+    "count_params",
+    "softmax_cross_entropy",
+    "count_correct",
+    "AdamWConfig",
+    "AdamWState",
+    "adamw_init",
+    "adamw_update",
+    "YatError",
+    "DataError",
+    "BackendUnavailableError",
+]

@@ -1,0 +1,5 @@
+"""``python -m yat_core`` is the ``yat-core`` command."""
+
+from yat_core.cli import main
+
+raise SystemExit(main())
