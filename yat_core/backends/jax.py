@@ -1,0 +1,58 @@
+"""JAX backend: ``jax.value_and_grad``, the whole step under ``jax.jit`` with donated buffers."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from yat_core.backends._base import Backend
+from yat_core.errors import BackendUnavailableError
+
+
+def _resolve_device(device: str | None) -> Any:
+    if device is None:
+        return jax.devices()[0]
+    platform = {"cuda": "gpu"}.get(device.split(":")[0], device.split(":")[0])
+    index = int(device.split(":")[1]) if ":" in device else 0
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError as exc:
+        raise BackendUnavailableError(f"jax has no {device!r} device here: {exc}") from None
+    if index >= len(devices):
+        raise BackendUnavailableError(f"jax sees {len(devices)} {platform} device(s); {device!r} does not exist")
+    return devices[index]
+
+
+class JaxBackend(Backend):
+    """JAX's own array-API namespace (``jax.numpy``)."""
+
+    name = "jax"
+    framework = "jax"
+    xp = jnp
+
+    def __init__(self, device: str | None = None) -> None:
+        self.jax_device = _resolve_device(device)
+        super().__init__(f"{self.jax_device.platform}:{self.jax_device.id}")
+
+    def device_name(self) -> str:
+        kind = getattr(self.jax_device, "device_kind", "")
+        return f"{self.jax_device.platform}:{self.jax_device.id}" + (f" ({kind})" if kind and kind != "cpu" else "")
+
+    def asarray(self, a: np.ndarray) -> Any:
+        return jax.device_put(a, self.jax_device)
+
+    def synchronize(self, tree: Any = None) -> None:
+        if tree is not None:
+            jax.block_until_ready(tree)
+
+    def value_and_grad(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return jax.value_and_grad(fn)
+
+    def compile(self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = ()) -> Callable[..., Any]:
+        return jax.jit(fn, donate_argnums=donate_argnums)
+
+
+BACKEND_CLASS = JaxBackend

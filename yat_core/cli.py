@@ -1,0 +1,136 @@
+"""The ``yat-core`` command line: ``train``, ``data`` and ``backends``.
+
+User errors (bad flags, missing data, an absent framework) end in one line on
+stderr and a non-zero exit status; only bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from yat_core.errors import YatError
+
+__all__ = ["main", "build_parser"]
+
+BACKEND_CHOICES = ("numpy", "torch", "jax", "mlx")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for the docs and the tests)."""
+    parser = argparse.ArgumentParser(
+        prog="yat-core", description="Train and verify the Yat (ⵟ-product) MLP on any array backend."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = commands.add_parser("train", help="train the seed model on MNIST and write a JSON receipt")
+    t.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
+                   help="array backend (default: the first installed of jax, torch, mlx, numpy)")
+    t.add_argument("--device", default=None, help="device, e.g. cpu, cuda, cuda:1, gpu (default: the backend's)")
+    t.add_argument("--epochs", type=_positive_int, default=3)
+    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--lr", type=_positive_float, default=3e-4)
+    t.add_argument("--weight-decay", type=_non_negative_float, default=0.01)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    t.add_argument("--data-dir", default=None,
+                   help="folder with the four MNIST IDX files (raw or .gz); default: cache, then download")
+    t.add_argument("--train-limit", type=_positive_int, default=None, help="train on the first N images only")
+    t.add_argument("--test-limit", type=_positive_int, default=None, help="evaluate on the first N test images only")
+    t.add_argument("--report", default=None, help="receipt path (default: receipts/train-<backend>-<time>.json)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+
+    d = commands.add_parser("data", help="fetch MNIST into the cache (or check a folder) and verify it")
+    d.add_argument("--data-dir", default=None, help="check this folder's IDX files instead of the cache")
+
+    commands.add_parser("backends", help="list the backends and whether their framework is installed")
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from yat_core.receipts import default_receipt_path, write_json_atomic
+    from yat_core.train import TrainConfig, default_backend, train
+
+    backend = args.backend or default_backend()
+    config = TrainConfig(
+        backend=backend, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, seed=args.seed, device=args.device, dtype=args.dtype,
+        data_dir=args.data_dir, train_limit=args.train_limit, test_limit=args.test_limit,
+    )
+    log = None if args.quiet else print
+    if log:
+        log(f"yat-core: training the seed model with backend {backend!r} "
+            f"({config.epochs} epochs, batch {config.batch_size}, AdamW lr {config.lr}, seed {config.seed})")
+    receipt = train(config, progress=not args.quiet, log=log)
+    path = write_json_atomic(args.report or default_receipt_path(f"train-{backend}"), receipt)
+    print(f"final test accuracy {100 * receipt['final_test_acc']:.2f}% on {receipt['n_test']:,} images; "
+          f"{receipt['total_s']:.1f} s in all; receipt: {path}")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from yat_core.data import load_mnist
+
+    data = load_mnist(args.data_dir, progress=True)
+    print(f"MNIST ok: {len(data.train_labels):,} training and {len(data.test_labels):,} test images "
+          f"from {data.source}")
+    return 0
+
+
+def _cmd_backends(args: argparse.Namespace) -> int:
+    from yat_core.backends import BACKENDS, available_backends
+
+    installed = set(available_backends())
+    for name, entry in BACKENDS.items():
+        status = "installed" if name in installed else f"missing: pip install 'yat-core[{entry.extra}]'"
+        print(f"{name:6s} {status}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    handler = {"train": _cmd_train, "data": _cmd_data, "backends": _cmd_backends}[args.command]
+    try:
+        return handler(args)
+    except (YatError, ValueError, OSError) as exc:
+        print(f"yat-core: error: {exc or exc.__class__.__name__}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("yat-core: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Receipts: the JSON record every training run leaves behind, written atomically."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["machine_info", "versions", "git_commit", "write_json_atomic", "default_receipt_path",
+           "command_line", "REQUIRED_KEYS", "HISTORY_KEYS"]
+
+#: Keys every receipt carries (checked by the tests and the parity suite).
+REQUIRED_KEYS = (
+    "backend", "device", "params", "epochs", "batch_size", "lr", "weight_decay", "seed",
+    "n_train", "n_test", "total_s", "final_test_acc", "final_test_loss", "history",
+    "versions", "machine", "git_commit",
+)
+HISTORY_KEYS = ("epoch", "train_loss", "test_loss", "test_acc", "epoch_s", "samples_per_s")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, OS and architecture of this machine.
+
+    Examples
+    --------
+    >>> sorted(machine_info())
+    ['arch', 'cores', 'cpu', 'os']
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": _cpu_model(), "cores": cores, "os": platform.platform(), "arch": platform.machine()}
+
+
+def versions(*frameworks: str) -> dict[str, str]:
+    """Versions of Python, yat_core, NumPy and the given distributions (those installed)."""
+    import importlib.metadata as md
+
+    import numpy
+
+    import yat_core
+
+    out = {"python": platform.python_version(), "yat_core": yat_core.__version__, "numpy": numpy.__version__}
+    for name in frameworks:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str | None:
+    """The commit of the checkout holding ``path`` (this package by default), or None."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = result.stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                           capture_output=True, text=True, timeout=5).stdout.strip()
+    return commit + ("-dirty" if dirty else "")
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON; readers see the old file or the new one, never half.
+
+    Examples
+    --------
+    >>> import tempfile, json, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "r.json"
+    >>> _ = write_json_atomic(p, {"a": 1}); json.loads(p.read_text())
+    {'a': 1}
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def default_receipt_path(kind: str, folder: str | os.PathLike = "receipts") -> Path:
+    """``receipts/<kind>-<UTC timestamp>.json`` in the working directory."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return Path(folder) / f"{kind}-{stamp}.json"
+
+
+def command_line() -> str:
+    """The command that started this process, for the receipt."""
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])

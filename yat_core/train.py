@@ -1,0 +1,261 @@
+"""One training loop for every backend, and the receipt it writes.
+
+The loop owns everything that must be identical across frameworks: the initial
+weights (NumPy, from the seed), the batch order (a NumPy generator seeded by
+``(seed, epoch)``), the last partial batch (kept), and the evaluation (all test
+images). The backend owns only the compiled step.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from yat_core.backends import Backend, get_backend
+from yat_core.mlp import MLPSpec, count_params, init_mlp_numpy, seed_spec
+from yat_core.optim import AdamWConfig, adamw_init
+from yat_core.receipts import command_line, git_commit, machine_info, versions
+
+__all__ = ["TrainConfig", "train", "batch_order", "evaluate", "default_backend", "DEFAULT_BACKEND_ORDER"]
+
+#: Tried in this order when no backend is named: the fastest installed one wins.
+DEFAULT_BACKEND_ORDER = ("jax", "torch", "mlx", "numpy")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; recorded in the receipt.
+
+    Examples
+    --------
+    >>> TrainConfig(backend="numpy").batch_size
+    128
+    """
+
+    backend: str = "jax"
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    adam_eps: float = 1e-8
+    seed: int = 0
+    device: str | None = None
+    dtype: str = "float32"
+    data_dir: str | None = None
+    train_limit: int | None = None  # use the first N training images (tests, quick runs)
+    test_limit: int | None = None
+    eval_batch: int = 2000
+
+    def validate(self) -> None:
+        """Raise :class:`ValueError` for settings no run can use."""
+        for name in ("epochs", "batch_size", "eval_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_limit", "test_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        self.optimizer().validate()
+
+    def optimizer(self) -> AdamWConfig:
+        return AdamWConfig(self.lr, self.b1, self.b2, self.adam_eps, self.weight_decay)
+
+
+def default_backend() -> str:
+    """The first installed backend of :data:`DEFAULT_BACKEND_ORDER`."""
+    from yat_core.backends import available_backends
+
+    installed = available_backends()
+    return next(name for name in DEFAULT_BACKEND_ORDER if name in installed)
+
+
+def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The shuffled sample order of one epoch: the same on every backend.
+
+    Examples
+    --------
+    >>> batch_order(0, 1, 5).tolist() == batch_order(0, 1, 5).tolist()
+    True
+    """
+    return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
+
+
+def evaluate(backend: Backend, eval_fn: Callable, params: Any, images: Any, labels: Any, n: int, chunk: int) -> tuple[float, float]:
+    """Mean loss and accuracy over all ``n`` examples, evaluated in chunks (none dropped)."""
+    loss_sum, correct = 0.0, 0
+    for start in range(0, n, chunk):
+        batch_loss, batch_correct = eval_fn(params, images[start:start + chunk], labels[start:start + chunk])
+        loss_sum += float(backend.to_numpy(batch_loss))
+        correct += int(backend.to_numpy(batch_correct))
+    return loss_sum / n, correct / n
+
+
+class _Progress:
+    """A tqdm bar on an interactive terminal; silent otherwise (CI logs stay short)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+        self.start = time.perf_counter()
+
+    def update(self, done: int, samples: int, loss: Callable[[], float]) -> None:
+        if self.bar is None:
+            return
+        rate = samples / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"loss {loss():.4f}, {rate:,.0f} samples/s", refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(
+    config: TrainConfig,
+    *,
+    data: Any = None,
+    spec: MLPSpec | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Train the model with ``config`` and return its receipt (a JSON-ready dict).
+
+    Parameters
+    ----------
+    config : TrainConfig
+    data : MNIST-like, optional
+        Anything with ``train_images``, ``train_labels``, ``test_images``,
+        ``test_labels`` (uint8); loaded with :func:`yat_core.data.load_mnist` when None.
+    spec : MLPSpec, optional
+        The model; the seed model by default.
+    progress : bool
+        Show a progress bar (only on an interactive terminal).
+    log : callable or None
+        Receives one summary line per epoch.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> tiny = SimpleNamespace(train_images=rng.integers(0, 256, (64, 28, 28), dtype=np.uint8),
+    ...     train_labels=rng.integers(0, 10, 64).astype(np.uint8), test_images=rng.integers(
+    ...     0, 256, (16, 28, 28), dtype=np.uint8), test_labels=rng.integers(0, 10, 16).astype(np.uint8),
+    ...     source="random")
+    >>> receipt = train(TrainConfig(backend="numpy", epochs=1, batch_size=32), data=tiny, log=None)
+    >>> receipt["params"], receipt["n_train"], len(receipt["history"])
+    (235148, 64, 1)
+    """
+    t_start = time.perf_counter()
+    config.validate()
+    spec = seed_spec() if spec is None else spec
+    backend = get_backend(config.backend, config.device)
+    if data is None:
+        from yat_core.data import load_mnist
+
+        data = load_mnist(config.data_dir, progress=progress)
+    load_s = time.perf_counter() - t_start
+
+    train_x, train_y = _subset(data.train_images, data.train_labels, config.train_limit)
+    test_x, test_y = _subset(data.test_images, data.test_labels, config.test_limit)
+    n_train, n_test = len(train_y), len(test_y)
+    images, labels = backend.asarray(train_x), backend.asarray(train_y)
+    test_images, test_labels = backend.asarray(test_x), backend.asarray(test_y)
+
+    params = {k: backend.asarray(v) for k, v in init_mlp_numpy(spec, config.seed, np.dtype(config.dtype)).items()}
+    opt_state = adamw_init(params, xp=backend.xp)
+    step = backend.train_step(spec, config.optimizer())
+    eval_fn = backend.eval_step(spec)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+
+    history: list[dict[str, Any]] = []
+    first_step_s = None
+    for epoch in range(1, config.epochs + 1):
+        order = backend.asarray(batch_order(config.seed, epoch, n_train))
+        bar = _Progress(steps_per_epoch, f"epoch {epoch}/{config.epochs}", progress)
+        losses = []
+        t0 = time.perf_counter()
+        for i, start in enumerate(range(0, n_train, config.batch_size)):
+            params, opt_state, loss = step(params, opt_state, images, labels, order[start:start + config.batch_size])
+            backend.settle((params, opt_state, loss))
+            losses.append(loss)
+            if first_step_s is None:
+                backend.synchronize(loss)
+                first_step_s = time.perf_counter() - t_start
+            if i % 20 == 0 or i == steps_per_epoch - 1:
+                bar.update(i + 1, min(n_train, (i + 1) * config.batch_size), lambda: float(backend.to_numpy(loss)))
+        backend.synchronize((params, opt_state, losses))
+        epoch_s = time.perf_counter() - t0
+        bar.close()
+        step_losses = [float(backend.to_numpy(v)) for v in losses]
+        t_eval = time.perf_counter()
+        test_loss, test_acc = evaluate(backend, eval_fn, params, test_images, test_labels, n_test, config.eval_batch)
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(step_losses)),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "epoch_s": epoch_s,
+            "samples_per_s": n_train / epoch_s,
+            "eval_s": time.perf_counter() - t_eval,
+            "step_loss": step_losses,
+        }
+        history.append(record)
+        if log is not None:
+            log(
+                f"epoch {epoch}/{config.epochs}  train_loss {record['train_loss']:.4f}  "
+                f"test_loss {test_loss:.4f}  test_acc {100 * test_acc:.2f}%  "
+                f"{epoch_s:.2f} s  {record['samples_per_s']:,.0f} samples/s"
+            )
+
+    return {
+        "kind": "train",
+        "backend": backend.name,
+        "device": backend.device_name(),
+        "params": count_params(spec),
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "weight_decay": config.weight_decay,
+        "seed": config.seed,
+        "optimizer": {"name": "adamw", **config.optimizer()._asdict(), "bias_correction": True,
+                      "decay_applies_to": "all parameters"},
+        "dtype": config.dtype,
+        "n_train": n_train,
+        "n_test": n_test,
+        "steps_per_epoch": steps_per_epoch,
+        "model": [asdict(layer) for layer in spec.layers],
+        "data": {"source": getattr(data, "source", "in-memory"), "pixel_scale": "k/255"},
+        "total_s": time.perf_counter() - t_start,
+        "load_s": load_s,
+        "first_step_s": first_step_s,
+        "final_test_acc": history[-1]["test_acc"],
+        "final_test_loss": history[-1]["test_loss"],
+        "history": history,
+        "versions": versions(backend.framework),
+        "machine": machine_info(),
+        "git_commit": git_commit(),
+        "command": command_line(),
+        "config": asdict(config),
+    }
+
+
+def _subset(images: np.ndarray, labels: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    if images.ndim < 2 or len(images) != len(labels):
+        raise ValueError(f"images {images.shape} and labels {labels.shape} do not match")
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    flat = np.ascontiguousarray(images.reshape(len(images), -1))
+    return flat, labels.astype(np.int32)
