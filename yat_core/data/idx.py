@@ -239,6 +239,7 @@ def atomic_write_files(files: Mapping[Path, bytes]) -> None:
     Examples
     --------
     >>> import secrets
+    >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
     >>> atomic_write_files({d / "a": b"1", d / "b": b"2"})
     >>> sorted(p.name for p in d.iterdir())

