@@ -22,8 +22,9 @@ from yat_core.product import (
     softplus,
     softplus_inverse,
     validate_epsilon,
+    yat_backward,
+    yat_forward,
     yat_product,
-    yat_product_vjp,
 )
 
 __all__ = [
@@ -330,25 +331,36 @@ def mlp_value_and_grad(
     """
     xp = array_namespace(images) if xp is None else xp
     dtype = next(iter(params.values())).dtype
-    x = images if xp.isdtype(images.dtype, "real floating") else flatten_images(images, dtype, xp=xp)
-    acts = layer_inputs(params, x, spec, xp=xp)
-    logits = acts[-1]
+    h = images if xp.isdtype(images.dtype, "real floating") else flatten_images(images, dtype, xp=xp)
+    if h.ndim != 2 or h.shape[1] != spec.in_features:
+        raise ValueError(f"the model expects inputs of shape (n, {spec.in_features}), got {tuple(h.shape)}")
+    # Forward, keeping each layer's input (linear) or residuals (yat) for the backward pass.
+    saved: list[Any] = []
+    for i, layer in enumerate(spec.layers):
+        prefix = f"{i}."
+        if layer.kind == "yat":
+            kwargs = _yat_kwargs(layer, params, prefix, xp)
+            h, res = yat_forward(h, params[prefix + "kernel"], xp=xp, **kwargs)
+            saved.append(res)
+        else:
+            h_in, h = h, _layer_forward(layer, params, prefix, h, xp)
+            saved.append((h_in, h))
+    logits = h
     loss = softmax_cross_entropy(logits, labels, xp=xp)
     g = cross_entropy_grad(logits, labels, xp=xp)
     grads: Params = {}
     for i in reversed(range(len(spec.layers))):
-        layer, prefix, h = spec.layers[i], f"{i}.", acts[i]
-        kernel = params[prefix + "kernel"]
+        layer, prefix = spec.layers[i], f"{i}."
         if layer.kind == "linear":
-            if layer.activation == "relu":
-                g = xp.where(acts[i + 1] > 0, g, 0.0)
-            grads[prefix + "kernel"] = xp.matrix_transpose(g) @ h
+            h_in, out = saved[i]
+            if layer.activation == "relu":  # out = relu(pre): positive exactly where pre is
+                g = xp.where(out > 0, g, 0.0)
+            grads[prefix + "kernel"] = xp.matrix_transpose(g) @ h_in
             if layer.bias == LEARNABLE:
                 grads[prefix + "bias"] = xp.sum(g, axis=0)
-            g = g @ kernel
+            g = g @ params[prefix + "kernel"]
             continue
-        kwargs = _yat_kwargs(layer, params, prefix, xp)
-        parts = yat_product_vjp(h, kernel, g, xp=xp, **kwargs)
+        parts = yat_backward(saved[i], g, xp=xp)
         grads[prefix + "kernel"] = parts.w
         if parts.bias is not None:
             grads[prefix + "bias"] = parts.bias

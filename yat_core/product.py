@@ -26,6 +26,9 @@ __all__ = [
     "SPHERICAL_NORM_EPS",
     "yat_product",
     "yat_product_vjp",
+    "yat_forward",
+    "yat_backward",
+    "YatResiduals",
     "YatGrads",
     "dense",
     "softplus",
@@ -54,8 +57,13 @@ class YatGrads(NamedTuple):
     epsilon: Array | None
 
 
-class _Parts(NamedTuple):
-    # Intermediates shared by the forward pass and its VJP.
+class YatResiduals(NamedTuple):
+    """Intermediates of :func:`yat_forward` that :func:`yat_backward` reuses.
+
+    Keeping them means the backward pass never recomputes the forward matrix
+    product.
+    """
+
     x_unit: Array  # x as used in the dot (normalised in spherical mode)
     w_unit: Array
     x_norm: Array | None  # only in spherical mode
@@ -65,6 +73,10 @@ class _Parts(NamedTuple):
     denom: Array  # clamped distance + epsilon
     ratio: Array  # (dot + bias)^2 / denom
     y: Array
+    bias: Any  # the options, as given (arrays or constants)
+    alpha: Any
+    epsilon: Any
+    spherical: bool
 
 
 def _is_number(v: Any) -> bool:
@@ -119,7 +131,7 @@ def _row_norm(a: Array, xp: Any) -> Array:
     return xp.maximum(xp.sqrt(sq), SPHERICAL_NORM_EPS)
 
 
-def _parts(x: Array, w: Array, bias: Any, alpha: Any, epsilon: Any, spherical: bool, xp: Any) -> _Parts:
+def _parts(x: Array, w: Array, bias: Any, alpha: Any, epsilon: Any, spherical: bool, xp: Any) -> YatResiduals:
     x_norm = w_norm = None
     if spherical:
         x_norm, w_norm = _row_norm(x, xp), _row_norm(w, xp)
@@ -140,7 +152,9 @@ def _parts(x: Array, w: Array, bias: Any, alpha: Any, epsilon: Any, spherical: b
     denom = dist + epsilon
     ratio = (numer_base * numer_base) / denom
     y = ratio if alpha is None else alpha * ratio
-    return _Parts(x_unit, w_unit, x_norm, w_norm, numer_base, raw_dist, denom, ratio, y)
+    return YatResiduals(
+        x_unit, w_unit, x_norm, w_norm, numer_base, raw_dist, denom, ratio, y, bias, alpha, epsilon, spherical
+    )
 
 
 def yat_product(
@@ -207,6 +221,71 @@ def _unit_vjp(g_unit: Array, unit: Array, norm: Array, xp: Any) -> Array:
     return xp.where(on_floor, g_unit, g_unit - unit * radial) / norm
 
 
+def yat_forward(
+    x: Array,
+    w: Array,
+    /,
+    *,
+    bias: Array | float | None = None,
+    alpha: Array | float | None = None,
+    epsilon: Array | float = DEFAULT_EPSILON,
+    spherical: bool = False,
+    xp: Any = None,
+) -> tuple[Array, YatResiduals]:
+    """:func:`yat_product` that also returns what :func:`yat_backward` needs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y, res = yat_forward(np.ones((1, 2)), np.ones((3, 2)), epsilon=1.0)
+    >>> y.shape, res.denom.shape
+    ((1, 3), (1, 3))
+    """
+    xp = array_namespace(x, w) if xp is None else xp
+    _check_inputs(x, w, bias, alpha, epsilon, xp)
+    res = _parts(x, w, bias, alpha, epsilon, spherical, xp)
+    return res.y, res
+
+
+def yat_backward(res: YatResiduals, g: Array, /, *, xp: Any = None) -> YatGrads:
+    """Gradients of ``sum(g * y)`` from the residuals of :func:`yat_forward`.
+
+    Two matrix products, like a linear layer's backward pass: the distance's dot
+    term is folded into the dot's gradient.
+    """
+    xp = array_namespace(g) if xp is None else xp
+    alpha, bias, epsilon = res.alpha, res.bias, res.epsilon
+    g_ratio = g if alpha is None else g * alpha
+    g_numer = g_ratio * 2.0 * res.numer_base / res.denom
+    g_denom = -g_ratio * res.ratio / res.denom
+    g_dist = xp.where(res.raw_dist > 0, g_denom, 0.0)
+    batch_axes = tuple(range(g.ndim - 1))
+
+    def _over_batch(a: Array) -> Array:
+        return xp.sum(a, axis=batch_axes) if batch_axes else a
+
+    g_bias = None if bias is None or _is_number(bias) else _over_batch(g_numer)
+    g_alpha = None
+    if alpha is not None and not _is_number(alpha):
+        g_alpha = xp.reshape(xp.sum(g * res.ratio), alpha.shape)
+    g_eps = None if _is_number(epsilon) else xp.reshape(xp.sum(g_denom), epsilon.shape)
+
+    # dist = |x|^2 + |w|^2 - 2 dot (or 2 - 2 dot): fold its dot term into g_dot.
+    g_dot = g_numer - 2.0 * g_dist
+    n_in, n_out = res.x_unit.shape[-1], res.w_unit.shape[0]
+    x2d = xp.reshape(res.x_unit, (-1, n_in))
+    g_dot2d = xp.reshape(g_dot, (-1, n_out))
+    g_x_unit = g_dot @ res.w_unit
+    g_w_unit = xp.matrix_transpose(g_dot2d) @ x2d
+    if res.spherical:
+        g_x = _unit_vjp(g_x_unit, res.x_unit, res.x_norm, xp)
+        g_w = _unit_vjp(g_w_unit, res.w_unit, res.w_norm, xp)
+    else:
+        g_x = g_x_unit + 2.0 * res.x_unit * xp.sum(g_dist, axis=-1, keepdims=True)
+        g_w = g_w_unit + 2.0 * res.w_unit * xp.reshape(_over_batch(g_dist), (-1, 1))
+    return YatGrads(g_x, g_w, g_bias, g_alpha, g_eps)
+
+
 def yat_product_vjp(
     x: Array,
     w: Array,
@@ -223,7 +302,8 @@ def yat_product_vjp(
 
     Given the upstream gradient ``g`` (same shape as the output), returns the
     gradient of ``sum(g * yat_product(x, w, ...))`` with respect to every array
-    input. Costs two matrix products, like a linear layer's backward pass.
+    input (``None`` for constants). Recomputes the forward pass; use
+    :func:`yat_forward` / :func:`yat_backward` to reuse it.
 
     Examples
     --------
@@ -234,37 +314,8 @@ def yat_product_vjp(
     ((1, 2), (1, 2), True)
     """
     xp = array_namespace(x, w, g) if xp is None else xp
-    _check_inputs(x, w, bias, alpha, epsilon, xp)
-    p = _parts(x, w, bias, alpha, epsilon, spherical, xp)
-    g_ratio = g if alpha is None else g * alpha
-    g_numer = g_ratio * 2.0 * p.numer_base / p.denom
-    g_denom = -g_ratio * p.ratio / p.denom
-    g_dist = xp.where(p.raw_dist > 0, g_denom, 0.0)
-    batch_axes = tuple(range(g.ndim - 1))
-
-    def _over_batch(a: Array) -> Array:
-        return xp.sum(a, axis=batch_axes) if batch_axes else a
-
-    g_bias = None if bias is None or _is_number(bias) else _over_batch(g_numer)
-    g_alpha = None
-    if alpha is not None and not _is_number(alpha):
-        g_alpha = xp.reshape(xp.sum(g * p.ratio), alpha.shape)
-    g_eps = None if _is_number(epsilon) else xp.reshape(xp.sum(g_denom), epsilon.shape)
-
-    # dist = |x|^2 + |w|^2 - 2 dot (or 2 - 2 dot): fold its dot term into g_dot so
-    # the dot's gradient costs one matrix product per input.
-    g_dot = g_numer - 2.0 * g_dist
-    x2d = xp.reshape(p.x_unit, (-1, x.shape[-1]))
-    g_dot2d = xp.reshape(g_dot, (-1, w.shape[0]))
-    g_x_unit = g_dot @ p.w_unit
-    g_w_unit = xp.matrix_transpose(g_dot2d) @ x2d
-    if spherical:
-        g_x = _unit_vjp(g_x_unit, p.x_unit, p.x_norm, xp)
-        g_w = _unit_vjp(g_w_unit, p.w_unit, p.w_norm, xp)
-    else:
-        g_x = g_x_unit + 2.0 * p.x_unit * xp.sum(g_dist, axis=-1, keepdims=True)
-        g_w = g_w_unit + 2.0 * p.w_unit * xp.reshape(_over_batch(g_dist), (-1, 1))
-    return YatGrads(g_x, g_w, g_bias, g_alpha, g_eps)
+    _, res = yat_forward(x, w, bias=bias, alpha=alpha, epsilon=epsilon, spherical=spherical, xp=xp)
+    return yat_backward(res, g, xp=xp)
 
 
 def dense(x: Array, w: Array, /, *, bias: Array | None = None, xp: Any = None) -> Array:

@@ -47,6 +47,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     seed: int = 0
     device: str | None = None
+    gradients: str | None = None  # "autodiff" or "analytic"; None: the backend's faster one
     dtype: str = "float32"
     data_dir: str | None = None
     train_limit: int | None = None  # use the first N training images (tests, quick runs)
@@ -126,11 +127,12 @@ class CoreRunner:
 
     def __init__(self, backend: Backend, spec: MLPSpec, config: "TrainConfig") -> None:
         self.backend, self.spec = backend, spec
-        self.name, self.framework = backend.name, backend.framework
+        self.name, self.framework, self.gradients = backend.name, backend.framework, backend.gradients
         init = init_mlp_numpy(spec, config.seed, np.dtype(config.dtype))
         self.params = {k: backend.asarray(v) for k, v in init.items()}
         self.opt_state = adamw_init(self.params, xp=backend.xp)
-        self._step = backend.train_step(spec, config.optimizer())
+        self._config = config.optimizer()
+        self._step = backend.train_step(spec, self._config)
         self._eval = backend.eval_step(spec)
 
     def device_name(self) -> str:
@@ -145,6 +147,26 @@ class CoreRunner:
     def step(self, images: Any, labels: Any, idx: Any) -> Any:
         self.params, self.opt_state, loss = self._step(self.params, self.opt_state, images, labels, idx)
         return loss
+
+    def chunk_runner(self, batch_size: int, n_steps: int) -> Callable[[Any, Any, Any, int], Any] | None:
+        """``(images, labels, order, first_step) -> losses`` running ``n_steps`` full batches
+        in one call, when the backend offers it (see :meth:`Backend.train_steps`)."""
+        fn = self.backend.train_steps(self.spec, self._config, batch_size, n_steps)
+        if fn is None:
+            return None
+
+        def run(images: Any, labels: Any, order: Any, first: int) -> Any:
+            self.params, self.opt_state, losses = fn(self.params, self.opt_state, images, labels, order, first)
+            return losses
+
+        return run
+
+    def to_host(self, value: Any) -> np.ndarray:
+        return np.asarray(self.backend.to_numpy(value))
+
+    def export_params(self) -> dict[str, np.ndarray]:
+        """The current parameters as ``{name: numpy array}``, the interchange format of :mod:`yat_core.nn`."""
+        return {name: np.array(self.backend.to_numpy(value)) for name, value in self.params.items()}
 
     def evaluate(self, images: Any, labels: Any) -> tuple[Any, Any]:
         return self._eval(self.params, images, labels)
@@ -239,7 +261,7 @@ def train(
     spec = seed_spec() if spec is None else spec
     # The runner first: an absent framework fails before any data is fetched.
     if runner_factory is None:
-        runner: Runner = CoreRunner(get_backend(config.backend, config.device), spec, config)
+        runner: Runner = CoreRunner(get_backend(config.backend, config.device, config.gradients), spec, config)
     else:
         runner = runner_factory(spec, config)
     t_load = time.perf_counter()
@@ -255,27 +277,37 @@ def train(
     images, labels = runner.put(train_x), runner.put(train_y)
     test_images, test_labels = runner.put(test_x), runner.put(test_y)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
+    full_steps = n_train // config.batch_size
+    chunk = _chunk_length(full_steps)
+    make_chunked = getattr(runner, "chunk_runner", None)
+    chunked = make_chunked(config.batch_size, chunk) if make_chunked and chunk > 1 else None
 
     history: list[dict[str, Any]] = []
     first_step_s = None
     for epoch in range(1, config.epochs + 1):
         order = runner.put(batch_order(config.seed, epoch, n_train))
         bar = _Progress(steps_per_epoch, f"epoch {epoch}/{config.epochs}", progress)
-        losses = []
+        losses: list[Any] = []
         t0 = time.perf_counter()
-        for i, start in enumerate(range(0, n_train, config.batch_size)):
-            loss = runner.step(images, labels, order[start:start + config.batch_size])
+        i = 0
+        while i < steps_per_epoch:
+            if chunked is not None and i + chunk <= full_steps:
+                loss = chunked(images, labels, order, i)
+                i += chunk
+            else:
+                loss = runner.step(images, labels, order[i * config.batch_size:(i + 1) * config.batch_size])
+                i += 1
             runner.settle(loss)
             losses.append(loss)
             if first_step_s is None:
                 runner.synchronize(loss)
                 first_step_s = time.perf_counter() - t_start
-            if i % 20 == 0 or i == steps_per_epoch - 1:
-                bar.update(i + 1, min(n_train, (i + 1) * config.batch_size), lambda: runner.to_float(loss))
+            if i % 20 == 0 or chunked is not None or i == steps_per_epoch:
+                bar.update(i, min(n_train, i * config.batch_size), lambda: _last_loss(runner, loss))
         runner.synchronize(losses)
         epoch_s = time.perf_counter() - t0
         bar.close()
-        step_losses = [runner.to_float(v) for v in losses]
+        step_losses = _host_losses(runner, losses)
         t_eval = time.perf_counter()
         test_loss, test_acc = evaluate(runner, test_images, test_labels, n_test, config.eval_batch)
         record = {
@@ -309,6 +341,8 @@ def train(
         "optimizer": {"name": "adamw", **config.optimizer()._asdict(), "bias_correction": True,
                       "decay_applies_to": "all parameters"},
         "dtype": config.dtype,
+        "gradients": getattr(runner, "gradients", "autodiff"),
+        "steps_per_call": chunk if chunked is not None else 1,
         "n_train": n_train,
         "n_test": n_test,
         "steps_per_epoch": steps_per_epoch,
@@ -326,6 +360,25 @@ def train(
         "command": command_line(),
         "config": asdict(config),
     }
+
+
+def _chunk_length(full_steps: int, longest: int = 64) -> int:
+    """Steps per compiled chunk: the largest divisor of ``full_steps`` up to ``longest``,
+    so every chunk has one shape and compiles once."""
+    return max((d for d in range(1, min(full_steps, longest) + 1) if full_steps % d == 0), default=1)
+
+
+def _last_loss(runner: Runner, loss: Any) -> float:
+    to_host = getattr(runner, "to_host", None)
+    return float(np.ravel(to_host(loss))[-1]) if to_host else runner.to_float(loss)
+
+
+def _host_losses(runner: Runner, losses: list[Any]) -> list[float]:
+    # A chunked runner returns one array of losses per chunk; flatten to per step.
+    to_host = getattr(runner, "to_host", None)
+    if to_host is None:
+        return [runner.to_float(v) for v in losses]
+    return [float(v) for loss in losses for v in np.ravel(to_host(loss))]
 
 
 def _subset(images: np.ndarray, labels: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -41,8 +41,11 @@ BACKENDS: dict[str, _Entry] = {
 }
 
 
-def get_backend(name: str, device: str | None = None) -> Backend:
+def get_backend(name: str, device: str | None = None, gradients: str | None = None) -> Backend:
     """Instantiate backend ``name`` on ``device`` (the framework's default when None).
+
+    ``gradients`` is ``"autodiff"`` or ``"analytic"`` (see
+    :data:`~yat_core.backends._base.GRADIENT_MODES`); None picks the backend's faster one.
 
     Raises
     ------
@@ -53,9 +56,13 @@ def get_backend(name: str, device: str | None = None) -> Backend:
     entry = BACKENDS.get(name)
     if entry is None:
         raise BackendUnavailableError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    if name == "mlx":  # must precede MLX's import (see _mlx_blas)
+        from yat_core.backends._mlx_blas import preload_blas
+
+        preload_blas()
     require(entry.framework, entry.extra, f"backend {name!r}")
     module = importlib.import_module(entry.module)
-    return module.BACKEND_CLASS(device)
+    return module.BACKEND_CLASS(device, gradients)
 
 
 def available_backends() -> list[str]:

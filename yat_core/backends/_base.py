@@ -14,10 +14,17 @@ from typing import Any, Callable
 import numpy as np
 
 from yat_core.losses import count_correct, softmax_cross_entropy
-from yat_core.mlp import MLPSpec, flatten_images, mlp_forward, mlp_loss
+from yat_core.errors import BackendUnavailableError
+from yat_core.mlp import MLPSpec, flatten_images, mlp_forward, mlp_loss, mlp_value_and_grad
 from yat_core.optim import AdamWConfig, AdamWState, adamw_update
 
-__all__ = ["Backend", "TrainStep", "EvalStep"]
+__all__ = ["Backend", "TrainStep", "EvalStep", "GRADIENT_MODES"]
+
+#: "autodiff": the framework differentiates the core's forward pass;
+#: "analytic": the framework runs the core's hand-derived backward pass
+#: (:func:`yat_core.mlp.mlp_value_and_grad`). Both give the same numbers to
+#: rounding (the parity suite checks it); they differ in speed.
+GRADIENT_MODES = ("autodiff", "analytic")
 
 Params = dict[str, Any]
 #: (params, opt_state, images, labels, batch_indices) -> (params, opt_state, loss)
@@ -31,14 +38,22 @@ class Backend:
 
     Subclasses set :attr:`name`, :attr:`framework` and :attr:`xp`, and implement
     :meth:`value_and_grad` and, where the framework compiles, :meth:`compile`.
+    :attr:`default_gradients` is the faster of the two gradient modes on that
+    framework (measured by the benchmarks).
     """
 
     name: str = ""
     framework: str = ""
     xp: Any = None
+    default_gradients: str = "autodiff"
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(self, device: str | None = None, gradients: str | None = None) -> None:
         self.device = device
+        self.gradients = self.default_gradients if gradients is None else gradients
+        if self.gradients not in GRADIENT_MODES:
+            raise BackendUnavailableError(
+                f"gradients must be one of {', '.join(GRADIENT_MODES)}, got {self.gradients!r}"
+            )
 
     # -- framework facts ----------------------------------------------------
     def device_name(self) -> str:
@@ -74,17 +89,33 @@ class Backend:
         """``fn(params, *args) -> scalar`` to ``(value, grads)``, grads a dict like params."""
         raise NotImplementedError
 
-    def compile(self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = ()) -> Callable[..., Any]:
-        """Compile ``fn`` with the framework's compiler (identity where there is none)."""
+    def compile(
+        self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = (), *, hot: bool = True
+    ) -> Callable[..., Any]:
+        """Compile ``fn`` with the framework's compiler (identity where there is none).
+
+        ``hot=False`` marks a function called a few times per epoch (evaluation),
+        where a framework with slow compilation may prefer to run it eagerly.
+        """
         return fn
 
     def loss_and_grad(self, spec: MLPSpec) -> Callable[[Params, Any, Any], tuple[Any, Params]]:
-        """Mean loss and gradients of the model for uint8 images and integer labels."""
+        """Mean loss and gradients of the model for uint8 images and integer labels.
+
+        Uses the framework's autodiff or the core's analytic backward pass, as
+        :attr:`gradients` says.
+        """
+        if self.gradients == "analytic":
+            return functools.partial(_model_value_and_grad, spec=spec, xp=self.xp)
         return self.value_and_grad(functools.partial(_model_loss, spec=spec, xp=self.xp))
 
     # -- the steps ------------------------------------------------------------------
     def train_step(self, spec: MLPSpec, config: AdamWConfig) -> TrainStep:
         """One compiled training step: gather the batch, loss and grads, AdamW update."""
+        return self.compile(self._step_fn(spec, config), donate_argnums=(0, 1))
+
+    def _step_fn(self, spec: MLPSpec, config: AdamWConfig) -> TrainStep:
+        # The uncompiled step, for the framework to compile alone or inside a loop.
         xp = self.xp
         loss_and_grad = self.loss_and_grad(spec)
 
@@ -95,7 +126,18 @@ class Backend:
             params, state = adamw_update(grads, state, params, config, xp=xp)
             return params, state, loss
 
-        return self.compile(step, donate_argnums=(0, 1))
+        return step
+
+    def train_steps(self, spec: MLPSpec, config: AdamWConfig, batch_size: int, n_steps: int) -> Callable | None:
+        """``n_steps`` training steps in one compiled call, or None where that does not pay.
+
+        The returned function takes ``(params, state, images, labels, order, first)``
+        and runs steps ``first .. first + n_steps - 1`` of the epoch whose sample
+        order is ``order``, returning ``(params, state, losses)``. It computes
+        exactly what as many :meth:`train_step` calls would; frameworks with a high
+        per-call cost (JAX on CPU) implement it to pay that cost once per chunk.
+        """
+        return None
 
     def eval_step(self, spec: MLPSpec) -> EvalStep:
         """Compiled evaluation of one chunk: summed loss and number of correct predictions."""
@@ -107,8 +149,12 @@ class Backend:
             loss_sum = softmax_cross_entropy(logits, labels, xp=xp) * images.shape[0]
             return loss_sum, count_correct(logits, labels, xp=xp)
 
-        return self.compile(evaluate)
+        return self.compile(evaluate, hot=False)
 
 
 def _model_loss(params: Params, images: Any, labels: Any, *, spec: MLPSpec, xp: Any) -> Any:
     return mlp_loss(params, images, labels, spec, xp=xp)
+
+
+def _model_value_and_grad(params: Params, images: Any, labels: Any, *, spec: MLPSpec, xp: Any) -> Any:
+    return mlp_value_and_grad(params, images, labels, spec, xp=xp)

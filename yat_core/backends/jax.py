@@ -33,9 +33,9 @@ class JaxBackend(Backend):
     framework = "jax"
     xp = jnp
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(self, device: str | None = None, gradients: str | None = None) -> None:
         self.jax_device = _resolve_device(device)
-        super().__init__(f"{self.jax_device.platform}:{self.jax_device.id}")
+        super().__init__(f"{self.jax_device.platform}:{self.jax_device.id}", gradients)
 
     def device_name(self) -> str:
         kind = getattr(self.jax_device, "device_kind", "")
@@ -51,7 +51,23 @@ class JaxBackend(Backend):
     def value_and_grad(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         return jax.value_and_grad(fn)
 
-    def compile(self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = ()) -> Callable[..., Any]:
+    def train_steps(self, spec: Any, config: Any, batch_size: int, n_steps: int) -> Callable[..., Any]:
+        step = self._step_fn(spec, config)
+
+        def run(params: Any, state: Any, images: Any, labels: Any, order: Any, first: Any) -> Any:
+            def body(carry: Any, i: Any) -> Any:
+                idx = jax.lax.dynamic_slice(order, ((first + i) * batch_size,), (batch_size,))
+                params, state, loss = step(*carry, images, labels, idx)
+                return (params, state), loss
+
+            (params, state), losses = jax.lax.scan(body, (params, state), jnp.arange(n_steps))
+            return params, state, losses
+
+        return jax.jit(run, donate_argnums=(0, 1))
+
+    def compile(
+        self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = (), *, hot: bool = True
+    ) -> Callable[..., Any]:
         return jax.jit(fn, donate_argnums=donate_argnums)
 
 

@@ -92,14 +92,17 @@ class MLXBackend(Backend):
     name = "mlx"
     framework = "mlx"
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(self, device: str | None = None, gradients: str | None = None) -> None:
         self.mlx_device = _resolve_device(device)
         mx.set_default_device(self.mlx_device)
         self.xp = mlx_namespace()
-        super().__init__(str(self.mlx_device.type).rsplit(".", 1)[-1])
+        super().__init__(str(self.mlx_device.type).rsplit(".", 1)[-1], gradients)
 
     def device_name(self) -> str:
-        return f"mlx:{str(self.mlx_device.type).rsplit('.', 1)[-1]}"
+        from yat_core.backends._mlx_blas import loaded_blas
+
+        kind = str(self.mlx_device.type).rsplit(".", 1)[-1]
+        return f"mlx:{kind}" + (f" (BLAS: {loaded_blas()})" if kind == "cpu" else "")
 
     def asarray(self, a: np.ndarray) -> mx.array:
         return mx.array(np.ascontiguousarray(a))
@@ -114,7 +117,9 @@ class MLXBackend(Backend):
     def value_and_grad(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         return mx.value_and_grad(fn)
 
-    def compile(self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = ()) -> Callable[..., Any]:
+    def compile(
+        self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = (), *, hot: bool = True
+    ) -> Callable[..., Any]:
         return mx.compile(fn)
 
 

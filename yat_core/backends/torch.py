@@ -1,7 +1,15 @@
-"""PyTorch backend: autograd gradients, tensors on the chosen device."""
+"""PyTorch backend: tensors on the chosen device, the training step under ``torch.compile``.
+
+Gradients: ``"analytic"`` (default) runs the core's hand-derived backward pass as
+plain tensor code, which ``torch.compile`` fuses into a few kernels around the
+matrix products; ``"autodiff"`` uses ``torch.autograd``. The parity suite holds
+both to the same numbers.
+"""
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any, Callable
 
 import array_api_compat.torch as torch_xp
@@ -10,6 +18,9 @@ import torch
 
 from yat_core.backends._base import Backend, Params
 from yat_core.errors import BackendUnavailableError
+
+#: Set to "0" to run every step eagerly (no compilation, e.g. for quick tests).
+COMPILE_ENV = "YAT_CORE_TORCH_COMPILE"
 
 
 def _resolve_device(device: str | None) -> torch.device:
@@ -24,16 +35,47 @@ def _resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
+class _CompiledStep:
+    """``torch.compile`` for the steady batch shape, eager for any other.
+
+    The last batch of an epoch is smaller; compiling a second graph for one step
+    per epoch costs more than it saves. A compiler failure (no C++ toolchain, an
+    unsupported platform) falls back to eager with one warning.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.eager = torch.no_grad()(fn)
+        self.compiled: Callable[..., Any] | None = torch.compile(fn, dynamic=False)
+        self.shape_key: tuple | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        key = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
+        if self.shape_key is None:
+            self.shape_key = key
+        if self.compiled is None or key != self.shape_key:
+            return self.eager(*args)
+        try:
+            with torch.no_grad():
+                return self.compiled(*args)
+        except Exception as exc:  # noqa: BLE001 - any compiler fault means: run eagerly
+            warnings.warn(f"torch.compile failed ({exc.__class__.__name__}); running the step eagerly",
+                          RuntimeWarning, stacklevel=2)
+            self.compiled = None
+            return self.eager(*args)
+
+
 class TorchBackend(Backend):
-    """PyTorch through array-api-compat; gradients by ``torch.autograd.grad``."""
+    """PyTorch through array-api-compat."""
 
     name = "torch"
     framework = "torch"
     xp = torch_xp
+    default_gradients = "analytic"
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(self, device: str | None = None, gradients: str | None = None) -> None:
         self.torch_device = _resolve_device(device)
-        super().__init__(str(self.torch_device))
+        self.use_compile = os.environ.get(COMPILE_ENV, "1") != "0"
+        super().__init__(str(self.torch_device), gradients)
 
     def device_name(self) -> str:
         if self.torch_device.type == "cuda":
@@ -60,13 +102,13 @@ class TorchBackend(Backend):
 
         return value_and_grad_fn
 
-    def compile(self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = ()) -> Callable[..., Any]:
-        def no_grad_fn(*args: Any) -> Any:
-            # Autograd is entered explicitly inside value_and_grad; elsewhere no graph is kept.
-            with torch.no_grad():
-                return fn(*args)
-
-        return no_grad_fn
+    def compile(
+        self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = (), *, hot: bool = True
+    ) -> Callable[..., Any]:
+        # torch.compile traces autograd.grad poorly; the analytic step is plain tensor code.
+        if hot and self.use_compile and self.gradients == "analytic":
+            return _CompiledStep(fn)
+        return torch.no_grad()(fn)
 
 
 BACKEND_CLASS = TorchBackend
