@@ -65,5 +65,9 @@ def get_framework(name: str) -> ModuleType:
     entry = FRAMEWORKS.get(name)
     if entry is None:
         raise BackendUnavailableError(f"unknown framework {name!r}; choose one of: {', '.join(FRAMEWORKS)}")
+    if name == "mlx":  # must precede MLX's import
+        from yat_core.backends._mlx_blas import preload_blas
+
+        preload_blas()
     require(entry.requires, entry.extra, f"framework {name!r}")
     return importlib.import_module(entry.module)
