@@ -94,7 +94,8 @@ class LayerSpec:
             raise ValueError(f"layer sizes must be >= 1, got {self.in_features} -> {self.out_features}")
         for name in ("bias", "alpha"):
             value = getattr(self, name)
-            if not (value is None or value == LEARNABLE or isinstance(value, (int, float))):
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (value is None or value == LEARNABLE or is_number):
                 raise ValueError(f"{name} must be 'learnable', a number or None, got {value!r}")
         validate_epsilon(self.epsilon)
         if self.kind == "linear" and (

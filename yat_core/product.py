@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from yat_core._compat import array_namespace
 
 __all__ = [
@@ -100,6 +102,9 @@ def validate_epsilon(epsilon: Any) -> None:
     """
     if _is_number(epsilon) and not (math.isfinite(epsilon) and epsilon > 0):
         raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+    # Host NumPy values can be checked without a device sync or breaking a trace.
+    if isinstance(epsilon, (np.ndarray, np.generic)) and not np.all(np.isfinite(epsilon) & (epsilon > 0)):
+        raise ValueError(f"epsilon must be finite and > 0, got {epsilon!r}")
     if isinstance(epsilon, bool) or epsilon is None:
         raise TypeError(f"epsilon must be a number > 0 or an array, got {epsilon!r}")
 
@@ -120,6 +125,9 @@ def _check_inputs(x: Array, w: Array, bias: Any, alpha: Any, epsilon: Any, xp: A
             raise TypeError(f"{name} must be a real floating array, got dtype {a.dtype}")
     if x.dtype != w.dtype:
         raise TypeError(f"x and w must share a dtype, got {x.dtype} and {w.dtype}")
+    for name, value in (("bias", bias), ("alpha", alpha), ("epsilon", epsilon)):
+        if value is not None and not _is_number(value) and not hasattr(value, "shape"):
+            raise TypeError(f"{name} must be an array, a number or None, got {type(value).__name__}")
     if bias is not None and not _is_number(bias) and tuple(bias.shape) != (w.shape[0],):
         raise ValueError(f"bias must have shape ({w.shape[0]},), got {tuple(bias.shape)}")
     if alpha is not None and not _is_number(alpha) and tuple(alpha.shape) not in ((), (1,)):

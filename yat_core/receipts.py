@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import subprocess
@@ -68,19 +69,30 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
     """The commit of the checkout holding ``path`` (this package by default), or None."""
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
-        )
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = result.stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                           capture_output=True, text=True, timeout=5).stdout.strip()
     return commit + ("-dirty" if dirty else "")
+
+
+def _json_safe(obj: Any) -> Any:
+    # NaN and infinity are not JSON; a diverged run still gets a valid receipt (null).
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON; readers see the old file or the new one, never half.
+
+    Non-finite floats (a diverged loss) are written as ``null``.
 
     Examples
     --------
@@ -94,7 +106,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
+            json.dump(_json_safe(data), fh, indent=2, allow_nan=False)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())

@@ -271,8 +271,9 @@ def train(
         data = load_mnist(config.data_dir, progress=progress)
     load_s = time.perf_counter() - t_load
 
-    train_x, train_y = _subset(data.train_images, data.train_labels, config.train_limit)
-    test_x, test_y = _subset(data.test_images, data.test_labels, config.test_limit)
+    n_classes = spec.layers[-1].out_features
+    train_x, train_y = _subset(data.train_images, data.train_labels, config.train_limit, "training", n_classes)
+    test_x, test_y = _subset(data.test_images, data.test_labels, config.test_limit, "test", n_classes)
     n_train, n_test = len(train_y), len(test_y)
     images, labels = runner.put(train_x), runner.put(train_y)
     test_images, test_labels = runner.put(test_x), runner.put(test_y)
@@ -381,10 +382,19 @@ def _host_losses(runner: Runner, losses: list[Any]) -> list[float]:
     return [float(v) for loss in losses for v in np.ravel(to_host(loss))]
 
 
-def _subset(images: np.ndarray, labels: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _subset(
+    images: np.ndarray, labels: np.ndarray, limit: int | None, split: str, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     if images.ndim < 2 or len(images) != len(labels):
-        raise ValueError(f"images {images.shape} and labels {labels.shape} do not match")
+        raise ValueError(f"{split} images {images.shape} and labels {labels.shape} do not match")
+    if len(labels) == 0:
+        raise ValueError(f"the {split} split is empty")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(
+            f"{split} labels span {labels.min()}..{labels.max()}, but the model has {n_classes} classes "
+            f"(labels must be 0..{n_classes - 1})"
+        )
     flat = np.ascontiguousarray(images.reshape(len(images), -1))
     return flat, labels.astype(np.int32)

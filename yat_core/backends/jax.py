@@ -15,8 +15,11 @@ from yat_core.errors import BackendUnavailableError
 def _resolve_device(device: str | None) -> Any:
     if device is None:
         return jax.devices()[0]
-    platform = {"cuda": "gpu"}.get(device.split(":")[0], device.split(":")[0])
-    index = int(device.split(":")[1]) if ":" in device else 0
+    kind, _, index_text = device.partition(":")
+    platform = {"cuda": "gpu"}.get(kind, kind)
+    if index_text and not index_text.isdigit():
+        raise BackendUnavailableError(f"device index must be a number, got {device!r}")
+    index = int(index_text or 0)
     try:
         devices = jax.devices(platform)
     except RuntimeError as exc:
@@ -42,6 +45,9 @@ class JaxBackend(Backend):
         return f"{self.jax_device.platform}:{self.jax_device.id}" + (f" ({kind})" if kind and kind != "cpu" else "")
 
     def asarray(self, a: np.ndarray) -> Any:
+        if a.dtype == np.float64 and not jax.config.read("jax_enable_x64"):
+            # JAX would silently compute in float32.
+            raise BackendUnavailableError("float64 on JAX needs 64-bit mode: set JAX_ENABLE_X64=1")
         return jax.device_put(a, self.jax_device)
 
     def synchronize(self, tree: Any = None) -> None:

@@ -38,9 +38,12 @@ def _isdtype(dtype: Any, kind: Any) -> bool:
     return mx.issubdtype(dtype, category) and not (kind == "real floating" and dtype == mx.complex64)
 
 
+_FROM_NUMPY = {np.dtype(np.float64): mx.float64, np.dtype(np.float32): mx.float32}
+
+
 def _asarray(obj: Any, /, *, dtype: Any = None, device: Any = None, copy: Any = None) -> mx.array:
-    if isinstance(obj, np.ndarray) and dtype is None and obj.dtype == np.float64:
-        dtype = mx.float32  # MLX computes in float32 at most on most devices
+    if dtype is None and isinstance(obj, np.ndarray):
+        dtype = _FROM_NUMPY.get(obj.dtype)  # mx.array would turn float64 into float32
     return mx.array(obj, dtype=dtype) if dtype is not None else mx.array(obj)
 
 
@@ -76,7 +79,9 @@ def mlx_namespace() -> types.SimpleNamespace:
 def _resolve_device(device: str | None) -> Any:
     if device is None:
         return mx.default_device()
-    kind = device.split(":")[0]
+    kind, _, index = device.partition(":")
+    if index not in ("", "0"):
+        raise BackendUnavailableError(f"MLX has one device of each kind; {device!r} does not exist")
     if kind == "cpu":
         return mx.Device(mx.cpu)
     if kind in ("gpu", "metal", "cuda"):
@@ -105,7 +110,12 @@ class MLXBackend(Backend):
         return f"mlx:{kind}" + (f" (BLAS: {loaded_blas()})" if kind == "cpu" else "")
 
     def asarray(self, a: np.ndarray) -> mx.array:
-        return mx.array(np.ascontiguousarray(a))
+        if a.dtype == np.float64:
+            # MLX 0.32's float64 exp is accurate to about 5e-7 (float32 level): a float64
+            # run would be labelled float64 without being it.
+            raise BackendUnavailableError("MLX does not compute float64 to float64 accuracy; use float32 "
+                                          "(or the numpy or torch backend for float64)")
+        return _asarray(np.require(a, requirements=["C"]))
 
     def synchronize(self, tree: Any = None) -> None:
         if tree is not None:

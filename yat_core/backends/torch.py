@@ -32,6 +32,11 @@ def _resolve_device(device: str | None) -> torch.device:
         raise BackendUnavailableError(f"torch does not know device {device!r}: {exc}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailableError(f"device {device!r} asked for, but this torch build sees no CUDA GPU")
+    try:  # a device type torch can name is not necessarily one this build can use (mps, xpu, ...)
+        torch.empty(0, device=resolved)
+    except (RuntimeError, AssertionError) as exc:
+        reason = str(exc).splitlines()[0].split(". ")[0] if str(exc) else exc.__class__.__name__
+        raise BackendUnavailableError(f"torch cannot use device {device!r} here ({reason})") from None
     return resolved
 
 
@@ -83,7 +88,9 @@ class TorchBackend(Backend):
         return str(self.torch_device)
 
     def asarray(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(self.torch_device)
+        # np.require keeps 0-d shapes (ascontiguousarray does not) and copies read-only arrays,
+        # which torch.from_numpy cannot share safely.
+        return torch.from_numpy(np.require(a, requirements=["C", "W"])).to(self.torch_device)
 
     def to_numpy(self, a: Any) -> np.ndarray:
         return a.detach().cpu().numpy()
