@@ -1,0 +1,118 @@
+"""Shared fixtures for the core tests: backends, a synthetic MNIST, tiny model specs.
+
+Tests parametrised with ``backend_name`` get readable ids (``[torch]``,
+``[mlx-float32]``, ...) and skip cleanly when that framework is not installed.
+Nothing here touches the network or the real MNIST cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+# torch.compile costs ~20 s per graph on a 2-core machine: every test runs torch
+# eagerly except the one that sets this back to "1" (tests/test_train.py).
+os.environ["YAT_CORE_TORCH_COMPILE"] = "0"
+
+#: Backend name -> the import that must succeed for it to run.
+BACKEND_FRAMEWORKS = {"numpy": "numpy", "torch": "torch", "jax": "jax", "mlx": "mlx.core"}
+BACKEND_NAMES = tuple(BACKEND_FRAMEWORKS)
+
+
+def framework_installed(name: str) -> bool:
+    """Whether backend ``name``'s framework can be found (without importing it)."""
+    module = BACKEND_FRAMEWORKS[name]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require_backend(name: str) -> None:
+    """Skip the calling test cleanly when backend ``name``'s framework is absent."""
+    pytest.importorskip(BACKEND_FRAMEWORKS[name], reason=f"backend {name!r} needs {BACKEND_FRAMEWORKS[name]}")
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn (``[numpy]``, ``[torch]``, ``[jax]``, ``[mlx]``); skipped if absent."""
+    require_backend(request.param)
+    return request.param
+
+
+def namespace_for(name: str) -> Any:
+    """The array namespace the core uses for backend ``name``."""
+    require_backend(name)
+    if name == "numpy":
+        import array_api_compat.numpy as xp
+    elif name == "torch":
+        import array_api_compat.torch as xp
+    elif name == "jax":
+        import jax.numpy as xp
+    else:
+        from yat_core.backends.mlx import mlx_namespace
+
+        xp = mlx_namespace()
+    return xp
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """Any backend's array as a NumPy array (float64 kept, bfloat16 not expected)."""
+    from yat_core._compat import to_numpy as _to_numpy
+
+    return np.asarray(_to_numpy(a))
+
+
+def make_tiny_mnist(n_train: int = 300, n_test: int = 100, seed: int = 0) -> SimpleNamespace:
+    """MNIST-shaped synthetic data: uint8 images (n, 28, 28) and uint8 labels 0..9."""
+    rng = np.random.default_rng(seed)
+    return SimpleNamespace(
+        train_images=rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        train_labels=rng.integers(0, 10, n_train).astype(np.uint8),
+        test_images=rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        test_labels=rng.integers(0, 10, n_test).astype(np.uint8),
+        source="synthetic",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist() -> SimpleNamespace:
+    """300 training and 100 test images of random pixels (never the real data set)."""
+    data = make_tiny_mnist()
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        getattr(data, name).setflags(write=False)  # shared by every test: nobody may change it
+    return data
+
+
+def tiny_spec(
+    in_features: int = 6,
+    hidden: tuple[int, ...] = (5, 4),
+    classes: int = 3,
+    *,
+    relu_layer: bool = False,
+    **yat_options: Any,
+):
+    """A small Yat MLP: ``Yat(in->h1) -> Yat(h1->h2) -> [Linear+ReLU(h2->h2)] -> Linear(->classes)``.
+
+    ``yat_options`` (``bias``, ``alpha``, ``epsilon``, ``learnable_epsilon``,
+    ``spherical``) apply to every Yat layer.
+    """
+    from yat_core.mlp import LayerSpec, MLPSpec
+
+    sizes = (in_features, *hidden)
+    layers = [LayerSpec("yat", a, b, **yat_options) for a, b in zip(sizes, sizes[1:])]
+    if relu_layer:
+        layers.append(LayerSpec("linear", sizes[-1], sizes[-1], activation="relu"))
+    layers.append(LayerSpec("linear", sizes[-1], classes))
+    return MLPSpec(tuple(layers))
+
+
+@pytest.fixture
+def make_spec():
+    """The :func:`tiny_spec` builder, for tests that want several variants."""
+    return tiny_spec
