@@ -1,0 +1,677 @@
+"""yat_core.nn.keras on every Keras backend (jax, torch, tensorflow), against the core.
+
+Keras fixes its backend when it is first imported, so each backend runs in a
+fresh process: this file is also a script, ``python tests/test_nn_keras.py
+BACKEND OUT_DIR SHARED_DIR``, that runs every check of :data:`CHECKS` under
+``KERAS_BACKEND=BACKEND`` and writes one JSON record per check. The pytest side
+starts that process once per backend and reports each check as its own test
+(``test_keras[jax-forward-default]``), with the check's traceback on failure.
+The pytest process itself never imports Keras in this file.
+
+Also home of the framework-free helpers that ``test_nn_tf`` shares: the
+array-API namespace cases and the AdamW reference with Keras's epsilon placement.
+The reference for every number is the core in NumPy float64.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import array_api_compat.numpy as np_xp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers, also when run as a script
+
+from test_interchange import (  # noqa: E402
+    LAYER_CASES,
+    MODEL_CASES,
+    assert_matches_core,
+    batch,
+    case_spec,
+    core_layer_kwargs,
+    core_logits,
+    random_params,
+    small_spec,
+    tiny_data,
+)
+from yat_core.losses import count_correct, cross_entropy_grad, one_hot, softmax_cross_entropy  # noqa: E402
+from yat_core.mlp import LayerSpec, MLPSpec, flatten_images, init_mlp_numpy, mlp_value_and_grad, seed_spec  # noqa: E402
+from yat_core.optim import adamw_init, adamw_update  # noqa: E402
+from yat_core.product import softplus, softplus_inverse, yat_product, yat_product_vjp  # noqa: E402
+from yat_core.train import TrainConfig, batch_order, train  # noqa: E402
+
+BACKENDS = ("jax", "torch", "tensorflow")
+#: Seconds one backend's process may take (it runs every check once).
+SUBPROCESS_TIMEOUT = 900
+
+# ================================================================ shared with test_nn_tf
+
+
+def namespace_inputs() -> dict[str, np.ndarray]:
+    """Small NumPy inputs for the namespace cases."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4)).astype(np.float32)
+    return {
+        "x": x,
+        "pos": np.abs(x) + np.float32(0.1),
+        "cube": rng.normal(size=(2, 3, 4)).astype(np.float32),
+        "x64": x.astype(np.float64),
+        "labels": np.array([2, 0, 1], np.int32),
+        "pixels": rng.integers(0, 256, (3, 2, 2), dtype=np.uint8),
+    }
+
+
+#: Every namespace call the core makes: ``(function of (xp, inputs), names of its inputs)``.
+#: Each is run on the framework's tensors and on NumPy (array-api-compat) and compared.
+NAMESPACE_CASES: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
+    "matmul-transpose": (lambda xp, a, b: a @ xp.matrix_transpose(b), ("x", "x")),
+    "matrix_transpose-3d": (lambda xp, a: xp.matrix_transpose(a), ("cube",)),
+    "sum-all": (lambda xp, a: xp.sum(a), ("x",)),
+    "sum-last-keepdims": (lambda xp, a: xp.sum(a, axis=-1, keepdims=True), ("x",)),
+    "sum-axes-tuple": (lambda xp, a: xp.sum(a, axis=(0, 1)), ("cube",)),
+    "max-keepdims": (lambda xp, a: xp.max(a, axis=-1, keepdims=True), ("x",)),
+    "mean-all": (lambda xp, a: xp.mean(a), ("x",)),
+    "argmax-last": (lambda xp, a: xp.argmax(a, axis=-1), ("x",)),
+    "argmax-flat": (lambda xp, a: xp.argmax(a), ("x",)),
+    "argmax-keepdims": (lambda xp, a: xp.argmax(a, axis=0, keepdims=True), ("x",)),
+    "arange": (lambda xp: xp.arange(5), ()),
+    "arange-step-dtype": (lambda xp: xp.arange(1, 8, 3, dtype=xp.int32), ()),
+    "expand_dims": (lambda xp, a: xp.expand_dims(a, axis=-1), ("labels",)),
+    "reshape": (lambda xp, a: xp.reshape(a, (-1, 4)), ("cube",)),
+    "take-rows": (lambda xp, a, i: xp.take(a, i, axis=0), ("x", "labels")),
+    "where-scalar-else": (lambda xp, a: xp.where(a > 0, a, 0.0), ("x",)),
+    "where-scalar-then": (lambda xp, a: xp.where(a > 0, 1.0, a), ("x",)),
+    "where-float64": (lambda xp, a: xp.where(a > 0, a, 0.0), ("x64",)),
+    "maximum-scalar": (lambda xp, a: xp.maximum(a, 0.5), ("x",)),
+    "sqrt": (lambda xp, a: xp.sqrt(a), ("pos",)),
+    "exp": (lambda xp, a: xp.exp(a), ("x",)),
+    "log": (lambda xp, a: xp.log(a), ("pos",)),
+    "log1p": (lambda xp, a: xp.log1p(a), ("pos",)),
+    "abs": (lambda xp, a: xp.abs(a), ("x",)),
+    "astype-bool-to-float": (lambda xp, a: xp.astype(a > 0, xp.float32), ("x",)),
+    "astype-uint8-to-float": (lambda xp, a: xp.astype(a, xp.float32), ("pixels",)),
+    "one-hot-by-equality": (lambda xp, i: xp.astype(xp.expand_dims(i, axis=-1) == xp.arange(3, dtype=i.dtype),
+                                                    xp.float32), ("labels",)),
+    "asarray-dtype": (lambda xp, a: xp.asarray(a, dtype=xp.float32), ("pixels",)),
+}
+
+#: The core's own functions, run with ``xp=`` the framework's namespace.
+CORE_CASES: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
+    "yat_product": (lambda xp, x, w: yat_product(x, w, bias=0.5, alpha=2.0, xp=xp), ("x", "pos")),
+    "yat_product-spherical": (lambda xp, x, w: yat_product(x, w, spherical=True, xp=xp), ("x", "pos")),
+    "softplus": (lambda xp, a: softplus(a, xp=xp), ("x",)),
+    "softmax_cross_entropy": (lambda xp, a, i: softmax_cross_entropy(a[:, :3], i, xp=xp), ("x", "labels")),
+    "cross_entropy_grad": (lambda xp, a, i: cross_entropy_grad(a[:, :3], i, xp=xp), ("x", "labels")),
+    "count_correct": (lambda xp, a, i: count_correct(a[:, :3], i, xp=xp), ("x", "labels")),
+    "one_hot": (lambda xp, i: one_hot(i, 4, xp.float32, xp=xp), ("labels",)),
+    "flatten_images": (lambda xp, p: flatten_images(p, xp.float32, xp=xp), ("pixels",)),
+}
+
+
+def _vjp_case(xp: Any, x: Any, w: Any, spherical: bool) -> list[Any]:
+    """Every gradient of the analytic VJP, with array bias, alpha and epsilon."""
+    bias = xp.asarray(np.linspace(-0.5, 0.5, 3).astype(np.float32))
+    alpha, epsilon = xp.asarray(np.float32(1.5)), xp.asarray(np.float32(0.1))
+    g = xp.asarray(np.ones((3, 3), np.float32))
+    grads = yat_product_vjp(x, w, g, bias=bias, alpha=alpha, epsilon=epsilon, spherical=spherical, xp=xp)
+    return list(grads)
+
+
+CORE_CASES["yat_product_vjp"] = (lambda xp, x, w: _vjp_case(xp, x, w, False), ("x", "pos"))
+CORE_CASES["yat_product_vjp-spherical"] = (lambda xp, x, w: _vjp_case(xp, x, w, True), ("x", "pos"))
+
+#: (dtype, kind) pairs for ``isdtype``.
+ISDTYPE_DTYPES = ("float32", "float64", "int32", "int64", "uint8", "bool")
+ISDTYPE_KINDS = ("real floating", "integral", "signed integer", "unsigned integer", "bool", "numeric",
+                 ("real floating", "bool"))
+
+
+def assert_namespace_case(xp: Any, to_numpy: Callable[[Any], np.ndarray], case: str,
+                          table: dict[str, tuple[Callable[..., Any], tuple[str, ...]]],
+                          float64: bool = True, rtol: float = 2e-6) -> None:
+    """Run ``table[case]`` on the framework's namespace and on NumPy; same values, shapes and dtypes.
+
+    ``float64=False`` for a framework that computes float64 inputs in float32
+    (Keras on JAX without x64): then float64 results are compared as float32.
+    Floats agree within ``rtol`` of each value plus ``rtol`` of the largest: one
+    rounding for an elementary call; composite core functions (``rtol=1e-5``)
+    round in a different order than NumPy.
+    """
+    fn, names = table[case]
+    inputs = namespace_inputs()
+    expected = fn(np_xp, *(inputs[n] for n in names))
+    got = fn(xp, *(xp.asarray(inputs[n]) for n in names))
+    pairs = zip(expected, got) if isinstance(expected, list) else [(expected, got)]
+    for i, (want, have) in enumerate(pairs):
+        if want is None:
+            assert have is None, f"{case}[{i}]: expected None"
+            continue
+        want, have = np.asarray(want), to_numpy(have)
+        what = f"{case}[{i}]: got {have.dtype}{have.shape}, NumPy gives {want.dtype}{want.shape}"
+        assert have.shape == want.shape, what
+        if want.dtype.kind == "f":
+            width = want.dtype if float64 else np.dtype(np.float32)
+            assert have.dtype == width, what
+            np.testing.assert_allclose(have, want, rtol=rtol, atol=rtol * float(np.abs(want).max()), err_msg=what)
+        else:
+            assert have.dtype.kind == want.dtype.kind, what  # index width (int32 / int64) may differ
+            np.testing.assert_array_equal(have, want, err_msg=what)
+
+
+def assert_isdtype_matches_numpy(xp: Any, name_of: Callable[[Any], str]) -> None:
+    """``xp.isdtype`` of each framework dtype agrees with NumPy's for the same dtype (``name_of`` names it)."""
+    for name in ISDTYPE_DTYPES:
+        dtype = xp.asarray(np.zeros(2, name)).dtype
+        same = np.dtype(name_of(dtype))
+        for kind in ISDTYPE_KINDS:
+            assert xp.isdtype(dtype, kind) == np_xp.isdtype(same, kind), f"isdtype({dtype}, {kind!r})"
+        assert xp.isdtype(dtype, dtype), f"isdtype({dtype}, itself)"
+
+
+def adamw_reference(config: TrainConfig, data: Any, spec: MLPSpec, *,
+                    keras_epsilon: bool = True) -> tuple[list[float], dict[str, np.ndarray]]:
+    """Step losses and final parameters of the core trained in float64 through the shared batch order.
+
+    The core's own loop in miniature: its initial weights, the shared batch order
+    with the partial batch kept, its analytic gradients and its AdamW. With
+    ``keras_epsilon`` epsilon is ``eps / sqrt(1 - b2**t)`` at step ``t``: Keras
+    adds epsilon to the square root of the uncorrected second moment, which is
+    exactly that.
+    """
+    params = {k: v.astype(np.float64) for k, v in init_mlp_numpy(spec, config.seed).items()}
+    state = adamw_init(params)
+    images = data.train_images.reshape(len(data.train_images), -1)
+    labels = data.train_labels.astype(np.int32)
+    losses, t = [], 0
+    for epoch in range(1, config.epochs + 1):
+        order = batch_order(config.seed, epoch, len(labels))
+        for start in range(0, len(labels), config.batch_size):
+            idx = order[start:start + config.batch_size]
+            t += 1
+            loss, grads = mlp_value_and_grad(params, images[idx], labels[idx], spec)
+            opt = config.optimizer()
+            if keras_epsilon:
+                opt = opt._replace(eps=opt.eps / math.sqrt(1.0 - opt.b2 ** t))
+            params, state = adamw_update(grads, state, params, opt)
+            losses.append(float(loss))
+    return losses, params
+
+
+def assert_trains_like_keras_adamw(make_runner: Callable, name: str, device_prefix: str = "") -> dict[str, Any]:
+    """Train the native model through the shared loop; match :func:`adamw_reference` step by step.
+
+    80 samples in batches of 32 for two epochs: six steps, two of them partial
+    batches of 16. Weight decay 0.5 and epsilon 1e-4 make both visible: a run
+    that skipped the decay, or put epsilon where the core does, lands ~1e-5 away
+    from the reference; float32 against float64 differs by ~1e-7.
+    """
+    config = TrainConfig(backend=name, epochs=2, batch_size=32, eval_batch=16, weight_decay=0.5, adam_eps=1e-4)
+    runners: list[Any] = []
+
+    def make(spec: MLPSpec, cfg: TrainConfig) -> Any:
+        runners.append(make_runner(spec, cfg))
+        return runners[-1]
+
+    data = tiny_data()
+    receipt = train(config, data=data, runner_factory=make, progress=False, log=None)
+    assert receipt["backend"] == name and receipt["params"] == 235148, receipt["backend"]
+    assert receipt["device"].startswith(device_prefix), receipt["device"]
+    assert receipt["steps_per_epoch"] == 3 and receipt["n_test"] == 40 and receipt["n_train"] == 80
+    assert [len(h["step_loss"]) for h in receipt["history"]] == [3, 3]
+    ref_losses, ref_params = adamw_reference(config, data, seed_spec())
+    native_losses = [v for h in receipt["history"] for v in h["step_loss"]]
+    np.testing.assert_allclose(native_losses, ref_losses, rtol=1e-5, err_msg=f"{name}: step losses")
+    ours = runners[0].export_params()
+    assert list(ours) == list(ref_params), name
+    for param, value in ref_params.items():
+        np.testing.assert_allclose(ours[param], value, rtol=0, atol=1e-6, err_msg=f"{name}: {param}")
+    # The core's own epsilon placement lands measurably elsewhere: the check above can tell them apart.
+    _, core_params = adamw_reference(config, data, seed_spec(), keras_epsilon=False)
+    assert max(float(np.max(np.abs(ours[k] - v))) for k, v in core_params.items()) > 1e-5
+    return receipt
+
+
+def tf_export_batch() -> np.ndarray:
+    """The inputs on which exported models are compared across frameworks."""
+    return tiny_data(n_train=8, n_test=64, seed=3).test_images.reshape(64, -1).astype(np.float32) / np.float32(255)
+
+
+# ================================================================ the checks (run in the subprocess)
+
+CHECKS: dict[str, Callable[[SimpleNamespace], Any]] = {}
+
+
+class CheckSkipped(Exception):
+    """A check that cannot run here (an absent framework it needs); reported as a pytest skip."""
+
+
+def check(name: str) -> Callable[[Callable], Callable]:
+    def register(fn: Callable) -> Callable:
+        CHECKS[name] = fn
+        return fn
+    return register
+
+
+def _np(ctx: SimpleNamespace, value: Any) -> np.ndarray:
+    return np.asarray(ctx.keras.ops.convert_to_numpy(value))
+
+
+def keras_loss_and_grads(ctx: SimpleNamespace, model: Any, x: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
+    """Keras's own loss and the backend's own gradients, under the core's parameter names."""
+    keras, backend = ctx.keras, ctx.backend
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    names = {id(v): n for n, v in ctx.knn._variables(model).items()}
+    variables = model.trainable_variables
+    if backend == "jax":
+        import jax
+
+        def loss_of(values: list[Any]) -> Any:
+            logits, _ = model.stateless_call(values, [v.value for v in model.non_trainable_variables], x)
+            return loss_fn(y, logits)
+
+        loss, grads = jax.value_and_grad(loss_of)([v.value for v in variables])
+    elif backend == "torch":
+        import torch
+
+        loss = loss_fn(y, model(x))
+        grads = torch.autograd.grad(loss, [v.value for v in variables])
+    else:
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x))
+        grads = tape.gradient(loss, variables)
+    return float(_np(ctx, loss)), {names[id(v)]: _np(ctx, g) for v, g in zip(variables, grads)}
+
+
+for _case in NAMESPACE_CASES:
+    CHECKS[f"namespace-{_case}"] = (lambda case: lambda ctx: assert_namespace_case(
+        ctx.xp, lambda t: _np(ctx, t), case, NAMESPACE_CASES, float64=ctx.float64))(_case)
+for _case in CORE_CASES:
+    CHECKS[f"core-{_case}"] = (lambda case: lambda ctx: assert_namespace_case(
+        ctx.xp, lambda t: _np(ctx, t), case, CORE_CASES, float64=ctx.float64, rtol=1e-5))(_case)
+
+
+@check("namespace-isdtype")
+def _(ctx: SimpleNamespace) -> None:
+    assert_isdtype_matches_numpy(ctx.xp, ctx.keras.backend.standardize_dtype)
+
+
+@check("seed-model-235148-params")
+def _(ctx: SimpleNamespace) -> None:
+    model = ctx.knn.build_model(seed_spec(), 0)
+    assert ctx.knn.count_params(model) == 235148
+    assert model.count_params() == 235148
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 235148
+    assert [layer.name for layer in model.layers] == ["yat_nmn_0", "yat_nmn_1", "linear_2"]
+    assert ctx.knn.model_spec(model) == seed_spec()
+
+
+@check("init-is-init_mlp_numpy")
+def _(ctx: SimpleNamespace) -> None:
+    for seed in (0, 7):
+        expected = init_mlp_numpy(seed_spec(), seed)
+        exported = ctx.knn.export_params(ctx.knn.build_model(seed_spec(), seed))
+        assert list(exported) == list(expected)
+        for name, value in expected.items():
+            assert exported[name].dtype == np.float32, name
+            np.testing.assert_array_equal(exported[name], value, err_msg=f"seed {seed}: {name}")
+
+
+@check("seed-model-forward-and-gradients")
+def _(ctx: SimpleNamespace) -> None:
+    model = ctx.knn.build_model(seed_spec(), 0)
+    params = ctx.knn.export_params(model)
+    assert_matches_core(lambda m, x, y: keras_loss_and_grads(ctx, m, x, y), model, params, seed_spec(),
+                        "seed model", n=8)
+
+
+def _option_check(case: str) -> Callable[[SimpleNamespace], None]:
+    def run(ctx: SimpleNamespace) -> None:
+        spec = case_spec(case)
+        params = random_params(spec, 1)
+        model = ctx.knn.import_params(ctx.knn.build_model(spec, 12345), params)
+        x, _ = batch(spec)
+        np.testing.assert_allclose(ctx.knn.predict(model, x), core_logits(params, x, spec), rtol=1e-5, atol=1e-6,
+                                   err_msg=case)
+        assert_matches_core(lambda m, x, y: keras_loss_and_grads(ctx, m, x, y), model, params, spec, case)
+    return run
+
+
+for _case in MODEL_CASES:
+    CHECKS[f"forward-and-gradients-{_case}"] = _option_check(_case)
+
+
+def _layer_check(case: str) -> Callable[[SimpleNamespace], None]:
+    def run(ctx: SimpleNamespace) -> None:
+        options, expected_params = LAYER_CASES[case]
+        layer = ctx.knn.YatNMN(3, **options)
+        x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+        out = _np(ctx, layer(x))
+        values = {n: _np(ctx, v.value).astype(np.float64) for n, v in layer.param_variables().items()}
+        assert sorted(values) == expected_params, sorted(values)
+        assert sorted(v.name for v in layer.trainable_variables) == expected_params
+        if "epsilon_raw" in values:
+            assert float(values["epsilon_raw"]) == pytest.approx(softplus_inverse(0.1), rel=1e-6)
+        spec = LayerSpec("yat", 5, 3, **options)
+        expected = yat_product(x.astype(np.float64), values["kernel"], **core_layer_kwargs(spec, values))
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6, err_msg=case)
+        clone = ctx.knn.YatNMN.from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+    return run
+
+
+for _case in LAYER_CASES:
+    CHECKS[f"layer-option-{_case}"] = _layer_check(_case)
+
+
+@check("layer-defaults")
+def _(ctx: SimpleNamespace) -> None:
+    layer = ctx.knn.YatNMN(256)
+    layer.build((None, 784))
+    assert layer.count_params() == 200961
+    assert layer.spec == LayerSpec("yat", 784, 256)
+    assert float(_np(ctx, layer.alpha.value)) == 1.0
+    kernel = _np(ctx, layer.kernel.value)
+    assert kernel.shape == (256, 784)  # the core's (out, in) layout
+    assert abs(float(kernel.std()) - math.sqrt(2 / (784 + 256))) < 2e-3  # Xavier-normal, untruncated
+    assert float(np.abs(kernel).max()) > 2.5 * math.sqrt(2 / (784 + 256))
+    bias = _np(ctx, layer.bias.value)
+    assert float(np.abs(bias).max()) <= 1 / math.sqrt(784) and float(bias.std()) > 0
+    config = layer.get_config()
+    assert (config["bias"], config["alpha"], config["epsilon"], config["learnable_epsilon"],
+            config["spherical"]) == (True, True, 1e-5, False, False)
+
+
+@check("layer-rejects-bad-options")
+def _(ctx: SimpleNamespace) -> None:
+    for kwargs, match in (({"epsilon": 0.0}, "epsilon must be a finite number > 0"),
+                          ({"bias": "yes"}, "bias must be True"), ({"alpha": [1.0]}, "alpha must be True")):
+        with pytest.raises(ValueError, match=match):
+            ctx.knn.YatNMN(3, **kwargs)
+    with pytest.raises(ValueError, match="activation"):
+        ctx.knn.Linear(3, activation="tanh")
+
+
+@check("export-import-round-trip")
+def _(ctx: SimpleNamespace) -> None:
+    spec = small_spec(learnable_epsilon=True)
+    params = random_params(spec, 3)
+    model = ctx.knn.import_params(ctx.knn.build_model(spec, 12345), params)
+    exported = ctx.knn.export_params(model)
+    assert list(exported) == list(spec.param_shapes)
+    for name, value in params.items():
+        assert exported[name].dtype == np.float32 and exported[name].shape == value.shape, name
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
+    again = ctx.knn.import_params(ctx.knn.build_model(spec, 0), exported)
+    x, _ = batch(spec)
+    np.testing.assert_array_equal(ctx.knn.predict(again, x), ctx.knn.predict(model, x))
+
+
+@check("import-core-params-gives-core-logits")
+def _(ctx: SimpleNamespace) -> None:
+    spec = seed_spec()
+    params = {k: v.astype(np.float64) for k, v in init_mlp_numpy(spec, 5).items()}  # cast on import
+    model = ctx.knn.import_params(ctx.knn.build_model(spec, 0), params)
+    x = tf_export_batch()
+    logits = ctx.knn.predict(model, x.reshape(-1, 28, 28))
+    reference = core_logits({k: v.astype(np.float32) for k, v in params.items()}, x, spec)
+    np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5 * float(np.abs(reference).max()))
+    assert np.array_equal(logits.argmax(1), reference.argmax(1))
+
+
+@check("import-rejects-bad-parameters")
+def _(ctx: SimpleNamespace) -> None:
+    spec = small_spec()
+    cases = [
+        (lambda p: p.pop("1.alpha"), ValueError, r"missing 1\.alpha"),
+        (lambda p: p.update({"9.kernel": np.zeros(2, np.float32)}), ValueError, r"unexpected 9\.kernel"),
+        (lambda p: p.update({"0.kernel": np.zeros((12, 8), np.float32)}), ValueError,
+         r"0\.kernel has shape \(12, 8\), expected \(8, 12\)"),
+        (lambda p: p.update({"2.bias": np.zeros(4, np.int32)}), TypeError, r"2\.bias \(int32\)"),
+    ]
+    for mutate, error, match in cases:
+        params = random_params(spec, 5)
+        mutate(params)
+        model = ctx.knn.build_model(spec, 0)
+        before = ctx.knn.export_params(model)
+        with pytest.raises(error, match=match):
+            ctx.knn.import_params(model, params)
+        after = ctx.knn.export_params(model)
+        assert all(np.array_equal(before[k], after[k]) for k in before), f"{match}: a rejected import changed the model"
+    foreign = ctx.keras.Sequential([ctx.keras.Input((4,)), ctx.keras.layers.Dense(2)])
+    with pytest.raises(TypeError, match="Dense"):
+        ctx.knn.export_params(foreign)
+
+
+@check("keras-file-round-trip")
+def _(ctx: SimpleNamespace) -> None:
+    spec = small_spec(learnable_epsilon=True, alpha=math.sqrt(2), bias=0.25)
+    model = ctx.knn.build_model(spec, 3)
+    path = Path(tempfile.mkdtemp()) / "model.keras"
+    model.save(path)
+    loaded = ctx.keras.models.load_model(path)
+    assert ctx.knn.model_spec(loaded) == spec
+    for name, value in ctx.knn.export_params(model).items():
+        np.testing.assert_array_equal(ctx.knn.export_params(loaded)[name], value, err_msg=name)
+    x, _ = batch(spec)
+    np.testing.assert_allclose(ctx.knn.predict(loaded, x), ctx.knn.predict(model, x), rtol=1e-6)
+
+
+@check("runner-recipe")
+def _(ctx: SimpleNamespace) -> None:
+    runner = ctx.knn.make_runner(seed_spec(), TrainConfig(backend="keras"))
+    assert (runner.name, runner.framework, runner.n_params()) == ("keras", "keras", 235148)
+    assert runner.device_name().startswith(f"keras-backend={ctx.backend} ")
+    opt = runner.model.optimizer
+    assert isinstance(opt, ctx.keras.optimizers.AdamW)
+    got = (float(_np(ctx, opt.learning_rate)), opt.beta_1, opt.beta_2, opt.epsilon, opt.weight_decay)
+    assert got == pytest.approx((3e-4, 0.9, 0.999, 1e-8, 0.01)), got
+    assert not opt.amsgrad and opt.global_clipnorm is None and opt.clipnorm is None
+
+
+@check("runner-device")
+def _(ctx: SimpleNamespace) -> None:
+    from yat_core.errors import BackendUnavailableError
+
+    runner = ctx.knn.make_runner(small_spec(), TrainConfig(backend="keras", device="cpu"))
+    assert runner.device_name().startswith(f"keras-backend={ctx.backend} cpu")
+    loss = runner.step(runner.put(np.zeros((4, 12), np.uint8)), runner.put(np.arange(4, dtype=np.int32)),
+                       runner.put(np.arange(4, dtype=np.int32)))
+    assert math.isfinite(runner.to_float(loss))
+    with pytest.raises(BackendUnavailableError, match="gpu:99"):
+        ctx.knn.make_runner(small_spec(), TrainConfig(backend="keras", device="gpu:99"))
+
+
+@check("runner-trains-with-keras-adamw")
+def _(ctx: SimpleNamespace) -> None:
+    assert_trains_like_keras_adamw(ctx.knn.make_runner, "keras", f"keras-backend={ctx.backend} ")
+
+
+@check("runner-float64")
+def _(ctx: SimpleNamespace) -> None:
+    config = TrainConfig(backend="keras", dtype="float64", epochs=1, batch_size=32, adam_eps=1e-4)
+    if ctx.backend == "jax" and not ctx.float64:
+        with pytest.raises(ValueError, match="JAX_ENABLE_X64"):
+            ctx.knn.make_runner(seed_spec(), config)
+        return
+    runners: list[Any] = []
+
+    def make(spec: MLPSpec, cfg: TrainConfig) -> Any:
+        runners.append(ctx.knn.make_runner(spec, cfg))
+        return runners[-1]
+
+    receipt = train(config, data=tiny_data(), runner_factory=make, progress=False, log=None)
+    losses, params = adamw_reference(config, tiny_data(), seed_spec())
+    ours = runners[0].export_params()
+    for name, value in params.items():
+        assert ours[name].dtype == np.float64, name
+        # Keras keeps optimizer scalars in float32 (the learning rate; torch's decay factor
+        # 1 - lr * wd): the float64 run agrees to ~1e-6 of the step, not to 1e-15.
+        np.testing.assert_allclose(ours[name], value, rtol=1e-5, atol=1e-9, err_msg=name)
+    x = tf_export_batch().astype(np.float64)
+    np.testing.assert_allclose(ctx.knn.predict(runners[0].model, x), core_logits(ours, x, seed_spec()), rtol=1e-11)
+    # Keras reports the loss through its float32 loss tracker, whatever the model's dtype.
+    np.testing.assert_allclose(receipt["history"][0]["step_loss"], losses, rtol=1e-7)
+
+
+@check("imports-a-tf-export")
+def _(ctx: SimpleNamespace) -> None:
+    path = ctx.shared / "tf.npz"
+    if not path.exists():
+        raise CheckSkipped("tensorflow is not installed in the test process: no TF export to import")
+    from yat_core.nn.interchange import load_npz
+
+    model = ctx.knn.import_params(ctx.knn.build_model(seed_spec(), 0), load_npz(path))
+    reference = np.load(ctx.shared / "tf_logits.npy")
+    logits = ctx.knn.predict(model, tf_export_batch())
+    np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5 * float(np.abs(reference).max()))
+    assert np.array_equal(logits.argmax(1), reference.argmax(1))
+
+
+@check("writes-a-trained-export")
+def _(ctx: SimpleNamespace) -> None:
+    from yat_core.nn.interchange import save_npz
+
+    runners: list[Any] = []
+
+    def make(spec: MLPSpec, cfg: TrainConfig) -> Any:
+        runners.append(ctx.knn.make_runner(spec, cfg))
+        return runners[-1]
+
+    train(TrainConfig(backend="keras", epochs=1, batch_size=32), data=tiny_data(n_train=256), runner_factory=make,
+          progress=False, log=None)
+    save_npz(ctx.out / "trained.npz", runners[0].export_params())
+    np.save(ctx.out / "trained_logits.npy", ctx.knn.predict(runners[0].model, tf_export_batch()))
+
+
+def run_checks(backend: str, out: Path, shared: Path) -> None:
+    """The subprocess: run every check under Keras backend ``backend``; write ``out/results.json``."""
+    import keras
+
+    from yat_core.nn import keras as knn
+
+    if keras.backend.backend() != backend:
+        raise RuntimeError(f"asked for Keras backend {backend!r}, Keras runs on {keras.backend.backend()!r}")
+    probe = knn.keras_namespace().asarray(np.zeros(1))
+    ctx = SimpleNamespace(backend=backend, keras=keras, knn=knn, xp=knn.keras_namespace(), out=out, shared=shared,
+                          float64=keras.backend.standardize_dtype(probe.dtype) == "float64")
+    results = {}
+    for name, fn in CHECKS.items():
+        start = time.perf_counter()
+        try:
+            fn(ctx)
+            outcome, message = "passed", ""
+        except CheckSkipped as exc:
+            outcome, message = "skipped", str(exc)
+        except BaseException:  # noqa: BLE001 - every failure is reported, the next check still runs
+            outcome, message = "failed", traceback.format_exc()
+        results[name] = {"outcome": outcome, "message": message, "seconds": time.perf_counter() - start}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+# ================================================================ the pytest side
+
+
+def _missing(backend: str) -> str | None:
+    # The Keras backends share their frameworks' import names.
+    for module in ("keras", backend):
+        if importlib.util.find_spec(module) is None:
+            return module
+    return None
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TF model's export and logits for the subprocesses to import, when TensorFlow is installed."""
+    folder = tmp_path_factory.mktemp("keras-shared")
+    if importlib.util.find_spec("tensorflow") is None:
+        return folder
+    from yat_core.nn import tf as ytf
+    from yat_core.nn.interchange import save_npz
+
+    rng = np.random.default_rng(11)
+    params = {k: v + rng.normal(0, 0.01, v.shape).astype(np.float32) for k, v in init_mlp_numpy(seed_spec(), 4).items()}
+    model = ytf.import_params(ytf.build_model(seed_spec(), 0), params)
+    save_npz(folder / "tf.npz", ytf.export_params(model))
+    np.save(folder / "tf_logits.npy", ytf.predict(model, tf_export_batch()))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def keras_run(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict]:
+    """``backend -> (results, out_dir)``: that backend's subprocess, run once per test session."""
+    cache: dict[str, Any] = {}
+
+    def run(backend: str) -> Any:
+        if backend not in cache:
+            cache[backend] = _run_backend(backend, shared, tmp_path_factory.mktemp(f"keras-{backend}"))
+        return cache[backend]
+
+    return run
+
+
+def _run_backend(backend: str, shared: Path, out: Path) -> tuple[dict | None, Path, str]:
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, __file__, backend, str(out), str(shared)]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+        log = proc.stdout[-4000:] + proc.stderr[-8000:]
+    except subprocess.TimeoutExpired as exc:
+        log = f"timed out after {SUBPROCESS_TIMEOUT} s: {exc}"
+    results_file = out / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else None
+    return results, out, f"reproduce: KERAS_BACKEND={backend} {' '.join(cmd)}\n{log}"
+
+
+@pytest.mark.parametrize("check", list(CHECKS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keras(backend: str, check: str, keras_run: Callable[[str], Any]) -> None:
+    """One check of :data:`CHECKS`, run in the backend's own process."""
+    missing = _missing(backend)
+    if missing:
+        pytest.skip(f"{missing} is not installed")
+    results, _, log = keras_run(backend)
+    assert results is not None, f"the {backend} check process wrote no results\n{log}"
+    result = results[check]
+    if result["outcome"] == "skipped":
+        pytest.skip(result["message"])
+    assert result["outcome"] == "passed", f"[keras-backend={backend}] {check}\n{result['message']}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keras_trained_export_predicts_the_same_in_tf_and_the_core(backend: str, keras_run: Callable) -> None:
+    """Parameters trained by Keras on ``backend`` load into TensorFlow and the core: same logits."""
+    missing = _missing(backend)
+    if missing:
+        pytest.skip(f"{missing} is not installed")
+    ytf = pytest.importorskip("yat_core.nn.tf")
+    from yat_core.nn.interchange import load_npz
+
+    results, out, log = keras_run(backend)
+    assert results is not None and results["writes-a-trained-export"]["outcome"] == "passed", log
+    params = load_npz(out / "trained.npz")
+    reference = np.load(out / "trained_logits.npy")
+    x = tf_export_batch()
+    assert not np.array_equal(params["0.kernel"], init_mlp_numpy(seed_spec(), 0)["0.kernel"]), "not trained"
+    for name, logits in (("tf", ytf.predict(ytf.import_params(ytf.build_model(seed_spec(), 0), params), x)),
+                         ("core", core_logits(params, x, seed_spec()))):
+        scale = float(np.abs(reference).max())
+        np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5 * scale, err_msg=f"keras -> {name}")
+        assert np.array_equal(logits.argmax(1), reference.argmax(1)), name
+
+
+if __name__ == "__main__":
+    run_checks(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
