@@ -26,6 +26,8 @@ def tests(session: nox.Session) -> None:
     """Unit and integration tests, every framework installed (about 5-10 min on 2 cores)."""
     _install(session, ALL_EXTRAS)
     session.run("pytest", "tests", "-q", *session.posargs)
+    # The benchmark suite's own logic (FLOP count, regression check, report), seconds.
+    session.run("pytest", "benchmarks/test_suite.py", "-q", "-p", "no:cacheprovider")
 
 
 @nox.session
@@ -37,6 +39,10 @@ def parity(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Step and epoch timings per backend, baselines, report in results/bench/."""
-    _install(session, ".[torch,jax,mlx,bench]")
+    """Step and epoch timings per backend, baselines, report in results/bench/.
+
+    ``-- --quick`` is the short CI profile (results/bench-quick/);
+    ``-- --compare results/bench/baseline.json`` fails on slowdowns.
+    """
+    _install(session, ".[torch,jax,mlx,flax,bench,nmn]")
     session.run("python", "-m", "benchmarks", *session.posargs)
