@@ -135,8 +135,9 @@ def _check_inputs(x: Array, w: Array, bias: Any, alpha: Any, epsilon: Any, xp: A
 
 
 def _row_norm(a: Array, xp: Any) -> Array:
+    # Floor the square before the root: autodiff of sqrt at 0 would give NaN for a zero row.
     sq = xp.sum(a * a, axis=-1, keepdims=True)
-    return xp.maximum(xp.sqrt(sq), SPHERICAL_NORM_EPS)
+    return xp.sqrt(xp.maximum(sq, SPHERICAL_NORM_EPS**2))
 
 
 def _parts(x: Array, w: Array, bias: Any, alpha: Any, epsilon: Any, spherical: bool, xp: Any) -> YatResiduals:
