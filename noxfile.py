@@ -2,7 +2,7 @@
 
 Each session installs what it needs into its own virtualenv, with the framework
 versions pinned by ``constraints.txt``. Pass options to pytest after ``--``, e.g.
-``nox -s parity -- --thorough`` or ``nox -s bench -- --quick``.
+``nox -s parity -- --parity-profile=thorough`` or ``nox -s bench -- --quick``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def tests(session: nox.Session) -> None:
 def parity(session: nox.Session) -> None:
     """Numeric parity of every backend against the float64 oracle; fails on any skip."""
     _install(session, ALL_EXTRAS)
-    session.run("python", "-m", "verification", *session.posargs)
+    session.run("python", "-m", "pytest", "verification", "-p", "no:cacheprovider",
+                "--require-all-backends", "--parity-profile=ci", *session.posargs)
 
 
 @nox.session
