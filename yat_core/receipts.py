@@ -9,9 +9,10 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from yat_core._io import atomic_write
 
 __all__ = ["machine_info", "versions", "git_commit", "write_json_atomic", "default_receipt_path",
            "command_line", "REQUIRED_KEYS", "HISTORY_KEYS"]
@@ -101,20 +102,9 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     >>> _ = write_json_atomic(p, {"a": 1}); json.loads(p.read_text())
     {'a': 1}
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_json_safe(data), fh, indent=2, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # Serialise first: an unserialisable value fails before any file is touched.
+    text = json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n"
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def default_receipt_path(kind: str, folder: str | os.PathLike = "receipts") -> Path:

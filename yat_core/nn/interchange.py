@@ -16,13 +16,13 @@ defaults.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from yat_core._io import atomic_write
 from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, Option
 from yat_core.product import DEFAULT_EPSILON
 
@@ -66,20 +66,8 @@ def save_npz(path: str | os.PathLike[str], params: Mapping[str, Any]) -> Path:
     >>> load_npz(p)["0.kernel"].shape
     (2, 3)
     """
-    path = Path(path)
     arrays = {name: np.asarray(value) for name, value in params.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
