@@ -237,7 +237,7 @@ def init_mlp(spec: MLPSpec, seed: int, /, *, xp: Any = None, dtype: Any = None, 
 
     Examples
     --------
-    >>> params = init_mlp(seed_spec(), seed=0)
+    >>> params = init_mlp(seed_spec(), 0)
     >>> params["0.kernel"].shape, params["0.kernel"].dtype.name, float(params["0.alpha"])
     ((256, 784), 'float32', 1.0)
     """
@@ -281,11 +281,23 @@ def _layer_forward(layer: LayerSpec, params: Params, prefix: str, h: Array, xp: 
     return xp.where(out > 0, out, 0.0) if layer.activation == "relu" else out
 
 
+def _check_input(x: Array, spec: MLPSpec) -> None:
+    if x.ndim != 2 or x.shape[1] != spec.in_features:
+        raise ValueError(f"the model expects inputs of shape (n, {spec.in_features}), got {tuple(x.shape)}")
+
+
+def _model_input(params: Params, images: Array, spec: MLPSpec, xp: Any) -> Array:
+    # Float inputs are used as given; uint8 pixels are flattened and scaled in the params' dtype.
+    dtype = next(iter(params.values())).dtype
+    x = images if xp.isdtype(images.dtype, "real floating") else flatten_images(images, dtype, xp=xp)
+    _check_input(x, spec)
+    return x
+
+
 def layer_inputs(params: Params, x: Array, spec: MLPSpec, /, *, xp: Any = None) -> list[Array]:
     """The input of every layer followed by the model output (``len(spec.layers) + 1`` arrays)."""
     xp = array_namespace(x) if xp is None else xp
-    if x.ndim != 2 or x.shape[1] != spec.in_features:
-        raise ValueError(f"the model expects inputs of shape (n, {spec.in_features}), got {tuple(x.shape)}")
+    _check_input(x, spec)
     acts = [x]
     for i, layer in enumerate(spec.layers):
         acts.append(_layer_forward(layer, params, f"{i}.", acts[-1], xp))
@@ -308,8 +320,7 @@ def mlp_forward(params: Params, x: Array, spec: MLPSpec, /, *, xp: Any = None) -
 def mlp_loss(params: Params, images: Array, labels: Array, spec: MLPSpec, /, *, xp: Any = None) -> Array:
     """Mean cross-entropy of the model on uint8 ``images`` (n, 28, 28) or float inputs (n, in)."""
     xp = array_namespace(images) if xp is None else xp
-    dtype = next(iter(params.values())).dtype
-    x = images if xp.isdtype(images.dtype, "real floating") else flatten_images(images, dtype, xp=xp)
+    x = _model_input(params, images, spec, xp)
     return softmax_cross_entropy(mlp_forward(params, x, spec, xp=xp), labels, xp=xp)
 
 
@@ -331,10 +342,7 @@ def mlp_value_and_grad(
     True
     """
     xp = array_namespace(images) if xp is None else xp
-    dtype = next(iter(params.values())).dtype
-    h = images if xp.isdtype(images.dtype, "real floating") else flatten_images(images, dtype, xp=xp)
-    if h.ndim != 2 or h.shape[1] != spec.in_features:
-        raise ValueError(f"the model expects inputs of shape (n, {spec.in_features}), got {tuple(h.shape)}")
+    h = _model_input(params, images, spec, xp)
     # Forward, keeping each layer's input (linear) or residuals (yat) for the backward pass.
     saved: list[Any] = []
     for i, layer in enumerate(spec.layers):
