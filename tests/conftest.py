@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,6 +19,56 @@ import pytest
 # torch.compile costs ~20 s per graph on a 2-core machine: every test runs torch
 # eagerly except the one that sets this back to "1" (tests/test_train.py).
 os.environ["YAT_CORE_TORCH_COMPILE"] = "0"
+
+#: How a skip for an absent framework reads (pytest.importorskip, require_backend, the tests' own).
+FRAMEWORK_SKIP = re.compile(r"could not import|No module named|is not installed|needs [\w.]+$")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--require-frameworks",
+        action="store_true",
+        help="fail the run when a test is skipped because a framework is missing (nox -s tests)",
+    )
+
+
+def _skip_reason(report: Any) -> str:
+    longrepr = report.longrepr
+    return str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+
+
+def _note_framework_skip(config: pytest.Config, report: Any) -> None:
+    if report.skipped and config.getoption("--require-frameworks") and FRAMEWORK_SKIP.search(_skip_reason(report)):
+        config.stash.setdefault(_SKIPPED_FRAMEWORKS, []).append(f"{report.nodeid}: {_skip_reason(report)}")
+
+
+_SKIPPED_FRAMEWORKS = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    outcome = yield
+    _note_framework_skip(item.config, outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    outcome = yield
+    _note_framework_skip(collector.config, outcome.get_result())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under ``--require-frameworks`` a framework that is absent is a failure, not a skip."""
+    missing = session.config.stash.get(_SKIPPED_FRAMEWORKS, [])
+    if missing:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"--require-frameworks: {len(missing)} skip(s) for an absent framework:", red=True)
+            for line in missing[:20]:
+                reporter.write_line(f"  {line}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 #: Backend name -> the import that must succeed for it to run.
 BACKEND_FRAMEWORKS = {"numpy": "numpy", "torch": "torch", "jax": "jax", "mlx": "mlx.core"}
@@ -55,7 +106,7 @@ def namespace_for(name: str) -> Any:
     elif name == "jax":
         import jax.numpy as xp
     else:
-        from yat_core.backends.mlx import mlx_namespace
+        from yat_core.namespaces.mlx import namespace as mlx_namespace
 
         xp = mlx_namespace()
     return xp
@@ -63,7 +114,7 @@ def namespace_for(name: str) -> Any:
 
 def to_numpy(a: Any) -> np.ndarray:
     """Any backend's array as a NumPy array (float64 kept, bfloat16 not expected)."""
-    from yat_core._compat import to_numpy as _to_numpy
+    from yat_core.namespaces import to_numpy as _to_numpy
 
     return np.asarray(_to_numpy(a))
 

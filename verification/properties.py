@@ -12,13 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from yat_core._compat import device_of
-
 from verification import backends
 from verification.cases import YatCase, YatInputs, yat_inputs
 from verification.checks import repro_command, yat_reference
 from verification.error_model import FLOAT32, precision_for, total_bound, yat_bound
 from verification.oracle import yat_oracle
+from yat_core.namespaces import device_of
 
 __all__ = [
     "check_non_negative_and_finite",
@@ -41,8 +40,10 @@ def _impl(backend: str, impl: Any) -> Any:
 
 
 def _where(check: str, backend: str, case: YatCase) -> str:
-    return f"backend {backend!r}, inputs {case.shape}, seed {case.seed}\n  case: {case!r}\n  reproduce: " + \
-        repro_command(check, backend, case)
+    return (
+        f"backend {backend!r}, inputs {case.shape}, seed {case.seed}\n  case: {case!r}\n  reproduce: "
+        + repro_command(check, backend, case)
+    )
 
 
 def _bound(inp: YatInputs, backend: str, dtype: Any = np.float32) -> np.ndarray:
@@ -109,7 +110,8 @@ def check_value_at_equal_rows(backend: str, case: YatCase, integer_bias: bool, *
     err, tol = np.abs(y - expected), rel * np.abs(expected)
     worst = float(np.max((err / np.maximum(tol, 1e-300))[equal]))
     assert np.all(err[equal] <= tol[equal]), (
-        f"y at x == w off by {worst:.3g} x the tolerance: {_where('equal-rows', backend, case)}")
+        f"y at x == w off by {worst:.3g} x the tolerance: {_where('equal-rows', backend, case)}"
+    )
 
 
 def independence_inputs(case: YatCase) -> YatInputs:
@@ -128,7 +130,8 @@ def check_rows_independent(backend: str, case: YatCase, *, impl: Any = None) -> 
     a, b = impl.yat(inp), impl.yat(other)
     limit = _bound(inp, backend)[0] + _bound(other, backend)[0]
     assert np.all(np.abs(a[0].astype(np.float64) - b[0]) <= limit), (
-        f"row 0 changed with the other rows: {_where('rows', backend, case)}")
+        f"row 0 changed with the other rows: {_where('rows', backend, case)}"
+    )
 
 
 def check_feature_permutation(backend: str, case: YatCase, *, impl: Any = None) -> None:
@@ -142,8 +145,9 @@ def check_feature_permutation(backend: str, case: YatCase, *, impl: Any = None) 
     assert np.all(np.abs(a - b) <= limit), f"feature permutation changed y: {_where('permutation', backend, case)}"
 
 
-def check_dtype_shape_device(backend: str, case: YatCase, dtype: str, leading: tuple[int, ...], *,
-                             impl: Any = None) -> None:
+def check_dtype_shape_device(
+    backend: str, case: YatCase, dtype: str, leading: tuple[int, ...], *, impl: Any = None
+) -> None:
     """Output dtype and device are the input's, shape is ``(..., out)``; in either dtype
     the values meet the error model with that dtype's unit roundoff."""
     impl = _impl(backend, impl)

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from types import ModuleType
+from typing import NamedTuple
 
 from yat_core.errors import BackendUnavailableError
 
-__all__ = ["require"]
+__all__ = ["require", "LazyEntry", "load_entry"]
+
+
+class LazyEntry(NamedTuple):
+    """A registry entry: the yat_core module to load, the import it needs, the extra that installs it."""
+
+    module: str
+    requires: str
+    extra: str
 
 
 def require(module: str, extra: str, what: str) -> ModuleType:
@@ -31,6 +41,11 @@ def require(module: str, extra: str, what: str) -> ModuleType:
     ...
     yat_core.errors.BackendUnavailableError: backend 'nsf' needs no_such_framework, which is not installed here; install it with: pip install 'yat-core[nsf]'
     """
+    if module.split(".")[0] == "mlx":
+        # An optimised BLAS must be loaded before MLX is (see yat_core._mlx_blas).
+        from yat_core._mlx_blas import preload_blas
+
+        preload_blas()
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -38,6 +53,24 @@ def require(module: str, extra: str, what: str) -> ModuleType:
         missing = getattr(exc, "name", None) or top
         detail = "" if missing.split(".")[0] == top else f" (it failed to import {missing}: {exc})"
         raise BackendUnavailableError(
-            f"{what} needs {top}, which is not installed here{detail}; "
-            f"install it with: pip install 'yat-core[{extra}]'"
+            f"{what} needs {top}, which is not installed here{detail}; install it with: pip install 'yat-core[{extra}]'"
         ) from None
+
+
+def load_entry(registry: Mapping[str, LazyEntry], name: str, kind: str) -> ModuleType:
+    """Import the module registered as ``name``, after checking its framework imports.
+
+    Examples
+    --------
+    >>> load_entry({"json": LazyEntry("json", "json", "")}, "json", "codec").__name__
+    'json'
+    >>> load_entry({"json": LazyEntry("json", "json", "")}, "xml", "codec")
+    Traceback (most recent call last):
+    ...
+    yat_core.errors.BackendUnavailableError: unknown codec 'xml'; choose one of: json
+    """
+    entry = registry.get(name)
+    if entry is None:
+        raise BackendUnavailableError(f"unknown {kind} {name!r}; choose one of: {', '.join(registry)}")
+    require(entry.requires, entry.extra, f"{kind} {name!r}")
+    return importlib.import_module(entry.module)

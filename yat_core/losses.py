@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from yat_core._compat import array_namespace
+from yat_core.namespaces import array_namespace
 
 __all__ = ["log_softmax", "one_hot", "softmax_cross_entropy", "cross_entropy_grad", "count_correct"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from yat_core._compat import array_namespace, device_of
+from yat_core.namespaces import array_namespace, device_of
 
 __all__ = ["AdamWConfig", "AdamWState", "adamw_init", "adamw_update"]
 

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from yat_core._compat import array_namespace
+from yat_core.namespaces import array_namespace
 
 __all__ = [
     "DEFAULT_EPSILON",
@@ -103,7 +103,7 @@ def validate_epsilon(epsilon: Any) -> None:
     if _is_number(epsilon) and not (math.isfinite(epsilon) and epsilon > 0):
         raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
     # Host NumPy values can be checked without a device sync or breaking a trace.
-    if isinstance(epsilon, (np.ndarray, np.generic)) and not np.all(np.isfinite(epsilon) & (epsilon > 0)):
+    if isinstance(epsilon, (np.ndarray, np.generic)) and not np.all(np.isfinite(epsilon) & (np.asarray(epsilon) > 0)):
         raise ValueError(f"epsilon must be finite and > 0, got {epsilon!r}")
     if isinstance(epsilon, bool) or epsilon is None:
         raise TypeError(f"epsilon must be a number > 0 or an array, got {epsilon!r}")
@@ -111,9 +111,9 @@ def validate_epsilon(epsilon: Any) -> None:
 
 def _check_inputs(x: Array, w: Array, bias: Any, alpha: Any, epsilon: Any, xp: Any) -> None:
     validate_epsilon(epsilon)
-    if getattr(w, "ndim", None) != 2:
+    if len(getattr(w, "shape", ())) != 2:
         raise ValueError(f"kernel w must be 2-D (out, in), got shape {tuple(w.shape)}")
-    if getattr(x, "ndim", 0) < 1:
+    if len(getattr(x, "shape", ())) < 1:
         raise ValueError(f"x must have at least 1 dimension (..., in), got shape {tuple(x.shape)}")
     if x.shape[-1] != w.shape[1]:
         raise ValueError(
@@ -137,7 +137,9 @@ def _check_inputs(x: Array, w: Array, bias: Any, alpha: Any, epsilon: Any, xp: A
 def _row_norm(a: Array, xp: Any) -> Array:
     # Floor the square before the root: autodiff of sqrt at 0 would give NaN for a zero row.
     sq = xp.sum(a * a, axis=-1, keepdims=True)
-    return xp.sqrt(xp.maximum(sq, SPHERICAL_NORM_EPS**2))
+    floor = SPHERICAL_NORM_EPS**2
+    # `where`, not `maximum(array, float)`: the latter breaks torch.compile's graph through array-api-compat.
+    return xp.sqrt(xp.where(sq > floor, sq, floor))
 
 
 def _parts(x: Array, w: Array, bias: Any, alpha: Any, epsilon: Any, spherical: bool, xp: Any) -> YatResiduals:
@@ -339,8 +341,7 @@ def dense(x: Array, w: Array, /, *, bias: Array | None = None, xp: Any = None) -
     xp = array_namespace(x, w) if xp is None else xp
     if getattr(w, "ndim", None) != 2 or x.shape[-1] != w.shape[1]:
         raise ValueError(
-            f"dense: x.shape={tuple(x.shape)} does not fit kernel w.shape={tuple(w.shape)} "
-            "(kernel layout is (out, in))"
+            f"dense: x.shape={tuple(x.shape)} does not fit kernel w.shape={tuple(w.shape)} (kernel layout is (out, in))"
         )
     y = x @ xp.matrix_transpose(w)
     return y if bias is None else y + bias

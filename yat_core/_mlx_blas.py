@@ -46,8 +46,11 @@ def preload_blas() -> str | None:
     if not path or _loaded == path:
         return _loaded
     if "mlx.core" in sys.modules:
-        warnings.warn(f"{BLAS_ENV} is set but MLX was imported first; its BLAS cannot be replaced now",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"{BLAS_ENV} is set but MLX was imported first; its BLAS cannot be replaced now",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(_usable_cores()))
     try:
