@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from benchmarks import REPO_ROOT, RESULTS_DIR
 from benchmarks.profiles import PROFILES
 from benchmarks.regress import DEFAULT_THRESHOLD, compare, format_comparison, load_results
+from yat_core._io import atomic_write_text
 
 __all__ = ["main"]
 
@@ -89,7 +90,7 @@ def _render(args: argparse.Namespace) -> int:
     results = derive(saved, saved.get("comparison"))
     out = args.out or args.results.parent
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.md").write_text(render_markdown(results), encoding="utf-8")
+    atomic_write_text(out / "bench.md", render_markdown(results))
     render_chart(results, out / "bench.png")
     print(f"wrote {out / 'bench.md'} and {out / 'bench.png'}")
     return 0

@@ -32,6 +32,7 @@ from benchmarks import QUICK_RESULTS_DIR, RESULTS_DIR
 from benchmarks.devices import Target, discover
 from benchmarks.profiles import PROFILES, Profile, get_profile
 from benchmarks.regress import DEFAULT_THRESHOLD
+from yat_core._io import atomic_write_text
 
 _COLLECTOR = pytest.StashKey["Any"]()
 _REPORT = pytest.StashKey["list[str]"]()
@@ -41,23 +42,40 @@ _ORDER = ("test_floor", "test_steps", "test_epochs")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("yat-core benchmarks")
-    group.addoption("--bench-profile", choices=tuple(PROFILES), default=None,
-                    help="benchmark profile (default: $YAT_BENCH_PROFILE or quick)")
+    group.addoption(
+        "--bench-profile",
+        choices=tuple(PROFILES),
+        default=None,
+        help="benchmark profile (default: $YAT_BENCH_PROFILE or quick)",
+    )
     group.addoption("--bench-out", default=None, help="folder for bench.json, bench.md, bench.png")
-    group.addoption("--bench-backends", default=None,
-                    help="comma-separated backends to time (default: every installed one)")
-    group.addoption("--bench-compare", default=None, metavar="PATH",
-                    help="saved bench.json to compare with; slowdowns beyond the threshold fail the run")
-    group.addoption("--bench-threshold", type=float, default=DEFAULT_THRESHOLD,
-                    help="fraction slower that counts as a regression (default 0.10)")
-    group.addoption("--bench-save-baseline", action="store_true",
-                    help="also save this run as <out>/baseline.json")
-    group.addoption("--bench-in-process", action="store_true",
-                    help="time every backend's steps in this process instead of one process per backend")
-    group.addoption("--bench-child", default=None, metavar="BACKEND/DEVICE",
-                    help="(internal) run only this target's step tests")
-    group.addoption("--bench-child-out", default=None, metavar="PATH",
-                    help="(internal) where a child writes its step records")
+    group.addoption(
+        "--bench-backends", default=None, help="comma-separated backends to time (default: every installed one)"
+    )
+    group.addoption(
+        "--bench-compare",
+        default=None,
+        metavar="PATH",
+        help="saved bench.json to compare with; slowdowns beyond the threshold fail the run",
+    )
+    group.addoption(
+        "--bench-threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="fraction slower that counts as a regression (default 0.10)",
+    )
+    group.addoption("--bench-save-baseline", action="store_true", help="also save this run as <out>/baseline.json")
+    group.addoption(
+        "--bench-in-process",
+        action="store_true",
+        help="time every backend's steps in this process instead of one process per backend",
+    )
+    group.addoption(
+        "--bench-child", default=None, metavar="BACKEND/DEVICE", help="(internal) run only this target's step tests"
+    )
+    group.addoption(
+        "--bench-child-out", default=None, metavar="PATH", help="(internal) where a child writes its step records"
+    )
 
 
 def _profile(config: pytest.Config) -> Profile:
@@ -191,7 +209,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     child_out = config.getoption("--bench-child-out")
     if child_out:
         # A child hands its records to the parent, which writes the reports.
-        Path(child_out).write_text(json.dumps(collector.data["steps"]), encoding="utf-8")
+        atomic_write_text(child_out, json.dumps(collector.data["steps"]))
         return
     if not collector.has_measurements():
         return
@@ -213,8 +231,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if comparison is not None:
         lines.append(format_comparison(comparison))
         if comparison["regressions"]:
-            lines.append(f"REGRESSION CHECK FAILED: {len(comparison['regressions'])} metric(s) more than "
-                         f"{100 * comparison['threshold']:.0f}% slower than {baseline_path}")
+            lines.append(
+                f"REGRESSION CHECK FAILED: {len(comparison['regressions'])} metric(s) more than "
+                f"{100 * comparison['threshold']:.0f}% slower than {baseline_path}"
+            )
             if session.exitstatus == 0:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
     lines.append(_summary_table(results))

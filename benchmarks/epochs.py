@@ -39,8 +39,7 @@ def epoch_command(target: Target, model: str, profile: Profile, report: str) -> 
         cmd = [sys.executable, "-m", "yat_core", "train", "--quiet"]
     else:
         cmd = [sys.executable, "-m", "benchmarks.worker", "--model", model]
-    cmd += ["--backend", target.backend, "--device", target.device, "--epochs", str(profile.epochs),
-            "--report", report]
+    cmd += ["--backend", target.backend, "--device", target.device, "--epochs", str(profile.epochs), "--report", report]
     if profile.train_limit is not None:
         cmd += ["--train-limit", str(profile.train_limit)]
     return cmd
@@ -103,8 +102,13 @@ def run_epoch_bench(target: Target, model: str, profile: Profile, *, timeout_s: 
     Returns a JSON-ready record with ``status`` ``"ok"``, ``"n/a"`` (the comparison
     does not apply here, e.g. ``nmn`` not installed) or ``"error"`` (with the reason).
     """
-    record: dict[str, Any] = {"backend": target.backend, "device": target.device, "model": model,
-                              "epochs": profile.epochs, "train_limit": profile.train_limit}
+    record: dict[str, Any] = {
+        "backend": target.backend,
+        "device": target.device,
+        "model": model,
+        "epochs": profile.epochs,
+        "train_limit": profile.train_limit,
+    }
     if model == "nmn":
         record["nmn_module"] = NMN_MODULES.get(target.backend)
         reason = _nmn_unavailable(target.backend)

@@ -17,7 +17,8 @@ the floor *that framework* can reach (MLX on a Linux CPU multiplies far slower).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -111,8 +112,9 @@ _RUNNERS: dict[str, Callable[[list[tuple[np.ndarray, np.ndarray]], str], Callabl
 }
 
 
-def matmul_rates(library: str, *, spec: MLPSpec, repeats: int, device: str = "cpu",
-                 square: bool = True) -> dict[str, float]:
+def matmul_rates(
+    library: str, *, spec: MLPSpec, repeats: int, device: str = "cpu", square: bool = True
+) -> dict[str, float]:
     """Measured fp32 GFLOP/s of ``library``: ``model`` (the step's products) and ``square``.
 
     Raises
@@ -143,13 +145,21 @@ def _floor_entry(rates: dict[str, dict[str, float]], flops: int) -> dict[str, An
     }
     if squares:
         peak_lib = max(squares, key=squares.__getitem__)
-        entry.update(square_library=peak_lib, square_gflops=squares[peak_lib],
-                     seconds_at_square_rate=flops / (squares[peak_lib] * 1e9))
+        entry.update(
+            square_library=peak_lib,
+            square_gflops=squares[peak_lib],
+            seconds_at_square_rate=flops / (squares[peak_lib] * 1e9),
+        )
     return entry
 
 
-def measure_floor(*, repeats: int, libraries: tuple[str, ...] = FLOOR_LIBRARIES,
-                  devices: tuple[str, ...] = ("cpu",), n_samples: int = 60_000) -> dict[str, Any]:
+def measure_floor(
+    *,
+    repeats: int,
+    libraries: tuple[str, ...] = FLOOR_LIBRARIES,
+    devices: tuple[str, ...] = ("cpu",),
+    n_samples: int = 60_000,
+) -> dict[str, Any]:
     """Measure every installed library's matmul rates and derive the floor per device kind.
 
     Returns a JSON-ready dict: the FLOP counts, ``rates[device][library]`` and
@@ -171,8 +181,9 @@ def measure_floor(*, repeats: int, libraries: tuple[str, ...] = FLOOR_LIBRARIES,
             if device != "cpu" and library not in ("torch", "jax"):
                 continue
             try:
-                rates[library] = matmul_rates(library, spec=spec, repeats=repeats, device=device,
-                                              square=library in ("numpy", "torch"))
+                rates[library] = matmul_rates(
+                    library, spec=spec, repeats=repeats, device=device, square=library in ("numpy", "torch")
+                )
             except ImportError as exc:
                 result["errors"][f"{device}/{library}"] = f"not installed: {exc}"
             except Exception as exc:  # a broken library must not sink the floor of the others

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import functools
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from yat_core.config import TrainConfig
 from yat_core.mlp import MLPSpec
-from yat_core.train import TrainConfig
+from yat_core.runners import BaseRunner
 
 __all__ = ["NmnUnavailable", "NMN_MODULES", "make_nmn_runner", "nmn_version"]
 
@@ -60,11 +62,12 @@ def _hidden_sizes(spec: MLPSpec) -> tuple[int, int, int, int]:
     return a.in_features, a.out_features, b.out_features, c.out_features
 
 
-class NmnTorchRunner:
+class NmnTorchRunner(BaseRunner):
     """``nmn.torch.YatNMN`` layers with ``torch.optim.AdamW``, eager."""
 
     name = "nmn.torch"
     framework = "nmn"
+    distributions: tuple[str, ...] = ("nmn",)
 
     def __init__(self, spec: MLPSpec, config: TrainConfig) -> None:
         import torch
@@ -74,11 +77,14 @@ class NmnTorchRunner:
         self.torch, self.F = torch, torch.nn.functional
         self.device = torch.device(config.device or "cpu")
         torch.manual_seed(config.seed)
-        self.model = torch.nn.Sequential(
-            YatNMN(n_in, h1), YatNMN(h1, h2), torch.nn.Linear(h2, n_out)
-        ).to(self.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=(config.b1, config.b2),
-                                     eps=config.adam_eps, weight_decay=config.weight_decay)
+        self.model = torch.nn.Sequential(YatNMN(n_in, h1), YatNMN(h1, h2), torch.nn.Linear(h2, n_out)).to(self.device)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.optimizer.lr,
+            betas=(config.optimizer.b1, config.optimizer.b2),
+            eps=config.optimizer.eps,
+            weight_decay=config.optimizer.weight_decay,
+        )
 
     def device_name(self) -> str:
         return str(self.device)
@@ -104,22 +110,17 @@ class NmnTorchRunner:
             loss = self.F.cross_entropy(logits, labels.long(), reduction="sum")
             return loss, (logits.argmax(dim=1) == labels.long()).sum()
 
-    def settle(self, loss: Any) -> None:
-        """Eager PyTorch has nothing pending."""
-
     def synchronize(self, tree: Any) -> None:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
 
-    def to_float(self, value: Any) -> float:
-        return float(value)
 
-
-class NmnLinenRunner:
+class NmnLinenRunner(BaseRunner):
     """``nmn.linen.YatNMN`` layers with ``optax.adamw``, the whole step under ``jax.jit``."""
 
     name = "nmn.linen"
     framework = "nmn"
+    distributions: tuple[str, ...] = ("nmn",)
 
     def __init__(self, spec: MLPSpec, config: TrainConfig) -> None:
         import jax
@@ -140,8 +141,13 @@ class NmnLinenRunner:
         platform = "gpu" if (config.device or "cpu").startswith(("cuda", "gpu")) else "cpu"
         self.device = jax.devices(platform)[0]
         model = SeedModel()
-        tx = optax.adamw(config.lr, b1=config.b1, b2=config.b2, eps=config.adam_eps,
-                         weight_decay=config.weight_decay)
+        tx = optax.adamw(
+            config.optimizer.lr,
+            b1=config.optimizer.b1,
+            b2=config.optimizer.b2,
+            eps=config.optimizer.eps,
+            weight_decay=config.optimizer.weight_decay,
+        )
         self.params = jax.device_put(model.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, n_in))), self.device)
         self.opt_state = jax.device_put(tx.init(self.params), self.device)
 
@@ -178,21 +184,16 @@ class NmnLinenRunner:
     def evaluate(self, images: Any, labels: Any) -> tuple[Any, Any]:
         return self._eval(self.params, images, labels)
 
-    def settle(self, loss: Any) -> None:
-        """JAX dispatches asynchronously; nothing to force."""
-
     def synchronize(self, tree: Any) -> None:
         self.jax.block_until_ready((self.params, tree))
 
-    def to_float(self, value: Any) -> float:
-        return float(value)
 
-
-class NmnMlxRunner:
+class NmnMlxRunner(BaseRunner):
     """``nmn.mlx.YatNMN`` layers with ``mlx.optimizers.AdamW``, the step under ``mx.compile``."""
 
     name = "nmn.mlx"
     framework = "nmn"
+    distributions: tuple[str, ...] = ("nmn",)
 
     def __init__(self, spec: MLPSpec, config: TrainConfig) -> None:
         import mlx.core as mx
@@ -209,8 +210,13 @@ class NmnMlxRunner:
         self.model = nn.Sequential(*layers)
         # nmn's MLX layer allocates its weights on the first call: build before compiling.
         self.model(mx.zeros((1, n_in)))
-        self.optimizer = optim.AdamW(learning_rate=config.lr, betas=[config.b1, config.b2], eps=config.adam_eps,
-                                     weight_decay=config.weight_decay, bias_correction=True)
+        self.optimizer = optim.AdamW(
+            learning_rate=config.optimizer.lr,
+            betas=[config.optimizer.b1, config.optimizer.b2],
+            eps=config.optimizer.eps,
+            weight_decay=config.optimizer.weight_decay,
+            bias_correction=True,
+        )
         self.optimizer.init(self.model.trainable_parameters())
         self.state = [self.model.state, self.optimizer.state]
         self._step = self._compiled_step(nn)
@@ -266,9 +272,6 @@ class NmnMlxRunner:
 
     def synchronize(self, tree: Any) -> None:
         self.mx.eval(self.state, tree)
-
-    def to_float(self, value: Any) -> float:
-        return float(np.asarray(value))
 
 
 _RUNNERS = {"torch": NmnTorchRunner, "jax": NmnLinenRunner, "mlx": NmnMlxRunner}

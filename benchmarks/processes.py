@@ -14,9 +14,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from benchmarks import REPO_ROOT
 
@@ -88,8 +88,9 @@ class _PeakSampler(threading.Thread):
             self.done.wait(self.interval_s)
 
 
-def run_measured(cmd: Sequence[str], *, timeout_s: float, cwd: str | os.PathLike | None = None,
-                 env: dict[str, str] | None = None) -> ProcessResult:
+def run_measured(
+    cmd: Sequence[str], *, timeout_s: float, cwd: str | os.PathLike | None = None, env: dict[str, str] | None = None
+) -> ProcessResult:
     """Run ``cmd`` to completion; wall time from before the spawn to after the exit.
 
     Output goes to temporary files (a pipe could fill and stall the child). The
@@ -98,8 +99,9 @@ def run_measured(cmd: Sequence[str], *, timeout_s: float, cwd: str | os.PathLike
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                cwd=cwd or REPO_ROOT, env=env or python_env())
+        proc = subprocess.Popen(
+            list(cmd), stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd or REPO_ROOT, env=env or python_env()
+        )
         timer = threading.Timer(timeout_s, proc.kill)
         timer.start()
         sampler = _PeakSampler(proc.pid) if sys.platform.startswith("linux") else None
@@ -125,8 +127,14 @@ def run_measured(cmd: Sequence[str], *, timeout_s: float, cwd: str | os.PathLike
             peak = sampler.peak_mb
         out.seek(0)
         err.seek(0)
-        return ProcessResult(proc.returncode, wall, peak, out.read().decode(errors="replace"),
-                             err.read().decode(errors="replace"), timed_out)
+        return ProcessResult(
+            proc.returncode,
+            wall,
+            peak,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+            timed_out,
+        )
 
 
 def scratch_path(name: str) -> Path:

@@ -72,12 +72,26 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
-        name="quick", batch_sizes=(1, 128), step_budget_s=0.1, min_rounds=3, max_rounds=200,
-        warmup_calls=2, epochs=2, train_limit=3840, floor_repeats=5,
+        name="quick",
+        batch_sizes=(1, 128),
+        step_budget_s=0.1,
+        min_rounds=3,
+        max_rounds=200,
+        warmup_calls=2,
+        epochs=2,
+        train_limit=3840,
+        floor_repeats=5,
     ),
     "full": Profile(
-        name="full", batch_sizes=(1, 32, 128, 1024), step_budget_s=1.0, min_rounds=7, max_rounds=3000,
-        warmup_calls=5, epochs=3, train_limit=None, floor_repeats=30,
+        name="full",
+        batch_sizes=(1, 32, 128, 1024),
+        step_budget_s=1.0,
+        min_rounds=7,
+        max_rounds=3000,
+        warmup_calls=5,
+        epochs=3,
+        train_limit=None,
+        floor_repeats=30,
     ),
 }
 

@@ -81,8 +81,13 @@ def compare(current: Results, baseline: Results, threshold: float = DEFAULT_THRE
             regressions.append(row)
         elif ratio < 1.0 / (1.0 + threshold):
             improvements.append(row)
-    return {"threshold": threshold, "compared": len(set(cur) & set(base)), "regressions": regressions,
-            "improvements": improvements, "notes": _notes(current, baseline)}
+    return {
+        "threshold": threshold,
+        "compared": len(set(cur) & set(base)),
+        "regressions": regressions,
+        "improvements": improvements,
+        "notes": _notes(current, baseline),
+    }
 
 
 def _notes(current: Results, baseline: Results) -> list[str]:
@@ -95,8 +100,10 @@ def _notes(current: Results, baseline: Results) -> list[str]:
     rate_now = _floor_rate(current)
     rate_then = _floor_rate(baseline)
     if rate_now and rate_then and abs(rate_now / rate_then - 1.0) > 0.10:
-        notes.append(f"the machine's measured matmul rate changed {rate_then:.0f} -> {rate_now:.0f} GFLOP/s: "
-                     "differences may come from the machine, not the code")
+        notes.append(
+            f"the machine's measured matmul rate changed {rate_then:.0f} -> {rate_now:.0f} GFLOP/s: "
+            "differences may come from the machine, not the code"
+        )
     return notes
 
 
@@ -111,8 +118,7 @@ def format_comparison(comparison: dict[str, Any]) -> str:
     lines += [f"note: {n}" for n in comparison["notes"]]
     for title, rows in (("SLOWER", comparison["regressions"]), ("faster", comparison["improvements"])):
         for r in rows:
-            lines.append(f"{title}: {r['metric']}: {r['baseline']:.4g} s -> {r['current']:.4g} s "
-                         f"(x{r['ratio']:.2f})")
+            lines.append(f"{title}: {r['metric']}: {r['baseline']:.4g} s -> {r['current']:.4g} s (x{r['ratio']:.2f})")
     if not comparison["regressions"]:
         lines.append("no regressions")
     return "\n".join(lines)

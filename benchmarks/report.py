@@ -7,12 +7,14 @@ this backend's over the comparison's: below 1 is faster than the comparison.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from benchmarks.devices import BACKEND_ORDER
 from benchmarks.steps import KINDS
 from benchmarks.targets import NMN_EXAMPLE_S_PER_EPOCH, evaluate_targets, step_ratio
+from yat_core._io import atomic_write, atomic_write_text
 
 __all__ = ["summarise", "derive", "epoch_table", "render_markdown", "render_chart", "write_outputs", "OUTPUT_NAMES"]
 
@@ -59,21 +61,23 @@ def summarise(results: Results) -> list[dict[str, Any]]:
         relu = _epoch(results, backend, device, "relu")
         nmn = _epoch(results, backend, device, "nmn")
         s = _ok(yat, "steady_s")
-        rows.append({
-            "backend": backend,
-            "device": device,
-            "s_per_epoch": s,
-            "samples_per_s": _ok(yat, "samples_per_s"),
-            "x_floor": _ratio(s, _floor_s(results, device)),
-            "x_relu": _ratio(s, _ok(relu, "steady_s")),
-            "x_nmn": _ratio(s, _ok(nmn, "steady_s")),
-            "relu_s_per_epoch": _ok(relu, "steady_s"),
-            "nmn_s_per_epoch": _ok(nmn, "steady_s"),
-            "nmn_status": None if nmn is None else (nmn.get("status"), nmn.get("reason")),
-            "step_ratio_b128": step_ratio(results, backend, device),
-            "extrapolated": bool(yat and yat.get("extrapolated")),
-            "yat_status": None if yat is None else (yat.get("status"), yat.get("reason")),
-        })
+        rows.append(
+            {
+                "backend": backend,
+                "device": device,
+                "s_per_epoch": s,
+                "samples_per_s": _ok(yat, "samples_per_s"),
+                "x_floor": _ratio(s, _floor_s(results, device)),
+                "x_relu": _ratio(s, _ok(relu, "steady_s")),
+                "x_nmn": _ratio(s, _ok(nmn, "steady_s")),
+                "relu_s_per_epoch": _ok(relu, "steady_s"),
+                "nmn_s_per_epoch": _ok(nmn, "steady_s"),
+                "nmn_status": None if nmn is None else (nmn.get("status"), nmn.get("reason")),
+                "step_ratio_b128": step_ratio(results, backend, device),
+                "extrapolated": bool(yat and yat.get("extrapolated")),
+                "yat_status": None if yat is None else (yat.get("status"), yat.get("reason")),
+            }
+        )
     return rows
 
 
@@ -117,18 +121,25 @@ def _md_header(results: Results) -> list[str]:
         f"commit `{results.get('git_commit') or 'unknown'}`",
         f"- machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('os', '?')}",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        "- environment: " + (", ".join(f"{k}={val}" for k, val in results.get("environment", {}).items())
-                             or "no thread, BLAS or compiler variables set"),
+        "- environment: "
+        + (
+            ", ".join(f"{k}={val}" for k, val in results.get("environment", {}).items())
+            or "no thread, BLAS or compiler variables set"
+        ),
         f"- load average (1/5/15 min) at start {load.get('start')}, at end {load.get('end')}",
     ]
     start = (load.get("start") or [0.0])[0]
     cores = m.get("cores") or 1
     if start > 0.5:
-        lines.append(f"- note: other processes were using the CPU when the run started "
-                     f"(load {start:.2f} on {cores} cores); times include their interference")
+        lines.append(
+            f"- note: other processes were using the CPU when the run started "
+            f"(load {start:.2f} on {cores} cores); times include their interference"
+        )
     if prof.get("train_limit"):
-        lines.append(f"- quick profile: epochs of {prof['train_limit']:,} images; seconds per MNIST epoch are "
-                     "extrapolated from the measured samples/s and are indicative only")
+        lines.append(
+            f"- quick profile: epochs of {prof['train_limit']:,} images; seconds per MNIST epoch are "
+            "extrapolated from the measured samples/s and are indicative only"
+        )
     return lines
 
 
@@ -139,16 +150,27 @@ def epoch_table(summary: list[dict[str, Any]]) -> list[str]:
         nmn = _x(r["x_nmn"])
         if r["x_nmn"] is None and r["nmn_status"] and r["nmn_status"][0] == "error":
             nmn = "error"
-        rows.append([f"{r['backend']}/{r['device']}", _f(r["s_per_epoch"]), _f(r["samples_per_s"], 4),
-                     _x(r["x_floor"]), _x(r["x_relu"]), nmn])
+        rows.append(
+            [
+                f"{r['backend']}/{r['device']}",
+                _f(r["s_per_epoch"]),
+                _f(r["samples_per_s"], 4),
+                _x(r["x_floor"]),
+                _x(r["x_relu"]),
+                nmn,
+            ]
+        )
     return _table(["backend/device", "s/epoch", "samples/s", "x floor", "x ReLU baseline", "x nmn"], rows)
 
 
 def _md_epochs(results: Results, summary: list[dict[str, Any]]) -> list[str]:
     floor = (results.get("floor") or {}).get("floor", {}).get("cpu")
-    floor_line = (f"Floor: {results['floor']['flops_per_epoch'] / 1e9:.1f} GFLOP per epoch at "
-                  f"{floor['gflops']:.0f} GFLOP/s ({floor['basis']}) = {floor['seconds']:.3f} s/epoch."
-                  if floor else "Floor: not measured in this run.")
+    floor_line = (
+        f"Floor: {results['floor']['flops_per_epoch'] / 1e9:.1f} GFLOP per epoch at "
+        f"{floor['gflops']:.0f} GFLOP/s ({floor['basis']}) = {floor['seconds']:.3f} s/epoch."
+        if floor
+        else "Floor: not measured in this run."
+    )
     epochs = results.get("profile", {}).get("epochs", "?")
     return [
         "## Epoch timing: MNIST, batch 128, steady state",
@@ -175,9 +197,19 @@ def _md_runs(results: Results) -> list[str]:
         if rec.get("status") != "ok":
             rows.append([label, name, rec.get("status", "?"), NA, NA, NA, NA, NA, (rec.get("reason") or "")[:80]])
             continue
-        rows.append([label, name, _f(rec["steady_s"]), _f(rec["warmup_epoch_s"]), _f(rec.get("first_step_s")),
-                     _f(rec.get("wall_s")), _f(rec.get("peak_rss_mb"), 4),
-                     NA if rec.get("test_acc") is None else f"{100 * rec['test_acc']:.2f}%", ""])
+        rows.append(
+            [
+                label,
+                name,
+                _f(rec["steady_s"]),
+                _f(rec["warmup_epoch_s"]),
+                _f(rec.get("first_step_s")),
+                _f(rec.get("wall_s")),
+                _f(rec.get("peak_rss_mb"), 4),
+                NA if rec.get("test_acc") is None else f"{100 * rec['test_acc']:.2f}%",
+                "",
+            ]
+        )
     return [
         "## Every run: start-up, end to end, memory",
         "",
@@ -186,8 +218,20 @@ def _md_runs(results: Results) -> list[str]:
         "(for the Yat rows: the user's `yat-core train` command). *peak RSS*: the process's "
         "peak resident memory.",
         "",
-        *_table(["backend/device", "model", "s/epoch", "warm-up epoch s", "first step s", "wall s",
-                 "peak RSS MB", "test acc", "note"], rows),
+        *_table(
+            [
+                "backend/device",
+                "model",
+                "s/epoch",
+                "warm-up epoch s",
+                "first step s",
+                "wall s",
+                "peak RSS MB",
+                "test acc",
+                "note",
+            ],
+            rows,
+        ),
     ]
 
 
@@ -215,8 +259,17 @@ def _md_wall(results: Results) -> list[str]:
         if rec["model"] != "yat" or rec.get("status") != "ok" or rec.get("outside_train_s") is None:
             continue
         set_up = rec["total_s"] - rec["train_epochs_s"] - rec["eval_s"]
-        rows.append([f"{rec['backend']}/{rec['device']}", _f(rec["wall_s"]), _f(rec["outside_train_s"]),
-                     _f(rec.get("load_s")), _f(set_up), _f(rec["train_epochs_s"]), _f(rec["eval_s"])])
+        rows.append(
+            [
+                f"{rec['backend']}/{rec['device']}",
+                _f(rec["wall_s"]),
+                _f(rec["outside_train_s"]),
+                _f(rec.get("load_s")),
+                _f(set_up),
+                _f(rec["train_epochs_s"]),
+                _f(rec["eval_s"]),
+            ]
+        )
     if not rows:
         return []
     return [
@@ -227,8 +280,10 @@ def _md_wall(results: Results) -> list[str]:
         "initialisation, data load (also shown on its own) and transfer to the device. The first "
         "epoch includes compilation.",
         "",
-        *_table(["backend/device", "wall s", "outside train() s", "data load s", "set-up s",
-                 "epochs s", "evaluation s"], rows),
+        *_table(
+            ["backend/device", "wall s", "outside train() s", "data load s", "set-up s", "epochs s", "evaluation s"],
+            rows,
+        ),
     ]
 
 
@@ -239,8 +294,15 @@ def _md_floor(results: Results) -> list[str]:
     rows = []
     for device, libs in floor["rates"].items():
         for lib, r in libs.items():
-            rows.append([device, lib, _f(r.get("model_gflops")), _f(r.get("square_gflops")),
-                         _f(floor["flops_per_epoch"] / (r["model_gflops"] * 1e9))])
+            rows.append(
+                [
+                    device,
+                    lib,
+                    _f(r.get("model_gflops")),
+                    _f(r.get("square_gflops")),
+                    _f(floor["flops_per_epoch"] / (r["model_gflops"] * 1e9)),
+                ]
+            )
     lines = [
         "## The floor: fp32 matrix-multiply rates measured in this run",
         "",
@@ -257,8 +319,10 @@ def _md_floor(results: Results) -> list[str]:
     for device, entry in floor.get("floor", {}).items():
         extra = ""
         if "square_gflops" in entry:
-            extra = (f"; at the square-matmul rate ({entry['square_library']}, {entry['square_gflops']:.0f} "
-                     f"GFLOP/s) it would be {entry['seconds_at_square_rate']:.3f} s")
+            extra = (
+                f"; at the square-matmul rate ({entry['square_library']}, {entry['square_gflops']:.0f} "
+                f"GFLOP/s) it would be {entry['seconds_at_square_rate']:.3f} s"
+            )
         lines += ["", f"Floor on {device}: {entry['seconds']:.3f} s/epoch ({entry['basis']}){extra}."]
     return lines
 
@@ -269,14 +333,17 @@ def _md_steps(results: Results) -> list[str]:
         return []
     batches = sorted({s["batch"] for s in steps})
     by_key = {(s["backend"], s["device"], s["model"], s["kind"], s["batch"]): s for s in steps}
-    groups = sorted({(s["backend"], s["device"], s["model"], s["kind"]) for s in steps},
-                    key=lambda k: (_rank(k[0]), k[1], k[2] != "yat", KINDS.index(k[3])))
+    groups = sorted(
+        {(s["backend"], s["device"], s["model"], s["kind"]) for s in steps},
+        key=lambda k: (_rank(k[0]), k[1], k[2] != "yat", KINDS.index(k[3])),
+    )
     median_rows, first_rows = [], []
     for g in groups:
         cells = [by_key.get((*g, b)) for b in batches]
         label = [f"{g[0]}/{g[1]}", g[2], g[3]]
-        median_rows.append(label + [NA if c is None else f"{_f(1e3 * c['median_s'])} ({_f(1e3 * c['min_s'])})"
-                                    for c in cells])
+        median_rows.append(
+            label + [NA if c is None else f"{_f(1e3 * c['median_s'])} ({_f(1e3 * c['min_s'])})" for c in cells]
+        )
         first_rows.append(label + [NA if c is None else _f(c["first_call_s"]) for c in cells])
     head = ["backend/device", "model", "step"]
     return [
@@ -313,16 +380,25 @@ def render_markdown(results: Results) -> str:
     summary = results.get("summary") or summarise(results)
     targets = results.get("targets") or evaluate_targets(results)
     sections = [
-        _md_header(results), _md_epochs(results, summary), _md_targets(results, targets),
-        _md_runs(results), _md_wall(results), _md_floor(results), _md_steps(results), _md_comparison(results),
+        _md_header(results),
+        _md_epochs(results, summary),
+        _md_targets(results, targets),
+        _md_runs(results),
+        _md_wall(results),
+        _md_floor(results),
+        _md_steps(results),
+        _md_comparison(results),
     ]
     return "\n\n".join("\n".join(s) for s in sections if s) + "\n"
 
 
 # -- chart -----------------------------------------------------------------------------
 _TARGET_S = {"jax": 0.45, "torch": 0.6, "mlx": NMN_EXAMPLE_S_PER_EPOCH["mlx"] / 2}
-_SERIES = (("yat", "yat-core Yat", "#1f77b4"), ("relu", "Linear + ReLU (same backend)", "#aec7e8"),
-           ("nmn", "nmn YatNMN (same framework)", "#ff7f0e"))
+_SERIES = (
+    ("yat", "yat-core Yat", "#1f77b4"),
+    ("relu", "Linear + ReLU (same backend)", "#aec7e8"),
+    ("nmn", "nmn YatNMN (same framework)", "#ff7f0e"),
+)
 
 
 def _chart_epochs(ax: Any, results: Results, rows: list[tuple[str, str]]) -> None:
@@ -341,19 +417,36 @@ def _chart_epochs(ax: Any, results: Results, rows: list[tuple[str, str]]) -> Non
         if device != "cpu":
             continue
         if backend in _TARGET_S:
-            ax.hlines(_TARGET_S[backend], j - 0.42, j + 0.42, colors="red", linewidth=2,
-                      label=None if "target" in labelled else "target")
+            ax.hlines(
+                _TARGET_S[backend],
+                j - 0.42,
+                j + 0.42,
+                colors="red",
+                linewidth=2,
+                label=None if "target" in labelled else "target",
+            )
             labelled.add("target")
         if backend in NMN_EXAMPLE_S_PER_EPOCH:
             # A dotted bar top over the nmn bar: where nmn's own example script lands.
-            ax.hlines(NMN_EXAMPLE_S_PER_EPOCH[backend], j + width / 2, j + 1.5 * width, colors="black",
-                      linestyles=":", linewidth=2,
-                      label=None if "example" in labelled else "nmn's own example script (DESIGN.md §4)")
+            ax.hlines(
+                NMN_EXAMPLE_S_PER_EPOCH[backend],
+                j + width / 2,
+                j + 1.5 * width,
+                colors="black",
+                linestyles=":",
+                linewidth=2,
+                label=None if "example" in labelled else "nmn's own example script (DESIGN.md §4)",
+            )
             labelled.add("example")
     floor = _floor_s(results, "cpu")
     if floor:
-        ax.axhline(floor, color="green", linestyle="--", linewidth=1.2,
-                   label=f"CPU floor {floor:.2f} s (FLOPs / measured matmul rate)")
+        ax.axhline(
+            floor,
+            color="green",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"CPU floor {floor:.2f} s (FLOPs / measured matmul rate)",
+        )
     ax.set_yscale("log")
     low, high = ax.get_ylim()
     ax.set_ylim(low, high * 2.5)  # headroom for the value labels
@@ -375,8 +468,9 @@ def _chart_step_ratio(ax: Any, results: Results, rows: list[tuple[str, str]]) ->
                 xs.append(j - 0.4 + (i + 0.5) * width)
                 ys.append(value)
         # Bars grow from parity (1x): up when the Yat step is slower, down when faster.
-        bars = ax.bar(xs, [y - 1.0 for y in ys], width, bottom=1.0, label=f"batch {batch}",
-                      edgecolor="black", linewidth=0.5)
+        bars = ax.bar(
+            xs, [y - 1.0 for y in ys], width, bottom=1.0, label=f"batch {batch}", edgecolor="black", linewidth=0.5
+        )
         ax.bar_label(bars, labels=[f"{y:.3g}" for y in ys], fontsize=7, padding=1)
     ax.axhline(1.3, color="red", linewidth=1.5, label="target 1.3x (batch 128)")
     ax.axhline(1.0, color="grey", linewidth=0.8)
@@ -412,12 +506,12 @@ def render_chart(results: Results, path: str | Path) -> Path:
     _chart_step_ratio(bottom, results, rows)
     prof = results.get("profile", {}).get("name", "?")
     cpu = results.get("machine", {}).get("cpu", "")
-    fig.suptitle(f"yat-core benchmarks ({prof} profile) - {cpu}, {results.get('machine', {}).get('cores', '?')} cores",
-                 fontsize=10)
+    fig.suptitle(
+        f"yat-core benchmarks ({prof} profile) - {cpu}, {results.get('machine', {}).get('cores', '?')} cores",
+        fontsize=10,
+    )
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    path = atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -430,6 +524,6 @@ def write_outputs(results: Results, out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     paths = {kind: out_dir / name for kind, name in OUTPUT_NAMES.items()}
     write_json_atomic(paths["json"], results)
-    paths["markdown"].write_text(render_markdown(results), encoding="utf-8")
+    atomic_write_text(paths["markdown"], render_markdown(results))
     render_chart(results, paths["chart"])
     return paths

@@ -28,8 +28,16 @@ SCHEMA = 1
 #: Distributions whose versions every result records (those installed).
 VERSIONED = ("torch", "jax", "jaxlib", "mlx", "flax", "optax", "nmn", "array-api-compat", "pytest-benchmark")
 #: Environment variables that change how fast the frameworks run; recorded when set.
-ENVIRONMENT = ("YAT_CORE_MLX_BLAS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS",
-               "MKL_NUM_THREADS", "XLA_FLAGS", "TORCHINDUCTOR_COMPILE_THREADS", "YAT_BENCH_PROFILE")
+ENVIRONMENT = (
+    "YAT_CORE_MLX_BLAS",
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "XLA_FLAGS",
+    "TORCHINDUCTOR_COMPILE_THREADS",
+    "YAT_BENCH_PROFILE",
+)
 
 
 def _now() -> str:
@@ -76,8 +84,12 @@ class Collector:
         from yat_core.receipts import git_commit, machine_info, versions
 
         doc = dict(self.data)
-        doc.update(finished=_now(), git_commit=git_commit(), machine=machine_info(),
-                   versions=versions(*VERSIONED),
-                   environment={k: os.environ[k] for k in ENVIRONMENT if k in os.environ})
+        doc.update(
+            finished=_now(),
+            git_commit=git_commit(),
+            machine=machine_info(),
+            versions=versions(*VERSIONED),
+            environment={k: os.environ[k] for k in ENVIRONMENT if k in os.environ},
+        )
         doc["load_avg"] = {**self.data["load_avg"], "end": _load_avg()}
         return doc

@@ -13,8 +13,9 @@ from __future__ import annotations
 import functools
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -71,8 +72,11 @@ class StepBench:
         b = get_backend(self.backend, self.device)
         spec = model_spec(self.model)
         params = {k: b.asarray(v) for k, v in init_mlp_numpy(spec, self.seed).items()}
-        builder = {"forward": self._forward, "forward_backward": self._forward_backward,
-                   "train_step": self._train_step}[self.kind]
+        builder = {
+            "forward": self._forward,
+            "forward_backward": self._forward_backward,
+            "train_step": self._train_step,
+        }[self.kind]
         return builder(b, spec, params)
 
     # -- synthetic data ----------------------------------------------------------------
@@ -86,7 +90,7 @@ class StepBench:
     # -- the three kinds -------------------------------------------------------------
     def _forward(self, b: Backend, spec: MLPSpec, params: dict[str, Any]) -> Callable[[], Any]:
         images, _ = self._batch_u8(self._rng())
-        x = b.asarray((images.astype(np.float32) / 255.0))
+        x = b.asarray(images.astype(np.float32) / 255.0)
         forward = b.compile(functools.partial(_forward, spec=spec, xp=b.xp))
 
         def run() -> Any:
@@ -112,8 +116,9 @@ class StepBench:
         rng = self._rng()
         images = b.asarray(rng.integers(0, 256, (DATASET_SIZE, 784), dtype=np.uint8))
         labels = b.asarray(rng.integers(0, 10, DATASET_SIZE).astype(np.int32))
-        batches = [b.asarray(rng.choice(DATASET_SIZE, self.batch, replace=False).astype(np.int32))
-                   for _ in range(N_BATCHES)]
+        batches = [
+            b.asarray(rng.choice(DATASET_SIZE, self.batch, replace=False).astype(np.int32)) for _ in range(N_BATCHES)
+        ]
         step = b.train_step(spec, AdamWConfig())
         # The step donates (consumes) params and optimizer state: thread them through.
         state = {"params": params, "opt": adamw_init(params, xp=b.xp), "i": 0}

@@ -7,8 +7,9 @@ They are stated for that machine's CPU; on other machines they are indicative.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["NMN_EXAMPLE_S_PER_EPOCH", "Target", "TARGETS", "evaluate_targets", "step_ratio"]
 
@@ -48,8 +49,14 @@ def _full_run_wall(results: Results, backend: str) -> float | None:
     return None
 
 
-def step_ratio(results: Results, backend: str, device: str = "cpu", kind: str = "train_step",
-               batch: int = 128, stat: str = "median_s") -> float | None:
+def step_ratio(
+    results: Results,
+    backend: str,
+    device: str = "cpu",
+    kind: str = "train_step",
+    batch: int = 128,
+    stat: str = "median_s",
+) -> float | None:
     """Yat step time over the ReLU-MLP step time (``stat``: median or min), same backend, device, kind, batch."""
     times: dict[str, float] = {}
     for rec in results.get("steps", []):
@@ -62,23 +69,51 @@ def step_ratio(results: Results, backend: str, device: str = "cpu", kind: str = 
 
 def _targets() -> list[Target]:
     targets = [
-        Target("jax s/epoch", 0.45, "s", lambda r: _epoch(r, "jax"),
-               "issue target; nmn Linen example 0.77 s, floor ~0.30 s",
-               lambda r: _epoch(r, "jax", key="steady_min_s")),
-        Target("torch s/epoch", 0.6, "s", lambda r: _epoch(r, "torch"),
-               "issue target; nmn PyTorch example 4.2 s",
-               lambda r: _epoch(r, "torch", key="steady_min_s")),
-        Target("mlx s/epoch", NMN_EXAMPLE_S_PER_EPOCH["mlx"] / 2, "s", lambda r: _epoch(r, "mlx"),
-               "at least 2x faster than nmn's MLX example (18.4 s)",
-               lambda r: _epoch(r, "mlx", key="steady_min_s")),
+        Target(
+            "jax s/epoch",
+            0.45,
+            "s",
+            lambda r: _epoch(r, "jax"),
+            "issue target; nmn Linen example 0.77 s, floor ~0.30 s",
+            lambda r: _epoch(r, "jax", key="steady_min_s"),
+        ),
+        Target(
+            "torch s/epoch",
+            0.6,
+            "s",
+            lambda r: _epoch(r, "torch"),
+            "issue target; nmn PyTorch example 4.2 s",
+            lambda r: _epoch(r, "torch", key="steady_min_s"),
+        ),
+        Target(
+            "mlx s/epoch",
+            NMN_EXAMPLE_S_PER_EPOCH["mlx"] / 2,
+            "s",
+            lambda r: _epoch(r, "mlx"),
+            "at least 2x faster than nmn's MLX example (18.4 s)",
+            lambda r: _epoch(r, "mlx", key="steady_min_s"),
+        ),
     ]
     for backend in ("numpy", "torch", "jax", "mlx"):
-        targets.append(Target(f"{backend} Yat step / ReLU step", 1.3, "x",
-                              lambda r, b=backend: step_ratio(r, b),
-                              "full training step, batch 128, median",
-                              lambda r, b=backend: step_ratio(r, b, stat="min_s")))
-    targets.append(Target("jax 3-epoch run, end to end", 6.0, "s", lambda r: _full_run_wall(r, "jax"),
-                          "yat-core train --backend jax --epochs 3, process start to exit"))
+        targets.append(
+            Target(
+                f"{backend} Yat step / ReLU step",
+                1.3,
+                "x",
+                lambda r, b=backend: step_ratio(r, b),
+                "full training step, batch 128, median",
+                lambda r, b=backend: step_ratio(r, b, stat="min_s"),
+            )
+        )
+    targets.append(
+        Target(
+            "jax 3-epoch run, end to end",
+            6.0,
+            "s",
+            lambda r: _full_run_wall(r, "jax"),
+            "yat-core train --backend jax --epochs 3, process start to exit",
+        )
+    )
     return targets
 
 
@@ -91,6 +126,15 @@ def evaluate_targets(results: Results) -> list[dict[str, Any]]:
     for t in TARGETS:
         value = t.measure(results)
         best = t.measure_best(results) if t.measure_best else None
-        out.append({"name": t.name, "limit": t.limit, "unit": t.unit, "measured": value, "best_case": best,
-                    "met": None if value is None else bool(value <= t.limit), "basis": t.basis})
+        out.append(
+            {
+                "name": t.name,
+                "limit": t.limit,
+                "unit": t.unit,
+                "measured": value,
+                "best_case": best,
+                "met": None if value is None else bool(value <= t.limit),
+                "basis": t.basis,
+            }
+        )
     return out

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.flops import epoch_flops
 from benchmarks.floor import measure_floor
+from benchmarks.flops import epoch_flops
 from benchmarks.profiles import Profile
 from yat_core.mlp import seed_spec
 

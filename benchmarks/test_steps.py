@@ -29,33 +29,58 @@ from benchmarks.steps import StepBench, rounds_for, warm_up
 CHILD_TIMEOUT_S = 1800.0
 
 
-def test_step(benchmark: Any, collector: Any, profile: Profile, bench_target: Target, step_model: str,
-              step_kind: str, step_batch: int) -> None:
+def test_step(
+    benchmark: Any,
+    collector: Any,
+    profile: Profile,
+    bench_target: Target,
+    step_model: str,
+    step_kind: str,
+    step_batch: int,
+) -> None:
     target, kind, batch = bench_target, step_kind, step_batch
     run = StepBench(target.backend, target.device, step_model, kind, batch).build()
     first_s, typical_s = warm_up(run, profile.warmup_calls)
     rounds = rounds_for(typical_s, profile.step_budget_s, profile.min_rounds, profile.max_rounds)
     benchmark.group = f"{kind} batch {batch}"
-    benchmark.extra_info.update(backend=target.backend, device=target.device, model=step_model,
-                                first_call_s=first_s)
+    benchmark.extra_info.update(backend=target.backend, device=target.device, model=step_model, first_call_s=first_s)
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
     stats = getattr(benchmark.stats, "stats", None) if benchmark.stats else None
     if stats is None:
         pytest.skip("pytest-benchmark is disabled (--benchmark-disable): nothing was timed")
-    collector.add_step({
-        "backend": target.backend, "device": target.device, "model": step_model, "kind": kind,
-        "batch": batch, "first_call_s": first_s, "median_s": stats.median, "min_s": stats.min,
-        "mean_s": stats.mean, "stddev_s": stats.stddev, "rounds": stats.rounds,
-    })
+    collector.add_step(
+        {
+            "backend": target.backend,
+            "device": target.device,
+            "model": step_model,
+            "kind": kind,
+            "batch": batch,
+            "first_call_s": first_s,
+            "median_s": stats.median,
+            "min_s": stats.min,
+            "mean_s": stats.mean,
+            "stddev_s": stats.stddev,
+            "rounds": stats.rounds,
+        }
+    )
     assert stats.min > 0
 
 
-def test_steps_in_own_process(collector: Any, profile: Profile, bench_target: Target,
-                              child_tables: list[str]) -> None:
+def test_steps_in_own_process(collector: Any, profile: Profile, bench_target: Target, child_tables: list[str]) -> None:
     """Run this backend's ``test_step`` cases in a fresh pytest process and collect their results."""
     out = scratch_path(f"steps-{bench_target.backend}-{bench_target.device}")
-    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
-           f"--bench-profile={profile.name}", f"--bench-child={bench_target.label}", f"--bench-child-out={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        __file__,
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--bench-profile={profile.name}",
+        f"--bench-child={bench_target.label}",
+        f"--bench-child-out={out}",
+    ]
     try:
         proc = run_measured(cmd, timeout_s=CHILD_TIMEOUT_S)
         records = json.loads(out.read_text()) if out.exists() else []
@@ -65,7 +90,9 @@ def test_steps_in_own_process(collector: Any, profile: Profile, bench_target: Ta
         collector.add_step(record)
     child_tables.append(f"--- {bench_target.label} (own process) ---\n{_tables(proc.stdout)}")
     assert not proc.timed_out, f"{bench_target.label}: step timings ran past {CHILD_TIMEOUT_S:.0f} s"
-    assert proc.returncode == 0, f"{bench_target.label} step timings failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    assert proc.returncode == 0, (
+        f"{bench_target.label} step timings failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    )
     assert records, f"{bench_target.label}: the step timings recorded nothing"
 
 

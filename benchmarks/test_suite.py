@@ -15,8 +15,8 @@ import pytest
 
 from benchmarks.__main__ import main as bench_main
 from benchmarks.epochs import summarise_receipt
-from benchmarks.flops import epoch_flops, forward_flops_per_sample, step_matmuls, train_flops_per_sample
 from benchmarks.floor import matmul_rates, merge_floor, with_floor
+from benchmarks.flops import epoch_flops, forward_flops_per_sample, step_matmuls, train_flops_per_sample
 from benchmarks.processes import run_measured
 from benchmarks.profiles import ENV_VAR, get_profile
 from benchmarks.regress import compare, metrics
@@ -29,31 +29,85 @@ from yat_core.mlp import relu_spec, seed_spec
 
 def _sample_results() -> dict[str, Any]:
     """A small, hand-made result document with every section the reports read."""
-    floor = with_floor({
-        "flops_per_sample": 1_007_104, "flops_per_epoch": 60_426_240_000, "n_samples": 60_000, "batch": 128,
-        "rates": {"cpu": {"numpy": {"model_gflops": 200.0, "square_gflops": 250.0},
-                          "torch": {"model_gflops": 240.0, "square_gflops": 230.0}}},
-        "errors": {},
-    })
+    floor = with_floor(
+        {
+            "flops_per_sample": 1_007_104,
+            "flops_per_epoch": 60_426_240_000,
+            "n_samples": 60_000,
+            "batch": 128,
+            "rates": {
+                "cpu": {
+                    "numpy": {"model_gflops": 200.0, "square_gflops": 250.0},
+                    "torch": {"model_gflops": 240.0, "square_gflops": 230.0},
+                }
+            },
+            "errors": {},
+        }
+    )
     steps = [
-        {"backend": b, "device": "cpu", "model": m, "kind": "train_step", "batch": 128, "first_call_s": 0.5,
-         "median_s": t, "min_s": t * 0.9, "mean_s": t, "stddev_s": 0.0, "rounds": 10}
-        for b, m, t in (("jax", "yat", 1.2e-3), ("jax", "relu", 1.0e-3), ("torch", "yat", 3e-3), ("torch", "relu", 1e-3))
+        {
+            "backend": b,
+            "device": "cpu",
+            "model": m,
+            "kind": "train_step",
+            "batch": 128,
+            "first_call_s": 0.5,
+            "median_s": t,
+            "min_s": t * 0.9,
+            "mean_s": t,
+            "stddev_s": 0.0,
+            "rounds": 10,
+        }
+        for b, m, t in (
+            ("jax", "yat", 1.2e-3),
+            ("jax", "relu", 1.0e-3),
+            ("torch", "yat", 3e-3),
+            ("torch", "relu", 1e-3),
+        )
     ]
 
     def epoch(backend: str, model: str, steady: float, **extra: Any) -> dict[str, Any]:
-        return {"backend": backend, "device": "cpu", "model": model, "status": "ok", "epochs": 3,
-                "steady_s": steady, "steady_min_s": steady, "samples_per_s": 60_000 / steady,
-                "epoch_s": [2.0, steady, steady], "warmup_epoch_s": 2.0, "first_step_s": 1.5, "wall_s": 5.0,
-                "peak_rss_mb": 500.0, "test_acc": 0.95, "extrapolated": False, **extra}
+        return {
+            "backend": backend,
+            "device": "cpu",
+            "model": model,
+            "status": "ok",
+            "epochs": 3,
+            "steady_s": steady,
+            "steady_min_s": steady,
+            "samples_per_s": 60_000 / steady,
+            "epoch_s": [2.0, steady, steady],
+            "warmup_epoch_s": 2.0,
+            "first_step_s": 1.5,
+            "wall_s": 5.0,
+            "peak_rss_mb": 500.0,
+            "test_acc": 0.95,
+            "extrapolated": False,
+            **extra,
+        }
 
-    epochs = [epoch("jax", "yat", 0.4), epoch("jax", "relu", 0.35), epoch("jax", "nmn", 0.8, nmn_module="nmn.linen"),
-              epoch("torch", "yat", 0.9), epoch("torch", "relu", 0.5),
-              {"backend": "torch", "device": "cpu", "model": "nmn", "status": "n/a", "reason": "nmn is not installed"}]
-    return {"suite": "yat-core benchmarks", "schema": 1, "profile": get_profile("full").as_dict(),
-            "started": "t0", "finished": "t1", "git_commit": "abc", "load_avg": {"start": [0.1], "end": [0.2]},
-            "machine": {"cpu": "test cpu", "cores": 2, "os": "test"}, "versions": {"python": "3"},
-            "floor": floor, "steps": steps, "epochs": epochs}
+    epochs = [
+        epoch("jax", "yat", 0.4),
+        epoch("jax", "relu", 0.35),
+        epoch("jax", "nmn", 0.8, nmn_module="nmn.linen"),
+        epoch("torch", "yat", 0.9),
+        epoch("torch", "relu", 0.5),
+        {"backend": "torch", "device": "cpu", "model": "nmn", "status": "n/a", "reason": "nmn is not installed"},
+    ]
+    return {
+        "suite": "yat-core benchmarks",
+        "schema": 1,
+        "profile": get_profile("full").as_dict(),
+        "started": "t0",
+        "finished": "t1",
+        "git_commit": "abc",
+        "load_avg": {"start": [0.1], "end": [0.2]},
+        "machine": {"cpu": "test cpu", "cores": 2, "os": "test"},
+        "versions": {"python": "3"},
+        "floor": floor,
+        "steps": steps,
+        "epochs": epochs,
+    }
 
 
 # -- FLOP counts --------------------------------------------------------------------------
@@ -109,9 +163,18 @@ def test_rounds_are_bounded() -> None:
 
 
 def test_summarise_receipt_extrapolates_short_epochs() -> None:
-    receipt = {"history": [{"epoch_s": 1.0, "test_acc": 0.5}, {"epoch_s": 0.1, "test_acc": 0.6},
-                           {"epoch_s": 0.3, "test_acc": 0.7}],
-               "n_train": 6000, "first_step_s": 0.5, "total_s": 2.0, "params": 10, "device": "cpu"}
+    receipt = {
+        "history": [
+            {"epoch_s": 1.0, "test_acc": 0.5},
+            {"epoch_s": 0.1, "test_acc": 0.6},
+            {"epoch_s": 0.3, "test_acc": 0.7},
+        ],
+        "n_train": 6000,
+        "first_step_s": 0.5,
+        "total_s": 2.0,
+        "params": 10,
+        "device": "cpu",
+    }
     s = summarise_receipt(receipt)
     assert s["steady_s"] == pytest.approx(2.0)  # median 0.2 s per 6,000 images -> 2 s per 60,000
     assert s["steady_min_s"] == pytest.approx(1.0)
@@ -146,8 +209,10 @@ def test_run_measured_kills_on_timeout() -> None:
 
 def test_worker_reports_nmn_unavailable_for_numpy(tmp_path: Path) -> None:
     report = tmp_path / "r.json"
-    result = run_measured([sys.executable, "-m", "benchmarks.worker", "--model", "nmn", "--backend", "numpy",
-                           "--report", str(report)], timeout_s=120)
+    result = run_measured(
+        [sys.executable, "-m", "benchmarks.worker", "--model", "nmn", "--backend", "numpy", "--report", str(report)],
+        timeout_s=120,
+    )
     assert result.returncode == UNAVAILABLE, result.stderr
     assert json.loads(report.read_text())["status"] == "n/a"
 

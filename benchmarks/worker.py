@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["main", "UNAVAILABLE"]
 
@@ -40,8 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from yat_core.receipts import write_json_atomic
     from yat_core.train import TrainConfig, train
 
-    config = TrainConfig(backend=args.backend, device=args.device, epochs=args.epochs,
-                         train_limit=args.train_limit)
+    config = TrainConfig(backend=args.backend, device=args.device, epochs=args.epochs, train_limit=args.train_limit)
     if args.model == "relu":
         from yat_core.mlp import relu_spec
 

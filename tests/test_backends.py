@@ -9,13 +9,12 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import BACKEND_NAMES, framework_installed, require_backend, to_numpy
 
 from yat_core.backends import BACKENDS, available_backends, get_backend
 from yat_core.backends._base import GRADIENT_MODES
 from yat_core.errors import BackendUnavailableError, YatError
 from yat_core.mlp import init_mlp_numpy, mlp_value_and_grad, seed_spec
-
-from conftest import BACKEND_NAMES, framework_installed, require_backend, to_numpy
 
 # ---------------------------------------------------------------- registry
 
@@ -23,7 +22,11 @@ from conftest import BACKEND_NAMES, framework_installed, require_backend, to_num
 def test_registry_lists_the_four_backends_in_order():
     assert tuple(BACKENDS) == BACKEND_NAMES == ("numpy", "torch", "jax", "mlx")
     assert {name: entry.extra for name, entry in BACKENDS.items()} == {
-        "numpy": "", "torch": "torch", "jax": "jax", "mlx": "mlx"}
+        "numpy": "",
+        "torch": "torch",
+        "jax": "jax",
+        "mlx": "mlx",
+    }
 
 
 def test_unknown_backend_lists_the_choices():
@@ -200,8 +203,7 @@ def test_loss_and_grad_match_numpy_float64(name, mode, spec_name, grad_batch):
     spec = seed_spec(**SPECS[spec_name])
     images, labels = grad_batch
     init = init_mlp_numpy(spec, 0, np.float32)
-    ref_loss, ref_grads = mlp_value_and_grad({k: v.astype(np.float64) for k, v in init.items()},
-                                             images, labels, spec)
+    ref_loss, ref_grads = mlp_value_and_grad({k: v.astype(np.float64) for k, v in init.items()}, images, labels, spec)
     backend = get_backend(name, gradients=mode)
     assert backend.gradients == mode
     params = {k: backend.asarray(v) for k, v in init.items()}

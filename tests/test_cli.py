@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_tiny_mnist, require_backend
 
 from yat_core.cli import BACKEND_CHOICES, main
 from yat_core.data import IDX_FILES, write_idx
 from yat_core.receipts import HISTORY_KEYS, REQUIRED_KEYS
-
-from conftest import make_tiny_mnist, require_backend
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +40,23 @@ def _isolated(monkeypatch, tmp_path):
 
 
 def train_args(data_dir, report, *extra: str) -> list[str]:
-    return ["train", "--backend", "numpy", "--train-limit", "256", "--test-limit", "128", "--epochs", "1",
-            "--data-dir", str(data_dir), "--report", str(report), "--quiet", *extra]
+    return [
+        "train",
+        "--backend",
+        "numpy",
+        "--train-limit",
+        "256",
+        "--test-limit",
+        "128",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(data_dir),
+        "--report",
+        str(report),
+        "--quiet",
+        *extra,
+    ]
 
 
 def assert_one_line_error(err: str, *fragments: str) -> None:
@@ -79,9 +93,13 @@ def test_train_in_process_writes_a_complete_receipt(idx_dir, tmp_path, capsys):
 
 def test_train_as_a_module_exits_zero(idx_dir, tmp_path):
     report = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "yat_core", *train_args(idx_dir, report)],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "YAT_CORE_TORCH_COMPILE": "0"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "yat_core", *train_args(idx_dir, report)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "YAT_CORE_TORCH_COMPILE": "0"},
+    )
     assert proc.returncode == 0, f"python -m yat_core train failed:\n{proc.stderr}"
     assert "final test accuracy" in proc.stdout and "Traceback" not in proc.stderr
     assert json.loads(report.read_text())["n_test"] == 128
@@ -178,8 +196,11 @@ def test_corrupt_idx_file_is_named(corruption, idx_dir, tmp_path, capsys):
     [
         pytest.param(("--gradients", "autodiff"), "NumPy has no autodiff", id="numpy-autodiff"),
         pytest.param(("--device", "cuda"), "cpu only", id="numpy-cuda"),
-        pytest.param(("--keras-backend", "jax"), "--keras-backend applies to --framework keras only",
-                     id="keras-backend-without-keras"),
+        pytest.param(
+            ("--keras-backend", "jax"),
+            "--keras-backend applies to --framework keras only",
+            id="keras-backend-without-keras",
+        ),
     ],
 )
 def test_impossible_requests_end_in_one_line(extra, fragment, idx_dir, tmp_path, capsys):
@@ -205,8 +226,9 @@ def test_error_as_a_module_exits_nonzero_with_one_line(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     report = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "yat_core", *train_args(empty, report)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "yat_core", *train_args(empty, report)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 1, proc.stderr
     assert_one_line_error(proc.stderr, "missing")
     assert not report.exists()

@@ -12,15 +12,17 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 
-from yat_core import cli
+from yat_core import cli, runners
 from yat_core.data import IDX_FILES, write_idx
 from yat_core.errors import BackendUnavailableError
 from yat_core.mlp import init_mlp_numpy, seed_spec
 from yat_core.nn.interchange import check_params, load_npz
+from yat_core.train import TrainConfig
 
 #: The import each framework needs, and the modules to hide to simulate its absence.
 HIDE = {
@@ -48,8 +50,19 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_args(data_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return ["train", "--data-dir", str(data_dir), "--epochs", "1", "--batch-size", "32", "--quiet",
-            "--report", str(tmp_path / "receipt.json"), *extra]
+    return [
+        "train",
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--quiet",
+        "--report",
+        str(tmp_path / "receipt.json"),
+        *extra,
+    ]
 
 
 # ------------------------------------------------------------------ flag checks
@@ -99,8 +112,10 @@ def test_missing_framework_is_one_line_naming_the_extra(name, monkeypatch, capsy
 
 
 def test_missing_framework_in_a_fresh_process(tmp_path):
-    code = ("import sys; sys.modules['torch'] = None; from yat_core.cli import main; "
-            f"raise SystemExit(main(['train', '--framework', 'torch', '--data-dir', {str(tmp_path)!r}]))")
+    code = (
+        "import sys; sys.modules['torch'] = None; from yat_core.cli import main; "
+        f"raise SystemExit(main(['train', '--framework', 'torch', '--data-dir', {str(tmp_path)!r}]))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -115,7 +130,7 @@ def test_missing_framework_in_a_fresh_process(tmp_path):
 def test_select_keras_backend_sets_the_environment(monkeypatch):
     monkeypatch.delitem(sys.modules, "keras", raising=False)
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
-    cli.select_keras_backend("torch")
+    runners.select_keras_backend("torch")
     assert os.environ["KERAS_BACKEND"] == "torch"
 
 
@@ -123,33 +138,25 @@ def test_select_keras_backend_refuses_to_switch_an_imported_keras(monkeypatch):
     imported = SimpleNamespace(config=SimpleNamespace(backend=lambda: "jax"))
     monkeypatch.setitem(sys.modules, "keras", imported)
     monkeypatch.setenv("KERAS_BACKEND", "jax")
-    cli.select_keras_backend("jax")  # the same backend: nothing to switch
+    runners.select_keras_backend("jax")  # the same backend: nothing to switch
     with pytest.raises(BackendUnavailableError, match="already imported in this process with backend 'jax'"):
-        cli.select_keras_backend("tensorflow")
+        runners.select_keras_backend("tensorflow")
     assert os.environ["KERAS_BACKEND"] == "jax"
 
 
 def test_keras_defaults_to_the_jax_backend(monkeypatch):
-    """No --keras-backend: KERAS_BACKEND is set to jax before the Keras module loads, and recorded."""
-    import yat_core.nn
-
+    """No --keras-backend: KERAS_BACKEND is set to jax before the Keras runner module loads."""
     monkeypatch.delitem(sys.modules, "keras", raising=False)
     monkeypatch.setenv("KERAS_BACKEND", "torch")
     seen = {}
 
-    def fake_get_framework(name: str) -> SimpleNamespace:
+    def fake_load_entry(registry: Any, name: str, kind: str) -> SimpleNamespace:
         seen[name] = os.environ["KERAS_BACKEND"]
-        return SimpleNamespace(make_runner=lambda spec, config: SimpleNamespace(name=name))
+        return SimpleNamespace(RUNNER_CLASS=lambda spec, config: SimpleNamespace(name=name))
 
-    monkeypatch.setattr(yat_core.nn, "get_framework", fake_get_framework)
-    args = cli.build_parser().parse_args(["train", "--framework", "keras"])
-    runners: list = []
-    factory, name = cli._runner_factory(args, runners)
-    assert (name, seen) == ("keras", {"keras": "jax"})
-    assert factory(seed_spec(), None) is runners[0]
-    facts = cli._framework_facts(args, runners[0])
-    assert (facts["framework"], facts["keras_backend"]) == ("keras", "jax")
-    assert "jax" in facts["extra_versions"]
+    monkeypatch.setattr(runners, "load_entry", fake_load_entry)
+    runner = runners.make_runner(seed_spec(), TrainConfig(framework="keras"))
+    assert (runner.name, seen) == ("keras", {"keras": "jax"})
 
 
 # ------------------------------------------------------------------ training runs
@@ -163,7 +170,8 @@ def test_train_framework_writes_receipt_and_export(name, data_dir, tmp_path, cap
     assert f"parameters: {export}" in capsys.readouterr().out
     receipt = json.loads((tmp_path / "receipt.json").read_text())
     assert (receipt["backend"], receipt["framework"], receipt["params"]) == (name, name, 235148)
-    assert receipt["config"]["backend"] == name and receipt["gradients"] == "autodiff"
+    assert (receipt["config"]["framework"], receipt["config"]["backend"]) == (name, None)
+    assert receipt["gradients"] == "autodiff"
     assert (receipt["n_train"], receipt["n_test"], receipt["steps_per_epoch"]) == (96, 48, 3)
     assert receipt["export"] == str(export)
     distribution = {"torch": "torch", "nnx": "flax", "linen": "flax", "mlx": "mlx"}[name]
@@ -201,10 +209,12 @@ def test_keras_backend_choice_reaches_keras(data_dir, tmp_path):
     pytest.importorskip("keras")
     pytest.importorskip("torch")
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    argv = train_args(data_dir, tmp_path, "--framework", "keras", "--keras-backend", "torch",
-                      "--export", str(tmp_path / "k.npz"))
-    result = subprocess.run([sys.executable, "-m", "yat_core", *argv], capture_output=True, text=True,
-                            timeout=300, env=env)
+    argv = train_args(
+        data_dir, tmp_path, "--framework", "keras", "--keras-backend", "torch", "--export", str(tmp_path / "k.npz")
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "yat_core", *argv], capture_output=True, text=True, timeout=300, env=env
+    )
     assert result.returncode == 0, result.stderr
     receipt = json.loads((tmp_path / "receipt.json").read_text())
     assert (receipt["framework"], receipt["keras_backend"]) == ("keras", "torch")

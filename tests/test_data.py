@@ -300,9 +300,7 @@ def test_folder_wrong_image_size(tmp_path: Path, fake: dict[str, np.ndarray]) ->
         load_mnist(tmp_path)
 
 
-def test_folder_is_strict_no_fallback(
-    tmp_path: Path, fake: dict[str, np.ndarray], fake_md5: dict[str, str]
-) -> None:
+def test_folder_is_strict_no_fallback(tmp_path: Path, fake: dict[str, np.ndarray], fake_md5: dict[str, str]) -> None:
     write_folder(tmp_path / "cache", fake)  # a valid cache exists...
     write_folder(tmp_path / "d", fake)
     (tmp_path / "d" / "train-labels-idx1-ubyte").write_bytes(b"junk")  # ...but the folder is bad
@@ -334,9 +332,7 @@ def test_cache_load_is_verified_and_silent(
     assert capsys.readouterr() == ("", "")
 
 
-def test_default_cache_dir_is_used(
-    tmp_path: Path, fake: dict[str, np.ndarray], fake_md5: dict[str, str]
-) -> None:
+def test_default_cache_dir_is_used(tmp_path: Path, fake: dict[str, np.ndarray], fake_md5: dict[str, str]) -> None:
     write_folder(default_cache_dir(), fake)
     assert load_mnist(download=False).source == f"cache {default_cache_dir()}"
 
@@ -348,9 +344,7 @@ def test_cache_checksum_uses_real_table_by_default(tmp_path: Path, fake: dict[st
         load_mnist(cache_dir=tmp_path / "cache", download=False)
 
 
-def test_tampered_cache_is_rejected(
-    tmp_path: Path, fake: dict[str, np.ndarray], fake_md5: dict[str, str]
-) -> None:
+def test_tampered_cache_is_rejected(tmp_path: Path, fake: dict[str, np.ndarray], fake_md5: dict[str, str]) -> None:
     cache = tmp_path / "cache"
     write_folder(cache, fake)
     path = cache / "t10k-images-idx3-ubyte"
@@ -362,9 +356,7 @@ def test_tampered_cache_is_rejected(
             load_mnist(cache_dir=cache, download=False)
 
 
-def test_incomplete_cache_is_rejected(
-    tmp_path: Path, fake: dict[str, np.ndarray], fake_md5: dict[str, str]
-) -> None:
+def test_incomplete_cache_is_rejected(tmp_path: Path, fake: dict[str, np.ndarray], fake_md5: dict[str, str]) -> None:
     write_folder(tmp_path / "cache", fake)
     (tmp_path / "cache" / "train-labels-idx1-ubyte").unlink()
     with pytest.warns(UserWarning, match="train-labels-idx1-ubyte: missing"), pytest.raises(DataError):

@@ -9,18 +9,21 @@ the side-by-side training run against the core.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import ModuleType, SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
-from yat_core.backends import get_backend
 from yat_core.mlp import LayerSpec, MLPSpec, init_mlp_numpy, mlp_forward, mlp_value_and_grad, seed_spec
 from yat_core.nn import interchange
-from yat_core.nn.interchange import check_params, layer_option, load_npz, native_option, save_npz, yat_layer_spec
+from yat_core.nn.interchange import check_params, load_npz, save_npz
+from yat_core.nn.options import layer_option, linear_layer_spec, native_option, yat_layer_spec
+from yat_core.optim import AdamWConfig
 from yat_core.product import softplus
-from yat_core.train import CoreRunner, TrainConfig, train
+from yat_core.runners import make_runner
+from yat_core.train import TrainConfig, train
 
 # ================================================================ shared helpers
 
@@ -50,17 +53,20 @@ LAYER_CASES = {
 
 
 def small_spec(**options: Any) -> MLPSpec:
-    return MLPSpec((LayerSpec("yat", 12, 8, **options), LayerSpec("yat", 8, 6, **options),
-                    LayerSpec("linear", 6, 4)))
+    return MLPSpec((LayerSpec("yat", 12, 8, **options), LayerSpec("yat", 8, 6, **options), LayerSpec("linear", 6, 4)))
 
 
 def case_spec(case: str) -> MLPSpec:
     """The small model of a :data:`MODEL_CASES` entry."""
     if case == "relu-linear":
         # What a native Linear lacks: a ReLU, a constant bias; and a Yat output layer without bias.
-        return MLPSpec((LayerSpec("linear", 12, 8, activation="relu"),
-                        LayerSpec("linear", 8, 6, bias=0.5, activation="relu"),
-                        LayerSpec("yat", 6, 4, bias=None)))
+        return MLPSpec(
+            (
+                LayerSpec("linear", 12, 8, activation="relu"),
+                LayerSpec("linear", 8, 6, bias=0.5, activation="relu"),
+                LayerSpec("yat", 6, 4, bias=None),
+            )
+        )
     return small_spec(**OPTIONS[case])
 
 
@@ -91,8 +97,9 @@ def core_logits(params: dict[str, np.ndarray], x: np.ndarray, spec: MLPSpec) -> 
     return mlp_forward({k: v.astype(np.float64) for k, v in params.items()}, x.astype(np.float64), spec)
 
 
-def core_reference(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
-                   spec: MLPSpec) -> tuple[float, dict[str, np.ndarray]]:
+def core_reference(
+    params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, spec: MLPSpec
+) -> tuple[float, dict[str, np.ndarray]]:
     """The core's loss and analytic gradients in float64 at the same (float32) values."""
     p64 = {k: v.astype(np.float64) for k, v in params.items()}
     loss, grads = mlp_value_and_grad(p64, x.astype(np.float64), y, spec)
@@ -114,8 +121,9 @@ def assert_grads_close(grads: dict[str, np.ndarray], ref: dict[str, np.ndarray],
         assert err <= 1e-5 * float(np.max(np.abs(r))) + 1e-6 * scale, f"{what}: {name} off by {err:.3g}"
 
 
-def assert_matches_core(loss_and_grads: Callable, model: Any, params: dict[str, np.ndarray],
-                        spec: MLPSpec, what: str, n: int = 16) -> None:
+def assert_matches_core(
+    loss_and_grads: Callable, model: Any, params: dict[str, np.ndarray], spec: MLPSpec, what: str, n: int = 16
+) -> None:
     """Logits, loss and gradients of a native model (float32) against the core (float64).
 
     ``loss_and_grads(model, x, y)`` returns the framework's own mean cross-entropy
@@ -125,8 +133,9 @@ def assert_matches_core(loss_and_grads: Callable, model: Any, params: dict[str, 
     x, y = batch(spec, n)
     loss, grads, *logits = loss_and_grads(model, x, y)
     if logits:
-        np.testing.assert_allclose(np.asarray(logits[0]), core_logits(params, x, spec), rtol=1e-5, atol=1e-6,
-                                   err_msg=what)
+        np.testing.assert_allclose(
+            np.asarray(logits[0]), core_logits(params, x, spec), rtol=1e-5, atol=1e-6, err_msg=what
+        )
     ref_loss, ref_grads = core_reference(params, x, y, spec)
     assert loss == pytest.approx(ref_loss, rel=1e-5), what
     assert_grads_close(grads, ref_grads, what)
@@ -153,7 +162,7 @@ def tiny_data(n_train: int = 80, n_test: int = 40, seed: int = 0) -> SimpleNames
     )
 
 
-def assert_trains_like_the_core(make_runner: Callable, name: str) -> dict[str, Any]:
+def assert_trains_like_the_core(name: str) -> dict[str, Any]:
     """Train the native model and the core (NumPy backend) side by side; return the native receipt.
 
     80 samples in batches of 32: three steps, the last a partial batch of 16; 40 test
@@ -161,19 +170,23 @@ def assert_trains_like_the_core(make_runner: Callable, name: str) -> dict[str, A
     weight decay is raised to 0.5 so that an optimizer that skipped or misapplied
     it would drift by ~4e-5, far above the ~1e-7 the frameworks differ by.
     """
-    config = TrainConfig(backend="numpy", epochs=1, batch_size=32, eval_batch=25, weight_decay=0.5)
+    settings = dict(epochs=1, batch_size=32, eval_batch=25, optimizer=AdamWConfig(weight_decay=0.5))
     runners: list[Any] = []
 
     def keep(factory: Callable) -> Callable:
         def make(spec: MLPSpec, cfg: TrainConfig) -> Any:
             runners.append(factory(spec, cfg))
             return runners[-1]
+
         return make
 
     data = tiny_data()
-    native = train(config, data=data, runner_factory=keep(make_runner), progress=False, log=None)
-    core = train(config, data=data, runner_factory=keep(lambda spec, cfg: CoreRunner(get_backend("numpy"), spec, cfg)),
-                 progress=False, log=None)
+    native = train(
+        TrainConfig(framework=name, **settings), data=data, runner_factory=keep(make_runner), progress=False, log=None
+    )
+    core = train(
+        TrainConfig(backend="numpy", **settings), data=data, runner_factory=keep(make_runner), progress=False, log=None
+    )
     assert native["backend"] == name and native["params"] == 235148
     assert native["steps_per_epoch"] == 3 and native["n_test"] == 40
     np.testing.assert_allclose(native["history"][0]["step_loss"], core["history"][0]["step_loss"], rtol=1e-5)
@@ -264,8 +277,9 @@ def test_check_params_rejects_non_real_floating_values(dtype):
 
 def test_check_params_accepts_float64_and_float16():
     spec = small_spec()
-    params = {k: v.astype(np.float64 if i % 2 else np.float16) for i, (k, v) in
-              enumerate(random_params(spec, 0).items())}
+    params = {
+        k: v.astype(np.float64 if i % 2 else np.float16) for i, (k, v) in enumerate(random_params(spec, 0).items())
+    }
     assert len(check_params(params, spec)) == len(params)
 
 
@@ -274,8 +288,16 @@ def test_check_params_accepts_float64_and_float16():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(True, "learnable"), ("learnable", "learnable"), (False, None), (None, None), (0, 0.0), (2, 2.0),
-     (math.sqrt(2), math.sqrt(2)), (np.float32(0.5), 0.5)],
+    [
+        (True, "learnable"),
+        ("learnable", "learnable"),
+        (False, None),
+        (None, None),
+        (0, 0.0),
+        (2, 2.0),
+        (math.sqrt(2), math.sqrt(2)),
+        (np.float32(0.5), 0.5),
+    ],
 )
 def test_layer_option_maps_native_arguments_to_the_core(value, expected):
     assert layer_option(value, "bias") == expected
@@ -297,11 +319,24 @@ def test_yat_layer_spec_has_the_core_defaults_and_checks():
     spec = yat_layer_spec(784, 256)
     assert spec == LayerSpec("yat", 784, 256)
     assert (spec.bias, spec.alpha, spec.epsilon, spec.learnable_epsilon, spec.spherical) == (
-        "learnable", "learnable", 1e-5, False, False)
+        "learnable",
+        "learnable",
+        1e-5,
+        False,
+        False,
+    )
     with pytest.raises(ValueError, match="epsilon"):
         yat_layer_spec(4, 3, epsilon=-1.0)
-    with pytest.raises(ValueError, match="sizes"):
+    with pytest.raises(ValueError, match="in_features must be >= 1, got 0"):
         yat_layer_spec(0, 3)
+
+
+@pytest.mark.parametrize("size", [4.9, True, "4", None], ids=repr)
+def test_layer_sizes_must_be_integers_not_truncated(size):
+    with pytest.raises(TypeError, match="out_features must be a positive integer"):
+        yat_layer_spec(4, size)
+    with pytest.raises(TypeError, match="in_features must be a positive integer"):
+        linear_layer_spec(size, 3)
 
 
 # ================================================================ across frameworks
@@ -373,13 +408,13 @@ def test_a_model_trained_in_torch_predicts_the_same_everywhere(source, tmp_path)
     """
     torch_nn = framework("torch")
     if source == "mnist":
-        data, config = mnist_or_skip(), TrainConfig(backend="torch", epochs=1, train_limit=1024)
+        data, config = mnist_or_skip(), TrainConfig(framework="torch", epochs=1, train_limit=1024)
     else:
-        data, config = tiny_data(n_train=256, n_test=200), TrainConfig(backend="torch", epochs=1, batch_size=32)
+        data, config = tiny_data(n_train=256, n_test=200), TrainConfig(framework="torch", epochs=1, batch_size=32)
     runners: list[Any] = []
 
     def make(spec: MLPSpec, cfg: TrainConfig) -> Any:
-        runners.append(torch_nn.make_runner(spec, cfg))
+        runners.append(make_runner(spec, cfg))
         return runners[-1]
 
     train(config, data=data, runner_factory=make, progress=False, log=None)

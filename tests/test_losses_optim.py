@@ -6,11 +6,10 @@ import math
 
 import numpy as np
 import pytest
+from conftest import namespace_for, to_numpy
 
 from yat_core.losses import count_correct, cross_entropy_grad, log_softmax, one_hot, softmax_cross_entropy
 from yat_core.optim import AdamWConfig, AdamWState, adamw_init, adamw_update
-
-from conftest import namespace_for, to_numpy
 
 # ---------------------------------------------------------------- cross-entropy
 
@@ -93,8 +92,13 @@ def test_losses_on_every_backend_match_numpy(backend_name):
     lx, ly = xp.asarray(logits), xp.asarray(labels)
     loss = float(to_numpy(softmax_cross_entropy(lx, ly, xp=xp)))
     assert loss == pytest.approx(reference_cross_entropy(logits, labels), rel=1e-5), backend_name
-    np.testing.assert_allclose(to_numpy(cross_entropy_grad(lx, ly, xp=xp)), cross_entropy_grad(logits, labels),
-                               rtol=1e-5, atol=1e-7, err_msg=f"{backend_name}: cross_entropy_grad")
+    np.testing.assert_allclose(
+        to_numpy(cross_entropy_grad(lx, ly, xp=xp)),
+        cross_entropy_grad(logits, labels),
+        rtol=1e-5,
+        atol=1e-7,
+        err_msg=f"{backend_name}: cross_entropy_grad",
+    )
     assert int(to_numpy(count_correct(lx, ly, xp=xp))) == int(np.sum(np.argmax(logits, -1) == labels)), backend_name
 
 
@@ -104,8 +108,10 @@ def test_losses_on_every_backend_match_numpy(backend_name):
 def _random_problem(seed=0, dtype=np.float64):
     rng = np.random.default_rng(seed)
     params = {"k": rng.normal(size=(3, 4)), "b": rng.normal(size=5), "a": np.asarray(1.0)}
-    grads = [{name: rng.normal(scale=10.0 ** rng.integers(-3, 2), size=v.shape) for name, v in params.items()}
-             for _ in range(20)]
+    grads = [
+        {name: rng.normal(scale=10.0 ** rng.integers(-3, 2), size=v.shape) for name, v in params.items()}
+        for _ in range(20)
+    ]
     cast = lambda d: {k: np.asarray(v, dtype=dtype) for k, v in d.items()}  # noqa: E731
     return cast(params), [cast(g) for g in grads]
 
@@ -125,14 +131,27 @@ def test_adamw_matches_torch_optim_adamw_over_20_steps_in_float64():
         opt.step()
         for name, p in tparams.items():
             np.testing.assert_allclose(
-                ours[name], p.detach().numpy(), rtol=1e-12, atol=1e-15,
+                ours[name],
+                p.detach().numpy(),
+                rtol=1e-12,
+                atol=1e-15,
                 err_msg=f"AdamW vs torch.optim.AdamW (float64), step {step}, parameter {name}",
             )
             torch_state = opt.state[p]
-            np.testing.assert_allclose(state.mu[name], torch_state["exp_avg"].numpy(), rtol=1e-12, atol=1e-18,
-                                       err_msg=f"first moment, step {step}, {name}")
-            np.testing.assert_allclose(state.nu[name], torch_state["exp_avg_sq"].numpy(), rtol=1e-12, atol=1e-24,
-                                       err_msg=f"second moment, step {step}, {name}")
+            np.testing.assert_allclose(
+                state.mu[name],
+                torch_state["exp_avg"].numpy(),
+                rtol=1e-12,
+                atol=1e-18,
+                err_msg=f"first moment, step {step}, {name}",
+            )
+            np.testing.assert_allclose(
+                state.nu[name],
+                torch_state["exp_avg_sq"].numpy(),
+                rtol=1e-12,
+                atol=1e-24,
+                err_msg=f"second moment, step {step}, {name}",
+            )
     assert int(state.count) == 20
     # the parameters moved well beyond the tolerance: the comparison is not vacuous
     assert np.max(np.abs(ours["k"] - params["k"])) > 1e-4
@@ -168,8 +187,9 @@ def test_adamw_does_not_mutate_its_inputs():
         live = {"params": params, "grads": grads[1], "mu": state.mu, "nu": state.nu}[group]
         for k, v in snap[group].items():
             np.testing.assert_array_equal(live[k], v, err_msg=f"adamw_update modified input {group}[{k!r}]")
-            assert live[k] is not {"params": new_params, "grads": {}, "mu": new_state.mu,
-                                   "nu": new_state.nu}[group].get(k), f"{group}[{k!r}] returned as the same object"
+            assert live[k] is not {"params": new_params, "grads": {}, "mu": new_state.mu, "nu": new_state.nu}[
+                group
+            ].get(k), f"{group}[{k!r}] returned as the same object"
     assert int(state.count) == snap["count"] == 1 and int(new_state.count) == 2
     assert isinstance(new_state, AdamWState)
 
@@ -200,21 +220,19 @@ def test_adamw_on_every_backend_matches_numpy_float32(backend_name):
 
 
 _BAD_CONFIGS = [
-        ("lr", 0.0, r"learning rate must be > 0, got 0.0"),
-        ("lr", -1e-3, r"learning rate must be > 0"),
-        ("lr", math.nan, r"learning rate must be > 0"),
-        ("b1", 1.0, r"b1 must be in \[0, 1\), got 1.0"),
-        ("b1", -0.1, r"b1 must be in \[0, 1\)"),
-        ("b2", 1.5, r"b2 must be in \[0, 1\)"),
-        ("eps", 0.0, r"eps must be > 0"),
-        ("weight_decay", -0.01, r"weight decay must be >= 0, got -0.01"),
-        ("weight_decay", math.nan, r"weight decay must be >= 0"),
+    ("lr", 0.0, r"learning rate must be > 0, got 0.0"),
+    ("lr", -1e-3, r"learning rate must be > 0"),
+    ("lr", math.nan, r"learning rate must be > 0"),
+    ("b1", 1.0, r"b1 must be in \[0, 1\), got 1.0"),
+    ("b1", -0.1, r"b1 must be in \[0, 1\)"),
+    ("b2", 1.5, r"b2 must be in \[0, 1\)"),
+    ("eps", 0.0, r"eps must be > 0"),
+    ("weight_decay", -0.01, r"weight decay must be >= 0, got -0.01"),
+    ("weight_decay", math.nan, r"weight decay must be >= 0"),
 ]
 
 
-@pytest.mark.parametrize(
-    ("field", "value", "match"), [pytest.param(*c, id=f"{c[0]}={c[1]}") for c in _BAD_CONFIGS]
-)
+@pytest.mark.parametrize(("field", "value", "match"), [pytest.param(*c, id=f"{c[0]}={c[1]}") for c in _BAD_CONFIGS])
 def test_adamw_config_validate_errors(field, value, match):
     with pytest.raises(ValueError, match=match):
         AdamWConfig(**{field: value}).validate()

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import namespace_for, to_numpy
 
 from yat_core.losses import softmax_cross_entropy
 from yat_core.mlp import (
@@ -24,8 +25,6 @@ from yat_core.mlp import (
 )
 from yat_core.product import softplus_inverse
 
-from conftest import namespace_for, to_numpy
-
 # ---------------------------------------------------------------- counts and shapes
 
 
@@ -40,9 +39,14 @@ def test_relu_baseline_has_two_parameters_fewer():
 
 def test_seed_spec_parameter_names_and_shapes():
     assert seed_spec().param_shapes == {
-        "0.kernel": (256, 784), "0.bias": (256,), "0.alpha": (),
-        "1.kernel": (128, 256), "1.bias": (128,), "1.alpha": (),
-        "2.kernel": (10, 128), "2.bias": (10,),
+        "0.kernel": (256, 784),
+        "0.bias": (256,),
+        "0.alpha": (),
+        "1.kernel": (128, 256),
+        "1.bias": (128,),
+        "1.alpha": (),
+        "2.kernel": (10, 128),
+        "2.bias": (10,),
     }
 
 
@@ -51,7 +55,7 @@ def test_seed_spec_parameter_names_and_shapes():
     [
         pytest.param({}, 200961, id="default"),
         pytest.param({"alpha": None}, 200960, id="no-alpha"),
-        pytest.param({"alpha": 2.0 ** 0.5, "bias": None}, 200704, id="const-alpha-no-bias"),
+        pytest.param({"alpha": 2.0**0.5, "bias": None}, 200704, id="const-alpha-no-bias"),
         pytest.param({"bias": 0.5, "learnable_epsilon": True}, 200706, id="const-bias-learnable-eps"),
     ],
 )
@@ -84,8 +88,9 @@ def test_seed_spec_options_apply_to_both_yat_layers():
         pytest.param({"activation": "tanh"}, r"activation must be None or 'relu', got 'tanh'", id="bad-activation"),
         pytest.param({"kind": "linear", "alpha": 2.0}, r"apply to 'yat' layers only", id="linear-with-alpha"),
         pytest.param({"kind": "linear", "spherical": True}, r"apply to 'yat' layers only", id="linear-spherical"),
-        pytest.param({"kind": "linear", "learnable_epsilon": True}, r"apply to 'yat' layers only",
-                     id="linear-learnable-eps"),
+        pytest.param(
+            {"kind": "linear", "learnable_epsilon": True}, r"apply to 'yat' layers only", id="linear-learnable-eps"
+        ),
     ],
 )
 def test_layer_spec_rejects_bad_options(kwargs, match):
@@ -255,10 +260,15 @@ def test_mlp_loss_on_uint8_images_equals_loss_on_scaled_floats():
 GRAD_SPECS = {
     "default+relu": {"relu_layer": True},
     "learnable-eps+spherical": {"learnable_epsilon": True, "spherical": True, "epsilon": 0.05},
-    "const-alpha-const-bias+learnable-eps": {"alpha": 1.5, "bias": 0.2, "learnable_epsilon": True,
-                                             "epsilon": 0.02, "relu_layer": True},
+    "const-alpha-const-bias+learnable-eps": {
+        "alpha": 1.5,
+        "bias": 0.2,
+        "learnable_epsilon": True,
+        "epsilon": 0.02,
+        "relu_layer": True,
+    },
     "no-alpha-no-bias": {"alpha": None, "bias": None, "epsilon": 0.1},
-    "spherical-const-alpha": {"alpha": 2.0 ** 0.5, "spherical": True, "relu_layer": True},
+    "spherical-const-alpha": {"alpha": 2.0**0.5, "spherical": True, "relu_layer": True},
 }
 
 
@@ -281,9 +291,14 @@ def test_value_and_grad_matches_finite_differences(make_spec, options):
             plus, minus = value.copy(), value.copy()
             plus[idx] += h
             minus[idx] -= h
-            fd[idx] = (float(mlp_loss({**params, name: plus}, x, labels, spec))
-                       - float(mlp_loss({**params, name: minus}, x, labels, spec))) / (2 * h)
+            fd[idx] = (
+                float(mlp_loss({**params, name: plus}, x, labels, spec))
+                - float(mlp_loss({**params, name: minus}, x, labels, spec))
+            ) / (2 * h)
         np.testing.assert_allclose(
-            grads[name], fd, rtol=1e-5, atol=1e-8,
+            grads[name],
+            fd,
+            rtol=1e-5,
+            atol=1e-8,
             err_msg=f"numpy float64 analytic gradient of {name}, spec options {options}",
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import namespace_for, require_backend, to_numpy
 
 from yat_core.product import (
     DEFAULT_EPSILON,
@@ -27,8 +28,6 @@ from yat_core.product import (
     yat_product,
     yat_product_vjp,
 )
-
-from conftest import namespace_for, require_backend, to_numpy
 
 # ---------------------------------------------------------------- the reference
 
@@ -188,8 +187,12 @@ def test_property_matches_direct_formula_and_is_non_negative():
 
     @hypothesis.settings(max_examples=60, derandomize=True, deadline=None, database=None)
     @hypothesis.given(
-        n_in=st.integers(1, 5), n_out=st.integers(1, 4), data=st.data(),
-        eps=st.floats(1e-3, 10.0), alpha=st.floats(0.0, 5.0), spherical=st.booleans(),
+        n_in=st.integers(1, 5),
+        n_out=st.integers(1, 4),
+        data=st.data(),
+        eps=st.floats(1e-3, 10.0),
+        alpha=st.floats(0.0, 5.0),
+        spherical=st.booleans(),
     )
     def check(n_in, n_out, data, eps, alpha, spherical):
         x = data.draw(hnp.arrays(np.float64, (3, n_in), elements=floats), label="x")
@@ -259,7 +262,10 @@ def test_dtype_and_shape_preserved(namespace, dtype, batch):
     rtol = 2e-5 if dtype == "float32" else 1e-10
     want = direct_yat(x.astype(dtype), w.astype(dtype), bias=bias.astype(dtype), alpha=1.25, epsilon=0.01)
     np.testing.assert_allclose(
-        to_numpy(y) if namespace != "array_api_strict" else np.asarray(y), want, rtol=rtol, atol=1e-6,
+        to_numpy(y) if namespace != "array_api_strict" else np.asarray(y),
+        want,
+        rtol=rtol,
+        atol=1e-6,
         err_msg=f"{namespace}-{dtype}: value vs direct float64 formula",
     )
 
@@ -296,19 +302,31 @@ def _err(**kw):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        pytest.param({"x": np.ones((3, 3))}, ValueError,
-                     r"x has 3 features but the kernel expects 4 \(x.shape=\(3, 3\), w.shape=\(2, 4\)", id="feature-mismatch"),
+        pytest.param(
+            {"x": np.ones((3, 3))},
+            ValueError,
+            r"x has 3 features but the kernel expects 4 \(x.shape=\(3, 3\), w.shape=\(2, 4\)",
+            id="feature-mismatch",
+        ),
         pytest.param({"w": np.ones(4)}, ValueError, r"kernel w must be 2-D \(out, in\), got shape \(4,\)", id="w-1d"),
         pytest.param({"w": np.ones((1, 2, 4))}, ValueError, r"kernel w must be 2-D", id="w-3d"),
         pytest.param({"x": np.float64(1.0)}, ValueError, r"x must have at least 1 dimension", id="x-0d"),
         pytest.param({"bias": np.ones(3)}, ValueError, r"bias must have shape \(2,\), got \(3,\)", id="bias-shape"),
         pytest.param({"bias": np.ones((1, 2))}, ValueError, r"bias must have shape \(2,\), got \(1, 2\)", id="bias-2d"),
         pytest.param({"alpha": np.ones(2)}, ValueError, r"alpha must be a scalar, got shape \(2,\)", id="alpha-vector"),
-        pytest.param({"x": np.ones((3, 4), np.int64), "w": np.ones((2, 4), np.int64)}, TypeError,
-                     r"x must be a real floating array, got dtype int64", id="int-dtype"),
+        pytest.param(
+            {"x": np.ones((3, 4), np.int64), "w": np.ones((2, 4), np.int64)},
+            TypeError,
+            r"x must be a real floating array, got dtype int64",
+            id="int-dtype",
+        ),
         pytest.param({"w": np.ones((2, 4), np.int32)}, TypeError, r"w must be a real floating array", id="int-kernel"),
-        pytest.param({"x": np.ones((3, 4), np.float32)}, TypeError,
-                     r"x and w must share a dtype, got float32 and float64", id="float32-x-float64-w"),
+        pytest.param(
+            {"x": np.ones((3, 4), np.float32)},
+            TypeError,
+            r"x and w must share a dtype, got float32 and float64",
+            id="float32-x-float64-w",
+        ),
     ],
 )
 def test_invalid_inputs_raise_helpful_errors(kwargs, error, match):
@@ -381,8 +399,9 @@ def test_vjp_matches_finite_differences(case):
     _check_vjp(case)
 
 
-@pytest.mark.parametrize("case", [("array", "array", "array", False), ("array", "array", "array", True)],
-                         ids=["euclid", "spherical"])
+@pytest.mark.parametrize(
+    "case", [("array", "array", "array", False), ("array", "array", "array", True)], ids=["euclid", "spherical"]
+)
 def test_vjp_batched_leading_dims_matches_finite_differences(case):
     _check_vjp(case, batch=(2, 2))
 
@@ -393,15 +412,27 @@ def test_vjp_on_array_api_strict_equals_numpy():
     g = np.random.default_rng(5).normal(size=(3, 2))
     opts = {"bias": np.array([0.2, -0.4]), "alpha": np.asarray(1.3), "epsilon": np.asarray(0.07), "spherical": True}
     ref = yat_product_vjp(x, w, g, **opts)
-    got = yat_product_vjp(xs.asarray(x), xs.asarray(w), xs.asarray(g),
-                          **{k: (xs.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in opts.items()})
+    got = yat_product_vjp(
+        xs.asarray(x),
+        xs.asarray(w),
+        xs.asarray(g),
+        **{k: (xs.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in opts.items()},
+    )
     for name in ("x", "w", "bias", "alpha", "epsilon"):
-        np.testing.assert_allclose(np.asarray(getattr(got, name)), getattr(ref, name), rtol=1e-12, atol=1e-15,
-                                   err_msg=f"array-api-strict vs numpy VJP: d/d{name}")
+        np.testing.assert_allclose(
+            np.asarray(getattr(got, name)),
+            getattr(ref, name),
+            rtol=1e-12,
+            atol=1e-15,
+            err_msg=f"array-api-strict vs numpy VJP: d/d{name}",
+        )
 
 
-@pytest.mark.parametrize("case", [("array", "array", "array", False), ("float", "none", "float", True)],
-                         ids=["all-arrays", "constants-spherical"])
+@pytest.mark.parametrize(
+    "case",
+    [("array", "array", "array", False), ("float", "none", "float", True)],
+    ids=["all-arrays", "constants-spherical"],
+)
 def test_forward_backward_equal_product_and_vjp(case):
     x, w = make_inputs(seed=7)
     g = np.random.default_rng(8).normal(size=(3, 2))
@@ -449,8 +480,12 @@ def test_clamped_distance_gives_zero_and_no_distance_gradient():
     assert float(res.y[0, 0]) == pytest.approx(dot**2 / DEFAULT_EPSILON, rel=1e-12)
     grads = yat_backward(res, np.ones((1, 1)))
     # d/dx max(raw, 0) is 0 where raw < 0: only the numerator contributes, 2 dot w / eps (and 2 dot x / eps for w).
-    np.testing.assert_allclose(grads.x[0], 2 * dot * w[0] / DEFAULT_EPSILON, rtol=1e-10,
-                               err_msg="numpy float64: gradient through a clamped distance")
+    np.testing.assert_allclose(
+        grads.x[0],
+        2 * dot * w[0] / DEFAULT_EPSILON,
+        rtol=1e-10,
+        err_msg="numpy float64: gradient through a clamped distance",
+    )
     np.testing.assert_allclose(grads.w[0], 2 * dot * x[0] / DEFAULT_EPSILON, rtol=1e-10)
 
 
@@ -513,8 +548,9 @@ def test_softplus_extremes_on_each_framework(backend):
     raw = np.array([-1000.0, 0.0, 1000.0], dtype=np.float32)
     arr = _asarray(xp, backend, raw, "float32")
     out = to_numpy(softplus(arr, xp=xp))
-    np.testing.assert_allclose(out, [0.0, math.log(2.0), 1000.0], rtol=1e-6, atol=1e-30,
-                               err_msg=f"{backend}: softplus at -1000, 0, 1000")
+    np.testing.assert_allclose(
+        out, [0.0, math.log(2.0), 1000.0], rtol=1e-6, atol=1e-30, err_msg=f"{backend}: softplus at -1000, 0, 1000"
+    )
 
 
 def test_softplus_epsilon_is_accepted_by_yat_product_on_every_installed_framework(backend_name):
@@ -522,7 +558,8 @@ def test_softplus_epsilon_is_accepted_by_yat_product_on_every_installed_framewor
     xp = namespace_for(backend_name)
     x, w = make_inputs()
     raw = _asarray(xp, backend_name, np.asarray(-1.5), "float32")
-    y = yat_product(_asarray(xp, backend_name, x, "float32"), _asarray(xp, backend_name, w, "float32"),
-                    epsilon=softplus(raw, xp=xp))
+    y = yat_product(
+        _asarray(xp, backend_name, x, "float32"), _asarray(xp, backend_name, w, "float32"), epsilon=softplus(raw, xp=xp)
+    )
     want = direct_yat(x, w, epsilon=float(np.log1p(np.exp(-1.5))))
     np.testing.assert_allclose(to_numpy(y), want, rtol=2e-5, err_msg=f"{backend_name}: learnable epsilon")

@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import BACKEND_NAMES, framework_installed, make_tiny_mnist, require_backend
 
 from yat_core import train as train_mod
-from yat_core.backends import get_backend
 from yat_core.errors import BackendUnavailableError
 from yat_core.losses import count_correct, softmax_cross_entropy
 from yat_core.mlp import LayerSpec, MLPSpec, mlp_forward, seed_spec
+from yat_core.optim import AdamWConfig
 from yat_core.receipts import HISTORY_KEYS, REQUIRED_KEYS, git_commit, machine_info, versions, write_json_atomic
-from yat_core.train import DEFAULT_BACKEND_ORDER, CoreRunner, TrainConfig, batch_order, default_backend, train
-
-from conftest import BACKEND_NAMES, framework_installed, make_tiny_mnist, require_backend
+from yat_core.runners import Runner, make_runner
+from yat_core.train import DEFAULT_BACKEND_ORDER, TrainConfig, batch_order, default_backend, train
 
 TIMING_KEYS = ("total_s", "load_s", "first_step_s")
 HISTORY_TIMING_KEYS = ("epoch_s", "samples_per_s", "eval_s")
@@ -36,8 +36,8 @@ def run(config: TrainConfig, data: Any, spec: MLPSpec | None = None) -> tuple[di
     """Train and return ``(receipt, runner)`` (the runner captured through ``runner_factory``)."""
     runners: list[Any] = []
 
-    def factory(spec: MLPSpec, cfg: TrainConfig) -> CoreRunner:
-        runner = CoreRunner(get_backend(cfg.backend, cfg.device, cfg.gradients), spec, cfg)
+    def factory(spec: MLPSpec, cfg: TrainConfig) -> Runner:
+        runner = make_runner(spec, cfg)
         runners.append(runner)
         return runner
 
@@ -105,8 +105,13 @@ def test_losses_of_every_backend_agree_with_numpy(backend_name, cached_runs):
     ref, _ = cached_runs("numpy")
     got, _ = cached_runs(backend_name)
     a, b = np.array(got["history"][0]["step_loss"]), np.array(ref["history"][0]["step_loss"])
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4,
-                               err_msg=f"{backend_name} ({got['gradients']}) vs numpy float32: first-epoch step losses")
+    np.testing.assert_allclose(
+        a,
+        b,
+        rtol=0,
+        atol=1e-4,
+        err_msg=f"{backend_name} ({got['gradients']}) vs numpy float32: first-epoch step losses",
+    )
     assert got["history"][1]["test_loss"] == pytest.approx(ref["history"][1]["test_loss"], abs=1e-4), backend_name
     # random labels: accuracy is near chance, but both runs must classify the same images the same way
     assert abs(got["history"][1]["test_acc"] - ref["history"][1]["test_acc"]) <= 0.02, backend_name
@@ -118,9 +123,13 @@ def test_losses_decrease_on_a_learnable_problem():
     for name in ("train_images", "test_images"):
         images = getattr(data, name)
         split = "train" if name.startswith("train") else "test"
-        labels = (images.reshape(len(images), -1)[:, :392].mean(axis=1) > images.reshape(len(images), -1)[:, 392:].mean(axis=1))
+        labels = images.reshape(len(images), -1)[:, :392].mean(axis=1) > images.reshape(len(images), -1)[:, 392:].mean(
+            axis=1
+        )
         setattr(data, f"{split}_labels", labels.astype(np.uint8))
-    receipt, _ = run(TrainConfig(backend="numpy", epochs=2, batch_size=32, lr=1e-2), data, _small_spec())
+    receipt, _ = run(
+        TrainConfig(backend="numpy", epochs=2, batch_size=32, optimizer=AdamWConfig(lr=1e-2)), data, _small_spec()
+    )
     first, last = receipt["history"][0]["step_loss"][0], receipt["history"][-1]["train_loss"]
     assert last < 0.9 * first, f"numpy: loss {first:.4f} -> {last:.4f} did not fall"
 
@@ -155,8 +164,9 @@ def test_evaluation_uses_every_test_image_in_uneven_chunks(tiny_mnist):
 
 
 def test_limits_take_the_first_images(tiny_mnist):
-    receipt, _ = run(TrainConfig(backend="numpy", epochs=1, batch_size=BATCH, train_limit=100, test_limit=7),
-                     tiny_mnist)
+    receipt, _ = run(
+        TrainConfig(backend="numpy", epochs=1, batch_size=BATCH, train_limit=100, test_limit=7), tiny_mnist
+    )
     assert (receipt["n_train"], receipt["n_test"], receipt["steps_per_epoch"]) == (100, 7, 2)
     assert len(receipt["history"][0]["step_loss"]) == 2
 
@@ -180,10 +190,15 @@ def test_float64_runs_in_float64_or_is_refused(backend_name):
     exported = runner.export_params()
     dtypes = sorted({str(v.dtype) for v in exported.values()})
     assert receipt["dtype"] == "float64" and dtypes == ["float64"], (
-        f"{backend_name}: receipt says float64, parameters are {dtypes}")
+        f"{backend_name}: receipt says float64, parameters are {dtypes}"
+    )
     ref, _ = run(TrainConfig(backend="numpy", epochs=1, batch_size=32, dtype="float64"), data, _small_spec())
-    np.testing.assert_allclose(receipt["history"][0]["step_loss"], ref["history"][0]["step_loss"], rtol=1e-10,
-                               err_msg=f"{backend_name} float64 vs numpy float64 step losses")
+    np.testing.assert_allclose(
+        receipt["history"][0]["step_loss"],
+        ref["history"][0]["step_loss"],
+        rtol=1e-10,
+        err_msg=f"{backend_name} float64 vs numpy float64 step losses",
+    )
 
 
 # ---------------------------------------------------------------- JAX's chunked steps
@@ -206,12 +221,18 @@ def test_jax_chunked_steps_equal_numpy_steps():
     for epoch in range(2):
         c = np.array(chunked["history"][epoch]["step_loss"])
         assert len(c) == 67
-        np.testing.assert_allclose(c, ref["history"][epoch]["step_loss"], rtol=0, atol=1e-5,
-                                   err_msg=f"jax chunked vs numpy (both analytic), epoch {epoch + 1}")
+        np.testing.assert_allclose(
+            c,
+            ref["history"][epoch]["step_loss"],
+            rtol=0,
+            atol=1e-5,
+            err_msg=f"jax chunked vs numpy (both analytic), epoch {epoch + 1}",
+        )
 
 
-@pytest.mark.parametrize(("full_steps", "chunk"), [(0, 1), (1, 1), (4, 4), (7, 7), (64, 64), (100, 50), (128, 64),
-                                                   (67, 1), (468, 52)])
+@pytest.mark.parametrize(
+    ("full_steps", "chunk"), [(0, 1), (1, 1), (4, 4), (7, 7), (64, 64), (100, 50), (128, 64), (67, 1), (468, 52)]
+)
 def test_chunk_length_is_the_largest_divisor_up_to_64(full_steps, chunk):
     assert train_mod._chunk_length(full_steps) == chunk
 
@@ -233,8 +254,13 @@ def test_torch_compiled_training_gives_the_eager_losses(monkeypatch):
     assert runner.backend.use_compile and getattr(step, "compiled", None) is not None, "torch.compile was not used"
     assert step.shape_key is not None
     for epoch in range(2):
-        np.testing.assert_allclose(compiled["history"][epoch]["step_loss"], eager["history"][epoch]["step_loss"],
-                                   rtol=0, atol=1e-5, err_msg=f"torch compiled vs eager, epoch {epoch + 1}")
+        np.testing.assert_allclose(
+            compiled["history"][epoch]["step_loss"],
+            eager["history"][epoch]["step_loss"],
+            rtol=0,
+            atol=1e-5,
+            err_msg=f"torch compiled vs eager, epoch {epoch + 1}",
+        )
 
 
 # ---------------------------------------------------------------- batch order
@@ -273,10 +299,14 @@ def test_batch_order_counts_epochs_from_one():
         pytest.param({"train_limit": 0}, r"train-limit must be >= 1, got 0", id="train-limit-0"),
         pytest.param({"test_limit": -3}, r"test-limit must be >= 1", id="test-limit-negative"),
         pytest.param({"dtype": "int8"}, r"dtype must be float32 or float64, got 'int8'", id="dtype-int8"),
-        pytest.param({"lr": 0.0}, r"learning rate must be > 0, got 0.0", id="lr-0"),
-        pytest.param({"lr": -1.0}, r"learning rate must be > 0", id="lr-negative"),
-        pytest.param({"weight_decay": -1.0}, r"weight decay must be >= 0", id="wd-negative"),
-        pytest.param({"b2": 1.0}, r"b2 must be in \[0, 1\)", id="b2-1"),
+        pytest.param({"optimizer": AdamWConfig(lr=0.0)}, r"learning rate must be > 0, got 0.0", id="lr-0"),
+        pytest.param({"optimizer": AdamWConfig(lr=-1.0)}, r"learning rate must be > 0", id="lr-negative"),
+        pytest.param({"optimizer": AdamWConfig(weight_decay=-1.0)}, r"weight decay must be >= 0", id="wd-negative"),
+        pytest.param({"optimizer": AdamWConfig(b2=1.0)}, r"b2 must be in \[0, 1\)", id="b2-1"),
+        pytest.param({"framework": "torch"}, r"--backend .* or --framework .*, not both", id="backend-and-framework"),
+        pytest.param(
+            {"keras_backend": "jax"}, r"--keras-backend applies to --framework keras only", id="keras-backend"
+        ),
     ],
 )
 def test_train_config_validate_errors(kwargs, match, tiny_mnist):
@@ -321,8 +351,12 @@ def test_default_backend_is_the_first_installed():
 
 def test_log_receives_one_line_per_epoch(tiny_mnist):
     lines: list[str] = []
-    train(TrainConfig(backend="numpy", epochs=2, batch_size=BATCH, train_limit=64, test_limit=10),
-          data=tiny_mnist, log=lines.append, progress=False)
+    train(
+        TrainConfig(backend="numpy", epochs=2, batch_size=BATCH, train_limit=64, test_limit=10),
+        data=tiny_mnist,
+        log=lines.append,
+        progress=False,
+    )
     assert len(lines) == 2 and lines[0].startswith("epoch 1/2") and "test_acc" in lines[1]
 
 

@@ -17,7 +17,8 @@ import numpy as np
 from yat_core.backends import get_backend
 from yat_core.mlp import MLPSpec, init_mlp_numpy
 from yat_core.optim import adamw_init
-from yat_core.train import CoreRunner, TrainConfig, train
+from yat_core.runners.core import CoreRunner
+from yat_core.train import TrainConfig, train
 
 __all__ = ["Run", "REFERENCE", "TRAINING_BACKENDS", "mnist", "run", "compare_runs", "seed_batch"]
 
@@ -70,20 +71,33 @@ def _float32_init_runner(spec: MLPSpec, config: TrainConfig) -> CoreRunner:
     return runner
 
 
-def run(backend: str, dtype: str, *, gradients: str | None, steps: int | None, epochs: int,
-        test_limit: int | None) -> Run:
+def run(
+    backend: str, dtype: str, *, gradients: str | None, steps: int | None, epochs: int, test_limit: int | None
+) -> Run:
     """Train the seed model on the first ``steps * 128`` training images (all when None),
     from the float32 initial weights."""
     config = TrainConfig(
-        backend=backend, dtype=dtype, gradients=gradients, epochs=epochs, seed=0,
-        train_limit=None if steps is None else steps * BATCH, test_limit=test_limit,
+        backend=backend,
+        dtype=dtype,
+        gradients=gradients,
+        epochs=epochs,
+        seed=0,
+        train_limit=None if steps is None else steps * BATCH,
+        test_limit=test_limit,
     )
     t0 = time.perf_counter()
     receipt = train(config, data=mnist(), runner_factory=_float32_init_runner, progress=False, log=None)
     losses = [v for record in receipt["history"] for v in record["step_loss"]]
     label = f"{backend}-{dtype}" + ("" if dtype == "float64" else f"-{receipt['gradients']}")
-    return Run(label, backend, dtype, receipt["gradients"], losses,
-               [record["test_acc"] for record in receipt["history"]], time.perf_counter() - t0)
+    return Run(
+        label,
+        backend,
+        dtype,
+        receipt["gradients"],
+        losses,
+        [record["test_acc"] for record in receipt["history"]],
+        time.perf_counter() - t0,
+    )
 
 
 def compare_runs(reference: Run, other: Run) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from yat_core.mlp import (
 from yat_core.optim import AdamWConfig, AdamWState, adamw_init, adamw_update
 from yat_core.product import DEFAULT_EPSILON, dense, softplus, yat_product, yat_product_vjp
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "__version__",

@@ -14,8 +14,8 @@ from typing import Any, Literal, Union
 
 import numpy as np
 
-from yat_core._compat import array_namespace
 from yat_core.losses import cross_entropy_grad, softmax_cross_entropy
+from yat_core.namespaces import array_namespace
 from yat_core.product import (
     DEFAULT_EPSILON,
     dense,
@@ -34,6 +34,7 @@ __all__ = [
     "relu_spec",
     "init_mlp",
     "init_mlp_numpy",
+    "init_layer_numpy",
     "mlp_forward",
     "mlp_loss",
     "mlp_value_and_grad",
@@ -46,7 +47,7 @@ Array = Any
 Params = dict[str, Any]
 #: "learnable", a constant float, or None (absent).
 Option = Union[Literal["learnable"], float, None]
-LEARNABLE = "learnable"
+LEARNABLE: Literal["learnable"] = "learnable"
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,7 @@ class LayerSpec:
             if not (value is None or value == LEARNABLE or is_number):
                 raise ValueError(f"{name} must be 'learnable', a number or None, got {value!r}")
         validate_epsilon(self.epsilon)
-        if self.kind == "linear" and (
-            self.alpha not in (LEARNABLE, None) or self.learnable_epsilon or self.spherical
-        ):
+        if self.kind == "linear" and (self.alpha not in (LEARNABLE, None) or self.learnable_epsilon or self.spherical):
             raise ValueError("alpha, epsilon and spherical options apply to 'yat' layers only")
         if self.activation not in (None, "relu"):
             raise ValueError(f"activation must be None or 'relu', got {self.activation!r}")
@@ -145,8 +144,7 @@ class MLPSpec:
         for i, (a, b) in enumerate(zip(self.layers, self.layers[1:])):
             if a.out_features != b.in_features:
                 raise ValueError(
-                    f"layer {i} outputs {a.out_features} features but layer {i + 1} "
-                    f"expects {b.in_features}"
+                    f"layer {i} outputs {a.out_features} features but layer {i + 1} expects {b.in_features}"
                 )
 
     @property
@@ -157,9 +155,7 @@ class MLPSpec:
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's full name and shape, in initialisation order."""
         return {
-            f"{i}.{name}": shape
-            for i, layer in enumerate(self.layers)
-            for name, shape in layer.param_shapes.items()
+            f"{i}.{name}": shape for i, layer in enumerate(self.layers) for name, shape in layer.param_shapes.items()
         }
 
 
@@ -205,31 +201,48 @@ def count_params(spec: MLPSpec) -> int:
     return sum(layer.n_params for layer in spec.layers)
 
 
-def init_mlp_numpy(spec: MLPSpec, seed: int, dtype: Any = np.float32) -> dict[str, np.ndarray]:
-    """Initial parameters as NumPy arrays, drawn from ``numpy.random.default_rng(seed)``.
+def init_layer_numpy(layer: LayerSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One layer's initial parameters (float64), drawn from ``rng`` in the order of ``param_shapes``.
 
     Kernels: Xavier-normal for Yat layers, PyTorch's ``nn.Linear`` default
     (uniform ``±1/sqrt(in)``) for linear ones; biases uniform ``±1/sqrt(in)``;
-    alpha 1.0; learnable epsilon at its configured value. Draws happen in float64
-    in a fixed order and are then rounded to ``dtype``, so every framework gets the
-    same bits.
+    alpha 1.0; learnable epsilon at its configured value. Every framework's layer
+    starts from these values when built from a spec.
+
+    Examples
+    --------
+    >>> values = init_layer_numpy(LayerSpec("yat", 4, 3), np.random.default_rng(0))
+    >>> {name: v.shape for name, v in values.items()}
+    {'kernel': (3, 4), 'bias': (3,), 'alpha': ()}
+    """
+    fan_in, fan_out = layer.in_features, layer.out_features
+    bound = 1.0 / math.sqrt(fan_in)
+    out: dict[str, np.ndarray] = {}
+    for name, shape in layer.param_shapes.items():
+        if name == "kernel" and layer.kind == "yat":
+            value = rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), shape)
+        elif name in ("kernel", "bias"):
+            value = rng.uniform(-bound, bound, shape)
+        elif name == "alpha":
+            value = np.ones(shape)
+        else:  # epsilon_raw
+            value = np.full(shape, softplus_inverse(layer.epsilon))
+        out[name] = np.asarray(value, dtype=np.float64)
+    return out
+
+
+def init_mlp_numpy(spec: MLPSpec, seed: int, dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    """Initial parameters as NumPy arrays, drawn from ``numpy.random.default_rng(seed)``.
+
+    Layer by layer with :func:`init_layer_numpy`, in float64 and in a fixed order,
+    then rounded to ``dtype``, so every framework gets the same bits.
     """
     rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
-    for i, layer in enumerate(spec.layers):
-        fan_in, fan_out = layer.in_features, layer.out_features
-        bound = 1.0 / math.sqrt(fan_in)
-        for name, shape in layer.param_shapes.items():
-            if name == "kernel" and layer.kind == "yat":
-                value = rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), shape)
-            elif name in ("kernel", "bias"):
-                value = rng.uniform(-bound, bound, shape)
-            elif name == "alpha":
-                value = np.ones(shape)
-            else:  # epsilon_raw
-                value = np.full(shape, softplus_inverse(layer.epsilon))
-            out[f"{i}.{name}"] = np.asarray(value, dtype=np.float64).astype(dtype)
-    return out
+    return {
+        f"{i}.{name}": value.astype(dtype)
+        for i, layer in enumerate(spec.layers)
+        for name, value in init_layer_numpy(layer, rng).items()
+    }
 
 
 def init_mlp(spec: MLPSpec, seed: int, /, *, xp: Any = None, dtype: Any = None, device: Any = None) -> Params:

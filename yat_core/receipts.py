@@ -12,16 +12,38 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from yat_core._io import atomic_write
+from yat_core._io import atomic_write_text
 
-__all__ = ["machine_info", "versions", "git_commit", "write_json_atomic", "default_receipt_path",
-           "command_line", "REQUIRED_KEYS", "HISTORY_KEYS"]
+__all__ = [
+    "machine_info",
+    "versions",
+    "git_commit",
+    "write_json_atomic",
+    "default_receipt_path",
+    "command_line",
+    "REQUIRED_KEYS",
+    "HISTORY_KEYS",
+]
 
 #: Keys every receipt carries (checked by the tests and the parity suite).
 REQUIRED_KEYS = (
-    "backend", "device", "params", "epochs", "batch_size", "lr", "weight_decay", "seed",
-    "n_train", "n_test", "total_s", "final_test_acc", "final_test_loss", "history",
-    "versions", "machine", "git_commit",
+    "backend",
+    "device",
+    "params",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "seed",
+    "n_train",
+    "n_test",
+    "total_s",
+    "final_test_acc",
+    "final_test_loss",
+    "history",
+    "versions",
+    "machine",
+    "git_commit",
 )
 HISTORY_KEYS = ("epoch", "train_loss", "test_loss", "test_acc", "epoch_s", "samples_per_s")
 
@@ -70,10 +92,17 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
     """The commit of the checkout holding ``path`` (this package by default), or None."""
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if dirty else "")
@@ -104,7 +133,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """
     # Serialise first: an unserialisable value fails before any file is touched.
     text = json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n"
-    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    return atomic_write_text(path, text)
 
 
 def default_receipt_path(kind: str, folder: str | os.PathLike = "receipts") -> Path:

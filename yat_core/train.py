@@ -1,82 +1,41 @@
-"""One training loop for every backend, and the receipt it writes.
+"""One training loop for every backend and framework, and the receipt it writes.
 
 The loop owns everything that must be identical across frameworks: the initial
-weights (NumPy, from the seed), the batch order (a NumPy generator seeded by
-``(seed, epoch)``), the last partial batch (kept), and the evaluation (all test
-images). The backend owns only the compiled step.
+weights (NumPy, from the seed), the batch order (one NumPy generator seeded by
+``seed``), the last partial batch (kept), and the evaluation (all test images). A
+:class:`~yat_core.runners.Runner` owns the model, its optimizer and its device.
+:func:`train` reads top to bottom: build the runner, load and place the data, run
+the epochs (:func:`run_epoch`), evaluate (:func:`evaluate`), assemble the receipt
+(:func:`assemble_receipt`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Protocol
+from typing import Any
 
 import numpy as np
 
-from yat_core.backends import Backend, get_backend
-from yat_core.mlp import MLPSpec, count_params, init_mlp_numpy, seed_spec
-from yat_core.optim import AdamWConfig, adamw_init
+from yat_core.config import DEFAULT_BACKEND_ORDER, TrainConfig, default_backend
+from yat_core.mlp import MLPSpec, seed_spec
 from yat_core.receipts import command_line, git_commit, machine_info, versions
+from yat_core.runners import Runner, make_runner
 
-__all__ = ["TrainConfig", "train", "Runner", "CoreRunner", "batch_order", "evaluate", "default_backend", "DEFAULT_BACKEND_ORDER"]
-
-#: Tried in this order when no backend is named: the fastest installed one wins.
-DEFAULT_BACKEND_ORDER = ("jax", "torch", "mlx", "numpy")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run; recorded in the receipt.
-
-    Examples
-    --------
-    >>> TrainConfig(backend="numpy").batch_size
-    128
-    """
-
-    backend: str = "jax"
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    b1: float = 0.9
-    b2: float = 0.999
-    adam_eps: float = 1e-8
-    seed: int = 0
-    device: str | None = None
-    gradients: str | None = None  # "autodiff" or "analytic"; None: the backend's faster one
-    dtype: str = "float32"
-    data_dir: str | None = None
-    train_limit: int | None = None  # use the first N training images (tests, quick runs)
-    test_limit: int | None = None
-    eval_batch: int = 2000
-
-    def validate(self) -> None:
-        """Raise :class:`ValueError` for settings no run can use."""
-        for name in ("epochs", "batch_size", "eval_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("train_limit", "test_limit"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        self.optimizer().validate()
-
-    def optimizer(self) -> AdamWConfig:
-        return AdamWConfig(self.lr, self.b1, self.b2, self.adam_eps, self.weight_decay)
-
-
-def default_backend() -> str:
-    """The first installed backend of :data:`DEFAULT_BACKEND_ORDER`."""
-    from yat_core.backends import available_backends
-
-    installed = available_backends()
-    return next(name for name in DEFAULT_BACKEND_ORDER if name in installed)
+__all__ = [
+    "TrainConfig",
+    "train",
+    "run_epoch",
+    "evaluate",
+    "assemble_receipt",
+    "batch_order",
+    "default_backend",
+    "DEFAULT_BACKEND_ORDER",
+]
 
 
 def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -101,91 +60,11 @@ def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return rng.permutation(n).astype(np.int32)
 
 
-class Runner(Protocol):
-    """What the training loop drives: the core on a backend, or a framework's own model.
-
-    ``step`` and ``evaluate`` may return device scalars; the loop converts them to
-    host numbers only at the end of an epoch (or for the progress bar), so no step
-    waits on the host.
-    """
-
-    name: str  # the backend or framework name recorded in the receipt
-    framework: str  # distribution whose version the receipt records
-
-    def device_name(self) -> str: ...
-    def n_params(self) -> int: ...
-    def put(self, a: np.ndarray) -> Any: ...
-    def step(self, images: Any, labels: Any, idx: Any) -> Any: ...
-    def evaluate(self, images: Any, labels: Any) -> tuple[Any, Any]: ...
-    def settle(self, loss: Any) -> None: ...
-    def synchronize(self, tree: Any) -> None: ...
-    def to_float(self, value: Any) -> float: ...
-
-
-class CoreRunner:
-    """The core's functional model and AdamW, compiled by one :class:`Backend`."""
-
-    def __init__(self, backend: Backend, spec: MLPSpec, config: "TrainConfig") -> None:
-        self.backend, self.spec = backend, spec
-        self.name, self.framework, self.gradients = backend.name, backend.framework, backend.gradients
-        init = init_mlp_numpy(spec, config.seed, np.dtype(config.dtype))
-        self.params = {k: backend.asarray(v) for k, v in init.items()}
-        self.opt_state = adamw_init(self.params, xp=backend.xp)
-        self._config = config.optimizer()
-        self._step = backend.train_step(spec, self._config)
-        self._eval = backend.eval_step(spec)
-
-    def device_name(self) -> str:
-        return self.backend.device_name()
-
-    def n_params(self) -> int:
-        return count_params(self.spec)
-
-    def put(self, a: np.ndarray) -> Any:
-        return self.backend.asarray(a)
-
-    def step(self, images: Any, labels: Any, idx: Any) -> Any:
-        self.params, self.opt_state, loss = self._step(self.params, self.opt_state, images, labels, idx)
-        return loss
-
-    def chunk_runner(self, batch_size: int, n_steps: int) -> Callable[[Any, Any, Any, int], Any] | None:
-        """``(images, labels, order, first_step) -> losses`` running ``n_steps`` full batches
-        in one call, when the backend offers it (see :meth:`Backend.train_steps`)."""
-        fn = self.backend.train_steps(self.spec, self._config, batch_size, n_steps)
-        if fn is None:
-            return None
-
-        def run(images: Any, labels: Any, order: Any, first: int) -> Any:
-            self.params, self.opt_state, losses = fn(self.params, self.opt_state, images, labels, order, first)
-            return losses
-
-        return run
-
-    def to_host(self, value: Any) -> np.ndarray:
-        return np.asarray(self.backend.to_numpy(value))
-
-    def export_params(self) -> dict[str, np.ndarray]:
-        """The current parameters as ``{name: numpy array}``, the interchange format of :mod:`yat_core.nn`."""
-        return {name: np.array(self.backend.to_numpy(value)) for name, value in self.params.items()}
-
-    def evaluate(self, images: Any, labels: Any) -> tuple[Any, Any]:
-        return self._eval(self.params, images, labels)
-
-    def settle(self, loss: Any) -> None:
-        self.backend.settle((self.params, self.opt_state, loss))
-
-    def synchronize(self, tree: Any) -> None:
-        self.backend.synchronize((self.params, tree))
-
-    def to_float(self, value: Any) -> float:
-        return float(self.backend.to_numpy(value))
-
-
 def evaluate(runner: Runner, images: Any, labels: Any, n: int, chunk: int) -> tuple[float, float]:
     """Mean loss and accuracy over all ``n`` examples, evaluated in chunks (none dropped)."""
     loss_sum, correct = 0.0, 0
     for start in range(0, n, chunk):
-        batch_loss, batch_correct = runner.evaluate(images[start:start + chunk], labels[start:start + chunk])
+        batch_loss, batch_correct = runner.evaluate(images[start : start + chunk], labels[start : start + chunk])
         loss_sum += runner.to_float(batch_loss)
         correct += int(runner.to_float(batch_correct))
     return loss_sum / n, correct / n
@@ -214,12 +93,88 @@ class _Progress:
             self.bar.close()
 
 
+@dataclass
+class _Placed:
+    """The data on the runner's device, and the step plan derived from its size."""
+
+    images: Any
+    labels: Any
+    test_images: Any
+    test_labels: Any
+    n_train: int
+    n_test: int
+    batch_size: int
+    chunk: int  # full steps per chunked call (1: no chunking)
+    chunked: Callable[[Any, Any, Any, int], Any] | None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_train / self.batch_size)
+
+    @property
+    def full_steps(self) -> int:
+        return self.n_train // self.batch_size
+
+
+def _place(runner: Runner, data: Any, config: TrainConfig, n_classes: int) -> _Placed:
+    train_x, train_y = _subset(data.train_images, data.train_labels, config.train_limit, "training", n_classes)
+    test_x, test_y = _subset(data.test_images, data.test_labels, config.test_limit, "test", n_classes)
+    full_steps = len(train_y) // config.batch_size
+    chunk = _chunk_length(full_steps)
+    chunked = runner.chunk_runner(config.batch_size, chunk) if chunk > 1 else None
+    return _Placed(
+        runner.put(train_x),
+        runner.put(train_y),
+        runner.put(test_x),
+        runner.put(test_y),
+        len(train_y),
+        len(test_y),
+        config.batch_size,
+        chunk if chunked is not None else 1,
+        chunked,
+    )
+
+
+def run_epoch(
+    runner: Runner, placed: _Placed, order: Any, bar: _Progress, on_first_step: Callable[[Any], None]
+) -> tuple[list[float], float]:
+    """One pass over the training set in ``order``: the per-step losses and the epoch's seconds.
+
+    Full batches go through the runner's chunked call where it has one; the rest
+    (and the last partial batch) one step at a time.
+    """
+    batch, steps = placed.batch_size, placed.steps_per_epoch
+    losses: list[Any] = []
+    t0 = time.perf_counter()
+    i = 0
+    while i < steps:
+        if placed.chunked is not None and i + placed.chunk <= placed.full_steps:
+            loss = placed.chunked(placed.images, placed.labels, order, i)
+            i += placed.chunk
+        else:
+            loss = runner.step(placed.images, placed.labels, order[i * batch : (i + 1) * batch])
+            i += 1
+        runner.settle(loss)
+        losses.append(loss)
+        if len(losses) == 1:
+            on_first_step(loss)
+        if i % 20 == 0 or placed.chunked is not None or i == steps:
+            bar.update(i, min(placed.n_train, i * batch), functools.partial(_last_loss, runner, loss))
+    runner.synchronize(losses)
+    epoch_s = time.perf_counter() - t0
+    return [v for loss in losses for v in runner.host_losses(loss)], epoch_s
+
+
+def _last_loss(runner: Runner, loss: Any) -> float:
+    return runner.host_losses(loss)[-1]
+
+
 def train(
     config: TrainConfig,
     *,
     data: Any = None,
     spec: MLPSpec | None = None,
-    runner_factory: Callable[[MLPSpec, TrainConfig], Runner] | None = None,
+    runner_factory: Callable[[MLPSpec, TrainConfig], Runner] = make_runner,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
@@ -233,11 +188,9 @@ def train(
         ``test_labels`` (uint8); loaded with :func:`yat_core.data.load_mnist` when None.
     spec : MLPSpec, optional
         The model; the seed model by default.
-    runner_factory : callable, optional
-        ``(spec, config) -> Runner``; by default the core model on backend
-        ``config.backend`` (:class:`CoreRunner`). The framework-native layers of
-        :mod:`yat_core.nn` pass their own, so they share this loop, its batch order,
-        evaluation and receipt.
+    runner_factory : callable
+        ``(spec, config) -> Runner``; :func:`yat_core.runners.make_runner` by default
+        (the core on ``config.backend``, or ``config.framework``'s native model).
     progress : bool
         Show a progress bar (only on an interactive terminal).
     log : callable or None
@@ -260,75 +213,81 @@ def train(
     config.validate()
     spec = seed_spec() if spec is None else spec
     # The runner first: an absent framework fails before any data is fetched.
-    if runner_factory is None:
-        runner: Runner = CoreRunner(get_backend(config.backend, config.device, config.gradients), spec, config)
-    else:
-        runner = runner_factory(spec, config)
+    runner = runner_factory(spec, config)
     t_load = time.perf_counter()
     if data is None:
         from yat_core.data import load_mnist
 
         data = load_mnist(config.data_dir, progress=progress)
     load_s = time.perf_counter() - t_load
+    placed = _place(runner, data, config, spec.layers[-1].out_features)
 
-    n_classes = spec.layers[-1].out_features
-    train_x, train_y = _subset(data.train_images, data.train_labels, config.train_limit, "training", n_classes)
-    test_x, test_y = _subset(data.test_images, data.test_labels, config.test_limit, "test", n_classes)
-    n_train, n_test = len(train_y), len(test_y)
-    images, labels = runner.put(train_x), runner.put(train_y)
-    test_images, test_labels = runner.put(test_x), runner.put(test_y)
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
-    full_steps = n_train // config.batch_size
-    chunk = _chunk_length(full_steps)
-    make_chunked = getattr(runner, "chunk_runner", None)
-    chunked = make_chunked(config.batch_size, chunk) if make_chunked and chunk > 1 else None
+    first_step_s: list[float] = []
+
+    def on_first_step(loss: Any) -> None:
+        if not first_step_s:
+            runner.synchronize(loss)
+            first_step_s.append(time.perf_counter() - t_start)
 
     history: list[dict[str, Any]] = []
-    first_step_s = None
     for epoch in range(1, config.epochs + 1):
-        order = runner.put(batch_order(config.seed, epoch, n_train))
-        bar = _Progress(steps_per_epoch, f"epoch {epoch}/{config.epochs}", progress)
-        losses: list[Any] = []
-        t0 = time.perf_counter()
-        i = 0
-        while i < steps_per_epoch:
-            if chunked is not None and i + chunk <= full_steps:
-                loss = chunked(images, labels, order, i)
-                i += chunk
-            else:
-                loss = runner.step(images, labels, order[i * config.batch_size:(i + 1) * config.batch_size])
-                i += 1
-            runner.settle(loss)
-            losses.append(loss)
-            if first_step_s is None:
-                runner.synchronize(loss)
-                first_step_s = time.perf_counter() - t_start
-            if i % 20 == 0 or chunked is not None or i == steps_per_epoch:
-                bar.update(i, min(n_train, i * config.batch_size), lambda: _last_loss(runner, loss))
-        runner.synchronize(losses)
-        epoch_s = time.perf_counter() - t0
+        order = runner.put(batch_order(config.seed, epoch, placed.n_train))
+        bar = _Progress(placed.steps_per_epoch, f"epoch {epoch}/{config.epochs}", progress)
+        step_losses, epoch_s = run_epoch(runner, placed, order, bar, on_first_step)
         bar.close()
-        step_losses = _host_losses(runner, losses)
         t_eval = time.perf_counter()
-        test_loss, test_acc = evaluate(runner, test_images, test_labels, n_test, config.eval_batch)
-        record = {
-            "epoch": epoch,
-            "train_loss": float(np.mean(step_losses)),
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "epoch_s": epoch_s,
-            "samples_per_s": n_train / epoch_s,
-            "eval_s": time.perf_counter() - t_eval,
-            "step_loss": step_losses,
-        }
-        history.append(record)
+        test_loss, test_acc = evaluate(runner, placed.test_images, placed.test_labels, placed.n_test, config.eval_batch)
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": float(np.mean(step_losses)),
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "epoch_s": epoch_s,
+                "samples_per_s": placed.n_train / epoch_s,
+                "eval_s": time.perf_counter() - t_eval,
+                "step_loss": step_losses,
+            }
+        )
         if log is not None:
-            log(
-                f"epoch {epoch}/{config.epochs}  train_loss {record['train_loss']:.4f}  "
-                f"test_loss {test_loss:.4f}  test_acc {100 * test_acc:.2f}%  "
-                f"{epoch_s:.2f} s  {record['samples_per_s']:,.0f} samples/s"
-            )
+            log(_epoch_line(history[-1], config.epochs))
 
+    return assemble_receipt(
+        runner,
+        config,
+        spec,
+        placed,
+        history,
+        data_source=getattr(data, "source", "in-memory"),
+        timings={
+            "total_s": time.perf_counter() - t_start,
+            "load_s": load_s,
+            "first_step_s": first_step_s[0] if first_step_s else None,
+        },
+    )
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {record['epoch']}/{epochs}  train_loss {record['train_loss']:.4f}  "
+        f"test_loss {record['test_loss']:.4f}  test_acc {100 * record['test_acc']:.2f}%  "
+        f"{record['epoch_s']:.2f} s  {record['samples_per_s']:,.0f} samples/s"
+    )
+
+
+def assemble_receipt(
+    runner: Runner,
+    config: TrainConfig,
+    spec: MLPSpec,
+    placed: _Placed,
+    history: list[dict[str, Any]],
+    *,
+    data_source: str,
+    timings: dict[str, Any],
+) -> dict[str, Any]:
+    """The JSON-ready record of a finished run: configuration, history, timings, versions, machine."""
+    opt = config.optimizer
+    facts = runner.receipt_facts()
     return {
         "kind": "train",
         "backend": runner.name,
@@ -336,30 +295,28 @@ def train(
         "params": runner.n_params(),
         "epochs": config.epochs,
         "batch_size": config.batch_size,
-        "lr": config.lr,
-        "weight_decay": config.weight_decay,
+        "lr": opt.lr,
+        "weight_decay": opt.weight_decay,
         "seed": config.seed,
-        "optimizer": {"name": "adamw", **config.optimizer()._asdict(), "bias_correction": True,
-                      "decay_applies_to": "all parameters"},
+        "optimizer": {"name": "adamw", **opt._asdict(), "bias_correction": True, "decay_applies_to": "all parameters"},
         "dtype": config.dtype,
-        "gradients": getattr(runner, "gradients", "autodiff"),
-        "steps_per_call": chunk if chunked is not None else 1,
-        "n_train": n_train,
-        "n_test": n_test,
-        "steps_per_epoch": steps_per_epoch,
+        "gradients": runner.gradients,
+        "steps_per_call": placed.chunk,
+        "n_train": placed.n_train,
+        "n_test": placed.n_test,
+        "steps_per_epoch": placed.steps_per_epoch,
         "model": [asdict(layer) for layer in spec.layers],
-        "data": {"source": getattr(data, "source", "in-memory"), "pixel_scale": "k/255"},
-        "total_s": time.perf_counter() - t_start,
-        "load_s": load_s,
-        "first_step_s": first_step_s,
+        "data": {"source": data_source, "pixel_scale": "k/255"},
+        **timings,
         "final_test_acc": history[-1]["test_acc"],
         "final_test_loss": history[-1]["test_loss"],
         "history": history,
-        "versions": versions(runner.framework),
+        "versions": versions(*runner.distributions),
         "machine": machine_info(),
         "git_commit": git_commit(),
         "command": command_line(),
-        "config": asdict(config),
+        "config": config.as_record(),
+        **facts,
     }
 
 
@@ -367,19 +324,6 @@ def _chunk_length(full_steps: int, longest: int = 64) -> int:
     """Steps per compiled chunk: the largest divisor of ``full_steps`` up to ``longest``,
     so every chunk has one shape and compiles once."""
     return max((d for d in range(1, min(full_steps, longest) + 1) if full_steps % d == 0), default=1)
-
-
-def _last_loss(runner: Runner, loss: Any) -> float:
-    to_host = getattr(runner, "to_host", None)
-    return float(np.ravel(to_host(loss))[-1]) if to_host else runner.to_float(loss)
-
-
-def _host_losses(runner: Runner, losses: list[Any]) -> list[float]:
-    # A chunked runner returns one array of losses per chunk; flatten to per step.
-    to_host = getattr(runner, "to_host", None)
-    if to_host is None:
-        return [runner.to_float(v) for v in losses]
-    return [float(v) for loss in losses for v in np.ravel(to_host(loss))]
 
 
 def _subset(

@@ -18,26 +18,19 @@ yat_core.errors.BackendUnavailableError: unknown backend 'tensorflow'; choose on
 from __future__ import annotations
 
 import importlib
-from typing import NamedTuple
 
-from yat_core._lazy import require
-from yat_core.backends._base import Backend
-from yat_core.errors import BackendUnavailableError
+from yat_core._lazy import LazyEntry, load_entry
+from yat_core.backends._base import GRADIENT_MODES, Backend
 
-__all__ = ["Backend", "BACKENDS", "get_backend", "available_backends"]
+__all__ = ["Backend", "GRADIENT_MODES", "BACKENDS", "get_backend", "available_backends"]
 
 
-class _Entry(NamedTuple):
-    module: str
-    framework: str  # the import the backend needs
-    extra: str  # pip extra that installs it
-
-
-BACKENDS: dict[str, _Entry] = {
-    "numpy": _Entry("yat_core.backends.numpy", "numpy", ""),
-    "torch": _Entry("yat_core.backends.torch", "torch", "torch"),
-    "jax": _Entry("yat_core.backends.jax", "jax", "jax"),
-    "mlx": _Entry("yat_core.backends.mlx", "mlx.core", "mlx"),
+#: Backend name -> its module, the import it needs and the extra that installs it.
+BACKENDS: dict[str, LazyEntry] = {
+    "numpy": LazyEntry("yat_core.backends.numpy", "numpy", ""),
+    "torch": LazyEntry("yat_core.backends.torch", "torch", "torch"),
+    "jax": LazyEntry("yat_core.backends.jax", "jax", "jax"),
+    "mlx": LazyEntry("yat_core.backends.mlx", "mlx.core", "mlx"),
 }
 
 
@@ -53,16 +46,8 @@ def get_backend(name: str, device: str | None = None, gradients: str | None = No
         For an unknown name, or a framework that is not installed (the message names
         the extra to install), or a device the framework cannot use.
     """
-    entry = BACKENDS.get(name)
-    if entry is None:
-        raise BackendUnavailableError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
-    if name == "mlx":  # must precede MLX's import (see _mlx_blas)
-        from yat_core.backends._mlx_blas import preload_blas
-
-        preload_blas()
-    require(entry.framework, entry.extra, f"backend {name!r}")
-    module = importlib.import_module(entry.module)
-    return module.BACKEND_CLASS(device, gradients)
+    backend: Backend = load_entry(BACKENDS, name, "backend").BACKEND_CLASS(device, gradients)
+    return backend
 
 
 def available_backends() -> list[str]:
@@ -70,7 +55,7 @@ def available_backends() -> list[str]:
     names = []
     for name, entry in BACKENDS.items():
         try:
-            importlib.import_module(entry.framework)
+            importlib.import_module(entry.requires)
         except ImportError:
             continue
         names.append(name)

@@ -9,12 +9,13 @@ the framework's compiler.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from yat_core.losses import count_correct, softmax_cross_entropy
 from yat_core.errors import BackendUnavailableError
+from yat_core.losses import count_correct, softmax_cross_entropy
 from yat_core.mlp import MLPSpec, flatten_images, mlp_forward, mlp_loss, mlp_value_and_grad
 from yat_core.optim import AdamWConfig, AdamWState, adamw_update
 

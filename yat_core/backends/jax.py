@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +64,7 @@ class JaxBackend(Backend):
         def run(params: Any, state: Any, images: Any, labels: Any, order: Any, first: Any) -> Any:
             def body(carry: Any, i: Any) -> Any:
                 idx = jax.lax.dynamic_slice(order, ((first + i) * batch_size,), (batch_size,))
-                params, state, loss = step(*carry, images, labels, idx)
+                params, state, loss = step(carry[0], carry[1], images, labels, idx)
                 return (params, state), loss
 
             (params, state), losses = jax.lax.scan(body, (params, state), jnp.arange(n_steps))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import array_api_compat.torch as torch_xp
 import numpy as np
@@ -63,8 +64,11 @@ class _CompiledStep:
             with torch.no_grad():
                 return self.compiled(*args)
         except Exception as exc:  # noqa: BLE001 - any compiler fault means: run eagerly
-            warnings.warn(f"torch.compile failed ({exc.__class__.__name__}); running the step eagerly",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"torch.compile failed ({exc.__class__.__name__}); running the step eagerly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             self.compiled = None
             return self.eager(*args)
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import gzip
 import os
-import secrets
 import zlib
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_write_files
 from ..errors import DataError
 
-__all__ = ["read_idx", "write_idx", "decode_idx", "encode_idx", "gunzip", "atomic_write_files"]
+__all__ = ["read_idx", "write_idx", "decode_idx", "encode_idx", "gunzip"]
 
 # IDX type code -> big-endian dtype.
 _DTYPES: dict[int, np.dtype] = {
@@ -100,9 +99,7 @@ def decode_idx(data: bytes, name: str = "<bytes>", *, magic: int | None = None) 
         )
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise DataError(
-            f"{name}: size mismatch: header needs {header} bytes, file has {len(data)}"
-        )
+        raise DataError(f"{name}: size mismatch: header needs {header} bytes, file has {len(data)}")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = _DTYPES[code]
     count = int(np.prod(dims, dtype=np.int64))
@@ -145,12 +142,8 @@ def encode_idx(array: np.ndarray) -> bytes:
     array = np.asarray(array)
     code = _CODES.get((array.dtype.kind, array.dtype.itemsize))
     if code is None or array.ndim > 255 or any(d >= 2**32 for d in array.shape):
-        raise DataError(
-            f"cannot encode a {array.dtype} array of shape {array.shape} as IDX"
-        )
-    header = bytes([0, 0, code, array.ndim]) + b"".join(
-        d.to_bytes(4, "big") for d in array.shape
-    )
+        raise DataError(f"cannot encode a {array.dtype} array of shape {array.shape} as IDX")
+    header = bytes([0, 0, code, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
     return header + np.ascontiguousarray(array, dtype=_DTYPES[code]).tobytes()
 
 
@@ -221,74 +214,4 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
     data = encode_idx(array)
     if _is_gz_name(path):
         data = gzip.compress(data, mtime=0)  # mtime=0: identical input, identical file
-    atomic_write_files({Path(path): data})
-
-
-def atomic_write_files(files: Mapping[Path, bytes]) -> None:
-    """Write several files so that none is ever seen partially written.
-
-    All contents go to fsynced temporary files beside their destinations
-    first; only when every one is written are they renamed into place. On any
-    failure the temporary files are removed.
-
-    Parameters
-    ----------
-    files : Mapping[pathlib.Path, bytes]
-        Destination path -> file content. Parent folders must exist.
-
-    Examples
-    --------
-    >>> import secrets
-    >>> import tempfile
-    >>> d = Path(tempfile.mkdtemp())
-    >>> atomic_write_files({d / "a": b"1", d / "b": b"2"})
-    >>> sorted(p.name for p in d.iterdir())
-    ['a', 'b']
-    """
-    temps: dict[Path, Path] = {}
-    try:
-        for dest, data in files.items():
-            temps[dest] = _write_temp(Path(dest), data)
-        for dest, tmp in temps.items():
-            os.replace(tmp, dest)
-        for folder in {Path(d).parent for d in files}:
-            _fsync_dir(folder)
-    finally:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)  # already renamed on success
-
-
-def _write_temp(dest: Path, data: bytes) -> Path:
-    # Not tempfile.mkstemp: its files are mode 0600, and a cache should get the
-    # ordinary permissions that mode 0666 minus the umask gives.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, flags, 0o666)
-            break
-        except FileExistsError:  # pragma: no cover - a 48-bit name collision
-            continue
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the renames durable on POSIX; not possible (nor needed) on Windows.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write_files({Path(path): lambda fh: fh.write(data)})

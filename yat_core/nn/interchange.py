@@ -7,32 +7,30 @@ file with one entry per parameter. :func:`check_params` holds an incoming mappin
 to an :class:`~yat_core.mlp.MLPSpec` before any framework touches it, so every
 framework rejects a bad file with the same message.
 
-The option helpers translate a native layer's ``bias`` / ``alpha`` arguments
-(``True``, ``False``, a number) to the core's :class:`~yat_core.mlp.LayerSpec`
-options and back, so every framework accepts the same values with the same
-defaults.
+:func:`export_arrays` and :func:`import_arrays` are the whole of a framework's
+interchange: the framework says how to read and write one parameter of one layer
+and whether its kernels are stored ``(in, out)``; names, order, layout and checks
+are handled here, once.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from yat_core._io import atomic_write
-from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, Option
-from yat_core.product import DEFAULT_EPSILON
+from yat_core.mlp import MLPSpec
 
 __all__ = [
     "save_npz",
     "load_npz",
     "check_params",
-    "layer_option",
-    "native_option",
-    "yat_layer_spec",
+    "export_arrays",
+    "import_arrays",
 ]
 
 #: Floating dtypes a parameter file may hold (cast to the model's dtype on import).
@@ -67,7 +65,8 @@ def save_npz(path: str | os.PathLike[str], params: Mapping[str, Any]) -> Path:
     (2, 3)
     """
     arrays = {name: np.asarray(value) for name, value in params.items()}
-    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
+    savez: Callable[..., None] = np.savez  # typed loosely: parameter names are free-form keywords
+    return atomic_write(path, lambda fh: savez(fh, **arrays))
 
 
 def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -138,67 +137,62 @@ def check_params(params: Mapping[str, Any], spec: MLPSpec) -> dict[str, np.ndarr
     return {name: arrays[name] for name in expected}
 
 
-def layer_option(value: Any, name: str) -> Option:
-    """A native layer's ``bias`` / ``alpha`` argument as the core's option.
-
-    ``True`` or ``"learnable"``: a learnable parameter; ``False`` or ``None``:
-    absent; a number: a constant.
-
-    Examples
-    --------
-    >>> layer_option(True, "bias"), layer_option(False, "bias"), layer_option(2, "alpha")
-    ('learnable', None, 2.0)
-    """
-    if value is True or (isinstance(value, str) and value == LEARNABLE):
-        return LEARNABLE
-    if value is False or value is None:
-        return None
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
-        return float(value)
-    raise ValueError(f"{name} must be True (learnable), False/None (absent) or a number (constant), got {value!r}")
+def _native_layout(name: str, value: np.ndarray, kernel_in_out: bool) -> np.ndarray:
+    # The core stores kernels (out, in); frameworks whose kernels are (in, out) see the transpose.
+    return np.ascontiguousarray(value.T) if kernel_in_out and name == "kernel" else value
 
 
-def native_option(option: Option) -> bool | float:
-    """The inverse of :func:`layer_option`: ``True``, ``False`` or the constant.
+def export_arrays(
+    spec: MLPSpec, read: Callable[[int, str], Any], *, kernel_in_out: bool = False
+) -> dict[str, np.ndarray]:
+    """A native model's parameters in the core's names and layouts.
+
+    Parameters
+    ----------
+    spec : MLPSpec
+        The model's description: which parameters each layer has, in order.
+    read : callable
+        ``read(layer_index, core_name)`` returns that parameter as a host array in the
+        framework's layout.
+    kernel_in_out : bool
+        The framework stores kernels ``(in, out)`` (Flax, Keras, TensorFlow).
 
     Examples
     --------
-    >>> native_option("learnable"), native_option(None), native_option(0.5)
-    (True, False, 0.5)
+    >>> from yat_core.mlp import LayerSpec, MLPSpec
+    >>> spec = MLPSpec((LayerSpec("linear", 3, 2, bias=None),))
+    >>> export_arrays(spec, lambda i, name: np.zeros((3, 2)), kernel_in_out=True)["0.kernel"].shape
+    (2, 3)
     """
-    if option == LEARNABLE:
-        return True
-    return False if option is None else float(option)
+    return {
+        f"{i}.{name}": np.array(_native_layout(name, np.asarray(read(i, name)), kernel_in_out))
+        for i, layer in enumerate(spec.layers)
+        for name in layer.param_shapes
+    }
 
 
-def yat_layer_spec(
-    in_features: int,
-    out_features: int,
+def import_arrays(
+    spec: MLPSpec,
+    params: Mapping[str, Any],
+    write: Callable[[int, str, np.ndarray], None],
     *,
-    bias: Any = True,
-    alpha: Any = True,
-    epsilon: float = DEFAULT_EPSILON,
-    learnable_epsilon: bool = False,
-    spherical: bool = False,
-) -> LayerSpec:
-    """The core's description of a native Yat layer built with these arguments.
+    kernel_in_out: bool = False,
+) -> None:
+    """Check ``params`` against ``spec``, then hand each one to ``write`` in the framework's layout.
 
-    The native layers keep it as ``layer.spec`` and hand its options to
-    :func:`yat_core.product.yat_product`; building it also runs the core's checks
-    (``epsilon > 0``, sizes >= 1).
+    ``write(layer_index, core_name, value)`` stores a NumPy array (cast it to the
+    parameter's dtype and device there). Nothing is written unless every name, shape
+    and dtype fits, so a bad mapping leaves the model as it was.
 
     Examples
     --------
-    >>> yat_layer_spec(4, 3, bias=False, alpha=2.0)
-    LayerSpec(kind='yat', in_features=4, out_features=3, bias=None, alpha=2.0, epsilon=1e-05, learnable_epsilon=False, spherical=False, activation=None)
+    >>> from yat_core.mlp import LayerSpec, MLPSpec
+    >>> spec, seen = MLPSpec((LayerSpec("linear", 3, 2, bias=None),)), {}
+    >>> import_arrays(spec, {"0.kernel": np.zeros((2, 3))}, lambda i, n, v: seen.update({n: v.shape}),
+    ...               kernel_in_out=True)
+    >>> seen
+    {'kernel': (3, 2)}
     """
-    return LayerSpec(
-        "yat",
-        int(in_features),
-        int(out_features),
-        bias=layer_option(bias, "bias"),
-        alpha=layer_option(alpha, "alpha"),
-        epsilon=float(epsilon),
-        learnable_epsilon=bool(learnable_epsilon),
-        spherical=bool(spherical),
-    )
+    for key, value in check_params(params, spec).items():
+        index, name = key.split(".", 1)
+        write(int(index), name, _native_layout(name, value, kernel_in_out))

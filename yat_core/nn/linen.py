@@ -1,36 +1,43 @@
-"""Flax Linen: the Yat layer as a ``linen.Module``, the seed model, and its training run.
+"""Flax Linen: the Yat layer as a ``linen.Module``, and the model of an :class:`~yat_core.mlp.MLPSpec`.
 
-Layout and names follow Flax: a layer's ``kernel`` has shape ``(in, features)``,
-as in ``linen.Dense``, and is transposed to the core's ``(out, in)`` when handed
-to :func:`~yat_core.product.yat_product` (free under ``jit``) and on export /
-import. Submodules are named after the spec's layer index, so the variables read
+:class:`YatNMN` takes the attributes ``linen.Dense`` takes (``features``,
+``use_bias``, ``dtype``, ``param_dtype``, ``precision``, ``kernel_init``,
+``bias_init``; shard it with ``nn.with_partitioning``-wrapped initialisers) and
+keeps its ``kernel`` ``(in, features)`` as ``linen.Dense`` does; export and import
+transpose it to the core's ``(out, in)``. Submodules are named after the spec's
+layer index, so the variables read
 ``{"params": {"0": {"kernel", "bias", "alpha"}, "1": ..., "2": {"kernel", "bias"}}}``.
 
 Linen modules hold no state: :func:`build_model` returns a *bound* module
 (``module.bind(variables)``) that is callable and carries its parameters, and
-:func:`import_params` returns a new bound module. Training is functional: a
-``flax.training.train_state.TrainState`` over ``optax.adamw``, the step under
-``jax.jit``.
+:func:`import_params` returns a new bound module. Training lives in
+:mod:`yat_core.runners.linen`.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax.linen.dtypes import promote_dtype
-from flax.training.train_state import TrainState
 
-from yat_core.backends.jax import JaxBackend
-from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, flatten_images, init_mlp_numpy
-from yat_core.nn.interchange import check_params, native_option, yat_layer_spec
-from yat_core.product import DEFAULT_EPSILON, softplus, softplus_inverse, yat_product
+from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
+from yat_core.nn._flax import (
+    Initializer,
+    fan_in_uniform,
+    flax_options,
+    linear_tail,
+    xavier_normal,
+    yat_dense,
+    yat_initializers,
+)
+from yat_core.nn.interchange import export_arrays, import_arrays
+from yat_core.nn.options import yat_layer_spec
+from yat_core.product import DEFAULT_EPSILON
 
 __all__ = [
     "YatNMN",
@@ -40,38 +47,13 @@ __all__ = [
     "import_params",
     "count_params",
     "predict",
-    "make_runner",
-    "LinenRunner",
     "params_to_tree",
     "tree_to_params",
     "xavier_normal",
     "fan_in_uniform",
 ]
 
-#: Distributions whose versions a receipt of this framework records.
-DISTRIBUTIONS = ("flax", "jax", "jaxlib", "optax")
-
-Initializer = Callable[..., jax.Array]
 Tree = dict[str, Any]
-#: The core's Yat kernel distribution: normal, std ``sqrt(2 / (fan_in + fan_out))`` (not truncated).
-xavier_normal: Initializer = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
-
-
-def fan_in_uniform(fan_in: int) -> Initializer:
-    """Uniform on ``±1/sqrt(fan_in)``: the core's bias (and linear kernel) distribution.
-
-    Examples
-    --------
-    >>> w = fan_in_uniform(4)(jax.random.key(0), (1000,))
-    >>> bool(jnp.all(jnp.abs(w) <= 0.5))
-    True
-    """
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 class YatNMN(nn.Module):
@@ -97,11 +79,16 @@ class YatNMN(nn.Module):
     spherical : bool
         Normalise inputs and kernel columns first.
     dtype : dtype, optional
-        Computation dtype (inferred from inputs and parameters when None).
+        Computation dtype; inputs and parameters are promoted to their common type
+        when None, as in ``linen.Dense``.
     param_dtype : dtype
         Dtype of the parameters.
+    precision : jax.lax.Precision, str or pair, optional
+        Precision of the matrix product, as ``linen.Dense``'s (a pair must name one
+        precision for both operands).
     kernel_init : initializer
-        Default :data:`xavier_normal`, the core's distribution.
+        Default :data:`xavier_normal`, the core's distribution;
+        wrap it in ``nn.with_partitioning`` to annotate the kernel's sharding.
     bias_init : initializer, optional
         Default :func:`fan_in_uniform` of the input size.
 
@@ -120,45 +107,44 @@ class YatNMN(nn.Module):
     spherical: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    precision: Any = None
     kernel_init: Initializer = xavier_normal
     bias_init: Initializer | None = None
 
+    @classmethod
+    def from_spec(cls, spec: LayerSpec, **kwargs: Any) -> YatNMN:
+        """The layer described by a core :class:`~yat_core.mlp.LayerSpec` (its input size comes from the input).
+
+        Examples
+        --------
+        >>> from yat_core.nn.options import yat_layer_spec
+        >>> YatNMN.from_spec(yat_layer_spec(4, 3, alpha=2.0)).use_alpha
+        2.0
+        """
+        return cls(spec.out_features, **flax_options(spec), **kwargs)
+
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        spec = yat_layer_spec(x.shape[-1], self.features, bias=self.use_bias, alpha=self.use_alpha,
-                              epsilon=self.epsilon, learnable_epsilon=self.learnable_epsilon,
-                              spherical=self.spherical)
-        bias_init = fan_in_uniform(spec.in_features) if self.bias_init is None else self.bias_init
-        kernel = self.param("kernel", self.kernel_init, (spec.in_features, spec.out_features), self.param_dtype)
-        bias = alpha = eps_raw = None
-        if spec.bias == LEARNABLE:
-            bias = self.param("bias", bias_init, (spec.out_features,), self.param_dtype)
-        if spec.alpha == LEARNABLE:
-            alpha = self.param("alpha", nn.initializers.ones, (), self.param_dtype)
-        if spec.learnable_epsilon:
-            raw = softplus_inverse(spec.epsilon)
-            eps_raw = self.param("epsilon_raw", nn.initializers.constant(raw), (), self.param_dtype)
-        x, kernel, bias, alpha, eps_raw = promote_dtype(x, kernel, bias, alpha, eps_raw, dtype=self.dtype)
-        return yat_product(
-            x,
-            kernel.T,  # Flax's (in, out) to the core's (out, in)
-            bias=bias if bias is not None else spec.bias,
-            alpha=alpha if alpha is not None else spec.alpha,
-            epsilon=softplus(eps_raw, xp=jnp) if eps_raw is not None else spec.epsilon,
-            spherical=spec.spherical,
-            xp=jnp,
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        spec = yat_layer_spec(
+            inputs.shape[-1],
+            self.features,
+            bias=self.use_bias,
+            alpha=self.use_alpha,
+            epsilon=self.epsilon,
+            learnable_epsilon=self.learnable_epsilon,
+            spherical=self.spherical,
         )
-
-
-def _linear_tail(h: jax.Array, spec: LayerSpec) -> jax.Array:
-    # What a core linear layer adds to linen.Dense: a constant bias, a ReLU.
-    if spec.bias not in (LEARNABLE, None):
-        h = h + spec.bias
-    return nn.relu(h) if spec.activation == "relu" else h
+        params = {
+            name: self.param(name, init, shape, self.param_dtype)
+            for name, (init, shape) in yat_initializers(spec, self.kernel_init, self.bias_init).items()
+        }
+        return yat_dense(spec, inputs, params, dtype=self.dtype, precision=self.precision)
 
 
 class YatMLP(nn.Module):
     """The MLP of an :class:`~yat_core.mlp.MLPSpec`: flatten, then submodules ``"0"``, ``"1"``, ...
+
+    ``dtype``, ``param_dtype`` and ``precision`` go to every layer.
 
     Examples
     --------
@@ -171,21 +157,26 @@ class YatMLP(nn.Module):
     spec: MLPSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    precision: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         h = x.reshape(x.shape[0], -1)
+        kwargs = {"dtype": self.dtype, "param_dtype": self.param_dtype, "precision": self.precision}
         for i, layer in enumerate(self.spec.layers):
             if layer.kind == "yat":
-                h = YatNMN(layer.out_features, use_bias=native_option(layer.bias),
-                           use_alpha=native_option(layer.alpha), epsilon=layer.epsilon,
-                           learnable_epsilon=layer.learnable_epsilon, spherical=layer.spherical,
-                           dtype=self.dtype, param_dtype=self.param_dtype, name=str(i))(h)
+                h = YatNMN.from_spec(layer, name=str(i), **kwargs)(h)
             else:
                 init = fan_in_uniform(layer.in_features)  # nn.Linear's defaults, as the core draws them
-                h = nn.Dense(layer.out_features, use_bias=layer.bias == LEARNABLE, dtype=self.dtype,
-                             param_dtype=self.param_dtype, kernel_init=init, bias_init=init, name=str(i))(h)
-                h = _linear_tail(h, layer)
+                h = nn.Dense(
+                    layer.out_features,
+                    use_bias=layer.bias == LEARNABLE,
+                    kernel_init=init,
+                    bias_init=init,
+                    name=str(i),
+                    **kwargs,
+                )(h)
+                h = linear_tail(h, layer)
         return h
 
 
@@ -199,25 +190,30 @@ def params_to_tree(spec: MLPSpec, params: Mapping[str, Any], dtype: Any = jnp.fl
     >>> tree["0"]["kernel"].shape
     (784, 256)
     """
-    arrays = check_params(params, spec)
     tree: Tree = {}
-    for name, value in arrays.items():
-        index, attr = name.split(".", 1)
-        tree.setdefault(index, {})[attr] = jnp.asarray(value.T if attr == "kernel" else value, dtype=dtype)
+
+    def write(i: int, name: str, value: np.ndarray) -> None:
+        tree.setdefault(str(i), {})[name] = jnp.asarray(value, dtype=dtype)
+
+    import_arrays(spec, params, write, kernel_in_out=True)
     return tree
 
 
 def tree_to_params(spec: MLPSpec, tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The inverse of :func:`params_to_tree`: ``{core name: numpy array}``, in spec order."""
-    out = {}
-    for name in spec.param_shapes:
-        index, attr = name.split(".", 1)
-        value = np.asarray(tree[index][attr])
-        out[name] = np.ascontiguousarray(value.T) if attr == "kernel" else value.copy()
-    return out
+    """The inverse of :func:`params_to_tree`: ``{core name: numpy array}``, in spec order.
+
+    Examples
+    --------
+    >>> from yat_core.mlp import init_mlp_numpy, seed_spec
+    >>> tree_to_params(seed_spec(), params_to_tree(seed_spec(), init_mlp_numpy(seed_spec(), 0)))["0.kernel"].shape
+    (256, 784)
+    """
+    return export_arrays(spec, lambda i, name: tree[str(i)][name], kernel_in_out=True)
 
 
-def build_model(spec: MLPSpec, seed: int, *, dtype: Any = None, param_dtype: Any = jnp.float32) -> YatMLP:
+def build_model(
+    spec: MLPSpec, seed: int, *, dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None
+) -> YatMLP:
     """The bound model of ``spec`` with the weights of :func:`~yat_core.mlp.init_mlp_numpy`.
 
     Examples
@@ -227,7 +223,7 @@ def build_model(spec: MLPSpec, seed: int, *, dtype: Any = None, param_dtype: Any
     >>> count_params(model), model(jnp.zeros((2, 784))).shape
     (235148, (2, 10))
     """
-    module = YatMLP(spec, dtype=dtype, param_dtype=param_dtype)
+    module = YatMLP(spec, dtype=dtype, param_dtype=param_dtype, precision=precision)
     # Drawn in the parameters' dtype, as the core draws them.
     init = init_mlp_numpy(spec, seed, np.dtype(param_dtype))
     return module.bind({"params": params_to_tree(spec, init, param_dtype)})
@@ -278,7 +274,7 @@ def count_params(model: nn.Module | Mapping[str, Any]) -> int:
     return sum(int(leaf.size) for leaf in jax.tree.leaves(tree))
 
 
-def _bound_params(model: nn.Module) -> Tree:
+def _bound_params(model: nn.Module) -> Mapping[str, Any]:
     if model.scope is None:
         raise ValueError("this Linen module is not bound to parameters; use build_model() or module.bind(variables)")
     return model.variables["params"]
@@ -298,98 +294,5 @@ def predict(model: YatMLP, x: np.ndarray) -> np.ndarray:
 
 
 @partial(jax.jit, static_argnums=(0,))
-def _apply(module: YatMLP, variables: Tree, x: jax.Array) -> jax.Array:
+def _apply(module: YatMLP, variables: Tree, x: jax.Array) -> Any:
     return module.apply(variables, x)
-
-
-def _jax_dtype(name: str) -> Any:
-    if name == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError("float64 with JAX needs 64-bit mode: set JAX_ENABLE_X64=1 in the environment")
-    return jnp.dtype(name)
-
-
-@partial(jax.jit, donate_argnums=(0,), static_argnums=(4,))
-def _train_step(state: TrainState, images: jax.Array, labels: jax.Array, idx: jax.Array,
-                dtype: Any) -> tuple[TrainState, jax.Array]:
-    x = flatten_images(jnp.take(images, idx, axis=0), dtype, xp=jnp)
-    y = jnp.take(labels, idx, axis=0)
-
-    def loss_fn(params: Tree) -> jax.Array:
-        logits = state.apply_fn({"params": params}, x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    return state.apply_gradients(grads=grads), loss
-
-
-@partial(jax.jit, static_argnums=(3,))
-def _eval_step(state: TrainState, images: jax.Array, labels: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
-    logits = state.apply_fn({"params": state.params}, flatten_images(images, dtype, xp=jnp))
-    loss_sum = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
-    return loss_sum, jnp.sum(jnp.argmax(logits, axis=-1) == labels)
-
-
-class LinenRunner:
-    """Trains a :class:`YatMLP` functionally: ``TrainState`` over ``optax.adamw``, step under ``jax.jit``."""
-
-    name = "linen"
-    framework = "flax"
-
-    def __init__(self, spec: MLPSpec, config: Any) -> None:
-        self.backend = JaxBackend(config.device)
-        self.dtype = _jax_dtype(config.dtype)
-        self.spec = spec
-        self.module = YatMLP(spec, param_dtype=self.dtype)
-        init = init_mlp_numpy(spec, config.seed, np.dtype(self.dtype))
-        params = jax.device_put(params_to_tree(spec, init, self.dtype),
-                                self.backend.jax_device)
-        opt = config.optimizer()
-        # optax.adamw decays every parameter when no mask is given, as the core does.
-        tx = optax.adamw(opt.lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
-        self.state = TrainState.create(apply_fn=self.module.apply, params=params, tx=tx)
-
-    def device_name(self) -> str:
-        return self.backend.device_name()
-
-    def n_params(self) -> int:
-        return count_params(self.state.params)
-
-    def put(self, a: np.ndarray) -> jax.Array:
-        return self.backend.asarray(a)
-
-    def step(self, images: jax.Array, labels: jax.Array, idx: jax.Array) -> jax.Array:
-        self.state, loss = _train_step(self.state, images, labels, idx, self.dtype)
-        return loss
-
-    def evaluate(self, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return _eval_step(self.state, images, labels, self.dtype)
-
-    def settle(self, loss: Any) -> None:
-        """Nothing to do: JAX dispatches asynchronously and keeps no graph."""
-
-    def synchronize(self, tree: Any) -> None:
-        self.backend.synchronize((self.state, tree))
-
-    def to_float(self, value: Any) -> float:
-        return float(value)
-
-    def export_params(self) -> dict[str, np.ndarray]:
-        return tree_to_params(self.spec, self.state.params)
-
-    @property
-    def model(self) -> YatMLP:
-        """The model bound to the current parameters (as the other runners' ``model``)."""
-        return self.module.bind({"params": self.state.params})
-
-
-def make_runner(spec: MLPSpec, config: Any) -> LinenRunner:
-    """A :class:`LinenRunner` for ``yat-core train --framework linen``.
-
-    Examples
-    --------
-    >>> from yat_core.mlp import seed_spec
-    >>> from yat_core.train import TrainConfig
-    >>> make_runner(seed_spec(), TrainConfig()).n_params()
-    235148
-    """
-    return LinenRunner(spec, config)

@@ -1,47 +1,39 @@
-"""MLX: the Yat layer as an ``mlx.nn.Module``, the seed model, and its training run.
+"""MLX: the Yat layer as an ``mlx.nn.Module`` and the model of an :class:`~yat_core.mlp.MLPSpec`.
 
 Layout and names follow MLX: a layer's kernel is ``weight`` of shape
 ``(output_dims, input_dims)`` (the core's layout, so interchange copies it as is),
-sizes are ``input_dims`` / ``output_dims``, and the model keeps its layers in the
-list ``model.layers``, so ``tree_flatten(model.parameters())`` names read
+sizes are ``input_dims`` / ``output_dims``, absent parameters are not there at all
+(as ``nn.Linear(bias=False)``), and the model keeps its layers in the list
+``model.layers``, so ``tree_flatten(model.parameters())`` names read
 ``"layers.0.weight"``, ``"layers.0.alpha"``. The interchange names drop the
 ``layers.`` prefix and replace ``weight`` with ``kernel``.
 
-Training uses ``mlx.optimizers.AdamW`` with ``bias_correction=True`` (MLX's
-default is False) and the step under ``mx.compile``, with the model and optimizer
-state declared as its inputs and outputs.
+The layer is array code over :func:`yat_core.product.yat_product`, so
+``save_weights`` / ``load_weights``, ``nn.value_and_grad`` and ``mx.compile``
+work as for MLX's own layers. Training lives in :mod:`yat_core.runners.mlx`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_reduce
 
-from yat_core.backends.mlx import MLXBackend, mlx_namespace
-from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, flatten_images, init_mlp_numpy
-from yat_core.nn.interchange import check_params, native_option, yat_layer_spec
-from yat_core.product import DEFAULT_EPSILON, softplus, softplus_inverse, yat_product
+from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
+from yat_core.namespaces.mlx import namespace
+from yat_core.nn.interchange import export_arrays, import_arrays
+from yat_core.nn.options import forward_options, spec_options, yat_layer_spec
+from yat_core.product import DEFAULT_EPSILON, softplus_inverse, yat_product
 
-__all__ = [
-    "YatNMN",
-    "YatMLP",
-    "build_model",
-    "export_params",
-    "import_params",
-    "count_params",
-    "predict",
-    "make_runner",
-    "MLXRunner",
-]
+__all__ = ["YatNMN", "YatMLP", "build_model", "export_params", "import_params", "count_params", "predict"]
 
-#: Distributions whose versions a receipt of this framework records.
-DISTRIBUTIONS = ("mlx",)
+#: Core parameter name -> MLX attribute, where they differ (``nn.Linear`` calls the kernel ``weight``).
+_ATTR = {"kernel": "weight"}
 
 
 class YatNMN(nn.Module):
@@ -74,11 +66,14 @@ class YatNMN(nn.Module):
 
     Examples
     --------
+    >>> from mlx.utils import tree_flatten
     >>> layer = YatNMN(4, 3)
     >>> sorted(k for k, _ in tree_flatten(layer.trainable_parameters()))
     ['alpha', 'bias', 'weight']
     >>> layer(mx.zeros((2, 4))).shape
     (2, 3)
+    >>> YatNMN(4, 3, bias=False, alpha=2.0)
+    YatNMN(input_dims=4, output_dims=3, bias=False, alpha=2.0, epsilon=1e-05, learnable_epsilon=False, spherical=False)
     """
 
     def __init__(
@@ -93,42 +88,38 @@ class YatNMN(nn.Module):
     ) -> None:
         super().__init__()
         # A dataclass, not a container: MLX keeps it as a plain attribute, not a parameter.
-        self.spec = yat_layer_spec(input_dims, output_dims, bias=bias, alpha=alpha, epsilon=epsilon,
-                                   learnable_epsilon=learnable_epsilon, spherical=spherical)
-        std = math.sqrt(2.0 / (input_dims + output_dims))
-        self.weight = mx.random.normal((output_dims, input_dims)) * std
+        self.spec = yat_layer_spec(
+            input_dims,
+            output_dims,
+            bias=bias,
+            alpha=alpha,
+            epsilon=epsilon,
+            learnable_epsilon=learnable_epsilon,
+            spherical=spherical,
+            names=("input_dims", "output_dims"),
+        )
+        fan_in, fan_out = self.spec.in_features, self.spec.out_features
+        self.weight = mx.random.normal((fan_out, fan_in)) * math.sqrt(2.0 / (fan_in + fan_out))
         if self.spec.bias == LEARNABLE:
-            bound = 1.0 / math.sqrt(input_dims)
-            self.bias = mx.random.uniform(-bound, bound, (output_dims,))
+            bound = 1.0 / math.sqrt(fan_in)
+            self.bias = mx.random.uniform(-bound, bound, (fan_out,))
         if self.spec.alpha == LEARNABLE:
             self.alpha = mx.array(1.0)
         if self.spec.learnable_epsilon:
             self.epsilon_raw = mx.array(softplus_inverse(self.spec.epsilon))
 
     @classmethod
-    def from_spec(cls, spec: LayerSpec) -> "YatNMN":
+    def from_spec(cls, spec: LayerSpec) -> YatNMN:
         """The layer described by a core :class:`~yat_core.mlp.LayerSpec` (kind ``"yat"``)."""
-        return cls(spec.in_features, spec.out_features, bias=native_option(spec.bias),
-                   alpha=native_option(spec.alpha), epsilon=spec.epsilon,
-                   learnable_epsilon=spec.learnable_epsilon, spherical=spec.spherical)
+        return cls(spec.in_features, spec.out_features, **spec_options(spec))
 
     def __call__(self, x: mx.array) -> mx.array:
-        spec, xp = self.spec, mlx_namespace()
-        return yat_product(
-            x,
-            self.weight,
-            bias=self.bias if spec.bias == LEARNABLE else spec.bias,
-            alpha=self.alpha if spec.alpha == LEARNABLE else spec.alpha,
-            epsilon=softplus(self.epsilon_raw, xp=xp) if spec.learnable_epsilon else spec.epsilon,
-            spherical=spec.spherical,
-            xp=xp,
-        )
+        xp = namespace()
+        return yat_product(x, self.weight, **forward_options(self.spec, lambda name: getattr(self, name), xp), xp=xp)
 
     def _extra_repr(self) -> str:
-        s = self.spec
-        return (f"input_dims={s.in_features}, output_dims={s.out_features}, bias={native_option(s.bias)}, "
-                f"alpha={native_option(s.alpha)}, epsilon={s.epsilon}, learnable_epsilon={s.learnable_epsilon}, "
-                f"spherical={s.spherical}")
+        sizes = {"input_dims": self.spec.in_features, "output_dims": self.spec.out_features}
+        return ", ".join(f"{k}={v}" for k, v in {**sizes, **spec_options(self.spec)}.items())
 
 
 class _Linear(nn.Linear):
@@ -140,7 +131,7 @@ class _Linear(nn.Linear):
 
     def __call__(self, x: mx.array) -> mx.array:
         out = super().__call__(x)
-        if self.spec.bias not in (LEARNABLE, None):
+        if isinstance(self.spec.bias, float):  # a constant; a learnable one is nn.Linear's
             out = out + self.spec.bias
         return nn.relu(out) if self.spec.activation == "relu" else out
 
@@ -150,6 +141,7 @@ class YatMLP(nn.Module):
 
     Examples
     --------
+    >>> from mlx.utils import tree_flatten
     >>> from yat_core.mlp import seed_spec
     >>> model = YatMLP(seed_spec())
     >>> [name for name, _ in tree_flatten(model.parameters())][:3]
@@ -170,12 +162,7 @@ class YatMLP(nn.Module):
         return h
 
 
-def _native_name(core_name: str) -> str:
-    index, attr = core_name.split(".", 1)
-    return f"layers.{index}.{'weight' if attr == 'kernel' else attr}"
-
-
-def build_model(spec: MLPSpec, seed: int, *, dtype: Any = mx.float32) -> YatMLP:
+def build_model(spec: MLPSpec, seed: int, *, dtype: mx.Dtype = mx.float32) -> YatMLP:
     """The native model of ``spec`` with the weights of :func:`~yat_core.mlp.init_mlp_numpy`.
 
     Examples
@@ -200,15 +187,15 @@ def export_params(model: YatMLP) -> dict[str, np.ndarray]:
     >>> export_params(build_model(seed_spec(), 0))["0.kernel"].shape
     (256, 784)
     """
-    native = dict(tree_flatten(model.trainable_parameters()))
-    return {name: np.array(native[_native_name(name)]) for name in model.spec.param_shapes}
+    return export_arrays(model.spec, lambda i, name: np.array(getattr(model.layers[i], _ATTR.get(name, name))))
 
 
 def import_params(model: YatMLP, params: Mapping[str, Any]) -> YatMLP:
     """Set ``model``'s parameters from ``params`` (core names and layouts) in place; return it.
 
-    Values are cast to each parameter's dtype; names and shapes are checked first
-    by :func:`yat_core.nn.interchange.check_params`.
+    Values are cast to each parameter's dtype; names, shapes and dtypes are checked
+    first (:func:`yat_core.nn.interchange.check_params`), so a bad mapping leaves the
+    model as it was.
 
     Examples
     --------
@@ -217,13 +204,12 @@ def import_params(model: YatMLP, params: Mapping[str, Any]) -> YatMLP:
     >>> model.layers[0].alpha.item()
     1.0
     """
-    arrays = check_params(params, model.spec)
-    current = dict(tree_flatten(model.trainable_parameters()))
-    updates = []
-    for name, value in arrays.items():
-        native = _native_name(name)
-        updates.append((native, mx.array(np.asarray(value), dtype=current[native].dtype)))
-    model.update(tree_unflatten(updates))
+
+    def write(index: int, name: str, value: np.ndarray) -> None:
+        layer, attr = model.layers[index], _ATTR.get(name, name)
+        setattr(layer, attr, mx.array(value, dtype=getattr(layer, attr).dtype))
+
+    import_arrays(model.spec, params, write)
     mx.eval(model.parameters())
     return model
 
@@ -236,7 +222,7 @@ def count_params(model: nn.Module) -> int:
     >>> count_params(YatNMN(784, 256))
     200961
     """
-    return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    return int(tree_reduce(lambda total, v: total + v.size, model.trainable_parameters(), 0))
 
 
 def predict(model: YatMLP, x: np.ndarray) -> np.ndarray:
@@ -250,82 +236,3 @@ def predict(model: YatMLP, x: np.ndarray) -> np.ndarray:
     """
     dtype = model.layers[0].weight.dtype
     return np.array(model(mx.array(np.asarray(x), dtype=dtype)))
-
-
-class MLXRunner:
-    """Trains a :class:`YatMLP` with ``mlx.optimizers.AdamW`` (bias correction on), step under ``mx.compile``."""
-
-    name = "mlx"
-    framework = "mlx"
-
-    def __init__(self, spec: MLPSpec, config: Any) -> None:
-        self.spec = spec
-        self.backend = MLXBackend(config.device)  # also makes its device MLX's default
-        self.dtype = getattr(mx, config.dtype)
-        self.model = build_model(spec, config.seed, dtype=self.dtype)
-        opt = config.optimizer()
-        # MLX's AdamW decays every parameter it updates: all of them, as the core does.
-        self.optimizer = optim.AdamW(learning_rate=opt.lr, betas=[opt.b1, opt.b2], eps=opt.eps,
-                                     weight_decay=opt.weight_decay, bias_correction=True)
-        # Create the moments now so the compiled step sees the full state from its first call.
-        self.optimizer.init(self.model.trainable_parameters())
-        self.state = [self.model.state, self.optimizer.state]
-        mx.eval(self.state)
-        self._step = mx.compile(self._train_step, inputs=self.state, outputs=self.state)
-        self._eval = mx.compile(self._eval_step, inputs=self.state)
-
-    def _loss(self, model: YatMLP, x: mx.array, y: mx.array) -> mx.array:
-        return nn.losses.cross_entropy(model(x), y, reduction="mean")
-
-    def _train_step(self, images: mx.array, labels: mx.array, idx: mx.array) -> mx.array:
-        x = flatten_images(mx.take(images, idx, axis=0), self.dtype, xp=mlx_namespace())
-        y = mx.take(labels, idx, axis=0)
-        loss, grads = nn.value_and_grad(self.model, self._loss)(self.model, x, y)
-        self.optimizer.update(self.model, grads)
-        return loss
-
-    def _eval_step(self, images: mx.array, labels: mx.array) -> tuple[mx.array, mx.array]:
-        logits = self.model(flatten_images(images, self.dtype, xp=mlx_namespace()))
-        loss_sum = nn.losses.cross_entropy(logits, labels, reduction="sum")
-        return loss_sum, mx.sum(mx.argmax(logits, axis=-1) == labels)
-
-    def device_name(self) -> str:
-        return self.backend.device_name()
-
-    def n_params(self) -> int:
-        return count_params(self.model)
-
-    def put(self, a: np.ndarray) -> mx.array:
-        return self.backend.asarray(a)
-
-    def step(self, images: mx.array, labels: mx.array, idx: mx.array) -> mx.array:
-        return self._step(images, labels, idx)
-
-    def evaluate(self, images: mx.array, labels: mx.array) -> tuple[mx.array, mx.array]:
-        return self._eval(images, labels)
-
-    def settle(self, loss: Any) -> None:
-        # MLX is lazy: run the step now, or one graph would grow across the epoch.
-        mx.eval(loss, self.state)
-
-    def synchronize(self, tree: Any) -> None:
-        mx.eval(tree)
-
-    def to_float(self, value: Any) -> float:
-        return value.item()
-
-    def export_params(self) -> dict[str, np.ndarray]:
-        return export_params(self.model)
-
-
-def make_runner(spec: MLPSpec, config: Any) -> MLXRunner:
-    """An :class:`MLXRunner` for ``yat-core train --framework mlx``.
-
-    Examples
-    --------
-    >>> from yat_core.mlp import seed_spec
-    >>> from yat_core.train import TrainConfig
-    >>> make_runner(seed_spec(), TrainConfig()).n_params()
-    235148
-    """
-    return MLXRunner(spec, config)

@@ -1,34 +1,40 @@
-"""Flax NNX: the Yat layer as an ``nnx.Module``, the seed model, and its training run.
+"""Flax NNX: the Yat layer as an ``nnx.Module``, and the model of an :class:`~yat_core.mlp.MLPSpec`.
 
-Layout and names follow Flax: a layer's ``kernel`` has shape
-``(in_features, out_features)``, as in ``nnx.Linear``, and is transposed to the
-core's ``(out, in)`` when handed to :func:`~yat_core.product.yat_product` (free
-under ``jit``) and on export / import. Bias, alpha and epsilon_raw keep the core's
-names. The model holds its layers in ``model.layers`` (an ``nnx.List``), one per
-spec layer, so ``model.layers[0].kernel`` is the interchange's ``"0.kernel"``
-transposed.
-
-Training uses ``nnx.Optimizer`` over ``optax.adamw`` with the step under
-``nnx.jit``.
+:class:`YatNMN` takes the arguments ``nnx.Linear`` takes (``use_bias``, ``dtype``,
+``param_dtype``, ``precision``, ``kernel_init``, ``bias_init``, ``kernel_metadata``,
+``bias_metadata``, ``rngs``) and keeps its ``kernel`` ``(in_features,
+out_features)`` as ``nnx.Linear`` does; export and import transpose it to the
+core's ``(out, in)``. Bias, alpha and epsilon_raw keep the core's names. The model
+holds its layers in ``model.layers`` (an ``nnx.List``), one per spec layer, so
+``model.layers[0].kernel`` is the interchange's ``"0.kernel"`` transposed.
+Training lives in :mod:`yat_core.runners.nnx`.
 """
 
 from __future__ import annotations
 
-import math
-from functools import partial
-from typing import Any, Callable, Mapping
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
-from flax.nnx.nn.dtypes import promote_dtype
 
-from yat_core.backends.jax import JaxBackend
-from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, flatten_images, init_mlp_numpy
-from yat_core.nn.interchange import check_params, native_option, yat_layer_spec
-from yat_core.product import DEFAULT_EPSILON, softplus, softplus_inverse, yat_product
+from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
+from yat_core.nn._flax import (
+    Initializer,
+    fan_in_uniform,
+    flax_options,
+    linear_tail,
+    matmul_precision,
+    xavier_normal,
+    yat_dense,
+    yat_initializers,
+)
+from yat_core.nn.interchange import export_arrays, import_arrays
+from yat_core.nn.options import yat_layer_spec
+from yat_core.product import DEFAULT_EPSILON
 
 __all__ = [
     "YatNMN",
@@ -38,45 +44,17 @@ __all__ = [
     "import_params",
     "count_params",
     "predict",
-    "make_runner",
-    "NNXRunner",
     "xavier_normal",
     "fan_in_uniform",
 ]
 
-#: Distributions whose versions a receipt of this framework records.
-DISTRIBUTIONS = ("flax", "jax", "jaxlib", "optax")
-
-Initializer = Callable[..., jax.Array]
-#: The core's Yat kernel distribution: normal, std ``sqrt(2 / (fan_in + fan_out))`` (not truncated).
-xavier_normal: Initializer = nnx.initializers.variance_scaling(1.0, "fan_avg", "normal")
-
-
-def fan_in_uniform(fan_in: int) -> Initializer:
-    """Uniform on ``±1/sqrt(fan_in)``: the core's bias (and linear kernel) distribution.
-
-    Examples
-    --------
-    >>> w = fan_in_uniform(4)(jax.random.key(0), (1000,))
-    >>> bool(jnp.all(jnp.abs(w) <= 0.5))
-    True
-    """
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
-def _value(variable: nnx.Variable | None) -> jax.Array | None:
-    return None if variable is None else variable.get_value()
+_NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
 
 class YatNMN(nnx.Module):
     """Dense Yat layer: ``alpha * (x @ kernel + bias)**2 / (|x - kernel[:, j]|**2 + epsilon)``.
 
-    A thin shell over :func:`yat_core.product.yat_product`.
+    A thin shell over :func:`yat_core.product.yat_product`, built as ``nnx.Linear`` is.
 
     Parameters
     ----------
@@ -94,14 +72,21 @@ class YatNMN(nnx.Module):
     spherical : bool
         Normalise inputs and kernel columns first.
     dtype : dtype, optional
-        Computation dtype (inferred from inputs and parameters when None).
+        Computation dtype; inputs and parameters are promoted to their common type
+        when None, as in ``nnx.Linear``.
     param_dtype : dtype
         Dtype of the parameters.
+    precision : jax.lax.Precision, str or pair, optional
+        Precision of the matrix product, as ``nnx.Linear``'s (a pair must name one
+        precision for both operands).
     kernel_init : initializer
         Default :data:`xavier_normal`, the core's distribution.
     bias_init : initializer, optional
         Default :func:`fan_in_uniform` of ``in_features``.
     rngs : nnx.Rngs
+    kernel_metadata, bias_metadata : mapping
+        Metadata of the kernel and bias ``nnx.Param`` (e.g. ``out_sharding``), as in
+        ``nnx.Linear``.
 
     Notes
     -----
@@ -117,6 +102,11 @@ class YatNMN(nnx.Module):
     (2, 3)
     """
 
+    kernel: nnx.Param
+    bias: nnx.Param | None
+    alpha: nnx.Param | None
+    epsilon_raw: nnx.Param | None
+
     def __init__(
         self,
         in_features: int,
@@ -129,62 +119,70 @@ class YatNMN(nnx.Module):
         spherical: bool = False,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
+        precision: Any = None,
         kernel_init: Initializer = xavier_normal,
         bias_init: Initializer | None = None,
         rngs: nnx.Rngs,
+        kernel_metadata: Mapping[str, Any] = _NO_METADATA,
+        bias_metadata: Mapping[str, Any] = _NO_METADATA,
     ) -> None:
-        self.spec = yat_layer_spec(in_features, out_features, bias=use_bias, alpha=use_alpha, epsilon=epsilon,
-                                   learnable_epsilon=learnable_epsilon, spherical=spherical)
+        self.spec = yat_layer_spec(
+            in_features,
+            out_features,
+            bias=use_bias,
+            alpha=use_alpha,
+            epsilon=epsilon,
+            learnable_epsilon=learnable_epsilon,
+            spherical=spherical,
+        )
         self.in_features, self.out_features = self.spec.in_features, self.spec.out_features
-        self.dtype, self.param_dtype = dtype, param_dtype
-        bias_init = fan_in_uniform(self.in_features) if bias_init is None else bias_init
-        spec = self.spec
-        self.kernel = nnx.Param(kernel_init(rngs.params(), (self.in_features, self.out_features), param_dtype))
-        self.bias = nnx.Param(bias_init(rngs.params(), (self.out_features,), param_dtype)) \
-            if spec.bias == LEARNABLE else None
-        self.alpha = nnx.Param(jnp.ones((), param_dtype)) if spec.alpha == LEARNABLE else None
-        self.epsilon_raw = nnx.Param(jnp.full((), softplus_inverse(spec.epsilon), param_dtype)) \
-            if spec.learnable_epsilon else None
+        matmul_precision(precision)  # a bad precision fails here, not at the first call
+        self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
+        inits = yat_initializers(self.spec, kernel_init, bias_init)
+        metadata = {"kernel": kernel_metadata, "bias": bias_metadata}
+        for name in ("kernel", "bias", "alpha", "epsilon_raw"):
+            if name not in inits:
+                setattr(self, name, nnx.data(None))
+                continue
+            init, shape = inits[name]
+            # Only kernel and bias draw keys: alpha and epsilon_raw start at constants.
+            key = rngs.params() if name in ("kernel", "bias") else None
+            setattr(self, name, nnx.Param(init(key, shape, param_dtype), **metadata.get(name, _NO_METADATA)))
 
     @classmethod
-    def from_spec(cls, spec: LayerSpec, *, rngs: nnx.Rngs, **kwargs: Any) -> "YatNMN":
-        """The layer described by a core :class:`~yat_core.mlp.LayerSpec` (kind ``"yat"``)."""
-        return cls(spec.in_features, spec.out_features, use_bias=native_option(spec.bias),
-                   use_alpha=native_option(spec.alpha), epsilon=spec.epsilon,
-                   learnable_epsilon=spec.learnable_epsilon, spherical=spec.spherical, rngs=rngs, **kwargs)
+    def from_spec(cls, spec: LayerSpec, *, rngs: nnx.Rngs, **kwargs: Any) -> YatNMN:
+        """The layer described by a core :class:`~yat_core.mlp.LayerSpec` (kind ``"yat"``).
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        spec = self.spec
-        x, kernel, bias, alpha, eps_raw = promote_dtype(
-            (x, _value(self.kernel), _value(self.bias), _value(self.alpha), _value(self.epsilon_raw)),
-            dtype=self.dtype,
-        )
-        return yat_product(
-            x,
-            kernel.T,  # Flax's (in, out) to the core's (out, in)
-            bias=bias if bias is not None else spec.bias,
-            alpha=alpha if alpha is not None else spec.alpha,
-            epsilon=softplus(eps_raw, xp=jnp) if eps_raw is not None else spec.epsilon,
-            spherical=spec.spherical,
-            xp=jnp,
-        )
+        Examples
+        --------
+        >>> from yat_core.nn.options import yat_layer_spec
+        >>> YatNMN.from_spec(yat_layer_spec(4, 3, bias=False), rngs=nnx.Rngs(0)).bias is None
+        True
+        """
+        return cls(spec.in_features, spec.out_features, **flax_options(spec), rngs=rngs, **kwargs)
 
-
-def _linear_tail(h: jax.Array, spec: LayerSpec) -> jax.Array:
-    # What a core linear layer adds to nnx.Linear: a constant bias, a ReLU.
-    if spec.bias not in (LEARNABLE, None):
-        h = h + spec.bias
-    return jax.nn.relu(h) if spec.activation == "relu" else h
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        params = {name: getattr(self, name)[...] for name in self.spec.param_shapes}
+        return yat_dense(self.spec, inputs, params, dtype=self.dtype, precision=self.precision)
 
 
 def _linear(spec: LayerSpec, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Linear:
     init = fan_in_uniform(spec.in_features)  # nn.Linear's defaults, as the core draws them
-    return nnx.Linear(spec.in_features, spec.out_features, use_bias=spec.bias == LEARNABLE,
-                      kernel_init=init, bias_init=init, rngs=rngs, **kwargs)
+    return nnx.Linear(
+        spec.in_features,
+        spec.out_features,
+        use_bias=spec.bias == LEARNABLE,
+        kernel_init=init,
+        bias_init=init,
+        rngs=rngs,
+        **kwargs,
+    )
 
 
 class YatMLP(nnx.Module):
     """The MLP of an :class:`~yat_core.mlp.MLPSpec`: flatten, then ``model.layers`` in turn.
+
+    ``dtype``, ``param_dtype`` and ``precision`` go to every layer.
 
     Examples
     --------
@@ -196,34 +194,30 @@ class YatMLP(nnx.Module):
     (2, 10)
     """
 
-    def __init__(self, spec: MLPSpec, *, dtype: Any = None, param_dtype: Any = jnp.float32,
-                 rngs: nnx.Rngs) -> None:
+    def __init__(
+        self, spec: MLPSpec, *, dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None, rngs: nnx.Rngs
+    ) -> None:
         self.spec = spec
-        kwargs = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
-        self.layers = nnx.List([
-            YatNMN.from_spec(layer, **kwargs) if layer.kind == "yat" else _linear(layer, **kwargs)
-            for layer in spec.layers
-        ])
+        kwargs = {"dtype": dtype, "param_dtype": param_dtype, "precision": precision, "rngs": rngs}
+        self.layers = nnx.List(
+            [
+                YatNMN.from_spec(layer, **kwargs) if layer.kind == "yat" else _linear(layer, **kwargs)
+                for layer in spec.layers
+            ]
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = x.reshape(x.shape[0], -1)
         for spec, layer in zip(self.spec.layers, self.layers):
             h = layer(h)
             if spec.kind == "linear":
-                h = _linear_tail(h, spec)
+                h = linear_tail(h, spec)
         return h
 
 
-def _variables(model: YatMLP) -> dict[str, nnx.Variable]:
-    """Every parameter's Variable under its core name, in the spec's order."""
-    return {
-        f"{i}.{name}": getattr(layer, name)
-        for i, (spec, layer) in enumerate(zip(model.spec.layers, model.layers))
-        for name in spec.param_shapes
-    }
-
-
-def build_model(spec: MLPSpec, seed: int, *, dtype: Any = None, param_dtype: Any = jnp.float32) -> YatMLP:
+def build_model(
+    spec: MLPSpec, seed: int, *, dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None
+) -> YatMLP:
     """The native model of ``spec`` with the weights of :func:`~yat_core.mlp.init_mlp_numpy`.
 
     Examples
@@ -232,7 +226,7 @@ def build_model(spec: MLPSpec, seed: int, *, dtype: Any = None, param_dtype: Any
     >>> count_params(build_model(seed_spec(), seed=0))
     235148
     """
-    model = YatMLP(spec, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
+    model = YatMLP(spec, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=nnx.Rngs(seed))
     # Drawn in the parameters' dtype, as the core draws them.
     return import_params(model, init_mlp_numpy(spec, seed, np.dtype(param_dtype)))
 
@@ -246,18 +240,14 @@ def export_params(model: YatMLP) -> dict[str, np.ndarray]:
     >>> export_params(build_model(seed_spec(), 0))["0.kernel"].shape
     (256, 784)
     """
-    out = {}
-    for name, variable in _variables(model).items():
-        value = np.asarray(variable.get_value())
-        out[name] = np.ascontiguousarray(value.T) if name.endswith(".kernel") else value.copy()
-    return out
+    return export_arrays(model.spec, lambda i, name: getattr(model.layers[i], name).get_value(), kernel_in_out=True)
 
 
 def import_params(model: YatMLP, params: Mapping[str, Any]) -> YatMLP:
     """Set ``model``'s parameters from ``params`` (core names and layouts) in place; return it.
 
-    Values are cast to each parameter's dtype; names and shapes are checked first
-    by :func:`yat_core.nn.interchange.check_params`.
+    Values are cast to each parameter's dtype and keep its sharding; names and
+    shapes are checked first by :func:`yat_core.nn.interchange.check_params`.
 
     Examples
     --------
@@ -266,11 +256,13 @@ def import_params(model: YatMLP, params: Mapping[str, Any]) -> YatMLP:
     >>> bool(jnp.all(model.layers[0].kernel.get_value().T == init_mlp_numpy(seed_spec(), 0)["0.kernel"]))
     True
     """
-    arrays = check_params(params, model.spec)
-    for name, variable in _variables(model).items():
-        value = arrays[name].T if name.endswith(".kernel") else arrays[name]
+
+    def write(i: int, name: str, value: np.ndarray) -> None:
+        variable = getattr(model.layers[i], name)
         old = variable.get_value()
         variable.set_value(jax.device_put(jnp.asarray(value, dtype=old.dtype), old.sharding))
+
+    import_arrays(model.spec, params, write, kernel_in_out=True)
     return model
 
 
@@ -300,92 +292,3 @@ def predict(model: YatMLP, x: np.ndarray) -> np.ndarray:
 @nnx.jit
 def _predict(model: YatMLP, x: jax.Array) -> jax.Array:
     return model(x)
-
-
-def _batch(images: jax.Array, labels: jax.Array, idx: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
-    x = flatten_images(jnp.take(images, idx, axis=0), dtype, xp=jnp)
-    return x, jnp.take(labels, idx, axis=0)
-
-
-@partial(nnx.jit, donate_argnums=(0, 1), static_argnums=(5,))
-def _train_step(model: YatMLP, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array,
-                idx: jax.Array, dtype: Any) -> jax.Array:
-    x, y = _batch(images, labels, idx, dtype)
-
-    def loss_fn(model: YatMLP) -> jax.Array:
-        return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
-    return loss
-
-
-@partial(nnx.jit, static_argnums=(3,))
-def _eval_step(model: YatMLP, images: jax.Array, labels: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
-    logits = model(flatten_images(images, dtype, xp=jnp))
-    loss_sum = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
-    return loss_sum, jnp.sum(jnp.argmax(logits, axis=-1) == labels)
-
-
-def _jax_dtype(name: str) -> Any:
-    if name == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError("float64 with JAX needs 64-bit mode: set JAX_ENABLE_X64=1 in the environment")
-    return jnp.dtype(name)
-
-
-class NNXRunner:
-    """Trains a :class:`YatMLP` with ``nnx.Optimizer(optax.adamw)``, the step under ``nnx.jit``."""
-
-    name = "nnx"
-    framework = "flax"
-
-    def __init__(self, spec: MLPSpec, config: Any) -> None:
-        self.spec = spec
-        self.backend = JaxBackend(config.device)
-        self.dtype = _jax_dtype(config.dtype)
-        with jax.default_device(self.backend.jax_device):
-            self.model = build_model(spec, config.seed, param_dtype=self.dtype)
-            opt = config.optimizer()
-            # optax.adamw decays every parameter when no mask is given, as the core does.
-            tx = optax.adamw(opt.lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
-            self.optimizer = nnx.Optimizer(self.model, tx, wrt=nnx.Param)
-
-    def device_name(self) -> str:
-        return self.backend.device_name()
-
-    def n_params(self) -> int:
-        return count_params(self.model)
-
-    def put(self, a: np.ndarray) -> jax.Array:
-        return self.backend.asarray(a)
-
-    def step(self, images: jax.Array, labels: jax.Array, idx: jax.Array) -> jax.Array:
-        return _train_step(self.model, self.optimizer, images, labels, idx, self.dtype)
-
-    def evaluate(self, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return _eval_step(self.model, images, labels, self.dtype)
-
-    def settle(self, loss: Any) -> None:
-        """Nothing to do: JAX dispatches asynchronously and keeps no graph."""
-
-    def synchronize(self, tree: Any) -> None:
-        self.backend.synchronize(tree)
-
-    def to_float(self, value: Any) -> float:
-        return float(value)
-
-    def export_params(self) -> dict[str, np.ndarray]:
-        return export_params(self.model)
-
-
-def make_runner(spec: MLPSpec, config: Any) -> NNXRunner:
-    """An :class:`NNXRunner` for ``yat-core train --framework nnx``.
-
-    Examples
-    --------
-    >>> from yat_core.mlp import seed_spec
-    >>> from yat_core.train import TrainConfig
-    >>> make_runner(seed_spec(), TrainConfig()).n_params()
-    235148
-    """
-    return NNXRunner(spec, config)

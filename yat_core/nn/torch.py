@@ -1,20 +1,24 @@
-"""PyTorch: the Yat layer as a ``torch.nn.Module``, the seed model, and its training run.
+"""PyTorch: the Yat layer as a ``torch.nn.Module`` and the model of an :class:`~yat_core.mlp.MLPSpec`.
 
 Layout and names follow PyTorch: a layer's kernel is ``weight`` of shape
 ``(out_features, in_features)`` (the core's layout, so interchange copies it
-as is), and the model is a ``torch.nn.Sequential`` whose children are named
+as is), absent parameters are registered as ``None`` (as ``nn.Linear(bias=False)``
+does), and the model is a ``torch.nn.Sequential`` whose children are named
 ``"0"``, ``"1"``, ... after the spec's layers, so ``state_dict()`` keys read
 ``"0.weight"``, ``"0.alpha"``, ``"2.bias"``. The interchange names replace
 ``weight`` with ``kernel``.
 
-Training uses ``torch.optim.AdamW`` and ``torch.nn.functional.cross_entropy`` in
-eager mode, PyTorch's default idiom.
+The layer is plain tensor code over :func:`yat_core.product.yat_product`, so it
+works with ``state_dict``, ``torch.export``, ``torch.compile``, ``torch.func``
+(``vmap``, ``grad``, ``functional_call``) and ``torch.autograd.gradcheck``.
+Training lives in :mod:`yat_core.runners.torch`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import array_api_compat.torch as torch_xp
 import numpy as np
@@ -22,25 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yat_core.backends.torch import TorchBackend
-from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, flatten_images, init_mlp_numpy
-from yat_core.nn.interchange import check_params, native_option, yat_layer_spec
-from yat_core.product import DEFAULT_EPSILON, softplus, softplus_inverse, yat_product
+from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
+from yat_core.nn.interchange import export_arrays, import_arrays
+from yat_core.nn.options import forward_options, spec_options, yat_layer_spec
+from yat_core.product import DEFAULT_EPSILON, softplus_inverse, yat_product
 
-__all__ = [
-    "YatNMN",
-    "YatMLP",
-    "build_model",
-    "export_params",
-    "import_params",
-    "count_params",
-    "predict",
-    "make_runner",
-    "TorchRunner",
-]
+__all__ = ["YatNMN", "YatMLP", "build_model", "export_params", "import_params", "count_params", "predict"]
 
-#: Distributions whose versions a receipt of this framework records.
-DISTRIBUTIONS = ("torch",)
+#: Core parameter name -> PyTorch attribute, where they differ (``nn.Linear`` calls the kernel ``weight``).
+_ATTR = {"kernel": "weight"}
 
 
 class YatNMN(nn.Module):
@@ -80,7 +74,14 @@ class YatNMN(nn.Module):
     ['alpha', 'bias', 'weight']
     >>> layer(torch.zeros(2, 4)).shape
     torch.Size([2, 3])
+    >>> YatNMN(4, 3, bias=False, alpha=2.0)
+    YatNMN(in_features=4, out_features=3, bias=False, alpha=2.0, epsilon=1e-05, learnable_epsilon=False, spherical=False)
     """
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    alpha: nn.Parameter | None
+    epsilon_raw: nn.Parameter | None
 
     def __init__(
         self,
@@ -95,50 +96,49 @@ class YatNMN(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        self.spec = yat_layer_spec(in_features, out_features, bias=bias, alpha=alpha, epsilon=epsilon,
-                                   learnable_epsilon=learnable_epsilon, spherical=spherical)
+        self.spec = yat_layer_spec(
+            in_features,
+            out_features,
+            bias=bias,
+            alpha=alpha,
+            epsilon=epsilon,
+            learnable_epsilon=learnable_epsilon,
+            spherical=spherical,
+        )
         self.in_features, self.out_features = self.spec.in_features, self.spec.out_features
-        factory = {"device": device, "dtype": dtype}
-        shapes = self.spec.param_shapes  # the learnable ones only, in the core's order
-        for core_name, native in (("kernel", "weight"), ("bias", "bias"), ("alpha", "alpha"),
-                                  ("epsilon_raw", "epsilon_raw")):
-            shape = shapes.get(core_name)
-            # Absent parameters are registered as None, as nn.Linear(bias=False) does.
-            self.register_parameter(native, None if shape is None else nn.Parameter(torch.empty(shape, **factory)))
+        shapes = self.spec.param_shapes  # the learnable ones only
+        for name in ("kernel", "bias", "alpha", "epsilon_raw"):
+            shape = shapes.get(name)
+            param = None if shape is None else nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+            self.register_parameter(_ATTR.get(name, name), param)
         self.reset_parameters()
 
     @classmethod
-    def from_spec(cls, spec: LayerSpec, **factory: Any) -> "YatNMN":
+    def from_spec(cls, spec: LayerSpec, **factory: Any) -> YatNMN:
         """The layer described by a core :class:`~yat_core.mlp.LayerSpec` (kind ``"yat"``)."""
-        return cls(spec.in_features, spec.out_features, bias=native_option(spec.bias),
-                   alpha=native_option(spec.alpha), epsilon=spec.epsilon,
-                   learnable_epsilon=spec.learnable_epsilon, spherical=spec.spherical, **factory)
+        return cls(spec.in_features, spec.out_features, **spec_options(spec), **factory)
 
     def reset_parameters(self) -> None:
         """Draw fresh initial values (the core's distributions, PyTorch's generator)."""
         nn.init.xavier_normal_(self.weight)
-        bound = 1.0 / math.sqrt(self.in_features)
-        with torch.no_grad():
-            if self.bias is not None:
-                self.bias.uniform_(-bound, bound)
-            if self.alpha is not None:
-                self.alpha.fill_(1.0)
-            if self.epsilon_raw is not None:
-                self.epsilon_raw.fill_(softplus_inverse(self.spec.epsilon))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+        if self.alpha is not None:
+            nn.init.ones_(self.alpha)
+        if self.epsilon_raw is not None:
+            nn.init.constant_(self.epsilon_raw, softplus_inverse(self.spec.epsilon))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spec = self.spec
-        bias = self.bias if spec.bias == LEARNABLE else spec.bias
-        alpha = self.alpha if spec.alpha == LEARNABLE else spec.alpha
-        epsilon = softplus(self.epsilon_raw, xp=torch_xp) if spec.learnable_epsilon else spec.epsilon
-        return yat_product(x, self.weight, bias=bias, alpha=alpha, epsilon=epsilon,
-                           spherical=spec.spherical, xp=torch_xp)
+        options = forward_options(self.spec, lambda name: getattr(self, name), torch_xp)
+        return yat_product(x, self.weight, **options, xp=torch_xp)
 
     def extra_repr(self) -> str:
-        s = self.spec
-        return (f"in_features={s.in_features}, out_features={s.out_features}, bias={native_option(s.bias)}, "
-                f"alpha={native_option(s.alpha)}, epsilon={s.epsilon}, learnable_epsilon={s.learnable_epsilon}, "
-                f"spherical={s.spherical}")
+        options = spec_options(self.spec)
+        return ", ".join(
+            f"{k}={v}"
+            for k, v in {"in_features": self.in_features, "out_features": self.out_features, **options}.items()
+        )
 
 
 class _Linear(nn.Linear):
@@ -150,7 +150,7 @@ class _Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
-        if self.spec.bias not in (LEARNABLE, None):
+        if isinstance(self.spec.bias, float):  # a constant; a learnable one is nn.Linear's
             out = out + self.spec.bias
         return F.relu(out) if self.spec.activation == "relu" else out
 
@@ -169,22 +169,19 @@ class YatMLP(nn.Sequential):
     """
 
     def __init__(self, spec: MLPSpec, **factory: Any) -> None:
-        super().__init__(*(
-            YatNMN.from_spec(layer, **factory) if layer.kind == "yat" else _Linear(layer, **factory)
-            for layer in spec.layers
-        ))
+        super().__init__(
+            *(
+                YatNMN.from_spec(layer, **factory) if layer.kind == "yat" else _Linear(layer, **factory)
+                for layer in spec.layers
+            )
+        )
         self.spec = spec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(torch.flatten(x, 1))
 
 
-def _core_name(native: str) -> str:
-    index, attr = native.split(".", 1)
-    return f"{index}.{'kernel' if attr == 'weight' else attr}"
-
-
-def build_model(spec: MLPSpec, seed: int, *, device: Any = None, dtype: Any = torch.float32) -> YatMLP:
+def build_model(spec: MLPSpec, seed: int, *, device: Any = None, dtype: torch.dtype = torch.float32) -> YatMLP:
     """The native model of ``spec`` with the weights of :func:`~yat_core.mlp.init_mlp_numpy`.
 
     Examples
@@ -198,6 +195,10 @@ def build_model(spec: MLPSpec, seed: int, *, device: Any = None, dtype: Any = to
     return import_params(model, init_mlp_numpy(spec, seed, np.dtype(str(dtype).removeprefix("torch."))))
 
 
+def _param(model: YatMLP, index: int, name: str) -> torch.Tensor:
+    return model[index].get_parameter(_ATTR.get(name, name))
+
+
 def export_params(model: YatMLP) -> dict[str, np.ndarray]:
     """The model's parameters as ``{core name: numpy array}`` (``"0.kernel"`` is ``(out, in)``).
 
@@ -208,14 +209,15 @@ def export_params(model: YatMLP) -> dict[str, np.ndarray]:
     >>> params["0.kernel"].shape, params["0.alpha"].shape
     ((256, 784), ())
     """
-    return {_core_name(name): p.detach().cpu().numpy().copy() for name, p in model.named_parameters()}
+    return export_arrays(model.spec, lambda i, name: _param(model, i, name).detach().cpu().numpy())
 
 
 def import_params(model: YatMLP, params: Mapping[str, Any]) -> YatMLP:
     """Copy ``params`` (core names and layouts) into ``model`` in place and return it.
 
-    Values are cast to each parameter's dtype and device; names and shapes are
-    checked first by :func:`yat_core.nn.interchange.check_params`.
+    Values are cast to each parameter's dtype and device; names, shapes and dtypes
+    are checked first (:func:`yat_core.nn.interchange.check_params`), so a bad
+    mapping leaves the model as it was.
 
     Examples
     --------
@@ -224,11 +226,13 @@ def import_params(model: YatMLP, params: Mapping[str, Any]) -> YatMLP:
     >>> model[0].alpha.item()
     1.0
     """
-    arrays = check_params(params, model.spec)
-    native = dict(model.named_parameters())
+
+    def write(index: int, name: str, value: np.ndarray) -> None:
+        # torch.tensor copies: the source may be read-only or strided, which from_numpy cannot share.
+        _param(model, index, name).copy_(torch.tensor(value))
+
     with torch.no_grad():
-        for name, p in native.items():
-            p.copy_(torch.from_numpy(np.asarray(arrays[_core_name(name)], order="C")))
+        import_arrays(model.spec, params, write)
     return model
 
 
@@ -255,75 +259,3 @@ def predict(model: YatMLP, x: np.ndarray) -> np.ndarray:
     p = next(model.parameters())
     with torch.no_grad():
         return model(torch.from_numpy(np.asarray(x)).to(p.device, p.dtype)).cpu().numpy()
-
-
-class TorchRunner:
-    """Trains a :class:`YatMLP` with ``torch.optim.AdamW``, eagerly, for :func:`yat_core.train.train`."""
-
-    name = "torch"
-    framework = "torch"
-
-    def __init__(self, spec: MLPSpec, config: Any) -> None:
-        self.spec = spec
-        self.backend = TorchBackend(config.device)
-        self.dtype = getattr(torch, config.dtype)
-        self.model = build_model(spec, config.seed, device=self.backend.torch_device, dtype=self.dtype)
-        opt = config.optimizer()
-        # AdamW decays every parameter passed to it: all of them, as the core does.
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2),
-                                           eps=opt.eps, weight_decay=opt.weight_decay)
-
-    def device_name(self) -> str:
-        return self.backend.device_name()
-
-    def n_params(self) -> int:
-        return count_params(self.model)
-
-    def put(self, a: np.ndarray) -> torch.Tensor:
-        return self.backend.asarray(a)
-
-    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
-        return flatten_images(images, self.dtype, xp=torch_xp)
-
-    def step(self, images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        self.model.train()
-        x = self._inputs(torch.index_select(images, 0, idx))
-        y = torch.index_select(labels, 0, idx).long()
-        loss = F.cross_entropy(self.model(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
-
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.model.eval()
-        with torch.no_grad():
-            logits = self.model(self._inputs(images))
-            loss_sum = F.cross_entropy(logits, labels.long(), reduction="sum")
-            correct = (logits.argmax(dim=-1) == labels.long()).sum()
-        return loss_sum, correct
-
-    def settle(self, loss: Any) -> None:
-        """Nothing to do: PyTorch runs eagerly."""
-
-    def synchronize(self, tree: Any) -> None:
-        self.backend.synchronize(tree)
-
-    def to_float(self, value: Any) -> float:
-        return float(value)
-
-    def export_params(self) -> dict[str, np.ndarray]:
-        return export_params(self.model)
-
-
-def make_runner(spec: MLPSpec, config: Any) -> TorchRunner:
-    """A :class:`TorchRunner` for ``yat-core train --framework torch``.
-
-    Examples
-    --------
-    >>> from yat_core.mlp import seed_spec
-    >>> from yat_core.train import TrainConfig
-    >>> make_runner(seed_spec(), TrainConfig()).n_params()
-    235148
-    """
-    return TorchRunner(spec, config)

@@ -1,0 +1,114 @@
+"""MLX's native model trained by ``mlx.optimizers.AdamW`` (``yat-core train --framework mlx``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+
+from yat_core.backends.mlx import MLXBackend
+from yat_core.mlp import MLPSpec, flatten_images
+from yat_core.namespaces.mlx import namespace
+from yat_core.nn.mlx import YatMLP, build_model, count_params, export_params
+from yat_core.runners._base import BaseRunner
+
+if TYPE_CHECKING:
+    from yat_core.config import TrainConfig
+
+__all__ = ["MLXRunner", "RUNNER_CLASS"]
+
+
+class MLXRunner(BaseRunner):
+    """Trains a :class:`~yat_core.nn.mlx.YatMLP` with ``mlx.optimizers.AdamW``, the step under ``mx.compile``.
+
+    AdamW runs with ``bias_correction=True`` (MLX's default is False) so that it is
+    the core's AdamW; the model and optimizer state are declared as the compiled
+    step's inputs and outputs. Device and dtype are the MLX backend's: it makes the
+    device MLX's default and refuses float64, which MLX does not compute to float64
+    accuracy.
+
+    Examples
+    --------
+    >>> from yat_core.mlp import seed_spec
+    >>> from yat_core.config import TrainConfig
+    >>> runner = MLXRunner(seed_spec(), TrainConfig(framework="mlx", device="cpu"))
+    >>> runner.name, runner.distributions, runner.n_params()
+    ('mlx', ('mlx',), 235148)
+    >>> MLXRunner(seed_spec(), TrainConfig(framework="mlx", dtype="float64"))
+    Traceback (most recent call last):
+    ...
+    yat_core.errors.BackendUnavailableError: MLX does not compute float64 to float64 accuracy; use float32 (or the numpy or torch backend for float64)
+    """
+
+    name = "mlx"
+    framework = "mlx"
+    distributions = ("mlx",)
+
+    def __init__(self, spec: MLPSpec, config: TrainConfig) -> None:
+        self.spec = spec
+        self.backend = MLXBackend(config.device)  # also makes its device MLX's default
+        # The backend's own dtype check (it refuses float64), so --backend and --framework agree.
+        self.backend.asarray(np.zeros(0, np.dtype(config.dtype)))
+        self.dtype = getattr(mx, config.dtype)
+        self.model = build_model(spec, config.seed, dtype=self.dtype)
+        opt = config.optimizer
+        # MLX's AdamW decays every parameter it updates: all of them, as the core does.
+        self.optimizer = optim.AdamW(
+            learning_rate=opt.lr,
+            betas=[opt.b1, opt.b2],
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            bias_correction=True,
+        )
+        # Create the moments now so the compiled step sees the full state from its first call.
+        self.optimizer.init(self.model.trainable_parameters())
+        self.state = [self.model.state, self.optimizer.state]
+        mx.eval(self.state)
+        self._step = mx.compile(self._train_step, inputs=self.state, outputs=self.state)
+        self._eval = mx.compile(self._eval_step, inputs=self.state)
+
+    def _loss(self, model: YatMLP, x: mx.array, y: mx.array) -> mx.array:
+        return nn.losses.cross_entropy(model(x), y, reduction="mean")
+
+    def _train_step(self, images: mx.array, labels: mx.array, idx: mx.array) -> mx.array:
+        x = flatten_images(mx.take(images, idx, axis=0), self.dtype, xp=namespace())
+        y = mx.take(labels, idx, axis=0)
+        loss, grads = nn.value_and_grad(self.model, self._loss)(self.model, x, y)
+        self.optimizer.update(self.model, grads)
+        return loss
+
+    def _eval_step(self, images: mx.array, labels: mx.array) -> tuple[mx.array, mx.array]:
+        logits = self.model(flatten_images(images, self.dtype, xp=namespace()))
+        loss_sum = nn.losses.cross_entropy(logits, labels, reduction="sum")
+        return loss_sum, mx.sum(mx.argmax(logits, axis=-1) == labels)
+
+    def device_name(self) -> str:
+        return self.backend.device_name()
+
+    def n_params(self) -> int:
+        return count_params(self.model)
+
+    def put(self, a: np.ndarray) -> mx.array:
+        return self.backend.asarray(a)
+
+    def step(self, images: mx.array, labels: mx.array, idx: mx.array) -> mx.array:
+        return self._step(images, labels, idx)
+
+    def evaluate(self, images: mx.array, labels: mx.array) -> tuple[mx.array, mx.array]:
+        return self._eval(images, labels)
+
+    def settle(self, loss: Any) -> None:
+        # MLX is lazy: run the step now, or one graph would grow across the epoch.
+        mx.eval(loss, self.state)
+
+    def synchronize(self, tree: Any) -> None:
+        mx.eval(tree)
+
+    def export_params(self) -> dict[str, np.ndarray]:
+        return export_params(self.model)
+
+
+RUNNER_CLASS = MLXRunner

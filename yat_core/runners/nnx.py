@@ -1,0 +1,70 @@
+"""Trains the Flax NNX model of :mod:`yat_core.nn.nnx` (``yat-core train --framework nnx``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from yat_core.mlp import MLPSpec, flatten_images
+from yat_core.nn.nnx import YatMLP, build_model, count_params, export_params
+from yat_core.runners._jax import FlaxRunner, batch, eval_sums, mean_loss
+
+if TYPE_CHECKING:
+    from yat_core.config import TrainConfig
+
+__all__ = ["NNXRunner", "RUNNER_CLASS"]
+
+
+@nnx.jit(donate_argnums=(0, 1), static_argnums=(5,))
+def _train_step(
+    model: YatMLP, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array, idx: jax.Array, dtype: Any
+) -> jax.Array:
+    x, y = batch(images, labels, idx, dtype)
+    loss, grads = nnx.value_and_grad(lambda m: mean_loss(m(x), y))(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+@nnx.jit(static_argnums=(3,))
+def _eval_step(model: YatMLP, images: jax.Array, labels: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    return eval_sums(model(flatten_images(images, dtype, xp=jnp)), labels)
+
+
+class NNXRunner(FlaxRunner):
+    """Trains a :class:`~yat_core.nn.nnx.YatMLP` with ``nnx.Optimizer(optax.adamw)``, the step under ``nnx.jit``.
+
+    Examples
+    --------
+    >>> from yat_core.mlp import seed_spec
+    >>> from yat_core.config import TrainConfig
+    >>> runner = NNXRunner(seed_spec(), TrainConfig(framework="nnx"))
+    >>> runner.name, runner.n_params()
+    ('nnx', 235148)
+    """
+
+    name = framework = "nnx"
+
+    def __init__(self, spec: MLPSpec, config: TrainConfig) -> None:
+        super().__init__(spec, config)
+        with jax.default_device(self.backend.jax_device):
+            self.model = build_model(spec, config.seed, param_dtype=self.dtype)
+            self.optimizer = nnx.Optimizer(self.model, self.tx, wrt=nnx.Param)
+
+    def n_params(self) -> int:
+        return count_params(self.model)
+
+    def step(self, images: jax.Array, labels: jax.Array, idx: jax.Array) -> jax.Array:
+        return _train_step(self.model, self.optimizer, images, labels, idx, self.dtype)
+
+    def evaluate(self, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return _eval_step(self.model, images, labels, self.dtype)
+
+    def export_params(self) -> dict[str, np.ndarray]:
+        return export_params(self.model)
+
+
+RUNNER_CLASS = NNXRunner
