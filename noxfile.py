@@ -1,4 +1,4 @@
-"""Sessions: ``tests`` (unit and integration), ``parity`` (numeric verification), ``bench``.
+"""Sessions: ``lint`` (ruff, mypy), ``tests`` (unit, integration, doctests), ``parity``, ``bench``.
 
 Each session installs what it needs into its own virtualenv, with the framework
 versions pinned by ``constraints.txt``. Pass options to pytest after ``--``, e.g.
@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "parity"]
+nox.options.sessions = ["lint", "tests", "parity"]
 nox.options.error_on_missing_interpreters = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
-# Every framework the project supports; the parity session fails if one is missing.
+# Every framework the project supports; the tests and parity sessions fail if one is missing.
 ALL_EXTRAS = ".[torch,jax,mlx,flax,keras,tf,test]"
+# Doctests of the TensorFlow runner need Keras on its tensorflow backend; every other module runs on jax.
+TF_DOCTESTS = ("yat_core/runners/tf.py",)
 
 
 def _install(session: nox.Session, target: str) -> None:
@@ -22,20 +24,45 @@ def _install(session: nox.Session, target: str) -> None:
 
 
 @nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format) over the repository, mypy over ``yat_core`` (about 1 min)."""
+    session.install("-e", ".[lint]", *CONSTRAINTS)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session
 def tests(session: nox.Session) -> None:
-    """Unit and integration tests, every framework installed (about 5-10 min on 2 cores)."""
+    """Unit and integration tests and the docstring examples, every framework installed (about 10 min)."""
     _install(session, ALL_EXTRAS)
-    session.run("pytest", "tests", "-q", *session.posargs)
+    session.run("pytest", "tests", "-q", "--require-frameworks", *session.posargs)
     # The benchmark suite's own logic (FLOP count, regression check, report), seconds.
     session.run("pytest", "benchmarks/test_suite.py", "-q", "-p", "no:cacheprovider")
+    ignore = [f"--ignore={path}" for path in TF_DOCTESTS]
+    session.run(
+        "pytest", "--doctest-modules", "yat_core", "-q", "-p", "no:cacheprovider", *ignore, env={"KERAS_BACKEND": "jax"}
+    )
+    session.run(
+        "pytest", "--doctest-modules", *TF_DOCTESTS, "-q", "-p", "no:cacheprovider", env={"KERAS_BACKEND": "tensorflow"}
+    )
 
 
 @nox.session
 def parity(session: nox.Session) -> None:
     """Numeric parity of every backend against the float64 oracle; fails on any skip."""
     _install(session, ALL_EXTRAS)
-    session.run("python", "-m", "pytest", "verification", "-p", "no:cacheprovider",
-                "--require-all-backends", "--parity-profile=ci", *session.posargs)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "verification",
+        "-p",
+        "no:cacheprovider",
+        "--require-all-backends",
+        "--parity-profile=ci",
+        *session.posargs,
+    )
 
 
 @nox.session

@@ -25,15 +25,15 @@ import contextlib
 import functools
 import importlib
 import importlib.util
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
+from verification.cases import YatInputs
 from yat_core.mlp import MLPSpec, mlp_forward, mlp_value_and_grad
 from yat_core.product import softplus, yat_product, yat_product_vjp
-
-from verification.cases import YatInputs
 
 __all__ = [
     "Provider",
@@ -196,16 +196,22 @@ class CoreImpl:
         return grads
 
     # -- the MLP --------------------------------------------------------------------
-    def mlp_forward(self, params: dict[str, np.ndarray], x: np.ndarray, spec: MLPSpec,
-                    dtype: Any = np.float32) -> np.ndarray:
+    def mlp_forward(
+        self, params: dict[str, np.ndarray], x: np.ndarray, spec: MLPSpec, dtype: Any = np.float32
+    ) -> np.ndarray:
         with self.precision(dtype):
             native = {k: self.put(v, dtype) for k, v in params.items()}
             fn = self.compiled(lambda p, inputs: mlp_forward(p, inputs, spec, xp=self.xp))
             return self.host(fn(native, self.put(x, dtype)))
 
     def mlp_loss_grad(
-        self, params: dict[str, np.ndarray], x: np.ndarray, labels: np.ndarray, spec: MLPSpec,
-        mode: str, dtype: Any = np.float32,
+        self,
+        params: dict[str, np.ndarray],
+        x: np.ndarray,
+        labels: np.ndarray,
+        spec: MLPSpec,
+        mode: str,
+        dtype: Any = np.float32,
     ) -> tuple[float, dict[str, np.ndarray]]:
         """The backend's own ``loss_and_grad`` (analytic or autodiff, as ``mode`` says)."""
         with self.precision(dtype):
@@ -214,6 +220,7 @@ class CoreImpl:
             if self.backend is not None:
                 fn = type(self.backend)(None, mode).loss_and_grad(spec)
             elif mode == "analytic":
+
                 def fn(p: dict[str, Any], images: Any, labels: Any) -> Any:
                     return mlp_value_and_grad(p, images, labels, spec, xp=self.xp)
             else:
@@ -255,8 +262,9 @@ def _load_jax() -> CoreImpl:
     def precision(dtype: np.dtype) -> Any:
         return jax.enable_x64(dtype == np.float64)
 
-    return CoreImpl("jax", backend.xp, backend.asarray, backend.to_numpy, backend=backend,
-                    compile_fn=jax.jit, precision=precision)
+    return CoreImpl(
+        "jax", backend.xp, backend.asarray, backend.to_numpy, backend=backend, compile_fn=jax.jit, precision=precision
+    )
 
 
 def _load_mlx() -> CoreImpl:
@@ -285,8 +293,9 @@ class NativeImpl:
         self.module = get_framework(framework)
         self._models: dict[MLPSpec, Any] = {}
 
-    def mlp_forward(self, params: dict[str, np.ndarray], x: np.ndarray, spec: MLPSpec,
-                    dtype: Any = np.float32) -> np.ndarray:
+    def mlp_forward(
+        self, params: dict[str, np.ndarray], x: np.ndarray, spec: MLPSpec, dtype: Any = np.float32
+    ) -> np.ndarray:
         if np.dtype(dtype) != np.float32:
             raise ValueError(f"{self.name} is checked in float32 only")
         if spec not in self._models:  # building a native model is slow; loading weights is not
@@ -306,8 +315,9 @@ _BOTH = ("analytic", "autodiff")
 #: Every backend the suite checks, in report order.
 PROVIDERS: dict[str, Provider] = {
     "numpy": Provider("numpy", ("numpy",), _load_numpy, _CORE, ("analytic",), "core on NumPy (the reference backend)"),
-    "array_api_strict": Provider("array_api_strict", ("array_api_strict",), _load_strict, _CORE, ("analytic",),
-                                 "core on array-api-strict"),
+    "array_api_strict": Provider(
+        "array_api_strict", ("array_api_strict",), _load_strict, _CORE, ("analytic",), "core on array-api-strict"
+    ),
     "torch": Provider("torch", ("torch",), _load_torch, _CORE, _BOTH, "core on PyTorch (eager)"),
     "jax": Provider("jax", ("jax",), _load_jax, _CORE, _BOTH, "core on JAX (under jax.jit)"),
     "mlx": Provider("mlx", ("mlx.core",), _load_mlx, _CORE, _BOTH, "core on MLX (eager)"),

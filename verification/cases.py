@@ -248,8 +248,9 @@ def _unit_rows(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 
 
-def _bias(rng: np.random.Generator, kind: str, x: np.ndarray, w: np.ndarray,
-          spherical: bool) -> np.ndarray | float | None:
+def _bias(
+    rng: np.random.Generator, kind: str, x: np.ndarray, w: np.ndarray, spherical: bool
+) -> np.ndarray | float | None:
     """A bias on the scale of the dot products it is added to (of the unit rows in
     spherical mode); half the units cancel the first row's dot product exactly."""
     if kind == "none":

@@ -10,7 +10,8 @@ the inputs (shape, seed, the full case) and a one-line reproduction.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -19,15 +20,17 @@ from verification.cases import MLPCase, YatCase, mlp_inputs, yat_inputs
 from verification.error_model import (
     FLOAT32,
     ORACLE64,
-    PRECISIONS as _PRECISIONS,
     Precision,
     YatBound,
-    precision_for,
     mlp_forward_bounds,
     mlp_grad_bounds,
+    precision_for,
     total_bound,
     yat_bound,
     yat_vjp_bound,
+)
+from verification.error_model import (
+    PRECISIONS as _PRECISIONS,
 )
 from verification.oracle import YatOracle, mlp_forward64, mlp_loss_grad64, yat_forward64, yat_oracle, yat_vjp64
 from verification.results import STORE, Example, summarise_error
@@ -114,8 +117,7 @@ def in_gradient_range(case: YatCase) -> bool:
     # (cancellation can make the computed d far smaller than the exact one): d^2,
     # g n / d, g n^2 and g n^2 / d^2.
     n_hi = np.abs(o.n) + fb.n
-    peaks = [np.max(fb.d_hi) ** 2, np.max(2.0 * g * n_hi / fb.d_lo), np.max(g * fb.r_hi),
-             np.max(g * fb.r_hi / fb.d_lo)]
+    peaks = [np.max(fb.d_hi) ** 2, np.max(2.0 * g * n_hi / fb.d_lo), np.max(g * fb.r_hi), np.max(g * fb.r_hi / fb.d_lo)]
     if not all(np.isfinite(p) and p < FLOAT32_LIMIT for p in peaks):
         return False
     grads = yat_vjp64(o, yat_reference(case).inputs.g)
@@ -136,8 +138,16 @@ def _meta_problems(got: np.ndarray, shape: tuple[int, ...], dtype: Any) -> list[
 
 
 def compare(
-    check: str, backend: str, case: Any, got: np.ndarray, ref: np.ndarray, bound: np.ndarray,
-    *, what: str, dtype: Any, record: bool = True,
+    check: str,
+    backend: str,
+    case: Any,
+    got: np.ndarray,
+    ref: np.ndarray,
+    bound: np.ndarray,
+    *,
+    what: str,
+    dtype: Any,
+    record: bool = True,
 ) -> Example:
     """Assert ``|got - ref| <= bound`` elementwise (and shape, dtype, finiteness).
 
@@ -199,9 +209,18 @@ def _check_interval(backend: str, case: YatCase, got: np.ndarray, o: YatOracle, 
     outside = (signed < fb.y_lo - fb64.y) | (signed > fb.y_hi + fb64.y)
     if np.any(outside):
         idx = np.unravel_index(int(np.argmax(outside)), outside.shape)
-        raise AssertionError(_message("yat", backend, case, what, (
-            f"{int(outside.sum())} of {outside.size} elements outside the model's interval; first at "
-            f"{[int(i) for i in idx]}: got {got[idx]!r}, interval [{fb.y_lo[idx]:.6e}, {fb.y_hi[idx]:.6e}] (times sign of alpha)")))
+        raise AssertionError(
+            _message(
+                "yat",
+                backend,
+                case,
+                what,
+                (
+                    f"{int(outside.sum())} of {outside.size} elements outside the model's interval; first at "
+                    f"{[int(i) for i in idx]}: got {got[idx]!r}, interval [{fb.y_lo[idx]:.6e}, {fb.y_hi[idx]:.6e}] (times sign of alpha)"
+                ),
+            )
+        )
 
 
 @functools.lru_cache(maxsize=32)
@@ -221,11 +240,20 @@ def check_yat_grads(grad_id: str, case: YatCase, *, impl: Any = None, dtype: Any
     ref_grads, bounds = _yat_grad_reference(case, precision_for(name, dtype).name)
     got = _impl(name, impl).yat_grads(yat_reference(case).inputs, mode, dtype)
     if sorted(got) != sorted(ref_grads):
-        raise AssertionError(_message("yat-grad", grad_id, case, "gradients",
-                                      f"returned {sorted(got)}, expected {sorted(ref_grads)}"))
+        raise AssertionError(
+            _message("yat-grad", grad_id, case, "gradients", f"returned {sorted(got)}, expected {sorted(ref_grads)}")
+        )
     return [
-        compare("yat-grad", grad_id, case, got[key], ref_grads[key], bounds[key],
-                what=f"d/d{key} ({np.dtype(dtype)})", dtype=dtype)
+        compare(
+            "yat-grad",
+            grad_id,
+            case,
+            got[key],
+            ref_grads[key],
+            bounds[key],
+            what=f"d/d{key} ({np.dtype(dtype)})",
+            dtype=dtype,
+        )
         for key in sorted(ref_grads)
     ]
 
@@ -260,11 +288,17 @@ class FDResult(NamedTuple):
     tolerance: float
 
 
-def _directional_fd(loss: Callable[[dict[str, np.ndarray]], float], theta: dict[str, np.ndarray],
-                    v: dict[str, np.ndarray], rounding: float, h_max: float) -> tuple[float, float]:
+def _directional_fd(
+    loss: Callable[[dict[str, np.ndarray]], float],
+    theta: dict[str, np.ndarray],
+    v: dict[str, np.ndarray],
+    rounding: float,
+    h_max: float,
+) -> tuple[float, float]:
     """Central differences with Richardson extrapolation over steps from ``h_max`` down
     by factors of sqrt(10); the pair whose extrapolation changes least is kept.
     Returns (value, error estimate); the estimate includes the rounding of ``loss``."""
+
     def central(h: float) -> float:
         plus = {k: theta[k] + h * v[k] for k in theta}
         minus = {k: theta[k] - h * v[k] for k in theta}
@@ -300,8 +334,10 @@ def _direction(theta: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]
 
 def _fd_assert(check: str, grad_id: str, case: Any, res: FDResult, dtype: Any) -> FDResult:
     if not abs(res.analytic - res.fd) <= res.tolerance:
-        detail = (f"directional derivative {res.analytic!r} vs finite differences {res.fd!r} "
-                  f"(|diff| {abs(res.analytic - res.fd):.3e} > tolerance {res.tolerance:.3e})")
+        detail = (
+            f"directional derivative {res.analytic!r} vs finite differences {res.fd!r} "
+            f"(|diff| {abs(res.analytic - res.fd):.3e} > tolerance {res.tolerance:.3e})"
+        )
         what = f"{np.dtype(dtype)} gradient vs finite differences of the oracle"
         raise AssertionError(_message(check, grad_id, case, what, detail))
     return res
@@ -332,8 +368,15 @@ def check_yat_fd(grad_id: str, case: YatCase, *, impl: Any = None, dtype: Any = 
 
     def forward(t: dict[str, np.ndarray]) -> YatOracle:
         options = {k: t[k] for k in ("bias", "alpha") if k in t}
-        return yat_forward64(t["x"], t["w"], **options, **constants, epsilon=inp.epsilon,
-                             epsilon_raw=t.get("epsilon_raw"), spherical=inp.spherical)
+        return yat_forward64(
+            t["x"],
+            t["w"],
+            **options,
+            **constants,
+            epsilon=inp.epsilon,
+            epsilon_raw=t.get("epsilon_raw"),
+            spherical=inp.spherical,
+        )
 
     def loss(t: dict[str, np.ndarray]) -> float:
         return float(np.sum(g * forward(t).y))
@@ -353,12 +396,12 @@ def check_yat_fd(grad_id: str, case: YatCase, *, impl: Any = None, dtype: Any = 
 
 
 @functools.lru_cache(maxsize=16)
-def _mlp_grad_reference(case: MLPCase, prec_name: str = "float32") -> tuple[float, dict[str, np.ndarray],
-                                                                           dict[str, np.ndarray]]:
+def _mlp_grad_reference(
+    case: MLPCase, prec_name: str = "float32"
+) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]:
     inp = mlp_inputs(case)
     loss, grads, _ = mlp_loss_grad64(inp.params, inp.x, inp.labels, inp.spec)
-    bounds = total_bound(lambda p: mlp_grad_bounds(inp.params, inp.x, inp.labels, inp.spec, p),
-                         _PRECISIONS[prec_name])
+    bounds = total_bound(lambda p: mlp_grad_bounds(inp.params, inp.x, inp.labels, inp.spec, p), _PRECISIONS[prec_name])
     return loss, grads, bounds
 
 
@@ -370,10 +413,15 @@ def check_mlp_grads(grad_id: str, case: MLPCase, *, impl: Any = None) -> list[Ex
     _, ref, bounds = _mlp_grad_reference(case, precision_for(name, np.float32).name)
     _, got = _impl(name, impl).mlp_loss_grad(inp.params, inp.x, inp.labels, inp.spec, mode, np.float32)
     if sorted(got) != sorted(ref):
-        raise AssertionError(_message("mlp-grad", grad_id, case, "MLP gradients",
-                                      f"returned {sorted(got)}, expected {sorted(ref)}"))
-    return [compare("mlp-grad", grad_id, case, got[k], ref[k], bounds[k], what=f"d loss / d {k} (float32)",
-                    dtype=np.float32) for k in sorted(ref)]
+        raise AssertionError(
+            _message("mlp-grad", grad_id, case, "MLP gradients", f"returned {sorted(got)}, expected {sorted(ref)}")
+        )
+    return [
+        compare(
+            "mlp-grad", grad_id, case, got[k], ref[k], bounds[k], what=f"d loss / d {k} (float32)", dtype=np.float32
+        )
+        for k in sorted(ref)
+    ]
 
 
 def check_mlp_fd(grad_id: str, case: MLPCase, *, impl: Any = None, dtype: Any = np.float32) -> FDResult:
@@ -407,7 +455,14 @@ class OracleImpl:
     def yat_grads(self, inp: Any, mode: str, dtype: Any = np.float64) -> dict[str, np.ndarray]:
         return yat_vjp64(yat_oracle(inp), inp.g)
 
-    def mlp_loss_grad(self, params: dict[str, np.ndarray], x: np.ndarray, labels: np.ndarray, spec: Any,
-                      mode: str, dtype: Any = np.float64) -> tuple[float, dict[str, np.ndarray]]:
+    def mlp_loss_grad(
+        self,
+        params: dict[str, np.ndarray],
+        x: np.ndarray,
+        labels: np.ndarray,
+        spec: Any,
+        mode: str,
+        dtype: Any = np.float64,
+    ) -> tuple[float, dict[str, np.ndarray]]:
         loss, grads, _ = mlp_loss_grad64(params, x, labels, spec)
         return loss, grads

@@ -25,10 +25,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from verification.oracle import YatOracle, mlp_forward64
 from yat_core.mlp import MLPSpec
 from yat_core.product import SPHERICAL_NORM_EPS
-
-from verification.oracle import YatOracle, mlp_forward64
 
 __all__ = [
     "Precision",
@@ -239,7 +238,10 @@ def linear_bound(
 
 
 def mlp_forward_bounds(
-    params: dict[str, np.ndarray], x: np.ndarray, spec: MLPSpec, prec: Precision = FLOAT32,
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    spec: MLPSpec,
+    prec: Precision = FLOAT32,
     x_err: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Oracle activations (every layer's input and the logits) and the bound on
@@ -261,7 +263,11 @@ def mlp_forward_bounds(
 
 
 def loss_bound(
-    params: dict[str, np.ndarray], x: np.ndarray, labels: np.ndarray, spec: MLPSpec, prec: Precision = FLOAT32,
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    labels: np.ndarray,
+    spec: MLPSpec,
+    prec: Precision = FLOAT32,
     x_err: np.ndarray | None = None,
 ) -> float:
     """Bound on the error of the mean cross-entropy as computed in ``prec``.
@@ -340,9 +346,18 @@ def _elementwise_grads(
     gd_hi_abs = np.abs(gdist) + e_gdist
     e_gdot = e_gn + 2.0 * e_gdist + u * (gn_hi_abs + 2.0 * gd_hi_abs)
     return {
-        "gn": gn, "e_gn": e_gn, "gn_hi": gn_hi_abs, "gden": gden, "e_gden": e_gden,
-        "gden_hi": np.abs(gden) + e_gden, "gdist": gdist, "e_gdist": e_gdist, "gdist_hi": gd_hi_abs,
-        "gdot": gn - 2.0 * gdist, "e_gdot": e_gdot, "gdot_hi": gn_hi_abs + 2.0 * gd_hi_abs,
+        "gn": gn,
+        "e_gn": e_gn,
+        "gn_hi": gn_hi_abs,
+        "gden": gden,
+        "e_gden": e_gden,
+        "gden_hi": np.abs(gden) + e_gden,
+        "gdist": gdist,
+        "e_gdist": e_gdist,
+        "gdist_hi": gd_hi_abs,
+        "gdot": gn - 2.0 * gdist,
+        "e_gdot": e_gdot,
+        "gdot_hi": gn_hi_abs + 2.0 * gd_hi_abs,
     }
 
 
@@ -352,8 +367,13 @@ def _t(a: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _plain_row_grad(
-    e: dict[str, np.ndarray], rows: np.ndarray, rows_err: np.ndarray, other: np.ndarray, other_err: np.ndarray,
-    axis: int, prec: Precision,
+    e: dict[str, np.ndarray],
+    rows: np.ndarray,
+    rows_err: np.ndarray,
+    other: np.ndarray,
+    other_err: np.ndarray,
+    axis: int,
+    prec: Precision,
 ) -> np.ndarray:
     """Bound on ``g_dot @ other + 2 rows * sum(g_dist)`` (g_x: axis 1; g_w: axis 0).
 
@@ -368,14 +388,24 @@ def _plain_row_grad(
     dist_sum_hi = np.sum(_t(e["gdist_hi"], axis), axis=-1, keepdims=True)
     magnitude = _t(e["gdot_hi"], axis) @ other_hi + 2.0 * rows_hi * dist_sum_hi
     propagated = _t(e["e_gdot"], axis) @ other_hi + _t(e["gdot_hi"], axis) @ other_err
-    propagated = propagated + 2.0 * (np.abs(rows) * np.sum(_t(e["e_gdist"], axis), axis=-1, keepdims=True)
-                                     + rows_err * dist_sum_hi)
+    propagated = propagated + 2.0 * (
+        np.abs(rows) * np.sum(_t(e["e_gdist"], axis), axis=-1, keepdims=True) + rows_err * dist_sum_hi
+    )
     return propagated + gamma(m + 2, u) * magnitude + (m + 2) * tiny
 
 
 def _unit_row_grad(
-    e: dict[str, np.ndarray], unit: np.ndarray, norm: np.ndarray, norm_rel: Any, unit_a: np.ndarray,
-    e_unit: np.ndarray, other: np.ndarray, other_a: np.ndarray, e_other: np.ndarray, axis: int, prec: Precision,
+    e: dict[str, np.ndarray],
+    unit: np.ndarray,
+    norm: np.ndarray,
+    norm_rel: Any,
+    unit_a: np.ndarray,
+    e_unit: np.ndarray,
+    other: np.ndarray,
+    other_a: np.ndarray,
+    e_other: np.ndarray,
+    axis: int,
+    prec: Precision,
 ) -> np.ndarray:
     """Bound on the gradient through ``a / max(|a|, floor)`` (spherical mode).
 
@@ -403,8 +433,12 @@ def _unit_row_grad(
 
 
 def yat_vjp_bound(
-    o: YatOracle, fb: YatBound, g: np.ndarray, prec: Precision = FLOAT32,
-    g_err: np.ndarray | None = None, x_err: np.ndarray | None = None,
+    o: YatOracle,
+    fb: YatBound,
+    g: np.ndarray,
+    prec: Precision = FLOAT32,
+    g_err: np.ndarray | None = None,
+    x_err: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-element bounds of a backend's gradients of ``sum(g * y)``.
 

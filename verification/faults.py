@@ -20,10 +20,9 @@ from typing import Any
 import array_api_compat.numpy as np_xp
 import numpy as np
 
+from verification.backends import CoreImpl
 from yat_core.mlp import MLPSpec
 from yat_core.product import softplus
-
-from verification.backends import CoreImpl
 
 __all__ = ["FAULTS", "FaultyImpl"]
 
@@ -57,8 +56,14 @@ class FaultyImpl(CoreImpl):
         if self.fault == "dropped-distance-gradient" or const.get("spherical"):
             return super()._forward(params, const)
         eps = softplus(params["epsilon_raw"], xp=np_xp) if "epsilon_raw" in params else const["epsilon"]
-        return _faulty_product(params["x"], params["w"], bias=params.get("bias", const.get("bias")),
-                               alpha=params.get("alpha", const.get("alpha")), epsilon=eps, fault=self.fault)
+        return _faulty_product(
+            params["x"],
+            params["w"],
+            bias=params.get("bias", const.get("bias")),
+            alpha=params.get("alpha", const.get("alpha")),
+            epsilon=eps,
+            fault=self.fault,
+        )
 
     def _analytic_yat_grads(self, arrays: dict[str, Any], const: dict[str, Any]) -> dict[str, Any]:
         grads = super()._analytic_yat_grads(arrays, const)
@@ -77,8 +82,9 @@ class FaultyImpl(CoreImpl):
         grads["x"], grads["w"] = g_numer @ w, g_numer.T @ x
         return grads
 
-    def mlp_forward(self, params: dict[str, np.ndarray], x: np.ndarray, spec: MLPSpec,
-                    dtype: Any = np.float32) -> np.ndarray:
+    def mlp_forward(
+        self, params: dict[str, np.ndarray], x: np.ndarray, spec: MLPSpec, dtype: Any = np.float32
+    ) -> np.ndarray:
         h = np.asarray(x, dtype=dtype)
         for i, layer in enumerate(spec.layers):
             p = {k.split(".", 1)[1]: np.asarray(v, dtype=dtype) for k, v in params.items() if k.startswith(f"{i}.")}

@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from yat_core.mlp import init_mlp_numpy, mlp_value_and_grad, seed_spec
-
 from verification import backends
 from verification.cases import YatInputs
 from verification.error_model import precision_for, total_bound, yat_bound
 from verification.oracle import mlp_backward64, yat_forward64
 from verification.trajectory import seed_batch
+from yat_core.mlp import init_mlp_numpy, mlp_value_and_grad, seed_spec
 
 __all__ = [
     "TARGET",
@@ -75,8 +74,16 @@ def _layer_inputs(layer: int) -> YatInputs:
     params, spec = p["params"], p["spec"]
     x = p["x"] if layer == 0 else p["oracle"].acts[1].astype(np.float32)
     ls = spec.layers[layer]
-    return YatInputs(x, params[f"{layer}.kernel"], params[f"{layer}.bias"], params[f"{layer}.alpha"],
-                     ls.epsilon, None, False, np.zeros((x.shape[0], ls.out_features), np.float32))
+    return YatInputs(
+        x,
+        params[f"{layer}.kernel"],
+        params[f"{layer}.bias"],
+        params[f"{layer}.alpha"],
+        ls.epsilon,
+        None,
+        False,
+        np.zeros((x.shape[0], ls.out_features), np.float32),
+    )
 
 
 def forward_outputs(names: list[str]) -> dict[str, dict[str, np.ndarray]]:
@@ -86,7 +93,8 @@ def forward_outputs(names: list[str]) -> dict[str, dict[str, np.ndarray]]:
     for layer in (0, 1):
         inp = _layer_inputs(layer)
         out[ORACLE][f"yat layer {layer + 1}"] = yat_forward64(
-            inp.x, inp.w, bias=inp.bias, alpha=inp.alpha, epsilon=inp.epsilon).y
+            inp.x, inp.w, bias=inp.bias, alpha=inp.alpha, epsilon=inp.epsilon
+        ).y
     out[ORACLE]["logits"] = p["oracle"].acts[-1]
     for name in names:
         impl = backends.load(name)
@@ -138,4 +146,3 @@ def oracle_self_check() -> float:
     params64 = {k: v.astype(np.float64) for k, v in p["params"].items()}
     _, core = mlp_value_and_grad(params64, p["x"].astype(np.float64), p["labels"], p["spec"])
     return max(metrics(core[k], p["oracle"].grads[k], p["oracle"].grads[k])["headline"] for k in core)
-

@@ -83,8 +83,8 @@ def squared_distances(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     out = np.empty((batch, w.shape[0]), dtype=F64)
     step = max(1, _CHUNK // max(1, batch * k))
     for j0 in range(0, w.shape[0], step):
-        diff = x[:, None, :] - w[None, j0:j0 + step, :]
-        out[:, j0:j0 + step] = np.einsum("bjk,bjk->bj", diff, diff)
+        diff = x[:, None, :] - w[None, j0 : j0 + step, :]
+        out[:, j0 : j0 + step] = np.einsum("bjk,bjk->bj", diff, diff)
     return out
 
 
@@ -130,17 +130,39 @@ def yat_forward64(
     ratio = n * n / d
     y = ratio if alpha64 is None else alpha64 * ratio
     return YatOracle(
-        x_raw, w_raw, xu, wu, x_norm, w_norm, dot, 0.0 if bias64 is None else bias64, n, dist, eps, raw64, d,
-        ratio, 1.0 if alpha64 is None else alpha64, y, spherical,
-        isinstance(bias64, np.ndarray), isinstance(alpha64, np.ndarray), alpha64 is not None,
+        x_raw,
+        w_raw,
+        xu,
+        wu,
+        x_norm,
+        w_norm,
+        dot,
+        0.0 if bias64 is None else bias64,
+        n,
+        dist,
+        eps,
+        raw64,
+        d,
+        ratio,
+        1.0 if alpha64 is None else alpha64,
+        y,
+        spherical,
+        isinstance(bias64, np.ndarray),
+        isinstance(alpha64, np.ndarray),
+        alpha64 is not None,
     )
 
 
 def yat_oracle(inp: Any) -> YatOracle:
     """:func:`yat_forward64` of a :class:`~verification.cases.YatInputs`."""
     return yat_forward64(
-        inp.x, inp.w, bias=inp.bias, alpha=inp.alpha, epsilon=inp.epsilon,
-        epsilon_raw=inp.epsilon_raw, spherical=inp.spherical,
+        inp.x,
+        inp.w,
+        bias=inp.bias,
+        alpha=inp.alpha,
+        epsilon=inp.epsilon,
+        epsilon_raw=inp.epsilon_raw,
+        spherical=inp.spherical,
     )
 
 

@@ -8,8 +8,9 @@ so the decorators below see the right budget.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from hypothesis import HealthCheck, Phase, settings
 
@@ -35,8 +36,12 @@ PROFILES = {
     "thorough": Profile("thorough", 12.0, False, None, 3, None),
 }
 
-_HEALTH = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large,
-           HealthCheck.filter_too_much]
+_HEALTH = [
+    HealthCheck.too_slow,
+    HealthCheck.function_scoped_fixture,
+    HealthCheck.data_too_large,
+    HealthCheck.filter_too_much,
+]
 for _p in PROFILES.values():
     settings.register_profile(
         _p.name,

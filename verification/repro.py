@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["main", "CHECKS"]
 
@@ -37,13 +38,28 @@ def _checks() -> dict[str, Callable[[str, Any], Any]]:
         "equal-rows": lambda b, c: [properties.check_value_at_equal_rows(b, c, flag) for flag in (False, True)],
         "rows": properties.check_rows_independent,
         "permutation": properties.check_feature_permutation,
-        "dtype": lambda b, c: [properties.check_dtype_shape_device(b, c, d, lead)
-                               for d in ("float32", "float64") for lead in ((), (2,))],
+        "dtype": lambda b, c: [
+            properties.check_dtype_shape_device(b, c, d, lead) for d in ("float32", "float64") for lead in ((), (2,))
+        ],
     }
 
 
-CHECKS = ("yat", "yat-grad", "yat-fd", "mlp", "mlp-grad", "mlp-fd", "nonneg", "orthogonal", "equal-rows",
-          "rows", "permutation", "dtype", "headline", "trajectory")
+CHECKS = (
+    "yat",
+    "yat-grad",
+    "yat-fd",
+    "mlp",
+    "mlp-grad",
+    "mlp-fd",
+    "nonneg",
+    "orthogonal",
+    "equal-rows",
+    "rows",
+    "permutation",
+    "dtype",
+    "headline",
+    "trajectory",
+)
 
 
 def _headline(backend: str) -> None:
@@ -64,8 +80,9 @@ def _trajectory(backend: str, profile_name: str) -> None:
     from verification import profiles, trajectory
 
     profile = profiles.PROFILES[profile_name]
-    kwargs = dict(steps=profile.trajectory_steps, epochs=profile.trajectory_epochs,
-                  test_limit=profile.trajectory_test_limit)
+    kwargs = dict(
+        steps=profile.trajectory_steps, epochs=profile.trajectory_epochs, test_limit=profile.trajectory_test_limit
+    )
     name, _, mode = backend.partition("-")
     ref = trajectory.run("numpy", "float64", gradients=None, **kwargs)
     other = trajectory.run(name, "float32", gradients=mode or None, **kwargs)
@@ -82,8 +99,11 @@ def _domain_note(check: str, case: Any) -> None:
         return
     inside = in_gradient_range(case) if check in ("yat-grad", "yat-fd") else in_float32_range(case)
     if not inside:
-        print("note: this case is outside the checks' float32 domain (an intermediate overflows); "
-              "the tests never draw it", file=sys.stderr)
+        print(
+            "note: this case is outside the checks' float32 domain (an intermediate overflows); "
+            "the tests never draw it",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

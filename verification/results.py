@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -75,18 +76,20 @@ class Store:
             worst = max(group, key=lambda e: e.max_ratio)
             well = [e.well_ratio for e in group if e.well_ratio is not None]
             ill = [e.ill_ratio for e in group if e.ill_ratio is not None]
-            rows.append({
-                "check": check,
-                "backend": backend,
-                "examples": len(group),
-                "failed": sum(not e.passed for e in group),
-                "worst_ratio": worst.max_ratio,
-                "worst_case": worst.case,
-                "worst_abs": max(e.max_abs for e in group),
-                "well_conditioned_worst_ratio": max(well) if well else None,
-                "well_conditioned_median_ratio": float(np.median(well)) if well else None,
-                "ill_conditioned_worst_ratio": max(ill) if ill else None,
-            })
+            rows.append(
+                {
+                    "check": check,
+                    "backend": backend,
+                    "examples": len(group),
+                    "failed": sum(not e.passed for e in group),
+                    "worst_ratio": worst.max_ratio,
+                    "worst_case": worst.case,
+                    "worst_abs": max(e.max_abs for e in group),
+                    "well_conditioned_worst_ratio": max(well) if well else None,
+                    "well_conditioned_median_ratio": float(np.median(well)) if well else None,
+                    "ill_conditioned_worst_ratio": max(ill) if ill else None,
+                }
+            )
         return rows
 
     def to_json(self) -> dict[str, Any]:

@@ -4,7 +4,8 @@ it is not."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,8 +24,9 @@ WELL_CONDITIONED = [YatCase(32, k, 16, seed=k, data="normal") for k in (4, 32, 2
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("backend", FORWARD)
-def test_elementary_functions_meet_the_assumed_accuracy(backend: str, dtype: str,
-                                                       require_backend: Callable[[str], Any]) -> None:
+def test_elementary_functions_meet_the_assumed_accuracy(
+    backend: str, dtype: str, require_backend: Callable[[str], Any]
+) -> None:
     """``exp`` and ``log1p`` (softplus, softmax) within ``fn_rel``; ``sqrt`` (spherical
     norms) within 2u; measured on the ranges the product uses them on."""
     impl = require_backend(backend)
@@ -44,7 +46,8 @@ def test_elementary_functions_meet_the_assumed_accuracy(backend: str, dtype: str
             STORE.meta.setdefault("elementary_functions", {})[f"{backend}-{dtype}-{name}"] = float(rel.max() / prec.u)
             assert rel.max() <= allowed, (
                 f"{backend} {dtype} {name}: relative error {rel.max():.3e} = {rel.max() / prec.u:.1f} u > the "
-                f"model's {allowed / prec.u:.0f} u (verification/error_model.py, Precision.fn_rel)")
+                f"model's {allowed / prec.u:.0f} u (verification/error_model.py, Precision.fn_rel)"
+            )
 
 
 @pytest.mark.parametrize("backend", FORWARD)
@@ -60,7 +63,8 @@ def test_bound_is_tight_on_well_conditioned_inputs(backend: str, require_backend
         tightness[case.n_in] = example.max_ratio
         assert example.max_ratio * case.n_in >= 0.05, (
             f"{backend}: observed/bound {example.max_ratio:.2e} at k = {case.n_in}, looser than 1/(20 k); "
-            f"bound {float(np.max(ref.bound)):.3e}")
+            f"bound {float(np.max(ref.bound)):.3e}"
+        )
     STORE.meta.setdefault("tightness_by_k", {})[backend] = tightness
 
 

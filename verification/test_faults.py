@@ -8,7 +8,8 @@ tests must also find each fault on its own, from the same strategies.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, find, settings
@@ -63,8 +64,9 @@ def _fails(check: Callable[[], Any]) -> bool:
     return False
 
 
-SEARCH = settings(max_examples=300, derandomize=True, database=None, deadline=None,
-                  suppress_health_check=list(HealthCheck))
+SEARCH = settings(
+    max_examples=300, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+)
 
 
 @pytest.mark.parametrize("fault", ["epsilon-twice", "bias-in-distance", "no-clamp"])
@@ -73,9 +75,11 @@ def test_forward_search_finds_fault(fault: str, require_backend: Callable[[str],
     require_backend("numpy")
     impl = FaultyImpl(fault)
     with STORE.pause():
-        found = find(yat_cases(spherical=(False,)),
-                     lambda c: in_float32_range(c) and _fails(lambda: check_yat(f"fault:{fault}", c, impl=impl)),
-                     settings=SEARCH)
+        found = find(
+            yat_cases(spherical=(False,)),
+            lambda c: in_float32_range(c) and _fails(lambda: check_yat(f"fault:{fault}", c, impl=impl)),
+            settings=SEARCH,
+        )
     STORE.faults.setdefault(fault, {})["hypothesis"] = {"minimal_case": repr(found)}
 
 
@@ -83,8 +87,12 @@ def test_gradient_search_finds_fault(require_backend: Callable[[str], Any]) -> N
     require_backend("numpy")
     impl = FaultyImpl("dropped-distance-gradient")
     with STORE.pause():
-        found = find(yat_cases(spherical=(False,)),
-                     lambda c: in_float32_range(c) and _fails(
-                         lambda: check_yat_grads("fault:dropped-distance-gradient-analytic", c, impl=impl)),
-                     settings=SEARCH)
+        found = find(
+            yat_cases(spherical=(False,)),
+            lambda c: (
+                in_float32_range(c)
+                and _fails(lambda: check_yat_grads("fault:dropped-distance-gradient-analytic", c, impl=impl))
+            ),
+            settings=SEARCH,
+        )
     STORE.faults.setdefault("dropped-distance-gradient", {})["hypothesis"] = {"minimal_case": repr(found)}

@@ -5,7 +5,8 @@ case and every option). Hypothesis is steered towards the largest error/bound ra
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import assume, given, target

@@ -4,7 +4,8 @@ under the gradient error model, and against finite differences of the oracle."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,8 +64,9 @@ def test_yat_gradients_within_error_model(grad_id: str, case: YatCase, require_b
 @pytest.mark.parametrize("grad_id", YAT_GRADS)
 @examples(6)
 @given(case=FD_CASES)
-def test_yat_gradients_match_finite_differences(grad_id: str, case: YatCase,
-                                               require_backend: Callable[[str], Any]) -> None:
+def test_yat_gradients_match_finite_differences(
+    grad_id: str, case: YatCase, require_backend: Callable[[str], Any]
+) -> None:
     require_backend(grad_id)
     assume(in_gradient_range(case) and not _spherical_zero_row(case))
     check_yat_fd(grad_id, case)
@@ -91,8 +93,9 @@ def test_mlp_gradients_within_error_model(grad_id: str, case: MLPCase, require_b
 @pytest.mark.parametrize("grad_id", MLP_GRADS)
 @examples(3)
 @given(case=FD_MLPS)
-def test_mlp_gradients_match_finite_differences(grad_id: str, case: MLPCase,
-                                               require_backend: Callable[[str], Any]) -> None:
+def test_mlp_gradients_match_finite_differences(
+    grad_id: str, case: MLPCase, require_backend: Callable[[str], Any]
+) -> None:
     require_backend(grad_id)
     assume(not _mlp_known_autodiff_nan(grad_id, case))
     check_mlp_fd(grad_id, case)

@@ -5,7 +5,8 @@ parameter gradient."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,8 +30,11 @@ REPRO = "python -m verification.repro headline {}"
 
 
 def _installed(ids: list[str]) -> list[str]:
-    return [i for i in ids if not backends.PROVIDERS[backends.split_gradient_id(i)[0]
-                                                    if i not in backends.PROVIDERS else i].missing()]
+    return [
+        i
+        for i in ids
+        if not backends.PROVIDERS[backends.split_gradient_id(i)[0] if i not in backends.PROVIDERS else i].missing()
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -56,12 +60,14 @@ def _assert_close(label: str, a: str, outputs: dict[str, dict[str, np.ndarray]],
         assert m["headline"] < TARGET, (
             f"{label} {key}: {a} vs {b} differ by {m['headline']:.3e} (max abs {m['max_abs']:.3e}) "
             f">= {TARGET:g} relative to max(1, |ref|); inputs: seed model, first batch of 128 MNIST "
-            f"images, seed 0\n  reproduce: {REPRO.format(a)}")
+            f"images, seed 0\n  reproduce: {REPRO.format(a)}"
+        )
 
 
 @pytest.mark.parametrize("backend", FORWARD)
-def test_forward_vs_oracle_and_every_backend(backend: str, forward: dict[str, Any],
-                                            require_backend: Callable[[str], Any]) -> None:
+def test_forward_vs_oracle_and_every_backend(
+    backend: str, forward: dict[str, Any], require_backend: Callable[[str], Any]
+) -> None:
     require_backend(backend)
     for other in forward:
         if other != backend:
@@ -69,8 +75,9 @@ def test_forward_vs_oracle_and_every_backend(backend: str, forward: dict[str, An
 
 
 @pytest.mark.parametrize("grad_id", GRADIENTS)
-def test_gradients_vs_oracle_and_every_backend(grad_id: str, gradients: dict[str, Any],
-                                              require_backend: Callable[[str], Any]) -> None:
+def test_gradients_vs_oracle_and_every_backend(
+    grad_id: str, gradients: dict[str, Any], require_backend: Callable[[str], Any]
+) -> None:
     require_backend(grad_id)
     for other in gradients:
         if other != grad_id:

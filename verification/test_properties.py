@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,8 +39,9 @@ def test_orthogonal_inputs_give_exact_zero(backend: str, case: YatCase, require_
 @pytest.mark.parametrize("backend", FORWARD)
 @examples(8)
 @given(case=yat_cases(data=("integer",), hard=("equal",), spherical=(False,)), integer_bias=st.booleans())
-def test_value_at_x_equal_to_kernel_row(backend: str, case: YatCase, integer_bias: bool,
-                                       require_backend: Callable[[str], Any]) -> None:
+def test_value_at_x_equal_to_kernel_row(
+    backend: str, case: YatCase, integer_bias: bool, require_backend: Callable[[str], Any]
+) -> None:
     require_backend(backend)
     inp = properties.equal_row_inputs(case, integer_bias)
     assume(bool(np.any(np.all(inp.x[:, None, :] == inp.w[None, :, :], axis=-1))))
@@ -59,8 +61,9 @@ def test_rows_are_independent(backend: str, case: YatCase, require_backend: Call
 @pytest.mark.parametrize("backend", FORWARD)
 @examples(5)
 @given(case=yat_cases())
-def test_invariant_under_feature_permutation(backend: str, case: YatCase,
-                                            require_backend: Callable[[str], Any]) -> None:
+def test_invariant_under_feature_permutation(
+    backend: str, case: YatCase, require_backend: Callable[[str], Any]
+) -> None:
     require_backend(backend)
     assume(in_float32_range(case))
     properties.check_feature_permutation(backend, case)
@@ -70,8 +73,9 @@ def test_invariant_under_feature_permutation(backend: str, case: YatCase,
 @pytest.mark.parametrize("backend", FORWARD)
 @examples(5)
 @given(case=yat_cases(max_batch=8, max_in=64, max_out=16), leading=st.sampled_from([(), (2,), (2, 3)]))
-def test_dtype_shape_and_device_preserved(backend: str, dtype: str, case: YatCase, leading: tuple[int, ...],
-                                         require_backend: Callable[[str], Any]) -> None:
+def test_dtype_shape_and_device_preserved(
+    backend: str, dtype: str, case: YatCase, leading: tuple[int, ...], require_backend: Callable[[str], Any]
+) -> None:
     require_backend(backend)
     assume(in_float32_range(case))
     properties.check_dtype_shape_device(backend, case, dtype, leading)

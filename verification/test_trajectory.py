@@ -18,18 +18,18 @@ What is asserted, per float32 backend:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
-
-from yat_core.mlp import init_mlp_numpy, seed_spec
-from yat_core.train import batch_order
 
 from verification import profiles
 from verification.error_model import ORACLE64, loss_bound, precision_for
 from verification.results import STORE
 from verification.trajectory import BATCH, REFERENCE, TRAINING_BACKENDS, Run, compare_runs, mnist, run
+from yat_core.mlp import init_mlp_numpy, seed_spec
+from yat_core.train import batch_order
 
 #: A float32 run may drift from the float64 one by this multiple of the NumPy float32 drift.
 DRIFT_FACTOR = 4.0
@@ -46,8 +46,14 @@ def _run(backend: str, dtype: str, gradients: str | None) -> Run:
     """One training run of the active profile (cached: the NumPy float32 run is both the
     noise floor and a backend under test)."""
     profile = profiles.active()
-    return run(backend, dtype, gradients=gradients, steps=profile.trajectory_steps,
-               epochs=profile.trajectory_epochs, test_limit=profile.trajectory_test_limit)
+    return run(
+        backend,
+        dtype,
+        gradients=gradients,
+        steps=profile.trajectory_steps,
+        epochs=profile.trajectory_epochs,
+        test_limit=profile.trajectory_test_limit,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -76,20 +82,25 @@ def _first_step_bound(backend: str) -> float:
     pixels rounded to float32 (the reference reads them in float64)."""
     spec = seed_spec()
     data = mnist()
-    n = len(data.train_labels) if profiles.active().trajectory_steps is None else \
-        profiles.active().trajectory_steps * BATCH
+    n = (
+        len(data.train_labels)
+        if profiles.active().trajectory_steps is None
+        else profiles.active().trajectory_steps * BATCH
+    )
     idx = batch_order(0, 1, n)[:BATCH]
     x = data.train_images[:n][idx].reshape(BATCH, -1) / 255.0
     labels = data.train_labels[:n][idx].astype(np.int64)
     params = init_mlp_numpy(spec, 0, np.float32)
     x_err = np.abs(x) * 2.0**-24
-    return (loss_bound(params, x, labels, spec, precision_for(backend, np.float32), x_err)
-            + loss_bound(params, x, labels, spec, ORACLE64))
+    return loss_bound(params, x, labels, spec, precision_for(backend, np.float32), x_err) + loss_bound(
+        params, x, labels, spec, ORACLE64
+    )
 
 
 @pytest.mark.parametrize("backend,gradients", TRAINING_BACKENDS, ids=[b for b, _ in TRAINING_BACKENDS])
-def test_training_tracks_float64_reference(backend: str, gradients: str | None, reference: Run,
-                                          noise_floor: float, require_backend: Callable[[str], Any]) -> None:
+def test_training_tracks_float64_reference(
+    backend: str, gradients: str | None, reference: Run, noise_floor: float, require_backend: Callable[[str], Any]
+) -> None:
     require_backend(backend)
     profile = profiles.active()
     r = _run(backend, "float32", gradients)
@@ -98,16 +109,21 @@ def test_training_tracks_float64_reference(backend: str, gradients: str | None, 
     limit = min(max(DRIFT_FACTOR * noise_floor, first_bound), MAX_LOSS_DIFF[profile.name])
     cmp.update({"first_step_bound": first_bound, "loss_diff_limit": limit, "noise_floor": noise_floor})
     _store(r, cmp)
-    where = (f"backend {backend!r} ({r.gradients} gradients), {cmp['steps']} steps, seed 0\n"
-             f"  reproduce: python -m verification.repro trajectory {backend} {profile.name}")
+    where = (
+        f"backend {backend!r} ({r.gradients} gradients), {cmp['steps']} steps, seed 0\n"
+        f"  reproduce: python -m verification.repro trajectory {backend} {profile.name}"
+    )
     assert cmp["first_step_diff"] <= first_bound, (
-        f"step-1 loss differs by {cmp['first_step_diff']:.3e} > error-model bound {first_bound:.3e}: {where}")
+        f"step-1 loss differs by {cmp['first_step_diff']:.3e} > error-model bound {first_bound:.3e}: {where}"
+    )
     assert cmp["max_loss_diff"] <= limit, (
         f"per-step loss differs from float64 by up to {cmp['max_loss_diff']:.3e} (step "
         f"{cmp['max_loss_diff_step']}) > {limit:.3e} ({DRIFT_FACTOR:g} x the NumPy float32 drift "
-        f"{noise_floor:.3e}, at most {MAX_LOSS_DIFF[profile.name]:g}): {where}")
+        f"{noise_floor:.3e}, at most {MAX_LOSS_DIFF[profile.name]:g}): {where}"
+    )
     assert cmp["acc_diff_pp"] <= MAX_ACC_DIFF_PP, (
-        f"test accuracy {100 * r.test_acc[-1]:.2f}% vs float64 {100 * reference.test_acc[-1]:.2f}%: {where}")
+        f"test accuracy {100 * r.test_acc[-1]:.2f}% vs float64 {100 * reference.test_acc[-1]:.2f}%: {where}"
+    )
 
 
 def test_float32_runs_agree_with_each_other(reference: Run) -> None:
@@ -116,7 +132,7 @@ def test_float32_runs_agree_with_each_other(reference: Run) -> None:
     labels = sorted(runs)
     pairs = {}
     for i, a in enumerate(labels):
-        for b in labels[i + 1:]:
+        for b in labels[i + 1 :]:
             la, lb = np.asarray(runs[a]["step_loss"]), np.asarray(runs[b]["step_loss"])
             pairs[f"{a} vs {b}"] = {
                 "max_loss_diff": float(np.max(np.abs(la - lb))),
