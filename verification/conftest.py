@@ -18,13 +18,18 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from verification import backends, profiles
 from verification.results import STORE
+
+# One Keras backend for the whole session, chosen before anything imports Keras: the
+# TensorFlow runner trains with tf.keras's optimizer, which needs this one.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO_ROOT / "results" / "parity"
@@ -32,26 +37,35 @@ DEFAULT_RESULTS = REPO_ROOT / "results" / "parity"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("parity", "yat-core parity suite")
-    group.addoption("--parity-profile", choices=sorted(profiles.PROFILES),
-                    default=os.environ.get("YAT_PARITY_PROFILE", "ci"),
-                    help="Hypothesis budget and training length (default: ci)")
-    group.addoption("--require-all-backends", action="store_true",
-                    help="fail instead of skipping when a backend is not installed (nox -s parity)")
-    group.addoption("--parity-results", default=str(DEFAULT_RESULTS),
-                    help="folder for parity.json, parity.md and loss_curves.png")
+    group.addoption(
+        "--parity-profile",
+        choices=sorted(profiles.PROFILES),
+        default=os.environ.get("YAT_PARITY_PROFILE", "ci"),
+        help="Hypothesis budget and training length (default: ci)",
+    )
+    group.addoption(
+        "--require-all-backends",
+        action="store_true",
+        help="fail instead of skipping when a backend is not installed (nox -s parity)",
+    )
+    group.addoption(
+        "--parity-results", default=str(DEFAULT_RESULTS), help="folder for parity.json, parity.md and loss_curves.png"
+    )
     group.addoption("--no-parity-report", action="store_true", help="do not write the report")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     profile = profiles.select(config.getoption("--parity-profile"))
-    STORE.meta.update({
-        "profile": profile.name,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "require_all_backends": bool(config.getoption("--require-all-backends")),
-        "args": list(config.invocation_params.args),
-    })
+    STORE.meta.update(
+        {
+            "profile": profile.name,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "require_all_backends": bool(config.getoption("--require-all-backends")),
+            "args": list(config.invocation_params.args),
+        }
+    )
     config._parity_t0 = time.perf_counter()  # type: ignore[attr-defined]
 
 

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from yat_core._io import atomic_write, atomic_write_text
+
 __all__ = ["write", "render_markdown", "plot_losses", "versions", "main"]
 
-PACKAGES = ("numpy", "array-api-strict", "array-api-compat", "torch", "jax", "jaxlib", "mlx", "hypothesis",
-            "yat-core")
+PACKAGES = ("numpy", "array-api-strict", "array-api-compat", "torch", "jax", "jaxlib", "mlx", "hypothesis", "yat-core")
 
 
 def versions() -> dict[str, str]:
@@ -46,8 +47,8 @@ def write(store: Any, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     data = store.to_json()
     paths = [folder / "parity.json", folder / "parity.md", folder / "loss_curves.png"]
-    paths[0].write_text(json.dumps(data, indent=1, default=_json_default, allow_nan=True) + "\n")
-    paths[1].write_text(render_markdown(data))
+    atomic_write_text(paths[0], json.dumps(data, indent=1, default=_json_default, allow_nan=True) + "\n")
+    atomic_write_text(paths[1], render_markdown(data))
     if data.get("trajectory", {}).get("runs"):
         plot_losses(data["trajectory"], paths[2])
     else:
@@ -78,27 +79,40 @@ def _headline_section(head: dict[str, Any]) -> list[str]:
     if not head.get("forward") and not head.get("gradient"):
         return []
     target = head.get("target", 1e-6)
-    out = ["## Headline: the seed model's domain", "",
-           "First training batch of the seed recipe (128 MNIST images, pixels in [0, 1]), Xavier-initialised "
-           "weights of the seed model (seed 0). *headline* = max |a - b| / max(1, |oracle|); *max rel* = "
-           "max |a - b| / max |oracle| (per tensor, then the worst tensor). Forward: both Yat layers and the "
-           f"logits; gradient: every parameter of the loss. Target: headline < {target:g}.", ""]
+    out = [
+        "## Headline: the seed model's domain",
+        "",
+        "First training batch of the seed recipe (128 MNIST images, pixels in [0, 1]), Xavier-initialised "
+        "weights of the seed model (seed 0). *headline* = max |a - b| / max(1, |oracle|); *max rel* = "
+        "max |a - b| / max |oracle| (per tensor, then the worst tensor). Forward: both Yat layers and the "
+        f"logits; gradient: every parameter of the loss. Target: headline < {target:g}.",
+        "",
+    ]
     for kind in ("forward", "gradient"):
         table = head.get(kind) or {}
         if not table:
             continue
         worst = max((v["headline"] for v in table.values()), default=0.0)
-        out += [f"### {kind.capitalize()} (worst headline {_fmt(worst)}, "
-                f"{'below' if worst < target else 'ABOVE'} the target)", ""]
+        out += [
+            f"### {kind.capitalize()} (worst headline {_fmt(worst)}, "
+            f"{'below' if worst < target else 'ABOVE'} the target)",
+            "",
+        ]
         rows = [[pair, v["max_abs"], v["max_rel"], v["headline"], v["worst_tensor"]] for pair, v in table.items()]
         out += _table(["pair", "max abs", "max rel", "headline", "worst tensor"], rows)
     ratios = head.get("forward_error_model_ratio_layer1")
     if ratios:
-        out += ["Observed error / error-model bound on Yat layer 1 of the seed model (k = 784): "
-                + ", ".join(f"{k} {_fmt(v)}" for k, v in ratios.items()) + ".", ""]
+        out += [
+            "Observed error / error-model bound on Yat layer 1 of the seed model (k = 784): "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in ratios.items())
+            + ".",
+            "",
+        ]
     if "core_float64_vs_oracle" in head:
-        out += [f"Core float64 analytic gradients vs the independent oracle: {_fmt(head['core_float64_vs_oracle'])}.",
-                ""]
+        out += [
+            f"Core float64 analytic gradients vs the independent oracle: {_fmt(head['core_float64_vs_oracle'])}.",
+            "",
+        ]
     return out
 
 
@@ -107,26 +121,62 @@ def _error_model_section(rows: list[dict[str, Any]], examples: list[dict[str, An
         return []
     well = [e for e in examples if e.get("well_ratio") is not None]
     worst_well = max(well, key=lambda e: e["well_ratio"]) if well else None
-    out = ["## Error model: every example Hypothesis tried", "",
-           "ratio = |error| / bound, the worst element of each example (1 would be the bound reached). "
-           "Well conditioned: elements where the bound itself promises 1e-3 relative accuracy or better.", ""]
-    table = [[r["check"], r["backend"], r["examples"], r["failed"], r["worst_ratio"],
-              r["well_conditioned_median_ratio"], r["well_conditioned_worst_ratio"], r["ill_conditioned_worst_ratio"]]
-             for r in rows]
-    out += _table(["check", "backend", "comparisons", "failed", "worst ratio", "median (well cond.)",
-                   "worst (well cond.)", "worst (ill cond.)"], table)
+    out = [
+        "## Error model: every example Hypothesis tried",
+        "",
+        "ratio = |error| / bound, the worst element of each example (1 would be the bound reached). "
+        "Well conditioned: elements where the bound itself promises 1e-3 relative accuracy or better.",
+        "",
+    ]
+    table = [
+        [
+            r["check"],
+            r["backend"],
+            r["examples"],
+            r["failed"],
+            r["worst_ratio"],
+            r["well_conditioned_median_ratio"],
+            r["well_conditioned_worst_ratio"],
+            r["ill_conditioned_worst_ratio"],
+        ]
+        for r in rows
+    ]
+    out += _table(
+        [
+            "check",
+            "backend",
+            "comparisons",
+            "failed",
+            "worst ratio",
+            "median (well cond.)",
+            "worst (well cond.)",
+            "worst (ill cond.)",
+        ],
+        table,
+    )
     worst = max(rows, key=lambda r: r["worst_ratio"])
-    out += ["### Worst cases found", "",
-            f"Overall: `{worst['check']}` on `{worst['backend']}` reached {_fmt(worst['worst_ratio'])} of the bound "
-            "(a ratio of 1 is an honest bound met exactly: an ill-conditioned element whose interval reaches 0, "
-            "computed as 0).", "",
-            "```", f"python -m verification.repro {worst['check']} {worst['backend']} \"{worst['worst_case']}\"",
-            "```", ""]
+    out += [
+        "### Worst cases found",
+        "",
+        f"Overall: `{worst['check']}` on `{worst['backend']}` reached {_fmt(worst['worst_ratio'])} of the bound "
+        "(a ratio of 1 is an honest bound met exactly: an ill-conditioned element whose interval reaches 0, "
+        "computed as 0).",
+        "",
+        "```",
+        f'python -m verification.repro {worst["check"]} {worst["backend"]} "{worst["worst_case"]}"',
+        "```",
+        "",
+    ]
     if worst_well:
-        out += [f"Well conditioned: `{worst_well['check']}` on `{worst_well['backend']}` reached "
-                f"{_fmt(worst_well['well_ratio'])} of the bound.", "",
-                "```", f"python -m verification.repro {worst_well['check']} {worst_well['backend']} "
-                f"\"{worst_well['case']}\"", "```", ""]
+        out += [
+            f"Well conditioned: `{worst_well['check']}` on `{worst_well['backend']}` reached "
+            f"{_fmt(worst_well['well_ratio'])} of the bound.",
+            "",
+            "```",
+            f'python -m verification.repro {worst_well["check"]} {worst_well["backend"]} "{worst_well["case"]}"',
+            "```",
+            "",
+        ]
     return out
 
 
@@ -137,16 +187,26 @@ def _model_checks_section(meta: dict[str, Any]) -> list[str]:
     if tight:
         ks = sorted({int(k) for v in tight.values() for k in v})
         out += ["### Tightness on well-conditioned inputs (observed / bound, worst element of 32 x k x 16)", ""]
-        out += _table(["backend"] + [f"k = {k}" for k in ks],
-                      [[b] + [v.get(k, v.get(str(k))) for k in ks] for b, v in tight.items()])
+        out += _table(
+            ["backend"] + [f"k = {k}" for k in ks],
+            [[b] + [v.get(k, v.get(str(k))) for k in ks] for b, v in tight.items()],
+        )
     cancel = meta.get("cancellation_relative_error") or {}
     if cancel:
-        out += ["Honesty near x == w (x a relative 1e-6 from a kernel row, k = 256): observed relative error "
-                + ", ".join(f"{b} {_fmt(v)}" for b, v in cancel.items()) + ", all within the bound.", ""]
+        out += [
+            "Honesty near x == w (x a relative 1e-6 from a kernel row, k = 256): observed relative error "
+            + ", ".join(f"{b} {_fmt(v)}" for b, v in cancel.items())
+            + ", all within the bound.",
+            "",
+        ]
     fns = meta.get("elementary_functions") or {}
     if fns:
-        out += ["Elementary functions, max relative error in units of u: "
-                + ", ".join(f"{k} {v:.1f}" for k, v in fns.items()) + ".", ""]
+        out += [
+            "Elementary functions, max relative error in units of u: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in fns.items())
+            + ".",
+            "",
+        ]
     return out
 
 
@@ -156,19 +216,50 @@ def _trajectory_section(traj: dict[str, Any]) -> list[str]:
         return []
     ref = traj.get("reference", {})
     steps = len(ref.get("step_loss", []))
-    out = ["## Trajectory: same init, same batches", "",
-           f"Reference: NumPy float64, {steps} steps, final test accuracy "
-           f"{100 * ref.get('test_acc', [0])[-1]:.2f} %. Per-step training loss of each float32 backend "
-           "against it.", ""]
-    rows = [[label, c["steps"], c["first_step_diff"], c.get("first_step_bound"), c["max_loss_diff"],
-             c["max_loss_diff_step"], c.get("loss_diff_limit"), f"{100 * c['final_test_acc']:.2f} %",
-             f"{c['acc_diff_pp']:.2f}", f"{c['seconds']:.1f}"] for label, c in comps.items()]
-    out += _table(["run", "steps", "step-1 diff", "step-1 bound", "max diff", "at step", "limit",
-                   "test acc", "acc diff (pp)", "seconds"], rows)
+    out = [
+        "## Trajectory: same init, same batches",
+        "",
+        f"Reference: NumPy float64, {steps} steps, final test accuracy "
+        f"{100 * ref.get('test_acc', [0])[-1]:.2f} %. Per-step training loss of each float32 backend "
+        "against it.",
+        "",
+    ]
+    rows = [
+        [
+            label,
+            c["steps"],
+            c["first_step_diff"],
+            c.get("first_step_bound"),
+            c["max_loss_diff"],
+            c["max_loss_diff_step"],
+            c.get("loss_diff_limit"),
+            f"{100 * c['final_test_acc']:.2f} %",
+            f"{c['acc_diff_pp']:.2f}",
+            f"{c['seconds']:.1f}",
+        ]
+        for label, c in comps.items()
+    ]
+    out += _table(
+        [
+            "run",
+            "steps",
+            "step-1 diff",
+            "step-1 bound",
+            "max diff",
+            "at step",
+            "limit",
+            "test acc",
+            "acc diff (pp)",
+            "seconds",
+        ],
+        rows,
+    )
     pairs = traj.get("pairs") or {}
     if pairs:
-        out += ["Between float32 runs: " + "; ".join(
-            f"{k}: {_fmt(v['max_loss_diff'])}" for k, v in pairs.items()) + ".", ""]
+        out += [
+            "Between float32 runs: " + "; ".join(f"{k}: {_fmt(v['max_loss_diff'])}" for k, v in pairs.items()) + ".",
+            "",
+        ]
     return out
 
 
@@ -183,12 +274,31 @@ def _fault_section(faults: dict[str, Any]) -> list[str]:
     return ["## Fault injection: deliberately wrong backends", ""] + _table(["fault", "caught by", "how"], rows)
 
 
+def _interchange_section(result: dict[str, Any] | None) -> list[str]:
+    if not result:
+        return []
+    rows = [[r["source"], r["target"], f"{r['same_argmax']:,}/{r['n']:,}", f"{r['max_logit_diff']:.2e}",
+             f"{r['max_diff_over_bound']:.3f}", f"{100 * r['test_acc']:.2f} %"] for r in result["pairs"]]
+    return [
+        "## Interchange: weights trained in one framework, predicted by every other",
+        "",
+        f"Each framework trains the seed model for {result['epochs']} epoch and exports `.npz`; every "
+        "framework loads every export and predicts all MNIST test images. The bound is twice the error "
+        "model's float32 bound on the logits (two evaluations, each within it of float64).",
+        "",
+    ] + _table(["trained in", "loaded into", "same class", "max logit diff", "diff / bound", "test acc"], rows)
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     """The Markdown report of a ``parity.json`` document."""
     meta = data.get("meta", {})
-    lines = ["# yat-core parity report", "",
-             f"Profile `{meta.get('profile')}`, started {meta.get('started')}, {meta.get('duration_s')} s, "
-             f"exit status {meta.get('exit_status')}; {meta.get('platform')}, Python {meta.get('python')}.", ""]
+    lines = [
+        "# yat-core parity report",
+        "",
+        f"Profile `{meta.get('profile')}`, started {meta.get('started')}, {meta.get('duration_s')} s, "
+        f"exit status {meta.get('exit_status')}; {meta.get('platform')}, Python {meta.get('python')}.",
+        "",
+    ]
     if meta.get("versions"):
         lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".", ""]
     lines += _headline_section(data.get("headline", {}))
@@ -196,6 +306,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     lines += _model_checks_section(meta)
     lines += _trajectory_section(data.get("trajectory", {}))
     lines += _fault_section(data.get("faults", {}))
+    lines += _interchange_section(meta.get("interchange"))
     return "\n".join(lines)
 
 
@@ -216,9 +327,9 @@ def plot_losses(traj: dict[str, Any], path: Path) -> None:
     styles = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1))]
     for i, (label, r) in enumerate(sorted(traj["runs"].items())):
         loss = np.asarray(r["step_loss"])
-        line = top.plot(steps[:loss.size], loss, lw=1.1, ls=styles[i % len(styles)], label=label)[0]
-        diff = np.abs(loss - ref[:loss.size])
-        bottom.semilogy(steps[:loss.size], np.maximum(diff, 1e-12), lw=1.0, color=line.get_color(), label=label)
+        line = top.plot(steps[: loss.size], loss, lw=1.1, ls=styles[i % len(styles)], label=label)[0]
+        diff = np.abs(loss - ref[: loss.size])
+        bottom.semilogy(steps[: loss.size], np.maximum(diff, 1e-12), lw=1.0, color=line.get_color(), label=label)
     top.set_ylabel("training loss (per step)")
     top.set_title("Same init, same batches: per-step loss of every backend")
     top.legend(fontsize=8)
@@ -228,7 +339,7 @@ def plot_losses(traj: dict[str, Any], path: Path) -> None:
     bottom.grid(alpha=0.3, which="both")
     bottom.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -238,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = Path(args.folder)
     data = json.loads((folder / "parity.json").read_text())
-    (folder / "parity.md").write_text(render_markdown(data))
+    atomic_write_text(folder / "parity.md", render_markdown(data))
     if data.get("trajectory", {}).get("runs"):
         plot_losses(data["trajectory"], folder / "loss_curves.png")
     print(f"rendered {folder / 'parity.md'}")
