@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from yat_core.errors import BackendUnavailableError
 
-__all__ = ["Runner", "BaseRunner", "ChunkRunner"]
+if TYPE_CHECKING:
+    from yat_core.backends import Backend
+
+__all__ = ["Runner", "BaseRunner", "BackendRunner", "ChunkRunner"]
 
 #: ``(images, labels, order, first_step) -> losses``: several full steps in one call.
 ChunkRunner = Callable[[Any, Any, Any, int], Any]
@@ -85,3 +88,25 @@ class BaseRunner:
     def receipt_facts(self) -> dict[str, Any]:
         """What this runner adds to the receipt beyond the loop's record."""
         return {"framework": self.framework}
+
+
+class BackendRunner(BaseRunner):
+    """A runner whose device, transfers and synchronisation are a backend's (:mod:`yat_core.backends`).
+
+    Subclasses set :attr:`backend` in ``__init__``.
+    """
+
+    backend: Backend
+
+    def device_name(self) -> str:
+        return self.backend.device_name()
+
+    def put(self, a: np.ndarray) -> Any:
+        return self.backend.asarray(a)
+
+    def synchronize(self, tree: Any) -> None:
+        self.backend.synchronize(tree)
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        # The backend's copy: np.asarray alone cannot read a CUDA tensor.
+        return np.asarray(self.backend.to_numpy(value))

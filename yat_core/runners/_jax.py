@@ -6,12 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from yat_core.backends.jax import JaxBackend
 from yat_core.mlp import MLPSpec, flatten_images
-from yat_core.runners._base import BaseRunner
+from yat_core.runners._base import BackendRunner
 
 if TYPE_CHECKING:
     from yat_core.config import TrainConfig
@@ -49,7 +48,7 @@ def eval_sums(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Arra
     return loss_sum, jnp.sum(jnp.argmax(logits, axis=-1) == labels)
 
 
-class FlaxRunner(BaseRunner):
+class FlaxRunner(BackendRunner):
     """A Flax model's runner: the device of :class:`~yat_core.backends.jax.JaxBackend`, ``optax.adamw``.
 
     Subclasses build the model and its optimizer state from :attr:`tx` and implement
@@ -57,6 +56,7 @@ class FlaxRunner(BaseRunner):
     """
 
     distributions = ("flax", "jax", "jaxlib", "optax")
+    backend: JaxBackend
 
     def __init__(self, spec: MLPSpec, config: TrainConfig) -> None:
         self.spec = spec
@@ -65,12 +65,3 @@ class FlaxRunner(BaseRunner):
         opt = config.optimizer
         # optax.adamw decays every parameter when no mask is given, as the core does.
         self.tx = optax.adamw(opt.lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
-
-    def device_name(self) -> str:
-        return self.backend.device_name()
-
-    def put(self, a: np.ndarray) -> jax.Array:
-        return self.backend.asarray(a)
-
-    def synchronize(self, tree: Any) -> None:
-        self.backend.synchronize(tree)

@@ -9,7 +9,7 @@ import numpy as np
 from yat_core.backends import Backend
 from yat_core.mlp import MLPSpec, count_params, init_mlp_numpy
 from yat_core.optim import adamw_init
-from yat_core.runners._base import BaseRunner, ChunkRunner
+from yat_core.runners._base import BackendRunner, ChunkRunner
 
 if TYPE_CHECKING:
     from yat_core.config import TrainConfig
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["CoreRunner"]
 
 
-class CoreRunner(BaseRunner):
+class CoreRunner(BackendRunner):
     """The core's model on a :class:`~yat_core.backends.Backend`, from :func:`~yat_core.mlp.init_mlp_numpy`.
 
     Examples
@@ -41,14 +41,8 @@ class CoreRunner(BaseRunner):
         self._step = backend.train_step(spec, self._optimizer)
         self._eval = backend.eval_step(spec)
 
-    def device_name(self) -> str:
-        return self.backend.device_name()
-
     def n_params(self) -> int:
         return count_params(self.spec)
-
-    def put(self, a: np.ndarray) -> Any:
-        return self.backend.asarray(a)
 
     def step(self, images: Any, labels: Any, idx: Any) -> Any:
         self.params, self.opt_state, loss = self._step(self.params, self.opt_state, images, labels, idx)
@@ -74,9 +68,6 @@ class CoreRunner(BaseRunner):
 
     def synchronize(self, tree: Any) -> None:
         self.backend.synchronize((self.params, tree))
-
-    def to_numpy(self, value: Any) -> np.ndarray:
-        return np.asarray(self.backend.to_numpy(value))
 
     def export_params(self) -> dict[str, np.ndarray]:
         """The current parameters as ``{name: numpy array}``, the interchange format of :mod:`yat_core.nn`."""

@@ -13,7 +13,7 @@ from yat_core.backends.mlx import MLXBackend
 from yat_core.mlp import MLPSpec, flatten_images
 from yat_core.namespaces.mlx import namespace
 from yat_core.nn.mlx import YatMLP, build_model, count_params, export_params
-from yat_core.runners._base import BaseRunner
+from yat_core.runners._base import BackendRunner
 
 if TYPE_CHECKING:
     from yat_core.config import TrainConfig
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["MLXRunner", "RUNNER_CLASS"]
 
 
-class MLXRunner(BaseRunner):
+class MLXRunner(BackendRunner):
     """Trains a :class:`~yat_core.nn.mlx.YatMLP` with ``mlx.optimizers.AdamW``, the step under ``mx.compile``.
 
     AdamW runs with ``bias_correction=True`` (MLX's default is False) so that it is
@@ -85,14 +85,8 @@ class MLXRunner(BaseRunner):
         loss_sum = nn.losses.cross_entropy(logits, labels, reduction="sum")
         return loss_sum, mx.sum(mx.argmax(logits, axis=-1) == labels)
 
-    def device_name(self) -> str:
-        return self.backend.device_name()
-
     def n_params(self) -> int:
         return count_params(self.model)
-
-    def put(self, a: np.ndarray) -> mx.array:
-        return self.backend.asarray(a)
 
     def step(self, images: mx.array, labels: mx.array, idx: mx.array) -> mx.array:
         return self._step(images, labels, idx)
@@ -103,9 +97,6 @@ class MLXRunner(BaseRunner):
     def settle(self, loss: Any) -> None:
         # MLX is lazy: run the step now, or one graph would grow across the epoch.
         mx.eval(loss, self.state)
-
-    def synchronize(self, tree: Any) -> None:
-        mx.eval(tree)
 
     def export_params(self) -> dict[str, np.ndarray]:
         return export_params(self.model)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import array_api_compat.torch as torch_xp
 import numpy as np
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from yat_core.backends.torch import TorchBackend
 from yat_core.mlp import MLPSpec, flatten_images
 from yat_core.nn.torch import build_model, count_params, export_params
-from yat_core.runners._base import BaseRunner
+from yat_core.runners._base import BackendRunner
 
 if TYPE_CHECKING:
     from yat_core.config import TrainConfig
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["TorchRunner", "RUNNER_CLASS"]
 
 
-class TorchRunner(BaseRunner):
+class TorchRunner(BackendRunner):
     """Trains a :class:`~yat_core.nn.torch.YatMLP` with ``torch.optim.AdamW``, eagerly (PyTorch's default idiom).
 
     The device is resolved as the torch backend resolves it (CUDA when present).
@@ -49,14 +49,8 @@ class TorchRunner(BaseRunner):
             self.model.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), eps=opt.eps, weight_decay=opt.weight_decay
         )
 
-    def device_name(self) -> str:
-        return self.backend.device_name()
-
     def n_params(self) -> int:
         return count_params(self.model)
-
-    def put(self, a: np.ndarray) -> torch.Tensor:
-        return self.backend.asarray(a)
 
     def _inputs(self, images: torch.Tensor) -> torch.Tensor:
         return flatten_images(images, self.dtype, xp=torch_xp)
@@ -78,13 +72,6 @@ class TorchRunner(BaseRunner):
             loss_sum = F.cross_entropy(logits, labels.long(), reduction="sum")
             correct = (logits.argmax(dim=-1) == labels.long()).sum()
         return loss_sum, correct
-
-    def synchronize(self, tree: Any) -> None:
-        self.backend.synchronize(tree)
-
-    def to_numpy(self, value: Any) -> np.ndarray:
-        # np.asarray cannot read a CUDA tensor; the backend copies it to the host.
-        return self.backend.to_numpy(value)
 
     def export_params(self) -> dict[str, np.ndarray]:
         return export_params(self.model)
