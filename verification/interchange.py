@@ -46,8 +46,7 @@ def trained_exports(folder: Path) -> dict[str, Path]:
     keras_backend = keras.config.backend()
     paths = {}
     for name in FRAMEWORKS:
-        config = TrainConfig(framework=name, epochs=1, seed=1,
-                             keras_backend=keras_backend if name == "keras" else None)
+        config = TrainConfig(framework=name, epochs=1, seed=1, keras_backend=keras_backend if name == "keras" else None)
         runners: list[Any] = []
 
         def keep(spec: Any, cfg: TrainConfig, runners: list[Any] = runners) -> Any:
@@ -90,13 +89,15 @@ def run() -> dict[str, Any]:
         own = by_target[source]
         for target, got in by_target.items():
             diff = np.abs(got - own)
-            rows.append({
-                "source": source,
-                "target": target,
-                "same_argmax": int(np.sum(got.argmax(1) == own.argmax(1))),
-                "n": len(x),
-                "max_logit_diff": float(diff.max()),
-                "max_diff_over_bound": float(np.max(diff / (2.0 * bounds[source]))),
-                "test_acc": float(np.mean(got.argmax(1) == labels)),
-            })
+            rows.append(
+                {
+                    "source": source,
+                    "target": target,
+                    "same_argmax": int(np.sum(got.argmax(1) == own.argmax(1))),
+                    "n": len(x),
+                    "max_logit_diff": float(diff.max()),
+                    "max_diff_over_bound": float(np.max(diff / (2.0 * bounds[source]))),
+                    "test_acc": float(np.mean(got.argmax(1) == labels)),
+                }
+            )
     return {"frameworks": list(FRAMEWORKS), "epochs": 1, "pairs": rows}

@@ -277,8 +277,17 @@ def _fault_section(faults: dict[str, Any]) -> list[str]:
 def _interchange_section(result: dict[str, Any] | None) -> list[str]:
     if not result:
         return []
-    rows = [[r["source"], r["target"], f"{r['same_argmax']:,}/{r['n']:,}", f"{r['max_logit_diff']:.2e}",
-             f"{r['max_diff_over_bound']:.3f}", f"{100 * r['test_acc']:.2f} %"] for r in result["pairs"]]
+    rows = [
+        [
+            r["source"],
+            r["target"],
+            f"{r['same_argmax']:,}/{r['n']:,}",
+            f"{r['max_logit_diff']:.2e}",
+            f"{r['max_diff_over_bound']:.3f}",
+            f"{100 * r['test_acc']:.2f} %",
+        ]
+        for r in result["pairs"]
+    ]
     return [
         "## Interchange: weights trained in one framework, predicted by every other",
         "",
