@@ -17,7 +17,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "yat_core"
 FRAMEWORKS = ("torch", "jax", "jaxlib", "flax", "optax", "mlx", "tensorflow", "keras")
 
 #: The core (math and the namespace seam) and what it must never import.
-CORE = ("yat_core.namespaces", "yat_core.product", "yat_core.mlp", "yat_core.losses", "yat_core.optim")
+CORE = (
+    "yat_core.namespaces",
+    "yat_core.product",
+    "yat_core.conv",
+    "yat_core.mlp",
+    "yat_core.losses",
+    "yat_core.optim",
+)
 ABOVE_CORE = (
     "yat_core.backends",
     "yat_core.nn",
@@ -39,6 +46,7 @@ ABOVE_NN = (
 #: Data knows no math.
 ABOVE_DATA = (
     "yat_core.product",
+    "yat_core.conv",
     "yat_core.mlp",
     "yat_core.losses",
     "yat_core.optim",

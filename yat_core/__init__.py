@@ -10,6 +10,14 @@ Training backends live in :mod:`yat_core.backends`, framework-native layers in
 :mod:`yat_core.nn`, data loading in :mod:`yat_core.data`.
 """
 
+from yat_core.conv import (
+    avg_pool,
+    max_pool,
+    yat_conv,
+    yat_conv_transpose,
+    yat_conv_transpose_vjp,
+    yat_conv_vjp,
+)
 from yat_core.errors import BackendUnavailableError, DataError, YatError
 from yat_core.losses import count_correct, softmax_cross_entropy
 from yat_core.mlp import (
@@ -31,6 +39,12 @@ __all__ = [
     "__version__",
     "yat_product",
     "yat_product_vjp",
+    "yat_conv",
+    "yat_conv_transpose",
+    "yat_conv_vjp",
+    "yat_conv_transpose_vjp",
+    "max_pool",
+    "avg_pool",
     "dense",
     "softplus",
     "DEFAULT_EPSILON",
