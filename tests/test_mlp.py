@@ -76,7 +76,15 @@ def test_seed_spec_options_apply_to_both_yat_layers():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        pytest.param({"kind": "conv"}, r"layer kind must be 'yat' or 'linear', got 'conv'", id="bad-kind"),
+        pytest.param({"kind": "deconv"}, r"unknown layer kind 'deconv'", id="bad-kind"),
+        pytest.param({"kind": "conv"}, r"a conv layer needs a kernel_size", id="conv-without-kernel"),
+        pytest.param({"kind": "linear", "kernel_size": (3,)}, r"apply to convolutions and pooling", id="linear-kernel"),
+        pytest.param({"kind": "max_pool", "kernel_size": (2,)}, r"pooling keeps the channels", id="pool-channels"),
+        pytest.param(
+            {"kind": "yat_conv", "kernel_size": (3,), "groups": 2},
+            r"groups=2 must divide 4 and 3 channels",
+            id="conv-groups",
+        ),
         pytest.param({"in_features": 0}, r"layer sizes must be >= 1, got 0 -> 3", id="zero-in"),
         pytest.param({"out_features": -1}, r"layer sizes must be >= 1", id="negative-out"),
         pytest.param({"bias": "yes"}, r"bias must be 'learnable', a number or None, got 'yes'", id="bad-bias"),
@@ -86,10 +94,10 @@ def test_seed_spec_options_apply_to_both_yat_layers():
         pytest.param({"epsilon": math.nan}, r"epsilon must be a finite number > 0", id="epsilon-nan"),
         pytest.param({"activation": "relu"}, r"a yat layer takes no activation", id="yat-with-relu"),
         pytest.param({"activation": "tanh"}, r"activation must be None or 'relu', got 'tanh'", id="bad-activation"),
-        pytest.param({"kind": "linear", "alpha": 2.0}, r"apply to 'yat' layers only", id="linear-with-alpha"),
-        pytest.param({"kind": "linear", "spherical": True}, r"apply to 'yat' layers only", id="linear-spherical"),
+        pytest.param({"kind": "linear", "alpha": 2.0}, r"apply to Yat layers only", id="linear-with-alpha"),
+        pytest.param({"kind": "linear", "spherical": True}, r"apply to Yat layers only", id="linear-spherical"),
         pytest.param(
-            {"kind": "linear", "learnable_epsilon": True}, r"apply to 'yat' layers only", id="linear-learnable-eps"
+            {"kind": "linear", "learnable_epsilon": True}, r"apply to Yat layers only", id="linear-learnable-eps"
         ),
     ],
 )
@@ -113,8 +121,31 @@ def test_linear_layer_accepts_relu_and_no_alpha():
 
 
 def test_mlp_spec_rejects_sizes_that_do_not_chain():
-    with pytest.raises(ValueError, match=r"layer 0 outputs 5 features but layer 1 expects 4"):
+    with pytest.raises(ValueError, match=r"layer 1 \(linear\): a linear layer takes \(4,\) features, got \(5,\)"):
         MLPSpec((LayerSpec("yat", 6, 5), LayerSpec("linear", 4, 3)))
+
+
+def test_model_spec_tracks_shapes_through_convolutions_and_pooling():
+    from yat_core.spec import cnn_spec
+
+    assert cnn_spec().shapes() == [
+        (1, 28, 28),
+        (32, 26, 26),
+        (32, 13, 13),
+        (64, 11, 11),
+        (64, 5, 5),
+        (1600,),
+        (128,),
+        (10,),
+    ]
+    flat = LayerSpec("flatten", 64, 1600)
+    with pytest.raises(ValueError, match=r"layer 1 \(flatten\): flatten of \(64, 6, 6\) gives 2304 features"):
+        MLPSpec(
+            (LayerSpec("max_pool", 64, 64, kernel_size=(2, 2)), flat, LayerSpec("linear", 1600, 10)),
+            input_shape=(64, 12, 12),
+        )
+    with pytest.raises(ValueError, match=r"must end in features"):
+        MLPSpec((LayerSpec("yat_conv", 1, 4, kernel_size=(3,)),), input_shape=(1, 8))
 
 
 def test_mlp_spec_needs_a_layer():

@@ -15,6 +15,7 @@ from typing import Any
 from yat_core.backends import BACKENDS, GRADIENT_MODES
 from yat_core.errors import YatError
 from yat_core.runners import DEFAULT_KERAS_BACKEND, FRAMEWORK_RUNNERS, KERAS_BACKENDS
+from yat_core.spec import MODELS
 
 __all__ = ["main", "build_parser"]
 
@@ -80,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"backend of --framework keras (default: {DEFAULT_KERAS_BACKEND}; sets KERAS_BACKEND for this run)",
     )
+    t.add_argument(
+        "--model",
+        choices=tuple(MODELS),
+        default="mlp",
+        help="mlp: the seed model (784-256-128-10); cnn: the Yat CNN (two 3x3 Yat convolutions with "
+        "max-pooling, Yat 1600->128, Linear 10)",
+    )
     t.add_argument("--device", default=None, help="device, e.g. cpu, cuda, cuda:1, gpu (default: the backend's)")
     t.add_argument(
         "--gradients",
@@ -135,6 +143,7 @@ def _config(args: argparse.Namespace) -> Any:
     from yat_core.train import TrainConfig
 
     config = TrainConfig(
+        model=args.model,
         backend=args.backend,
         framework=args.framework,
         keras_backend=args.keras_backend,
@@ -154,7 +163,6 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from yat_core.mlp import seed_spec
     from yat_core.nn.interchange import check_params, save_npz
     from yat_core.receipts import default_receipt_path, write_json_atomic
     from yat_core.runners import Runner, make_runner
@@ -174,14 +182,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         what = f"framework {name!r} (native model)" if args.framework else f"backend {name!r}"
         opt = config.optimizer
         log(
-            f"yat-core: training the seed model with {what} "
+            f"yat-core: training the {'seed model' if config.model == 'mlp' else config.model} with {what} "
             f"({config.epochs} epochs, batch {config.batch_size}, AdamW lr {opt.lr}, seed {config.seed})"
         )
     receipt = train(config, progress=not args.quiet, log=log, runner_factory=factory)
     if args.export:
-        # `yat-core train` trains the seed model: hold every framework's export to it.
-        receipt["export"] = str(save_npz(args.export, check_params(runners[-1].export_params(), seed_spec())))
-    path = write_json_atomic(args.report or default_receipt_path(f"train-{name}"), receipt)
+        # Hold every framework's export to the model it trained.
+        spec = MODELS[config.model][0]()
+        receipt["export"] = str(save_npz(args.export, check_params(runners[-1].export_params(), spec)))
+    stem = f"train-{name}" if config.model == "mlp" else f"train-{config.model}-{name}"
+    path = write_json_atomic(args.report or default_receipt_path(stem), receipt)
     print(
         f"final test accuracy {100 * receipt['final_test_acc']:.2f}% on {receipt['n_test']:,} images; "
         f"{receipt['total_s']:.1f} s in all; receipt: {path}"

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from yat_core.optim import AdamWConfig
+from yat_core.spec import MODELS
 
 __all__ = ["TrainConfig", "default_backend", "DEFAULT_BACKEND_ORDER"]
 
@@ -27,6 +28,7 @@ class TrainConfig:
     (128, 0.0003)
     """
 
+    model: str = "mlp"
     backend: str | None = None
     framework: str | None = None
     keras_backend: str | None = None
@@ -53,6 +55,8 @@ class TrainConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {value}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.framework is not None and self.backend is not None:
             raise ValueError("give --backend (the core's model) or --framework (its native model), not both")
         if self.keras_backend is not None and self.framework != "keras":

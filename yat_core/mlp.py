@@ -1,4 +1,4 @@
-"""The Yat MLP: a spec of layers, deterministic initialisation, forward pass, loss.
+"""A model of a :class:`~yat_core.spec.ModelSpec`: deterministic initialisation, forward pass, loss, gradients.
 
 Parameters are a flat ``{name: array}`` dict (``"0.kernel"``, ``"0.bias"``,
 ``"0.alpha"``, ...): a pytree for JAX and MLX, a list of leaves for PyTorch, and the
@@ -8,204 +8,69 @@ generator and converted, so every backend starts from bit-identical weights.
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
-from typing import Any, Literal, Union
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from yat_core.conv import (
+    avg_pool,
+    avg_pool_vjp,
+    max_pool,
+    max_pool_vjp,
+    yat_conv,
+    yat_conv_transpose,
+    yat_conv_transpose_vjp,
+    yat_conv_vjp,
+)
 from yat_core.losses import cross_entropy_grad, softmax_cross_entropy
 from yat_core.namespaces import array_namespace
-from yat_core.product import (
-    DEFAULT_EPSILON,
-    dense,
-    softplus,
-    softplus_inverse,
-    validate_epsilon,
-    yat_backward,
-    yat_forward,
-    yat_product,
+from yat_core.product import dense, softplus, softplus_inverse, yat_backward, yat_forward, yat_product
+from yat_core.spec import (
+    LEARNABLE,
+    YAT_KINDS,
+    LayerSpec,
+    MLPSpec,
+    ModelSpec,
+    Option,
+    count_params,
+    relu_spec,
+    seed_spec,
 )
 
 __all__ = [
     "LayerSpec",
     "MLPSpec",
+    "ModelSpec",
+    "Option",
+    "LEARNABLE",
     "seed_spec",
     "relu_spec",
+    "count_params",
     "init_mlp",
     "init_mlp_numpy",
     "init_layer_numpy",
+    "forward_options",
     "mlp_forward",
     "mlp_loss",
     "mlp_value_and_grad",
-    "count_params",
     "flatten_images",
+    "model_input",
     "layer_inputs",
 ]
 
 Array = Any
 Params = dict[str, Any]
-#: "learnable", a constant float, or None (absent).
-Option = Union[Literal["learnable"], float, None]
-LEARNABLE: Literal["learnable"] = "learnable"
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One layer of the MLP.
-
-    Parameters
-    ----------
-    kind : {"yat", "linear"}
-    in_features, out_features : int
-    bias : "learnable", float or None
-        Learnable vector, constant added to every unit, or no bias.
-    alpha : "learnable", float or None
-        Yat only: learnable scalar (initialised to 1.0), constant, or none.
-    epsilon : float
-        Yat only: the denominator's epsilon (> 0); the initial value when learnable.
-    learnable_epsilon : bool
-        Yat only: learn ``epsilon`` as ``softplus(raw)``.
-    spherical : bool
-        Yat only: normalise inputs and kernel rows.
-    activation : {None, "relu"}
-        Linear only: the activation after it (``"relu"`` builds the conventional
-        ``Linear + ReLU`` MLP that the benchmarks compare against).
-
-    Examples
-    --------
-    >>> LayerSpec("yat", 784, 256).n_params
-    200961
-    """
-
-    kind: Literal["yat", "linear"]
-    in_features: int
-    out_features: int
-    bias: Option = LEARNABLE
-    alpha: Option = LEARNABLE
-    epsilon: float = DEFAULT_EPSILON
-    learnable_epsilon: bool = False
-    spherical: bool = False
-    activation: Literal["relu"] | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("yat", "linear"):
-            raise ValueError(f"layer kind must be 'yat' or 'linear', got {self.kind!r}")
-        if self.in_features < 1 or self.out_features < 1:
-            raise ValueError(f"layer sizes must be >= 1, got {self.in_features} -> {self.out_features}")
-        for name in ("bias", "alpha"):
-            value = getattr(self, name)
-            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not (value is None or value == LEARNABLE or is_number):
-                raise ValueError(f"{name} must be 'learnable', a number or None, got {value!r}")
-        validate_epsilon(self.epsilon)
-        if self.kind == "linear" and (self.alpha not in (LEARNABLE, None) or self.learnable_epsilon or self.spherical):
-            raise ValueError("alpha, epsilon and spherical options apply to 'yat' layers only")
-        if self.activation not in (None, "relu"):
-            raise ValueError(f"activation must be None or 'relu', got {self.activation!r}")
-        if self.kind == "yat" and self.activation is not None:
-            raise ValueError("a yat layer takes no activation: the product itself is the non-linearity")
-
-    @property
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Names (without the layer prefix) and shapes of the learnable parameters."""
-        shapes: dict[str, tuple[int, ...]] = {"kernel": (self.out_features, self.in_features)}
-        if self.bias == LEARNABLE:
-            shapes["bias"] = (self.out_features,)
-        if self.kind == "yat":
-            if self.alpha == LEARNABLE:
-                shapes["alpha"] = ()
-            if self.learnable_epsilon:
-                shapes["epsilon_raw"] = ()
-        return shapes
-
-    @property
-    def n_params(self) -> int:
-        """Number of learnable scalars in this layer."""
-        return sum(math.prod(s) for s in self.param_shapes.values())
-
-
-@dataclass(frozen=True)
-class MLPSpec:
-    """A stack of layers applied to flattened inputs; consecutive sizes must chain.
-
-    Examples
-    --------
-    >>> spec = seed_spec()
-    >>> [layer.kind for layer in spec.layers], count_params(spec)
-    (['yat', 'yat', 'linear'], 235148)
-    """
-
-    layers: tuple[LayerSpec, ...]
-
-    def __post_init__(self) -> None:
-        if not self.layers:
-            raise ValueError("an MLP needs at least one layer")
-        for i, (a, b) in enumerate(zip(self.layers, self.layers[1:])):
-            if a.out_features != b.in_features:
-                raise ValueError(
-                    f"layer {i} outputs {a.out_features} features but layer {i + 1} expects {b.in_features}"
-                )
-
-    @property
-    def in_features(self) -> int:
-        return self.layers[0].in_features
-
-    @property
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every parameter's full name and shape, in initialisation order."""
-        return {
-            f"{i}.{name}": shape for i, layer in enumerate(self.layers) for name, shape in layer.param_shapes.items()
-        }
-
-
-def relu_spec() -> MLPSpec:
-    """The seed model's shape with ``Linear + ReLU`` in place of each Yat layer (the baseline).
-
-    Examples
-    --------
-    >>> count_params(relu_spec())  # no alpha: two scalars fewer than the seed model
-    235146
-    """
-    return MLPSpec(
-        (
-            LayerSpec("linear", 784, 256, activation="relu"),
-            LayerSpec("linear", 256, 128, activation="relu"),
-            LayerSpec("linear", 128, 10),
-        )
-    )
-
-
-def seed_spec(**yat_options: Any) -> MLPSpec:
-    """The seed model: ``Flatten(28x28) -> Yat(784->256) -> Yat(256->128) -> Linear(128->10)``.
-
-    Keyword arguments (``alpha``, ``bias``, ``epsilon``, ``learnable_epsilon``,
-    ``spherical``) apply to both Yat layers.
-
-    Examples
-    --------
-    >>> count_params(seed_spec())
-    235148
-    """
-    return MLPSpec(
-        (
-            LayerSpec("yat", 784, 256, **yat_options),
-            LayerSpec("yat", 256, 128, **yat_options),
-            LayerSpec("linear", 128, 10),
-        )
-    )
-
-
-def count_params(spec: MLPSpec) -> int:
-    """Number of learnable scalars in the model (235,148 for :func:`seed_spec`)."""
-    return sum(layer.n_params for layer in spec.layers)
 
 
 def init_layer_numpy(layer: LayerSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """One layer's initial parameters (float64), drawn from ``rng`` in the order of ``param_shapes``.
 
-    Kernels: Xavier-normal for Yat layers, PyTorch's ``nn.Linear`` default
-    (uniform ``±1/sqrt(in)``) for linear ones; biases uniform ``±1/sqrt(in)``;
+    Kernels: Xavier-normal for Yat layers, PyTorch's ``nn.Linear`` / ``nn.Conv2d``
+    default (uniform ``±1/sqrt(fan_in)``) for the others; biases uniform
+    ``±1/sqrt(fan_in)`` (fans count the kernel's receptive field, as PyTorch's do);
     alpha 1.0; learnable epsilon at its configured value. Every framework's layer
     starts from these values when built from a spec.
 
@@ -215,11 +80,11 @@ def init_layer_numpy(layer: LayerSpec, rng: np.random.Generator) -> dict[str, np
     >>> {name: v.shape for name, v in values.items()}
     {'kernel': (3, 4), 'bias': (3,), 'alpha': ()}
     """
-    fan_in, fan_out = layer.in_features, layer.out_features
+    fan_in, fan_out = layer.fans
     bound = 1.0 / math.sqrt(fan_in)
     out: dict[str, np.ndarray] = {}
     for name, shape in layer.param_shapes.items():
-        if name == "kernel" and layer.kind == "yat":
+        if name == "kernel" and layer.kind in YAT_KINDS:
             value = rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), shape)
         elif name in ("kernel", "bias"):
             value = rng.uniform(-bound, bound, shape)
@@ -278,31 +143,68 @@ def flatten_images(images: Array, dtype: Any, /, *, xp: Any = None) -> Array:
     return xp.reshape(xp.astype(images, dtype), (images.shape[0], -1)) / 255.0
 
 
-def _yat_kwargs(layer: LayerSpec, params: Params, prefix: str, xp: Any) -> dict[str, Any]:
-    bias = params[prefix + "bias"] if layer.bias == LEARNABLE else layer.bias
-    alpha = params[prefix + "alpha"] if layer.alpha == LEARNABLE else layer.alpha
-    epsilon = softplus(params[prefix + "epsilon_raw"], xp=xp) if layer.learnable_epsilon else layer.epsilon
-    return {"bias": bias, "alpha": alpha, "epsilon": epsilon, "spherical": layer.spherical}
+def forward_options(layer: LayerSpec, param: Callable[[str], Any], xp: Any) -> dict[str, Any]:
+    """The ⵟ-product's keyword options for a layer: learnable values from ``param(name)``, else the spec's.
+
+    The one place that turns a layer's options into values; the core's model and every
+    framework's layer call it.
+
+    Examples
+    --------
+    >>> import array_api_compat.numpy as xp
+    >>> layer = LayerSpec("yat", 4, 3, bias=0.5, learnable_epsilon=True)
+    >>> opts = forward_options(layer, lambda name: np.float64(1.0), xp)
+    >>> opts["bias"], opts["alpha"], round(float(opts["epsilon"]), 4)
+    (0.5, np.float64(1.0), 1.3133)
+    """
+    return {
+        "bias": param("bias") if layer.bias == LEARNABLE else layer.bias,
+        "alpha": param("alpha") if layer.alpha == LEARNABLE else layer.alpha,
+        "epsilon": softplus(param("epsilon_raw"), xp=xp) if layer.learnable_epsilon else layer.epsilon,
+        "spherical": layer.spherical,
+    }
 
 
 def _layer_forward(layer: LayerSpec, params: Params, prefix: str, h: Array, xp: Any) -> Array:
+    param = lambda name: params[prefix + name]  # noqa: E731
     if layer.kind == "yat":
-        return yat_product(h, params[prefix + "kernel"], xp=xp, **_yat_kwargs(layer, params, prefix, xp))
+        return yat_product(h, param("kernel"), xp=xp, **forward_options(layer, param, xp))
+    if layer.kind == "yat_conv":
+        # The library's own convolution where it has one (torch, JAX, MLX); the unfold elsewhere.
+        return yat_conv(
+            h, param("kernel"), xp=xp, native=True, **layer.conv_options, **forward_options(layer, param, xp)
+        )
+    if layer.kind == "yat_conv_transpose":
+        return yat_conv_transpose(
+            h, param("kernel"), xp=xp, native=True, **layer.conv_options, **forward_options(layer, param, xp)
+        )
+    if layer.kind in ("max_pool", "avg_pool"):
+        return (max_pool if layer.kind == "max_pool" else avg_pool)(h, layer.kernel_size, xp=xp)
+    if layer.kind == "flatten":
+        return xp.reshape(h, (h.shape[0], -1))
+    if layer.kind == "conv":
+        raise ValueError("the plain 'conv' layer (the CNN's ReLU baseline) runs in the framework layers only")
     bias = params[prefix + "bias"] if layer.bias == LEARNABLE else layer.bias
-    out = dense(h, params[prefix + "kernel"], xp=xp)
+    out = dense(h, param("kernel"), xp=xp)
     out = out if bias is None else out + bias
     return xp.where(out > 0, out, 0.0) if layer.activation == "relu" else out
 
 
-def _check_input(x: Array, spec: MLPSpec) -> None:
-    if x.ndim != 2 or x.shape[1] != spec.in_features:
-        raise ValueError(f"the model expects inputs of shape (n, {spec.in_features}), got {tuple(x.shape)}")
+def _check_input(x: Array, spec: ModelSpec) -> None:
+    if tuple(x.shape[1:]) != spec.input_shape:
+        raise ValueError(
+            f"the model expects inputs of shape (n, {', '.join(map(str, spec.input_shape))}), got {tuple(x.shape)}"
+        )
 
 
-def _model_input(params: Params, images: Array, spec: MLPSpec, xp: Any) -> Array:
-    # Float inputs are used as given; uint8 pixels are flattened and scaled in the params' dtype.
+def model_input(params: Params, images: Array, spec: ModelSpec, /, *, xp: Any = None) -> Array:
+    """The first layer's input: uint8 pixels scaled to [0, 1] in the parameters' dtype (floats as given),
+    reshaped to ``(n, *spec.input_shape)``."""
+    xp = array_namespace(images) if xp is None else xp
     dtype = next(iter(params.values())).dtype
     x = images if xp.isdtype(images.dtype, "real floating") else flatten_images(images, dtype, xp=xp)
+    if tuple(x.shape[1:]) != spec.input_shape and math.prod(x.shape[1:]) == spec.in_features:
+        x = xp.reshape(x, (x.shape[0], *spec.input_shape))
     _check_input(x, spec)
     return x
 
@@ -333,7 +235,7 @@ def mlp_forward(params: Params, x: Array, spec: MLPSpec, /, *, xp: Any = None) -
 def mlp_loss(params: Params, images: Array, labels: Array, spec: MLPSpec, /, *, xp: Any = None) -> Array:
     """Mean cross-entropy of the model on uint8 ``images`` (n, 28, 28) or float inputs (n, in)."""
     xp = array_namespace(images) if xp is None else xp
-    x = _model_input(params, images, spec, xp)
+    x = model_input(params, images, spec, xp=xp)
     return softmax_cross_entropy(mlp_forward(params, x, spec, xp=xp), labels, xp=xp)
 
 
@@ -355,14 +257,14 @@ def mlp_value_and_grad(
     True
     """
     xp = array_namespace(images) if xp is None else xp
-    h = _model_input(params, images, spec, xp)
-    # Forward, keeping each layer's input (linear) or residuals (yat) for the backward pass.
+    h = model_input(params, images, spec, xp=xp)
+    # Forward, keeping what each layer's backward needs: its input, or the product's residuals.
     saved: list[Any] = []
     for i, layer in enumerate(spec.layers):
         prefix = f"{i}."
         if layer.kind == "yat":
-            kwargs = _yat_kwargs(layer, params, prefix, xp)
-            h, res = yat_forward(h, params[prefix + "kernel"], xp=xp, **kwargs)
+            param = functools.partial(_param, params, prefix)
+            h, res = yat_forward(h, params[prefix + "kernel"], xp=xp, **forward_options(layer, param, xp))
             saved.append(res)
         else:
             h_in, h = h, _layer_forward(layer, params, prefix, h, xp)
@@ -372,24 +274,57 @@ def mlp_value_and_grad(
     g = cross_entropy_grad(logits, labels, xp=xp)
     grads: Params = {}
     for i in reversed(range(len(spec.layers))):
-        layer, prefix = spec.layers[i], f"{i}."
-        if layer.kind == "linear":
-            h_in, out = saved[i]
-            if layer.activation == "relu":  # out = relu(pre): positive exactly where pre is
-                g = xp.where(out > 0, g, 0.0)
-            grads[prefix + "kernel"] = xp.matrix_transpose(g) @ h_in
-            if layer.bias == LEARNABLE:
-                grads[prefix + "bias"] = xp.sum(g, axis=0)
-            g = g @ params[prefix + "kernel"]
-            continue
-        parts = yat_backward(saved[i], g, xp=xp)
-        grads[prefix + "kernel"] = parts.w
-        if parts.bias is not None:
-            grads[prefix + "bias"] = parts.bias
-        if parts.alpha is not None:
-            grads[prefix + "alpha"] = parts.alpha
-        if parts.epsilon is not None:
-            raw = params[prefix + "epsilon_raw"]
-            grads[prefix + "epsilon_raw"] = parts.epsilon / (1.0 + xp.exp(-raw))  # d softplus = sigmoid
-        g = parts.x
+        g = _layer_backward(spec.layers[i], params, f"{i}.", saved[i], g, grads, xp)
     return loss, {name: grads[name] for name in params}
+
+
+def _param(params: Params, prefix: str, name: str) -> Any:
+    return params[prefix + name]
+
+
+def _store_yat_grads(parts: Any, params: Params, prefix: str, grads: Params, xp: Any) -> None:
+    grads[prefix + "kernel"] = parts.w
+    if parts.bias is not None:
+        grads[prefix + "bias"] = parts.bias
+    if parts.alpha is not None:
+        grads[prefix + "alpha"] = parts.alpha
+    if parts.epsilon is not None:
+        raw = params[prefix + "epsilon_raw"]
+        grads[prefix + "epsilon_raw"] = parts.epsilon / (1.0 + xp.exp(-raw))  # d softplus = sigmoid
+
+
+def _layer_backward(
+    layer: LayerSpec, params: Params, prefix: str, saved: Any, g: Array, grads: Params, xp: Any
+) -> Array:
+    """Store the layer's parameter gradients in ``grads``; return the gradient of its input."""
+    if layer.kind == "yat":
+        parts = yat_backward(saved, g, xp=xp)
+        _store_yat_grads(parts, params, prefix, grads, xp)
+        return parts.x
+    h_in, out = saved
+    if layer.kind == "yat_conv":
+        param = functools.partial(_param, params, prefix)
+        conv_parts = yat_conv_vjp(
+            h_in, params[prefix + "kernel"], g, xp=xp, **layer.conv_options, **forward_options(layer, param, xp)
+        )
+        _store_yat_grads(conv_parts, params, prefix, grads, xp)
+        return conv_parts.x
+    if layer.kind == "yat_conv_transpose":
+        param = functools.partial(_param, params, prefix)
+        t_parts = yat_conv_transpose_vjp(
+            h_in, params[prefix + "kernel"], g, xp=xp, **layer.conv_options, **forward_options(layer, param, xp)
+        )
+        _store_yat_grads(t_parts, params, prefix, grads, xp)
+        return t_parts.x
+    if layer.kind == "max_pool":
+        return max_pool_vjp(h_in, g, layer.kernel_size, xp=xp)
+    if layer.kind == "avg_pool":
+        return avg_pool_vjp(h_in, g, layer.kernel_size, xp=xp)
+    if layer.kind == "flatten":
+        return xp.reshape(g, tuple(h_in.shape))
+    if layer.activation == "relu":  # out = relu(pre): positive exactly where pre is
+        g = xp.where(out > 0, g, 0.0)
+    grads[prefix + "kernel"] = xp.matrix_transpose(g) @ h_in
+    if layer.bias == LEARNABLE:
+        grads[prefix + "bias"] = xp.sum(g, axis=0)
+    return g @ params[prefix + "kernel"]

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from yat_core.config import DEFAULT_BACKEND_ORDER, TrainConfig, default_backend
-from yat_core.mlp import MLPSpec, seed_spec
 from yat_core.receipts import command_line, git_commit, machine_info, versions
 from yat_core.runners import Runner, make_runner
+from yat_core.spec import MODELS
+from yat_core.spec import ModelSpec as MLPSpec
 
 __all__ = [
     "TrainConfig",
@@ -186,8 +187,8 @@ def train(
     data : MNIST-like, optional
         Anything with ``train_images``, ``train_labels``, ``test_images``,
         ``test_labels`` (uint8); loaded with :func:`yat_core.data.load_mnist` when None.
-    spec : MLPSpec, optional
-        The model; the seed model by default.
+    spec : ModelSpec, optional
+        The model; by default ``config.model``'s (:data:`yat_core.spec.MODELS`).
     runner_factory : callable
         ``(spec, config) -> Runner``; :func:`yat_core.runners.make_runner` by default
         (the core on ``config.backend``, or ``config.framework``'s native model).
@@ -211,7 +212,7 @@ def train(
     """
     t_start = time.perf_counter()
     config.validate()
-    spec = seed_spec() if spec is None else spec
+    spec = MODELS[config.model][0]() if spec is None else spec
     # The runner first: an absent framework fails before any data is fetched.
     runner = runner_factory(spec, config)
     t_load = time.perf_counter()
@@ -306,6 +307,8 @@ def assemble_receipt(
         "n_test": placed.n_test,
         "steps_per_epoch": placed.steps_per_epoch,
         "model": [asdict(layer) for layer in spec.layers],
+        "model_name": config.model,
+        "input_shape": list(spec.input_shape),
         "data": {"source": data_source, "pixel_scale": "k/255"},
         **timings,
         "final_test_acc": history[-1]["test_acc"],

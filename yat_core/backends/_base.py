@@ -16,7 +16,7 @@ import numpy as np
 
 from yat_core.errors import BackendUnavailableError
 from yat_core.losses import count_correct, softmax_cross_entropy
-from yat_core.mlp import MLPSpec, flatten_images, mlp_forward, mlp_loss, mlp_value_and_grad
+from yat_core.mlp import MLPSpec, mlp_forward, mlp_loss, mlp_value_and_grad, model_input
 from yat_core.optim import AdamWConfig, AdamWState, adamw_update
 
 __all__ = ["Backend", "TrainStep", "EvalStep", "GRADIENT_MODES"]
@@ -145,8 +145,7 @@ class Backend:
         xp = self.xp
 
         def evaluate(params: Params, images: Any, labels: Any):
-            dtype = next(iter(params.values())).dtype
-            logits = mlp_forward(params, flatten_images(images, dtype, xp=xp), spec, xp=xp)
+            logits = mlp_forward(params, model_input(params, images, spec, xp=xp), spec, xp=xp)
             loss_sum = softmax_cross_entropy(logits, labels, xp=xp) * images.shape[0]
             return loss_sum, count_correct(logits, labels, xp=xp)
 

@@ -12,13 +12,12 @@ learnable parameter or the constant) for the forward pass.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 
-from yat_core.mlp import LEARNABLE, LayerSpec, Option
-from yat_core.product import DEFAULT_EPSILON, softplus
+from yat_core.mlp import LEARNABLE, LayerSpec, Option, forward_options
+from yat_core.product import DEFAULT_EPSILON
 
 __all__ = [
     "layer_option",
@@ -103,8 +102,9 @@ def yat_layer_spec(
 
     Examples
     --------
-    >>> yat_layer_spec(4, 3, bias=False, alpha=2.0)
-    LayerSpec(kind='yat', in_features=4, out_features=3, bias=None, alpha=2.0, epsilon=1e-05, learnable_epsilon=False, spherical=False, activation=None)
+    >>> spec = yat_layer_spec(4, 3, bias=False, alpha=2.0)
+    >>> spec.kind, spec.in_features, spec.out_features, spec.bias, spec.alpha, spec.epsilon
+    ('yat', 4, 3, None, 2.0, 1e-05)
     """
     return LayerSpec(
         "yat",
@@ -152,6 +152,10 @@ def spec_options(spec: LayerSpec) -> dict[str, Any]:
     """
     if spec.kind != "yat":
         raise ValueError(f"a Yat layer is built from a spec of kind 'yat', not {spec.kind!r}")
+    return _yat_options(spec)
+
+
+def _yat_options(spec: LayerSpec) -> dict[str, Any]:
     return {
         "bias": native_option(spec.bias),
         "alpha": native_option(spec.alpha),
@@ -161,21 +165,78 @@ def spec_options(spec: LayerSpec) -> dict[str, Any]:
     }
 
 
-def forward_options(spec: LayerSpec, param: Callable[[str], Any], xp: Any) -> dict[str, Any]:
-    """``yat_product``'s keyword options for a layer: learnable values from ``param(name)``, else the spec's.
+def _per_dim(value: Any, n: int, name: str) -> tuple[int, ...]:
+    values = (value,) * n if isinstance(value, numbers.Integral) and not isinstance(value, bool) else tuple(value)
+    if len(values) != n or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def conv_layer_spec(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: Any,
+    *,
+    n_spatial: int,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    output_padding: Any = None,
+    bias: Any = True,
+    alpha: Any = True,
+    epsilon: float = DEFAULT_EPSILON,
+    learnable_epsilon: bool = False,
+    spherical: bool = False,
+    names: tuple[str, str] = ("in_channels", "out_channels"),
+) -> LayerSpec:
+    """The core's description of a native Yat convolution (``output_padding`` given: a transposed one).
+
+    Ints expand to one per spatial dimension (``n_spatial`` of them); ``padding`` may
+    also be ``"valid"`` or ``"same"`` (convolutions only). The core's checks run here,
+    so every framework refuses the same arguments with the same message.
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import array_api_compat.numpy as xp
-    >>> spec = yat_layer_spec(4, 3, bias=0.5, learnable_epsilon=True)
-    >>> opts = forward_options(spec, lambda name: np.float64(1.0), xp)
-    >>> opts["bias"], opts["alpha"], round(float(opts["epsilon"]), 4)
-    (0.5, np.float64(1.0), 1.3133)
+    >>> spec = conv_layer_spec(1, 32, 3, n_spatial=2)
+    >>> spec.kind, spec.kernel_size, spec.param_shapes["kernel"]
+    ('yat_conv', (3, 3), (32, 1, 3, 3))
+    >>> conv_layer_spec(8, 4, 2, n_spatial=1, stride=2, output_padding=1).param_shapes["kernel"]
+    (8, 4, 2)
     """
-    return {
-        "bias": param("bias") if spec.bias == LEARNABLE else spec.bias,
-        "alpha": param("alpha") if spec.alpha == LEARNABLE else spec.alpha,
-        "epsilon": softplus(param("epsilon_raw"), xp=xp) if spec.learnable_epsilon else spec.epsilon,
-        "spherical": spec.spherical,
-    }
+    transpose = output_padding is not None
+    if isinstance(padding, str):
+        if transpose or padding not in ("valid", "same"):
+            raise ValueError(f"padding must be an int, a tuple of ints, 'valid' or 'same', got {padding!r}")
+        pads: tuple[int, ...] | str = padding
+    else:
+        pads = _per_dim(padding, n_spatial, "padding")
+    return LayerSpec(
+        "yat_conv_transpose" if transpose else "yat_conv",
+        check_size(in_channels, names[0]),
+        check_size(out_channels, names[1]),
+        bias=layer_option(bias, "bias"),
+        alpha=layer_option(alpha, "alpha"),
+        epsilon=float(epsilon),
+        learnable_epsilon=bool(learnable_epsilon),
+        spherical=bool(spherical),
+        kernel_size=_per_dim(kernel_size, n_spatial, "kernel_size"),
+        stride=_per_dim(stride, n_spatial, "stride"),
+        padding=pads,
+        dilation=_per_dim(dilation, n_spatial, "dilation"),
+        groups=check_size(groups, "groups"),
+        output_padding=_per_dim(output_padding, n_spatial, "output_padding") if transpose else (),
+    )
+
+
+def conv_spec_options(spec: LayerSpec) -> dict[str, Any]:
+    """A Yat convolution spec's options as native arguments (for ``from_spec``).
+
+    Examples
+    --------
+    >>> conv_spec_options(conv_layer_spec(1, 32, 3, n_spatial=2))["kernel_size"]
+    (3, 3)
+    """
+    if spec.kind not in ("yat_conv", "yat_conv_transpose"):
+        raise ValueError(f"a Yat convolution is built from a spec of kind 'yat_conv', not {spec.kind!r}")
+    return {**_yat_options(spec), "kernel_size": spec.kernel_size, **spec.conv_options}

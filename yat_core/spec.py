@@ -1,0 +1,376 @@
+"""A network described as data: the layers, their options and the shapes between them.
+
+A :class:`ModelSpec` is framework-neutral: the core runs it on every backend
+(:mod:`yat_core.mlp`) and each framework of :mod:`yat_core.nn` builds it from its own
+layers, so the same spec, seed and batch order give the same trajectory everywhere.
+Layer kinds:
+
+``"yat"`` / ``"linear"``
+    dense layers on ``(features,)`` inputs (``in_features -> out_features``);
+``"yat_conv"`` / ``"conv"``
+    convolutions on channels-first ``(channels, *spatial)`` inputs
+    (``in_features``/``out_features`` are channels; ``kernel_size``, ``stride``,
+    ``padding``, ``dilation``, ``groups`` as :func:`yat_core.conv.yat_conv`);
+``"yat_conv_transpose"``
+    the transposed Yat convolution (:func:`yat_core.conv.yat_conv_transpose`; kernel
+    ``(in, out/groups, *k)``, ``output_padding``);
+``"max_pool"`` / ``"avg_pool"``
+    non-overlapping windows of ``kernel_size`` (channels unchanged);
+``"flatten"``
+    ``(channels, *spatial) -> (channels * prod(spatial),)``.
+
+``"linear"`` and ``"conv"`` may carry a ReLU (the conventional baselines); Yat layers
+never do: the product is the non-linearity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from yat_core.conv import conv_output_shape, conv_transpose_output_shape
+from yat_core.product import DEFAULT_EPSILON, validate_epsilon
+
+__all__ = [
+    "LayerSpec",
+    "ModelSpec",
+    "MLPSpec",
+    "Option",
+    "LEARNABLE",
+    "YAT_KINDS",
+    "PARAM_KINDS",
+    "seed_spec",
+    "relu_spec",
+    "cnn_spec",
+    "cnn_relu_spec",
+    "MODELS",
+    "count_params",
+]
+
+#: "learnable", a constant float, or None (absent).
+Option = Union[Literal["learnable"], float, None]
+LEARNABLE: Literal["learnable"] = "learnable"
+Kind = Literal["yat", "linear", "yat_conv", "yat_conv_transpose", "conv", "max_pool", "avg_pool", "flatten"]
+#: Kinds computed by the ⵟ-product (they take alpha, epsilon, spherical).
+YAT_KINDS = ("yat", "yat_conv", "yat_conv_transpose")
+#: Kinds with learnable parameters.
+PARAM_KINDS = ("yat", "linear", "yat_conv", "yat_conv_transpose", "conv")
+_CONV_KINDS = ("yat_conv", "yat_conv_transpose", "conv")
+_POOL_KINDS = ("max_pool", "avg_pool")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer of a network.
+
+    Parameters
+    ----------
+    kind : {"yat", "linear", "yat_conv", "conv", "max_pool", "avg_pool", "flatten"}
+    in_features, out_features : int
+        Features of a dense layer, channels of a convolution or pooling, input channels
+        and flattened size of a flatten.
+    bias : "learnable", float or None
+        Learnable vector, constant added to every unit, or no bias.
+    alpha : "learnable", float or None
+        Yat kinds only: learnable scalar (initialised to 1.0), constant, or none.
+    epsilon : float
+        Yat kinds only: the denominator's epsilon (> 0); the initial value when learnable.
+    learnable_epsilon : bool
+        Yat kinds only: learn ``epsilon`` as ``softplus(raw)``.
+    spherical : bool
+        Yat kinds only: normalise inputs (patches) and kernel rows.
+    activation : {None, "relu"}
+        ``"linear"`` and ``"conv"`` only: the activation after them (the baselines).
+    kernel_size, stride, dilation : tuple of int
+        Convolutions: one entry per spatial dimension (stride and dilation default to 1).
+        Pooling: ``kernel_size`` is the window.
+    padding : tuple of int, "valid" or "same"
+        Convolutions only.
+    groups : int
+        Convolutions only.
+    output_padding : tuple of int
+        ``"yat_conv_transpose"`` only.
+
+    Examples
+    --------
+    >>> LayerSpec("yat", 784, 256).n_params
+    200961
+    >>> LayerSpec("yat_conv", 1, 32, kernel_size=(3, 3)).param_shapes
+    {'kernel': (32, 1, 3, 3), 'bias': (32,), 'alpha': ()}
+    """
+
+    kind: Kind
+    in_features: int
+    out_features: int
+    bias: Option = LEARNABLE
+    alpha: Option = LEARNABLE
+    epsilon: float = DEFAULT_EPSILON
+    learnable_epsilon: bool = False
+    spherical: bool = False
+    activation: Literal["relu"] | None = None
+    kernel_size: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] | str = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+    output_padding: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("yat", "linear", *_CONV_KINDS, *_POOL_KINDS, "flatten"):
+            raise ValueError(f"unknown layer kind {self.kind!r}")
+        if self.in_features < 1 or self.out_features < 1:
+            raise ValueError(f"layer sizes must be >= 1, got {self.in_features} -> {self.out_features}")
+        for name in ("bias", "alpha"):
+            value = getattr(self, name)
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (value is None or value == LEARNABLE or is_number):
+                raise ValueError(f"{name} must be 'learnable', a number or None, got {value!r}")
+        validate_epsilon(self.epsilon)
+        yat = self.kind in YAT_KINDS
+        if not yat and (self.alpha not in (LEARNABLE, None) or self.learnable_epsilon or self.spherical):
+            raise ValueError("alpha, epsilon and spherical options apply to Yat layers only")
+        if self.activation not in (None, "relu"):
+            raise ValueError(f"activation must be None or 'relu', got {self.activation!r}")
+        if self.activation is not None and self.kind not in ("linear", "conv"):
+            raise ValueError(f"a {self.kind} layer takes no activation (Yat layers: the product is the non-linearity)")
+        spatial = self.kind in _CONV_KINDS or self.kind in _POOL_KINDS
+        if spatial and (not self.kernel_size or any(k < 1 for k in self.kernel_size)):
+            raise ValueError(f"a {self.kind} layer needs a kernel_size of ints >= 1, got {self.kernel_size!r}")
+        if not spatial and (self.kernel_size or self.stride or self.padding or self.dilation):
+            raise ValueError(
+                f"kernel_size, stride, padding and dilation apply to convolutions and pooling, not {self.kind}"
+            )
+        if self.kind in _POOL_KINDS and self.in_features != self.out_features:
+            raise ValueError(f"pooling keeps the channels: in_features {self.in_features} != {self.out_features}")
+        if self.output_padding and self.kind != "yat_conv_transpose":
+            raise ValueError(f"output_padding applies to transposed convolutions, not {self.kind}")
+        if self.kind in _CONV_KINDS and (self.in_features % self.groups or self.out_features % self.groups):
+            raise ValueError(f"groups={self.groups} must divide {self.in_features} and {self.out_features} channels")
+
+    @property
+    def conv_options(self) -> dict[str, Any]:
+        """``stride``, ``padding``, ``dilation``, ``groups`` as :func:`yat_core.conv.yat_conv` takes them."""
+        n = len(self.kernel_size)
+        options: dict[str, Any] = {
+            "stride": self.stride or (1,) * n,
+            "padding": self.padding if self.padding != () else (0,) * n,
+            "dilation": self.dilation or (1,) * n,
+            "groups": self.groups,
+        }
+        if self.kind == "yat_conv_transpose":
+            options["output_padding"] = self.output_padding or (0,) * n
+        return options
+
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Names (without the layer prefix) and shapes of the learnable parameters."""
+        if self.kind not in PARAM_KINDS:
+            return {}
+        if self.kind == "yat_conv_transpose":
+            kernel = (self.in_features, self.out_features // self.groups, *self.kernel_size)
+        elif self.kind in _CONV_KINDS:
+            kernel = (self.out_features, self.in_features // self.groups, *self.kernel_size)
+        else:
+            kernel = (self.out_features, self.in_features)
+        shapes: dict[str, tuple[int, ...]] = {"kernel": kernel}
+        if self.bias == LEARNABLE:
+            shapes["bias"] = (self.out_features,)
+        if self.kind in YAT_KINDS:
+            if self.alpha == LEARNABLE:
+                shapes["alpha"] = ()
+            if self.learnable_epsilon:
+                shapes["epsilon_raw"] = ()
+        return shapes
+
+    @property
+    def fans(self) -> tuple[int, int]:
+        """``(fan_in, fan_out)`` of the kernel, as PyTorch's initialisers count them."""
+        receptive = math.prod(self.kernel_size) if self.kind in _CONV_KINDS else 1
+        if self.kind == "yat_conv_transpose":  # kernel (in, out/groups, *k): PyTorch reads dims 1 and 0
+            return self.out_features // self.groups * receptive, self.in_features * receptive
+        return self.in_features // self.groups * receptive, self.out_features // self.groups * receptive
+
+    @property
+    def n_params(self) -> int:
+        """Number of learnable scalars in this layer."""
+        return sum(math.prod(s) for s in self.param_shapes.values())
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of one sample after this layer, for one of shape ``shape`` (no batch axis)."""
+        if self.kind in ("yat", "linear"):
+            if shape != (self.in_features,):
+                raise ValueError(f"a {self.kind} layer takes ({self.in_features},) features, got {shape}")
+            return (self.out_features,)
+        if len(shape) != len(self.kernel_size) + 1 and self.kind != "flatten":
+            raise ValueError(
+                f"a {self.kind} layer with kernel {self.kernel_size} takes (channels, {len(self.kernel_size)} "
+                f"spatial dims), got {shape}"
+            )
+        if shape[0] != self.in_features:
+            raise ValueError(f"a {self.kind} layer takes {self.in_features} channels, got {shape[0]} ({shape})")
+        if self.kind == "flatten":
+            if math.prod(shape) != self.out_features:
+                raise ValueError(f"flatten of {shape} gives {math.prod(shape)} features, not {self.out_features}")
+            return (self.out_features,)
+        if self.kind in _POOL_KINDS:
+            if any(s < k for s, k in zip(shape[1:], self.kernel_size)):
+                raise ValueError(f"a {self.kind} window {self.kernel_size} is larger than the input {shape[1:]}")
+            return (shape[0], *(s // k for s, k in zip(shape[1:], self.kernel_size)))
+        if self.kind == "yat_conv_transpose":
+            w_shape = (self.in_features, self.out_features // self.groups, *self.kernel_size)
+            return conv_transpose_output_shape((1, *shape), w_shape, **self.conv_options)[1:]
+        w_shape = (self.out_features, self.in_features // self.groups, *self.kernel_size)
+        return conv_output_shape((1, *shape), w_shape, **self.conv_options)[1:]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A stack of layers applied to samples of ``input_shape``; the shapes must chain.
+
+    ``input_shape`` defaults to ``(layers[0].in_features,)``: a network on flattened
+    inputs (an MLP). Images of another shape (``(n, 28, 28)`` pixels) are reshaped to
+    ``(n, *input_shape)`` before the first layer.
+
+    Examples
+    --------
+    >>> spec = seed_spec()
+    >>> [layer.kind for layer in spec.layers], count_params(spec), spec.input_shape
+    (['yat', 'yat', 'linear'], 235148, (784,))
+    >>> cnn_spec().shapes()[-1]
+    (10,)
+    """
+
+    layers: tuple[LayerSpec, ...]
+    input_shape: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ValueError("a model needs at least one layer")
+        if not self.input_shape:
+            object.__setattr__(self, "input_shape", (self.layers[0].in_features,))
+        self.shapes()  # raises for layers whose shapes do not chain
+        if len(self.shapes()[-1]) != 1:
+            raise ValueError(f"the model must end in features (n, classes), not {self.shapes()[-1]}")
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        """The per-sample shape after every layer (the input's first).
+
+        Raises
+        ------
+        ValueError
+            Naming the first layer whose input does not fit.
+        """
+        out = [self.input_shape]
+        for i, layer in enumerate(self.layers):
+            try:
+                out.append(layer.output_shape(out[-1]))
+            except ValueError as exc:
+                raise ValueError(f"layer {i} ({layer.kind}): {exc}") from None
+        return out
+
+    @property
+    def in_features(self) -> int:
+        """Scalars per input sample (784 for MNIST, whatever the input shape)."""
+        return math.prod(self.input_shape)
+
+    @property
+    def n_classes(self) -> int:
+        return self.layers[-1].out_features
+
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's full name and shape, in initialisation order."""
+        return {
+            f"{i}.{name}": shape for i, layer in enumerate(self.layers) for name, shape in layer.param_shapes.items()
+        }
+
+
+#: The name the MLP-only code used; every spec is a :class:`ModelSpec` now.
+MLPSpec = ModelSpec
+
+
+def count_params(spec: ModelSpec) -> int:
+    """Number of learnable scalars in the model (235,148 for :func:`seed_spec`)."""
+    return sum(layer.n_params for layer in spec.layers)
+
+
+def relu_spec() -> ModelSpec:
+    """The seed model's shape with ``Linear + ReLU`` in place of each Yat layer (the baseline).
+
+    Examples
+    --------
+    >>> count_params(relu_spec())  # no alpha: two scalars fewer than the seed model
+    235146
+    """
+    return ModelSpec(
+        (
+            LayerSpec("linear", 784, 256, activation="relu"),
+            LayerSpec("linear", 256, 128, activation="relu"),
+            LayerSpec("linear", 128, 10),
+        )
+    )
+
+
+def seed_spec(**yat_options: Any) -> ModelSpec:
+    """The seed model: ``Flatten(28x28) -> Yat(784->256) -> Yat(256->128) -> Linear(128->10)``.
+
+    Keyword arguments (``alpha``, ``bias``, ``epsilon``, ``learnable_epsilon``,
+    ``spherical``) apply to both Yat layers.
+
+    Examples
+    --------
+    >>> count_params(seed_spec())
+    235148
+    """
+    return ModelSpec(
+        (
+            LayerSpec("yat", 784, 256, **yat_options),
+            LayerSpec("yat", 256, 128, **yat_options),
+            LayerSpec("linear", 128, 10),
+        )
+    )
+
+
+def _cnn(conv: Kind, dense: Kind, **options: Any) -> ModelSpec:
+    act: dict[str, Any] = {"activation": "relu"} if conv == "conv" else options
+    dense_act: dict[str, Any] = {"activation": "relu"} if dense == "linear" else options
+    return ModelSpec(
+        (
+            LayerSpec(conv, 1, 32, kernel_size=(3, 3), **act),
+            LayerSpec("max_pool", 32, 32, kernel_size=(2, 2)),
+            LayerSpec(conv, 32, 64, kernel_size=(3, 3), **act),
+            LayerSpec("max_pool", 64, 64, kernel_size=(2, 2)),
+            LayerSpec("flatten", 64, 64 * 5 * 5),
+            LayerSpec(dense, 64 * 5 * 5, 128, **dense_act),
+            LayerSpec("linear", 128, 10),
+        ),
+        input_shape=(1, 28, 28),
+    )
+
+
+def cnn_spec(**yat_options: Any) -> ModelSpec:
+    """The Yat CNN for MNIST: ``YatConv 1->32 3x3, max-pool 2, YatConv 32->64 3x3, max-pool 2,
+    flatten, Yat 1600->128, Linear 128->10`` (valid padding, stride 1).
+
+    Examples
+    --------
+    >>> count_params(cnn_spec())
+    225037
+    """
+    return _cnn("yat_conv", "yat", **yat_options)
+
+
+def cnn_relu_spec() -> ModelSpec:
+    """:func:`cnn_spec`'s shape with ``Conv + ReLU`` and ``Linear + ReLU`` in place of the Yat layers.
+
+    Examples
+    --------
+    >>> count_params(cnn_relu_spec())
+    225034
+    """
+    return _cnn("conv", "linear")
+
+
+#: ``--model`` choices: the Yat model and its same-shape ReLU baseline.
+MODELS = {"mlp": (seed_spec, relu_spec), "cnn": (cnn_spec, cnn_relu_spec)}
