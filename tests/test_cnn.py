@@ -160,3 +160,19 @@ def test_cli_trains_the_cnn_and_records_it(tmp_path, capsys):
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match=r"--model must be one of mlp, cnn"):
         TrainConfig(model="vgg").validate()
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"padding": "same", "stride": (2, 2)}, r"padding='same' needs stride 1"),
+        ({"kind": "yat_conv_transpose", "stride": (2, 2), "output_padding": (2, 0)}, r"output_padding .* smaller"),
+        ({"kind": "yat_conv_transpose", "padding": "same"}, r"padding must be ints"),
+        ({"stride": (1,)}, r"stride needs 2 entries"),
+    ],
+    ids=["same-strided", "output-padding", "transpose-same", "stride-rank"],
+)
+def test_conv_geometry_is_refused_when_the_layer_is_described(options, match):
+    args = {"kind": "yat_conv", "in_features": 2, "out_features": 2, "kernel_size": (3, 3), **options}
+    with pytest.raises(ValueError, match=match):
+        LayerSpec(**args)

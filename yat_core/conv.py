@@ -374,7 +374,7 @@ def _insert_zeros(a: Array, strides: tuple[int, ...], xp: Any) -> Array:
         n = int(a.shape[axis])
         zero = xp.zeros_like(a)
         a = xp.stack([a] + [zero] * (s - 1), axis=axis + 1)
-        shape = tuple(int(v) for v in a.shape)
+        shape = tuple(a.shape)  # not int(): a symbolic batch size (torch.export) must stay symbolic
         a = xp.reshape(a, shape[:axis] + (n * s,) + shape[axis + 2 :])
         a = _take(a, axis, 0, (n - 1) * s + 1)
     return a
@@ -493,7 +493,7 @@ def _native_forward(
     dot = conv(x, w, **geometry)  # (N, out, *out)
     # |patch|^2 once per group, then repeated for the group's output channels.
     psq = conv(x * x, xp.ones_like(w[: plan.groups, ...]), **geometry)  # (N, groups, *out)
-    shape = tuple(int(v) for v in psq.shape)
+    shape = tuple(psq.shape)  # not int(): a symbolic batch size (torch.export) must stay symbolic
     psq = xp.reshape(psq, (shape[0], plan.groups, 1, *shape[2:]))
     psq = xp.broadcast_to(psq, (shape[0], plan.groups, n_out // plan.groups, *shape[2:]))
     psq = xp.reshape(psq, (shape[0], n_out, *shape[2:]))

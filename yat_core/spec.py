@@ -145,8 +145,32 @@ class LayerSpec:
             raise ValueError(f"pooling keeps the channels: in_features {self.in_features} != {self.out_features}")
         if self.output_padding and self.kind != "yat_conv_transpose":
             raise ValueError(f"output_padding applies to transposed convolutions, not {self.kind}")
+        if self.kind in _CONV_KINDS:
+            self._check_geometry()
         if self.kind in _CONV_KINDS and (self.in_features % self.groups or self.out_features % self.groups):
             raise ValueError(f"groups={self.groups} must divide {self.in_features} and {self.out_features} channels")
+
+    def _check_geometry(self) -> None:
+        # What the convolution would refuse at its first call, refused when the layer is described.
+        n = len(self.kernel_size)
+        for name in ("stride", "dilation", "output_padding"):
+            value = getattr(self, name)
+            if value and len(value) != n:
+                raise ValueError(f"{name} needs {n} entries (one per spatial dimension), got {value!r}")
+        if isinstance(self.padding, str):
+            if self.padding not in ("valid", "same") or self.kind == "yat_conv_transpose":
+                raise ValueError(f"padding must be ints (or 'valid'/'same' for a convolution), got {self.padding!r}")
+            if self.padding == "same" and any(s > 1 for s in self.stride):
+                raise ValueError(f"padding='same' needs stride 1, got stride {self.stride}")
+        elif self.padding and len(self.padding) != n:
+            raise ValueError(f"padding needs {n} entries (one per spatial dimension), got {self.padding!r}")
+        stride, dilation = self.stride or (1,) * n, self.dilation or (1,) * n
+        for op, s, d in zip(self.output_padding, stride, dilation):
+            if op >= max(s, d):
+                raise ValueError(
+                    f"output_padding {self.output_padding} must be smaller than the stride {stride} or the "
+                    f"dilation {dilation} in every dimension"
+                )
 
     @property
     def conv_options(self) -> dict[str, Any]:

@@ -47,14 +47,23 @@ def _mlx_conv(x: Any, w: Any, *, stride: Any, padding: Any, dilation: Any, group
 
     d = w.ndim - 2
     last = (0, *range(2, 2 + d), 1)  # channels first -> channels last (MLX's layout)
-    y = mx.conv_general(
-        mx.transpose(x, last),
-        mx.transpose(w, last),
-        stride=list(stride),
-        padding=([lo for lo, _ in padding], [hi for _, hi in padding]),
-        kernel_dilation=list(dilation),
-        groups=groups,
-    )
+    x, w = mx.transpose(x, last), mx.transpose(w, last)
+    geometry: dict[str, Any] = {
+        "stride": list(stride),
+        "padding": ([lo for lo, _ in padding], [hi for _, hi in padding]),
+        "kernel_dilation": list(dilation),
+    }
+    if groups == 1 or d < 3:
+        y = mx.conv_general(x, w, groups=groups, **geometry)
+    else:  # MLX 0.32 groups only 1-D and 2-D convolutions: one convolution per group
+        cin, cout = x.shape[-1] // groups, w.shape[0] // groups
+        y = mx.concatenate(
+            [
+                mx.conv_general(x[..., g * cin : (g + 1) * cin], w[g * cout : (g + 1) * cout], **geometry)
+                for g in range(groups)
+            ],
+            axis=-1,
+        )
     return mx.transpose(y, (0, d + 1, *range(1, d + 1)))
 
 
