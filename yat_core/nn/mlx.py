@@ -1,4 +1,4 @@
-"""MLX: the Yat layer as an ``mlx.nn.Module`` and the model of an :class:`~yat_core.mlp.MLPSpec`.
+"""MLX: the Yat layers as ``mlx.nn.Module`` objects and the model of an :class:`~yat_core.mlp.MLPSpec`.
 
 Layout and names follow MLX: a layer's kernel is ``weight`` of shape
 ``(output_dims, input_dims)`` (the core's layout, so interchange copies it as is),
@@ -8,7 +8,16 @@ sizes are ``input_dims`` / ``output_dims``, absent parameters are not there at a
 ``"layers.0.weight"``, ``"layers.0.alpha"``. The interchange names drop the
 ``layers.`` prefix and replace ``weight`` with ``kernel``.
 
-The layer is array code over :func:`yat_core.product.yat_product`, so
+The Yat convolutions :class:`YatConv1d`, :class:`YatConv2d`, :class:`YatConv3d` and
+:class:`YatConvTranspose1d` ... :class:`YatConvTranspose3d` are channels last as
+``mlx.nn.Conv2d`` / ``ConvTranspose2d``: input ``(N, *spatial, C)``, ``weight`` of
+shape ``(out, *k, in/groups)`` for both kinds; :func:`kernel_to_core` /
+:func:`kernel_from_core` convert it to the core's layout (``(out, in/groups, *k)``,
+transposed ``(in, out/groups, *k)``), and their ``export_params()`` /
+``import_params()`` speak the core's unprefixed names and layout.
+
+The layers are array code over :func:`yat_core.product.yat_product` and
+:func:`yat_core.conv.yat_conv` / :func:`~yat_core.conv.yat_conv_transpose`, so
 ``save_weights`` / ``load_weights``, ``nn.value_and_grad`` and ``mx.compile``
 work as for MLX's own layers. Training lives in :mod:`yat_core.runners.mlx`.
 """
@@ -16,21 +25,45 @@ work as for MLX's own layers. Training lives in :mod:`yat_core.runners.mlx`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_reduce
 
+from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
 from yat_core.namespaces.mlx import namespace
 from yat_core.nn.interchange import export_arrays, import_arrays
-from yat_core.nn.options import forward_options, spec_options, yat_layer_spec
+from yat_core.nn.options import (
+    conv_layer_spec,
+    conv_spec_options,
+    forward_options,
+    spec_options,
+    yat_layer_spec,
+)
 from yat_core.product import DEFAULT_EPSILON, softplus_inverse, yat_product
 
-__all__ = ["YatNMN", "YatMLP", "build_model", "export_params", "import_params", "count_params", "predict"]
+__all__ = [
+    "YatNMN",
+    "YatConv1d",
+    "YatConv2d",
+    "YatConv3d",
+    "YatConvTranspose1d",
+    "YatConvTranspose2d",
+    "YatConvTranspose3d",
+    "conv_from_spec",
+    "kernel_to_core",
+    "kernel_from_core",
+    "YatMLP",
+    "build_model",
+    "export_params",
+    "import_params",
+    "count_params",
+    "predict",
+]
 
 #: Core parameter name -> MLX attribute, where they differ (``nn.Linear`` calls the kernel ``weight``).
 _ATTR = {"kernel": "weight"}
@@ -122,6 +155,434 @@ class YatNMN(nn.Module):
         return ", ".join(f"{k}={v}" for k, v in {**sizes, **spec_options(self.spec)}.items())
 
 
+# ---------------------------------------------------------------- convolutions
+
+_C = TypeVar("_C", bound="_YatConvNd")
+
+
+def kernel_to_core(spec: LayerSpec, kernel: Any) -> Any:
+    """A Yat convolution's kernel from MLX's layout ``(out, *k, in/groups)`` to the core's.
+
+    The core's is ``(out, in/groups, *k)`` for a convolution and ``(in, out/groups, *k)``
+    (PyTorch's) for a transposed one; MLX keeps both as ``(out, *k, in/groups)``. Works
+    on MLX and NumPy arrays alike.
+
+    Examples
+    --------
+    >>> from yat_core.nn.options import conv_layer_spec
+    >>> spec = conv_layer_spec(4, 6, (3, 2), n_spatial=2, groups=2, output_padding=0)
+    >>> kernel_to_core(spec, np.zeros((6, 3, 2, 2))).shape
+    (4, 3, 3, 2)
+    """
+    n = len(spec.kernel_size)
+    if spec.kind == "yat_conv":
+        return kernel.transpose(0, n + 1, *range(1, n + 1))
+    g, k = spec.groups, spec.kernel_size
+    out_g, in_g = spec.out_features // g, spec.in_features // g
+    # (g, out/g, *k, in/g) -> (g, in/g, out/g, *k)
+    regrouped = kernel.reshape(g, out_g, *k, in_g).transpose(0, n + 2, 1, *range(2, n + 2))
+    return regrouped.reshape(spec.in_features, out_g, *k)
+
+
+def kernel_from_core(spec: LayerSpec, kernel: Any) -> Any:
+    """The inverse of :func:`kernel_to_core`: the core's layout to MLX's ``(out, *k, in/groups)``.
+
+    Examples
+    --------
+    >>> from yat_core.nn.options import conv_layer_spec
+    >>> kernel_from_core(conv_layer_spec(4, 6, 3, n_spatial=1, groups=2), np.zeros((6, 2, 3))).shape
+    (6, 3, 2)
+    """
+    n = len(spec.kernel_size)
+    if spec.kind == "yat_conv":
+        return kernel.transpose(0, *range(2, n + 2), 1)
+    g, k = spec.groups, spec.kernel_size
+    out_g, in_g = spec.out_features // g, spec.in_features // g
+    # (g, in/g, out/g, *k) -> (g, out/g, *k, in/g)
+    regrouped = kernel.reshape(g, in_g, out_g, *k).transpose(0, 2, *range(3, n + 3), 1)
+    return regrouped.reshape(spec.out_features, *k, in_g)
+
+
+def _check_layer_params(spec: LayerSpec, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``params`` (core names without a layer prefix, core layout) checked against one layer's spec.
+
+    The messages are :func:`yat_core.nn.interchange.check_params`'s, for one layer.
+    """
+    expected = spec.param_shapes
+    arrays = {name: np.asarray(value) for name, value in params.items()}
+    problems = [f"missing {n} (shape {s})" for n, s in expected.items() if n not in arrays]
+    problems += [f"unexpected {n}" for n in arrays if n not in expected]
+    problems += [
+        f"{n} has shape {arrays[n].shape}, expected {s}"
+        for n, s in expected.items()
+        if n in arrays and arrays[n].shape != s
+    ]
+    if problems:
+        raise ValueError("parameters do not fit the layer: " + "; ".join(problems))
+    bad = [f"{n} ({a.dtype})" for n, a in arrays.items() if a.dtype.kind != "f"]
+    if bad:
+        raise TypeError(f"parameters must be real floating arrays; not so: {', '.join(bad)}")
+    return {name: arrays[name] for name in expected}
+
+
+class _YatConvNd(nn.Module):
+    """What the six Yat convolutions share: parameters, forward, repr, interchange.
+
+    Subclasses set the number of spatial dimensions (``_n_spatial``) and, through
+    their ``__init__``, whether the convolution is transposed; the rest is here, once.
+    The geometry is read from ``self.spec`` (properties, not module state), so
+    ``parameters()`` and ``state`` hold the arrays only.
+    """
+
+    _n_spatial: ClassVar[int]
+    transposed: ClassVar[bool] = False
+
+    def _setup(self, spec: LayerSpec) -> None:
+        # A dataclass, not a container: MLX keeps it as a plain attribute, not a parameter.
+        self.spec = spec
+        fan_in, fan_out = spec.fans
+        shape = kernel_from_core(spec, np.empty(spec.param_shapes["kernel"])).shape
+        self.weight = mx.random.normal(shape) * math.sqrt(2.0 / (fan_in + fan_out))
+        if spec.bias == LEARNABLE:
+            bound = 1.0 / math.sqrt(fan_in)
+            self.bias = mx.random.uniform(-bound, bound, (spec.out_features,))
+        if spec.alpha == LEARNABLE:
+            self.alpha = mx.array(1.0)
+        if spec.learnable_epsilon:
+            self.epsilon_raw = mx.array(softplus_inverse(spec.epsilon))
+
+    in_channels = property(lambda self: self.spec.in_features, doc="Input channels.")
+    out_channels = property(lambda self: self.spec.out_features, doc="Output channels.")
+    kernel_size = property(lambda self: self.spec.kernel_size, doc="One size per spatial dimension.")
+    stride = property(lambda self: self.spec.conv_options["stride"], doc="One stride per spatial dimension.")
+    padding = property(lambda self: self.spec.conv_options["padding"], doc="Per dimension, or 'valid' / 'same'.")
+    dilation = property(lambda self: self.spec.conv_options["dilation"], doc="One per spatial dimension.")
+    groups = property(lambda self: self.spec.groups, doc="Channel groups.")
+
+    @classmethod
+    def from_spec(cls: type[_C], spec: LayerSpec) -> _C:
+        """The layer of a core :class:`~yat_core.spec.LayerSpec` (``"yat_conv"`` or ``"yat_conv_transpose"``).
+
+        Examples
+        --------
+        >>> from yat_core.nn.options import conv_layer_spec
+        >>> YatConv2d.from_spec(conv_layer_spec(1, 8, 3, n_spatial=2, padding="same")).padding
+        'same'
+        """
+        kind = "yat_conv_transpose" if cls.transposed else "yat_conv"
+        if spec.kind != kind or len(spec.kernel_size) != cls._n_spatial:
+            raise ValueError(
+                f"{cls.__name__} is built from a {kind!r} spec with {cls._n_spatial} spatial dimension(s), "
+                f"got kind {spec.kind!r} with kernel_size {spec.kernel_size}"
+            )
+        build: Callable[..., _C] = cls  # the subclasses' __init__ take the sizes and options
+        return build(spec.in_features, spec.out_features, **conv_spec_options(spec))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        n, name = self._n_spatial, type(self).__name__
+        if x.ndim != n + 2:
+            raise ValueError(
+                f"{name} takes channels-last input of shape (N, *spatial, C) with {n} spatial dimension(s), "
+                f"i.e. {n + 2} dimensions; got shape {tuple(x.shape)}"
+            )
+        if x.shape[-1] != self.spec.in_features:
+            raise ValueError(
+                f"{name} takes {self.spec.in_features} input channels on the last axis (N, *spatial, C); "
+                f"got shape {tuple(x.shape)}"
+            )
+        xp = namespace()
+        first = mx.transpose(x, (0, n + 1, *range(1, n + 1)))  # the core is channels first
+        options = forward_options(self.spec, lambda attr: getattr(self, attr), xp)
+        conv = yat_conv_transpose if self.transposed else yat_conv
+        kernel = kernel_to_core(self.spec, self.weight)
+        # mx.conv_general (0.32) has no grouped 3-D convolution: those take the core's unfold.
+        native = self._n_spatial < 3 or self.spec.groups == 1
+        y = conv(first, kernel, **self.spec.conv_options, **options, native=native, xp=xp)
+        return mx.transpose(y, (0, *range(2, n + 2), 1))
+
+    def _extra_repr(self) -> str:
+        options = conv_spec_options(self.spec)
+        geometry = ("kernel_size", "stride", "padding", "dilation", "output_padding", "groups")
+        yat = ("bias", "alpha", "epsilon", "learnable_epsilon", "spherical")
+        shown = [f"{k}={options[k]!r}" for k in (*geometry, *yat) if k in options]
+        return ", ".join([f"{self.spec.in_features}, {self.spec.out_features}", *shown])
+
+    def export_params(self) -> dict[str, np.ndarray]:
+        """The parameters as ``{core name: numpy array}`` in the core's layout.
+
+        Examples
+        --------
+        >>> layer = YatConv2d(4, 6, 3, groups=2)
+        >>> layer.weight.shape, layer.export_params()["kernel"].shape
+        ((6, 3, 3, 2), (6, 2, 3, 3))
+        """
+        out = {}
+        for name in self.spec.param_shapes:
+            value = np.array(getattr(self, _ATTR.get(name, name)))
+            out[name] = np.ascontiguousarray(kernel_to_core(self.spec, value)) if name == "kernel" else value
+        return out
+
+    def import_params(self: _C, params: Mapping[str, Any]) -> _C:
+        """Set the parameters from ``params`` (core names without a prefix, core layout) in place; return the layer.
+
+        Names, shapes and dtypes are checked first, so a bad mapping changes nothing;
+        values are cast to each parameter's dtype.
+
+        Examples
+        --------
+        >>> layer = YatConvTranspose1d(2, 3, 4, bias=False).import_params(
+        ...     {"kernel": np.ones((2, 3, 4)), "alpha": np.array(2.0)})
+        >>> layer.weight.shape, layer.alpha.item()
+        ((3, 4, 2), 2.0)
+        """
+        for name, value in _check_layer_params(self.spec, params).items():
+            attr = _ATTR.get(name, name)
+            # (np.ascontiguousarray would turn a 0-d alpha into shape (1,): the kernel only)
+            native = np.ascontiguousarray(kernel_from_core(self.spec, value)) if name == "kernel" else value
+            setattr(self, attr, mx.array(native, dtype=getattr(self, attr).dtype))
+        mx.eval(self.parameters())
+        return self
+
+
+class _YatConv(_YatConvNd):
+    """A direct Yat convolution with ``mlx.nn.Conv{1,2,3}d``'s arguments (documented on :class:`YatConv2d`)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool | float = True,
+        *,
+        alpha: bool | float = True,
+        epsilon: float = DEFAULT_EPSILON,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+    ) -> None:
+        super().__init__()
+        self._setup(
+            conv_layer_spec(
+                in_channels,
+                out_channels,
+                kernel_size,
+                n_spatial=self._n_spatial,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=groups,
+                bias=bias,
+                alpha=alpha,
+                epsilon=epsilon,
+                learnable_epsilon=learnable_epsilon,
+                spherical=spherical,
+            )
+        )
+
+
+class _YatConvTranspose(_YatConvNd):
+    """A transposed Yat convolution with ``mlx.nn.ConvTranspose{1,2,3}d``'s arguments (see :class:`YatConvTranspose2d`)."""
+
+    transposed = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] = 0,
+        dilation: int | tuple[int, ...] = 1,
+        output_padding: int | tuple[int, ...] = 0,
+        bias: bool | float = True,
+        groups: int = 1,
+        *,
+        alpha: bool | float = True,
+        epsilon: float = DEFAULT_EPSILON,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+    ) -> None:
+        super().__init__()
+        self._setup(
+            conv_layer_spec(
+                in_channels,
+                out_channels,
+                kernel_size,
+                n_spatial=self._n_spatial,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=groups,
+                output_padding=output_padding,
+                bias=bias,
+                alpha=alpha,
+                epsilon=epsilon,
+                learnable_epsilon=learnable_epsilon,
+                spherical=spherical,
+            )
+        )
+
+    output_padding = property(lambda self: self.spec.conv_options["output_padding"], doc="One per spatial dimension.")
+
+
+class YatConv1d(_YatConv):
+    """Yat convolution over one spatial dimension: :class:`YatConv2d` for ``(N, L, C)`` inputs.
+
+    Examples
+    --------
+    >>> layer = YatConv1d(4, 6, 3, padding="same", groups=2)
+    >>> layer.weight.shape, layer(mx.zeros((2, 10, 4))).shape
+    ((6, 3, 2), (2, 10, 6))
+    """
+
+    _n_spatial = 1
+
+
+class YatConv2d(_YatConv):
+    """Yat convolution over two spatial dimensions, as :class:`mlx.nn.Conv2d`: channels last.
+
+    Every output is the ⵟ-product of one input patch with one filter,
+    ``alpha * (<patch, w_o> + bias_o)**2 / (|patch - w_o|**2 + epsilon)``: a thin shell
+    over :func:`yat_core.conv.yat_conv` (the input and kernel transposed to the core's
+    channels-first layout and back), with MLX's own convolution for the dot and
+    patch-norm terms (``native=True``).
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride, padding, dilation, groups
+        As for :class:`mlx.nn.Conv2d` (``padding`` also ``"valid"`` or ``"same"``).
+    bias : bool or float
+        ``True``: a learnable bias (uniform ``±1/sqrt(fan_in)``); ``False``: none; a
+        number: that constant added to every output (in the numerator, before the square).
+    alpha, epsilon, learnable_epsilon, spherical
+        The Yat options as for :class:`YatNMN` (keyword only); ``spherical`` normalises
+        every patch and filter.
+
+    Input ``(N, H, W, C_in)``, output ``(N, H_out, W_out, C_out)``; parameter ``weight``
+    of shape ``(C_out, kH, kW, C_in / groups)`` (MLX's layout; :func:`kernel_to_core`
+    gives the core's), ``bias`` ``(C_out,)``, scalars ``alpha`` and ``epsilon_raw``
+    (epsilon = ``softplus(epsilon_raw)``); absent ones are not there at all.
+
+    Notes
+    -----
+    A fresh layer draws its parameters from MLX's generator with the core's
+    distributions (kernel normal, std ``sqrt(2 / (fan_in + fan_out))`` with the fans of
+    :attr:`~yat_core.spec.LayerSpec.fans`; bias uniform ``±1/sqrt(fan_in)``; alpha 1.0);
+    ``from_spec`` then ``import_params`` of :func:`yat_core.mlp.init_layer_numpy` values
+    gives the weights every framework starts from.
+
+    Examples
+    --------
+    >>> from mlx.utils import tree_flatten
+    >>> layer = YatConv2d(1, 8, 3, stride=2, padding=1)
+    >>> [(name, v.shape) for name, v in tree_flatten(layer.parameters())]
+    [('weight', (8, 3, 3, 1)), ('bias', (8,)), ('alpha', ())]
+    >>> layer(mx.zeros((2, 28, 28, 1))).shape
+    (2, 14, 14, 8)
+    >>> YatConv2d(4, 8, (3, 5), bias=False, alpha=2.0, groups=2)
+    YatConv2d(4, 8, kernel_size=(3, 5), stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=2, bias=False, alpha=2.0, epsilon=1e-05, learnable_epsilon=False, spherical=False)
+    """
+
+    _n_spatial = 2
+
+
+class YatConv3d(_YatConv):
+    """Yat convolution over three spatial dimensions: :class:`YatConv2d` for ``(N, D, H, W, C)`` inputs.
+
+    Examples
+    --------
+    >>> layer = YatConv3d(2, 4, 3, dilation=2)
+    >>> layer.weight.shape, layer(mx.zeros((1, 6, 7, 8, 2))).shape
+    ((4, 3, 3, 3, 2), (1, 2, 3, 4, 4))
+    """
+
+    _n_spatial = 3
+
+
+class YatConvTranspose1d(_YatConvTranspose):
+    """Yat transposed convolution over one spatial dimension: :class:`YatConvTranspose2d` for ``(N, L, C)``.
+
+    Examples
+    --------
+    >>> layer = YatConvTranspose1d(4, 6, 3, stride=2, groups=2)
+    >>> layer.weight.shape, layer(mx.zeros((2, 5, 4))).shape
+    ((6, 3, 2), (2, 11, 6))
+    """
+
+    _n_spatial = 1
+
+
+class YatConvTranspose2d(_YatConvTranspose):
+    """Yat transposed convolution over two spatial dimensions, as :class:`mlx.nn.ConvTranspose2d`: channels last.
+
+    A thin shell over :func:`yat_core.conv.yat_conv_transpose`: the direct Yat
+    convolution of the zero-inserted input with the flipped kernel, so ``dot`` is
+    ``mx.conv_transpose2d(x, weight)``; MLX's own convolution computes the dot and
+    patch-norm terms (``native=True``).
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride, padding, dilation, output_padding, bias
+        As for :class:`mlx.nn.ConvTranspose2d` (the output size is
+        ``(i-1)*stride - 2*padding + dilation*(k-1) + output_padding + 1``).
+    groups : int
+        Channel groups (``mlx.nn.ConvTranspose2d`` has none; ``mx.conv_transpose2d`` does).
+    alpha, epsilon, learnable_epsilon, spherical
+        As for :class:`YatConv2d`.
+
+    Input ``(N, H, W, C_in)``; ``weight`` of shape ``(C_out, kH, kW, C_in / groups)``
+    (MLX's layout for transposed convolutions too; the core's, PyTorch's, is
+    ``(C_in, C_out / groups, kH, kW)``: :func:`kernel_to_core`).
+
+    Examples
+    --------
+    >>> layer = YatConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+    >>> layer.weight.shape, layer(mx.zeros((2, 7, 7, 8))).shape
+    ((4, 3, 3, 8), (2, 14, 14, 4))
+    """
+
+    _n_spatial = 2
+
+
+class YatConvTranspose3d(_YatConvTranspose):
+    """Yat transposed convolution over three spatial dimensions: :class:`YatConvTranspose2d` for ``(N, D, H, W, C)``.
+
+    Examples
+    --------
+    >>> layer = YatConvTranspose3d(2, 2, 2, stride=2)
+    >>> layer.weight.shape, layer(mx.zeros((1, 2, 3, 4, 2))).shape
+    ((2, 2, 2, 2, 2), (1, 4, 6, 8, 2))
+    """
+
+    _n_spatial = 3
+
+
+#: The Yat convolutions by (transposed, spatial dimensions).
+_CONV_CLASSES: dict[tuple[bool, int], type[_YatConvNd]] = {
+    (cls.transposed, cls._n_spatial): cls
+    for cls in (YatConv1d, YatConv2d, YatConv3d, YatConvTranspose1d, YatConvTranspose2d, YatConvTranspose3d)
+}
+
+
+def conv_from_spec(spec: LayerSpec) -> _YatConvNd:
+    """The Yat convolution class that fits ``spec`` (kind and spatial dimensions), built from it.
+
+    Examples
+    --------
+    >>> from yat_core.spec import LayerSpec
+    >>> type(conv_from_spec(LayerSpec("yat_conv_transpose", 4, 2, kernel_size=(2,), stride=(2,)))).__name__
+    'YatConvTranspose1d'
+    """
+    if spec.kind not in ("yat_conv", "yat_conv_transpose"):
+        raise ValueError(
+            f"a Yat convolution is built from a 'yat_conv' or 'yat_conv_transpose' spec, not {spec.kind!r}"
+        )
+    return _CONV_CLASSES[(spec.kind == "yat_conv_transpose", len(spec.kernel_size))].from_spec(spec)
+
+
 class _Linear(nn.Linear):
     """``nn.Linear`` plus what a core linear layer may add: a constant bias and a ReLU."""
 
@@ -162,6 +623,9 @@ class YatMLP(nn.Module):
         return h
 
 
+_M = TypeVar("_M", YatMLP, _YatConvNd)
+
+
 def build_model(spec: MLPSpec, seed: int, *, dtype: mx.Dtype = mx.float32) -> YatMLP:
     """The native model of ``spec`` with the weights of :func:`~yat_core.mlp.init_mlp_numpy`.
 
@@ -178,8 +642,11 @@ def build_model(spec: MLPSpec, seed: int, *, dtype: mx.Dtype = mx.float32) -> Ya
     return import_params(model, init_mlp_numpy(spec, seed, np.dtype(str(dtype).rsplit(".", 1)[-1])))
 
 
-def export_params(model: YatMLP) -> dict[str, np.ndarray]:
+def export_params(model: YatMLP | _YatConvNd) -> dict[str, np.ndarray]:
     """The model's parameters as ``{core name: numpy array}`` (``"0.kernel"`` is ``(out, in)``).
+
+    A single Yat convolution gives its own, unprefixed and in the core's layout
+    (``"kernel"``, ``"bias"``, ...): :meth:`_YatConvNd.export_params`.
 
     Examples
     --------
@@ -187,11 +654,17 @@ def export_params(model: YatMLP) -> dict[str, np.ndarray]:
     >>> export_params(build_model(seed_spec(), 0))["0.kernel"].shape
     (256, 784)
     """
-    return export_arrays(model.spec, lambda i, name: np.array(getattr(model.layers[i], _ATTR.get(name, name))))
+    if isinstance(model, _YatConvNd):
+        return model.export_params()
+    mlp: YatMLP = model
+    return export_arrays(mlp.spec, lambda i, name: np.array(getattr(mlp.layers[i], _ATTR.get(name, name))))
 
 
-def import_params(model: YatMLP, params: Mapping[str, Any]) -> YatMLP:
+def import_params(model: _M, params: Mapping[str, Any]) -> _M:
     """Set ``model``'s parameters from ``params`` (core names and layouts) in place; return it.
+
+    ``model`` is a :class:`YatMLP` or a single Yat convolution (unprefixed names, the
+    core's layout: :meth:`_YatConvNd.import_params`).
 
     Values are cast to each parameter's dtype; names, shapes and dtypes are checked
     first (:func:`yat_core.nn.interchange.check_params`), so a bad mapping leaves the
@@ -205,11 +678,15 @@ def import_params(model: YatMLP, params: Mapping[str, Any]) -> YatMLP:
     1.0
     """
 
+    if isinstance(model, _YatConvNd):
+        return model.import_params(params)
+    mlp: YatMLP = model
+
     def write(index: int, name: str, value: np.ndarray) -> None:
-        layer, attr = model.layers[index], _ATTR.get(name, name)
+        layer, attr = mlp.layers[index], _ATTR.get(name, name)
         setattr(layer, attr, mx.array(value, dtype=getattr(layer, attr).dtype))
 
-    import_arrays(model.spec, params, write)
+    import_arrays(mlp.spec, params, write)
     mx.eval(model.parameters())
     return model
 

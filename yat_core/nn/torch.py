@@ -1,4 +1,4 @@
-"""PyTorch: the Yat layer as a ``torch.nn.Module`` and the model of an :class:`~yat_core.mlp.MLPSpec`.
+"""PyTorch: the Yat layers as ``torch.nn.Module`` objects and the model of an :class:`~yat_core.mlp.MLPSpec`.
 
 Layout and names follow PyTorch: a layer's kernel is ``weight`` of shape
 ``(out_features, in_features)`` (the core's layout, so interchange copies it
@@ -8,8 +8,16 @@ does), and the model is a ``torch.nn.Sequential`` whose children are named
 ``"0.weight"``, ``"0.alpha"``, ``"2.bias"``. The interchange names replace
 ``weight`` with ``kernel``.
 
-The layer is plain tensor code over :func:`yat_core.product.yat_product`, so it
-works with ``state_dict``, ``torch.export``, ``torch.compile``, ``torch.func``
+The Yat convolutions :class:`YatConv1d`, :class:`YatConv2d`, :class:`YatConv3d` and
+:class:`YatConvTranspose1d` ... :class:`YatConvTranspose3d` take ``nn.Conv2d``'s /
+``nn.ConvTranspose2d``'s arguments and keep ``weight`` in PyTorch's layout
+(``(out, in/groups, *k)``, transposed ``(in, out/groups, *k)``), which is the
+core's; their ``export_params()`` / ``import_params()`` speak the core's unprefixed
+names (``"kernel"``, ``"bias"``, ``"alpha"``, ``"epsilon_raw"``).
+
+The layers are plain tensor code over :func:`yat_core.product.yat_product` and
+:func:`yat_core.conv.yat_conv` / :func:`~yat_core.conv.yat_conv_transpose`, so they
+work with ``state_dict``, ``torch.export``, ``torch.compile``, ``torch.func``
 (``vmap``, ``grad``, ``functional_call``) and ``torch.autograd.gradcheck``.
 Training lives in :mod:`yat_core.runners.torch`.
 """
@@ -18,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import array_api_compat.torch as torch_xp
 import numpy as np
@@ -26,12 +34,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
 from yat_core.nn.interchange import export_arrays, import_arrays
-from yat_core.nn.options import forward_options, spec_options, yat_layer_spec
+from yat_core.nn.options import (
+    conv_layer_spec,
+    conv_spec_options,
+    forward_options,
+    spec_options,
+    yat_layer_spec,
+)
 from yat_core.product import DEFAULT_EPSILON, softplus_inverse, yat_product
 
-__all__ = ["YatNMN", "YatMLP", "build_model", "export_params", "import_params", "count_params", "predict"]
+__all__ = [
+    "YatNMN",
+    "YatConv1d",
+    "YatConv2d",
+    "YatConv3d",
+    "YatConvTranspose1d",
+    "YatConvTranspose2d",
+    "YatConvTranspose3d",
+    "conv_from_spec",
+    "YatMLP",
+    "build_model",
+    "export_params",
+    "import_params",
+    "count_params",
+    "predict",
+]
 
 #: Core parameter name -> PyTorch attribute, where they differ (``nn.Linear`` calls the kernel ``weight``).
 _ATTR = {"kernel": "weight"}
@@ -141,6 +171,407 @@ class YatNMN(nn.Module):
         )
 
 
+# ---------------------------------------------------------------- convolutions
+
+_C = TypeVar("_C", bound="_YatConvNd")
+
+
+def _check_layer_params(spec: LayerSpec, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``params`` (core names without a layer prefix, core layout) checked against one layer's spec.
+
+    The messages are :func:`yat_core.nn.interchange.check_params`'s, for one layer.
+    """
+    expected = spec.param_shapes
+    arrays = {name: np.asarray(value) for name, value in params.items()}
+    problems = [f"missing {n} (shape {s})" for n, s in expected.items() if n not in arrays]
+    problems += [f"unexpected {n}" for n in arrays if n not in expected]
+    problems += [
+        f"{n} has shape {arrays[n].shape}, expected {s}"
+        for n, s in expected.items()
+        if n in arrays and arrays[n].shape != s
+    ]
+    if problems:
+        raise ValueError("parameters do not fit the layer: " + "; ".join(problems))
+    bad = [f"{n} ({a.dtype})" for n, a in arrays.items() if a.dtype.kind != "f"]
+    if bad:
+        raise TypeError(f"parameters must be real floating arrays; not so: {', '.join(bad)}")
+    return {name: arrays[name] for name in expected}
+
+
+class _YatConvNd(nn.Module):
+    """What the six Yat convolutions share: parameters, forward, repr, interchange.
+
+    Subclasses set the number of spatial dimensions (``_n_spatial``) and, through
+    their ``__init__``, whether the convolution is transposed; the rest is here, once.
+    """
+
+    _n_spatial: ClassVar[int]
+    transposed: ClassVar[bool] = False
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    alpha: nn.Parameter | None
+    epsilon_raw: nn.Parameter | None
+
+    def _setup(self, spec: LayerSpec, padding_mode: str, device: Any, dtype: Any) -> None:
+        if padding_mode != "zeros":
+            raise ValueError(
+                f"padding_mode must be 'zeros' (the Yat convolution pads with zeros), got {padding_mode!r}"
+            )
+        self.spec = spec
+        self.in_channels, self.out_channels = spec.in_features, spec.out_features
+        options = spec.conv_options
+        self.kernel_size: tuple[int, ...] = spec.kernel_size
+        self.stride: tuple[int, ...] = options["stride"]
+        self.padding: tuple[int, ...] | str = options["padding"]
+        self.dilation: tuple[int, ...] = options["dilation"]
+        self.groups: int = options["groups"]
+        self.output_padding: tuple[int, ...] = options.get("output_padding", (0,) * self._n_spatial)
+        self.padding_mode = padding_mode
+        shapes = spec.param_shapes  # the learnable ones only; the kernel in torch's layout, which is the core's
+        for name in ("kernel", "bias", "alpha", "epsilon_raw"):
+            shape = shapes.get(name)
+            param = None if shape is None else nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+            self.register_parameter(_ATTR.get(name, name), param)  # None: absent, as nn.Conv2d(bias=False)
+        self.reset_parameters()
+
+    @classmethod
+    def from_spec(cls: type[_C], spec: LayerSpec, **factory: Any) -> _C:
+        """The layer of a core :class:`~yat_core.spec.LayerSpec` (``"yat_conv"`` or ``"yat_conv_transpose"``).
+
+        Examples
+        --------
+        >>> from yat_core.nn.options import conv_layer_spec
+        >>> YatConv2d.from_spec(conv_layer_spec(1, 8, 3, n_spatial=2, padding="same")).padding
+        'same'
+        """
+        kind = "yat_conv_transpose" if cls.transposed else "yat_conv"
+        if spec.kind != kind or len(spec.kernel_size) != cls._n_spatial:
+            raise ValueError(
+                f"{cls.__name__} is built from a {kind!r} spec with {cls._n_spatial} spatial dimension(s), "
+                f"got kind {spec.kind!r} with kernel_size {spec.kernel_size}"
+            )
+        options = conv_spec_options(spec)
+        return cls(spec.in_features, spec.out_features, **options, **factory)
+
+    def reset_parameters(self) -> None:
+        """Draw fresh initial values: the core's distributions, PyTorch's generator.
+
+        Kernel normal with std ``sqrt(2 / (fan_in + fan_out))`` (fans per group, as
+        :attr:`~yat_core.spec.LayerSpec.fans` counts them), bias uniform
+        ``±1/sqrt(fan_in)``, alpha 1.0, ``epsilon_raw`` at the configured epsilon.
+        """
+        fan_in, fan_out = self.spec.fans
+        nn.init.normal_(self.weight, 0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+        if self.alpha is not None:
+            nn.init.ones_(self.alpha)
+        if self.epsilon_raw is not None:
+            nn.init.constant_(self.epsilon_raw, softplus_inverse(self.spec.epsilon))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self._n_spatial
+        if x.dim() not in (n + 1, n + 2):
+            raise ValueError(
+                f"{type(self).__name__} takes input of shape (N, C, *spatial) or (C, *spatial) with {n} spatial "
+                f"dimension(s), i.e. {n + 2} or {n + 1} dimensions; got shape {tuple(x.shape)}"
+            )
+        batched = x.dim() == n + 2
+        h = x if batched else x.unsqueeze(0)
+        options = forward_options(self.spec, lambda name: getattr(self, name), torch_xp)
+        conv = yat_conv_transpose if self.transposed else yat_conv
+        y = conv(h, self.weight, **self.spec.conv_options, **options, native=True, xp=torch_xp)
+        return y if batched else y.squeeze(0)
+
+    def extra_repr(self) -> str:
+        n = self._n_spatial
+        parts = [f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"]
+        if self.padding != (0,) * n:
+            parts.append(f"padding={self.padding!r}")
+        if self.dilation != (1,) * n:
+            parts.append(f"dilation={self.dilation}")
+        if self.output_padding != (0,) * n:
+            parts.append(f"output_padding={self.output_padding}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        options = conv_spec_options(self.spec)
+        parts += [f"{k}={options[k]}" for k in ("bias", "alpha", "epsilon", "learnable_epsilon", "spherical")]
+        return ", ".join(parts)
+
+    def export_params(self) -> dict[str, np.ndarray]:
+        """The parameters as ``{core name: numpy array}`` in the core's layout (PyTorch's own).
+
+        Examples
+        --------
+        >>> {k: v.shape for k, v in YatConvTranspose2d(4, 6, 3, groups=2).export_params().items()}
+        {'kernel': (4, 3, 3, 3), 'bias': (6,), 'alpha': ()}
+        """
+        return {
+            name: np.array(self.get_parameter(_ATTR.get(name, name)).detach().cpu().numpy())
+            for name in self.spec.param_shapes
+        }
+
+    def import_params(self: _C, params: Mapping[str, Any]) -> _C:
+        """Copy ``params`` (core names without a prefix, core layout) into the layer in place; return it.
+
+        Names, shapes and dtypes are checked first, so a bad mapping changes nothing;
+        values are cast to each parameter's dtype and device.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> layer = YatConv1d(2, 3, 4, bias=False).import_params({"kernel": np.ones((3, 2, 4)), "alpha": np.array(2.0)})
+        >>> layer.alpha.item()
+        2.0
+        """
+        checked = _check_layer_params(self.spec, params)
+        with torch.no_grad():
+            for name, value in checked.items():
+                # torch.tensor copies: the source may be read-only or strided, which from_numpy cannot share.
+                self.get_parameter(_ATTR.get(name, name)).copy_(torch.tensor(value))
+        return self
+
+
+class _YatConv(_YatConvNd):
+    """A direct Yat convolution with ``nn.Conv{1,2,3}d``'s arguments (documented on :class:`YatConv2d`)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool | float = True,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        alpha: bool | float = True,
+        epsilon: float = DEFAULT_EPSILON,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+    ) -> None:
+        super().__init__()
+        spec = conv_layer_spec(
+            in_channels,
+            out_channels,
+            kernel_size,
+            n_spatial=self._n_spatial,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            alpha=alpha,
+            epsilon=epsilon,
+            learnable_epsilon=learnable_epsilon,
+            spherical=spherical,
+        )
+        self._setup(spec, padding_mode, device, dtype)
+
+
+class _YatConvTranspose(_YatConvNd):
+    """A transposed Yat convolution with ``nn.ConvTranspose{1,2,3}d``'s arguments (see :class:`YatConvTranspose2d`)."""
+
+    transposed = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] = 0,
+        output_padding: int | tuple[int, ...] = 0,
+        groups: int = 1,
+        bias: bool | float = True,
+        dilation: int | tuple[int, ...] = 1,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        alpha: bool | float = True,
+        epsilon: float = DEFAULT_EPSILON,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+    ) -> None:
+        super().__init__()
+        spec = conv_layer_spec(
+            in_channels,
+            out_channels,
+            kernel_size,
+            n_spatial=self._n_spatial,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            output_padding=output_padding,
+            bias=bias,
+            alpha=alpha,
+            epsilon=epsilon,
+            learnable_epsilon=learnable_epsilon,
+            spherical=spherical,
+        )
+        self._setup(spec, padding_mode, device, dtype)
+
+
+class YatConv1d(_YatConv):
+    """Yat convolution over one spatial dimension: :class:`YatConv2d` for ``(N, C, L)`` inputs.
+
+    Examples
+    --------
+    >>> layer = YatConv1d(4, 6, 3, padding="same", groups=2)
+    >>> tuple(layer.weight.shape), layer(torch.zeros(2, 4, 10)).shape
+    ((6, 2, 3), torch.Size([2, 6, 10]))
+    """
+
+    _n_spatial = 1
+
+
+class YatConv2d(_YatConv):
+    """Yat convolution over two spatial dimensions, with :class:`torch.nn.Conv2d`'s arguments and layout.
+
+    Every output is the ⵟ-product of one input patch with one filter,
+    ``alpha * (<patch, w_o> + bias_o)**2 / (|patch - w_o|**2 + epsilon)``: a thin shell
+    over :func:`yat_core.conv.yat_conv`, with PyTorch's own convolution for the dot and
+    patch-norm terms (``native=True``).
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride, padding, dilation, groups
+        As for :class:`torch.nn.Conv2d` (``padding`` also ``"valid"`` or ``"same"``).
+    bias : bool or float
+        ``True``: a learnable bias (uniform ``±1/sqrt(fan_in)``); ``False``: none; a
+        number: that constant added to every output (in the numerator, before the square).
+    padding_mode : {"zeros"}
+        Zero padding only; the other modes are refused.
+    device, dtype
+        As for :class:`torch.nn.Conv2d`.
+    alpha, epsilon, learnable_epsilon, spherical
+        The Yat options as for :class:`YatNMN` (keyword only); ``spherical`` normalises
+        every patch and filter.
+
+    Input ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``; parameter ``weight`` of shape
+    ``(C_out, C_in / groups, kH, kW)`` (PyTorch's layout, which is the core's), ``bias``
+    ``(C_out,)``, scalars ``alpha`` and ``epsilon_raw`` (epsilon = ``softplus(epsilon_raw)``).
+
+    Notes
+    -----
+    A fresh layer draws its parameters with PyTorch's generator from the core's
+    distributions (:meth:`reset_parameters`); ``from_spec`` then ``import_params`` of
+    :func:`yat_core.mlp.init_layer_numpy` values gives the weights every framework
+    starts from.
+
+    Examples
+    --------
+    >>> layer = YatConv2d(1, 8, 3, stride=2, padding=1)
+    >>> [(name, tuple(p.shape)) for name, p in layer.named_parameters()]
+    [('weight', (8, 1, 3, 3)), ('bias', (8,)), ('alpha', ())]
+    >>> layer(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 8, 14, 14])
+    >>> YatConv2d(4, 8, (3, 5), bias=False, alpha=2.0, groups=2)
+    YatConv2d(4, 8, kernel_size=(3, 5), stride=(1, 1), groups=2, bias=False, alpha=2.0, epsilon=1e-05, learnable_epsilon=False, spherical=False)
+    """
+
+    _n_spatial = 2
+
+
+class YatConv3d(_YatConv):
+    """Yat convolution over three spatial dimensions: :class:`YatConv2d` for ``(N, C, D, H, W)`` inputs.
+
+    Examples
+    --------
+    >>> layer = YatConv3d(2, 4, 3, dilation=2)
+    >>> tuple(layer.weight.shape), layer(torch.zeros(1, 2, 6, 7, 8)).shape
+    ((4, 2, 3, 3, 3), torch.Size([1, 4, 2, 3, 4]))
+    """
+
+    _n_spatial = 3
+
+
+class YatConvTranspose1d(_YatConvTranspose):
+    """Yat transposed convolution over one spatial dimension: :class:`YatConvTranspose2d` for ``(N, C, L)``.
+
+    Examples
+    --------
+    >>> layer = YatConvTranspose1d(4, 6, 3, stride=2, groups=2)
+    >>> tuple(layer.weight.shape), layer(torch.zeros(2, 4, 5)).shape
+    ((4, 3, 3), torch.Size([2, 6, 11]))
+    """
+
+    _n_spatial = 1
+
+
+class YatConvTranspose2d(_YatConvTranspose):
+    """Yat transposed convolution over two spatial dimensions, with :class:`torch.nn.ConvTranspose2d`'s arguments.
+
+    A thin shell over :func:`yat_core.conv.yat_conv_transpose`: the direct Yat
+    convolution of the zero-inserted input with the flipped kernel, so ``dot`` is
+    ``conv_transpose2d(x, weight)``; PyTorch's own convolution computes the dot and
+    patch-norm terms (``native=True``).
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, dilation
+        As for :class:`torch.nn.ConvTranspose2d` (``padding`` an int or a tuple; the
+        output size is ``(i-1)*stride - 2*padding + dilation*(k-1) + output_padding + 1``).
+    bias, padding_mode, device, dtype, alpha, epsilon, learnable_epsilon, spherical
+        As for :class:`YatConv2d`.
+
+    Input ``(N, C_in, H, W)`` or ``(C_in, H, W)``; ``weight`` of shape
+    ``(C_in, C_out / groups, kH, kW)`` (PyTorch's layout, which is the core's).
+
+    Examples
+    --------
+    >>> layer = YatConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+    >>> tuple(layer.weight.shape), layer(torch.zeros(2, 8, 7, 7)).shape
+    ((8, 4, 3, 3), torch.Size([2, 4, 14, 14]))
+    """
+
+    _n_spatial = 2
+
+
+class YatConvTranspose3d(_YatConvTranspose):
+    """Yat transposed convolution over three spatial dimensions: :class:`YatConvTranspose2d` for ``(N, C, D, H, W)``.
+
+    Examples
+    --------
+    >>> layer = YatConvTranspose3d(2, 2, 2, stride=2)
+    >>> tuple(layer.weight.shape), layer(torch.zeros(1, 2, 2, 3, 4)).shape
+    ((2, 2, 2, 2, 2), torch.Size([1, 2, 4, 6, 8]))
+    """
+
+    _n_spatial = 3
+
+
+#: The Yat convolutions by (transposed, spatial dimensions).
+_CONV_CLASSES: dict[tuple[bool, int], type[_YatConvNd]] = {
+    (cls.transposed, cls._n_spatial): cls
+    for cls in (YatConv1d, YatConv2d, YatConv3d, YatConvTranspose1d, YatConvTranspose2d, YatConvTranspose3d)
+}
+
+
+def conv_from_spec(spec: LayerSpec, **factory: Any) -> _YatConvNd:
+    """The Yat convolution class that fits ``spec`` (kind and spatial dimensions), built from it.
+
+    Examples
+    --------
+    >>> from yat_core.spec import LayerSpec
+    >>> conv_from_spec(LayerSpec("yat_conv_transpose", 4, 2, kernel_size=(2,), stride=(2,), output_padding=(1,)))
+    YatConvTranspose1d(4, 2, kernel_size=(2,), stride=(2,), output_padding=(1,), bias=True, alpha=True, epsilon=1e-05, learnable_epsilon=False, spherical=False)
+    """
+    if spec.kind not in ("yat_conv", "yat_conv_transpose"):
+        raise ValueError(
+            f"a Yat convolution is built from a 'yat_conv' or 'yat_conv_transpose' spec, not {spec.kind!r}"
+        )
+    return _CONV_CLASSES[(spec.kind == "yat_conv_transpose", len(spec.kernel_size))].from_spec(spec, **factory)
+
+
 class _Linear(nn.Linear):
     """``nn.Linear`` plus what a core linear layer may add: a constant bias and a ReLU."""
 
@@ -181,6 +612,9 @@ class YatMLP(nn.Sequential):
         return super().forward(torch.flatten(x, 1))
 
 
+_M = TypeVar("_M", YatMLP, _YatConvNd)
+
+
 def build_model(spec: MLPSpec, seed: int, *, device: Any = None, dtype: torch.dtype = torch.float32) -> YatMLP:
     """The native model of ``spec`` with the weights of :func:`~yat_core.mlp.init_mlp_numpy`.
 
@@ -199,8 +633,11 @@ def _param(model: YatMLP, index: int, name: str) -> torch.Tensor:
     return model[index].get_parameter(_ATTR.get(name, name))
 
 
-def export_params(model: YatMLP) -> dict[str, np.ndarray]:
+def export_params(model: YatMLP | _YatConvNd) -> dict[str, np.ndarray]:
     """The model's parameters as ``{core name: numpy array}`` (``"0.kernel"`` is ``(out, in)``).
+
+    A single Yat convolution gives its own, unprefixed (``"kernel"``, ``"bias"``, ...):
+    :meth:`_YatConvNd.export_params`.
 
     Examples
     --------
@@ -209,11 +646,16 @@ def export_params(model: YatMLP) -> dict[str, np.ndarray]:
     >>> params["0.kernel"].shape, params["0.alpha"].shape
     ((256, 784), ())
     """
+    if isinstance(model, _YatConvNd):
+        return model.export_params()
     return export_arrays(model.spec, lambda i, name: _param(model, i, name).detach().cpu().numpy())
 
 
-def import_params(model: YatMLP, params: Mapping[str, Any]) -> YatMLP:
+def import_params(model: _M, params: Mapping[str, Any]) -> _M:
     """Copy ``params`` (core names and layouts) into ``model`` in place and return it.
+
+    ``model`` is a :class:`YatMLP` or a single Yat convolution (unprefixed names:
+    :meth:`_YatConvNd.import_params`).
 
     Values are cast to each parameter's dtype and device; names, shapes and dtypes
     are checked first (:func:`yat_core.nn.interchange.check_params`), so a bad
@@ -227,12 +669,16 @@ def import_params(model: YatMLP, params: Mapping[str, Any]) -> YatMLP:
     1.0
     """
 
+    if isinstance(model, _YatConvNd):
+        return model.import_params(params)
+    mlp: YatMLP = model
+
     def write(index: int, name: str, value: np.ndarray) -> None:
         # torch.tensor copies: the source may be read-only or strided, which from_numpy cannot share.
-        _param(model, index, name).copy_(torch.tensor(value))
+        _param(mlp, index, name).copy_(torch.tensor(value))
 
     with torch.no_grad():
-        import_arrays(model.spec, params, write)
+        import_arrays(mlp.spec, params, write)
     return model
 
 
