@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from yat_core._io import atomic_write
-from yat_core.mlp import MLPSpec
+from yat_core.mlp import LayerSpec, MLPSpec
 
 __all__ = [
     "save_npz",
@@ -86,15 +86,16 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         return {name: np.array(data[name]) for name in data.files}
 
 
-def check_params(params: Mapping[str, Any], spec: MLPSpec) -> dict[str, np.ndarray]:
+def check_params(params: Mapping[str, Any], spec: MLPSpec | LayerSpec) -> dict[str, np.ndarray]:
     """Validate a parameter mapping against ``spec``; return it as NumPy arrays in spec order.
 
     Parameters
     ----------
     params : mapping of str to array-like
         Names and values in the core's layout.
-    spec : MLPSpec
-        The model the parameters are meant for.
+    spec : ModelSpec or LayerSpec
+        The model (names ``"0.kernel"``, ...) or the single layer (names ``"kernel"``, ...)
+        the parameters are meant for.
 
     Returns
     -------
@@ -130,7 +131,8 @@ def check_params(params: Mapping[str, Any], spec: MLPSpec) -> dict[str, np.ndarr
         if n in arrays and arrays[n].shape != s
     ]
     if problems:
-        raise ValueError("parameters do not fit the model: " + "; ".join(problems))
+        what = "layer" if isinstance(spec, LayerSpec) else "model"
+        raise ValueError(f"parameters do not fit the {what}: " + "; ".join(problems))
     bad = [f"{n} ({a.dtype})" for n, a in arrays.items() if a.dtype.kind not in _FLOAT_KINDS]
     if bad:
         raise TypeError(f"parameters must be real floating arrays; not so: {', '.join(bad)}")

@@ -36,7 +36,7 @@ from mlx.utils import tree_reduce
 from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
 from yat_core.namespaces.mlx import namespace
-from yat_core.nn.interchange import export_arrays, import_arrays
+from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
     conv_layer_spec,
     conv_spec_options,
@@ -203,28 +203,6 @@ def kernel_from_core(spec: LayerSpec, kernel: Any) -> Any:
     return regrouped.reshape(spec.out_features, *k, in_g)
 
 
-def _check_layer_params(spec: LayerSpec, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """``params`` (core names without a layer prefix, core layout) checked against one layer's spec.
-
-    The messages are :func:`yat_core.nn.interchange.check_params`'s, for one layer.
-    """
-    expected = spec.param_shapes
-    arrays = {name: np.asarray(value) for name, value in params.items()}
-    problems = [f"missing {n} (shape {s})" for n, s in expected.items() if n not in arrays]
-    problems += [f"unexpected {n}" for n in arrays if n not in expected]
-    problems += [
-        f"{n} has shape {arrays[n].shape}, expected {s}"
-        for n, s in expected.items()
-        if n in arrays and arrays[n].shape != s
-    ]
-    if problems:
-        raise ValueError("parameters do not fit the layer: " + "; ".join(problems))
-    bad = [f"{n} ({a.dtype})" for n, a in arrays.items() if a.dtype.kind != "f"]
-    if bad:
-        raise TypeError(f"parameters must be real floating arrays; not so: {', '.join(bad)}")
-    return {name: arrays[name] for name in expected}
-
-
 class _YatConvNd(nn.Module):
     """What the six Yat convolutions share: parameters, forward, repr, interchange.
 
@@ -335,7 +313,7 @@ class _YatConvNd(nn.Module):
         >>> layer.weight.shape, layer.alpha.item()
         ((3, 4, 2), 2.0)
         """
-        for name, value in _check_layer_params(self.spec, params).items():
+        for name, value in check_params(params, self.spec).items():
             attr = _ATTR.get(name, name)
             # (np.ascontiguousarray would turn a 0-d alpha into shape (1,): the kernel only)
             native = np.ascontiguousarray(kernel_from_core(self.spec, value)) if name == "kernel" else value

@@ -36,7 +36,7 @@ from torch import nn
 
 from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
-from yat_core.nn.interchange import export_arrays, import_arrays
+from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
     conv_layer_spec,
     conv_spec_options,
@@ -176,28 +176,6 @@ class YatNMN(nn.Module):
 _C = TypeVar("_C", bound="_YatConvNd")
 
 
-def _check_layer_params(spec: LayerSpec, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """``params`` (core names without a layer prefix, core layout) checked against one layer's spec.
-
-    The messages are :func:`yat_core.nn.interchange.check_params`'s, for one layer.
-    """
-    expected = spec.param_shapes
-    arrays = {name: np.asarray(value) for name, value in params.items()}
-    problems = [f"missing {n} (shape {s})" for n, s in expected.items() if n not in arrays]
-    problems += [f"unexpected {n}" for n in arrays if n not in expected]
-    problems += [
-        f"{n} has shape {arrays[n].shape}, expected {s}"
-        for n, s in expected.items()
-        if n in arrays and arrays[n].shape != s
-    ]
-    if problems:
-        raise ValueError("parameters do not fit the layer: " + "; ".join(problems))
-    bad = [f"{n} ({a.dtype})" for n, a in arrays.items() if a.dtype.kind != "f"]
-    if bad:
-        raise TypeError(f"parameters must be real floating arrays; not so: {', '.join(bad)}")
-    return {name: arrays[name] for name in expected}
-
-
 class _YatConvNd(nn.Module):
     """What the six Yat convolutions share: parameters, forward, repr, interchange.
 
@@ -326,7 +304,7 @@ class _YatConvNd(nn.Module):
         >>> layer.alpha.item()
         2.0
         """
-        checked = _check_layer_params(self.spec, params)
+        checked = check_params(params, self.spec)
         with torch.no_grad():
             for name, value in checked.items():
                 # torch.tensor copies: the source may be read-only or strided, which from_numpy cannot share.
