@@ -1,33 +1,56 @@
 """What the Flax NNX and Linen layers share: the core's initialisers, argument names and the Yat forward.
 
-Both APIs keep kernels ``(in, out)`` and take the arguments ``nnx.Linear`` /
-``linen.Dense`` take; only how a parameter is created differs between them, so
-everything else about the layer is here, once.
+Both APIs keep dense kernels ``(in, out)`` and take the arguments ``nnx.Linear`` /
+``linen.Dense`` take, and keep convolution kernels ``(*kernel_size, in/groups,
+out)`` and take the arguments ``nnx.Conv`` / ``linen.Conv`` take; only how a
+parameter is created differs between them, so everything else about the layers is
+here, once: the options, the initialisers, the kernel layout, Flax's padding in the
+core's terms, the forward passes and the interchange checks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Mapping
+import numbers
+import types
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.nnx.nn.dtypes import promote_dtype
+from flax.nnx.nn.linear import canonicalize_padding
 
+from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LEARNABLE, LayerSpec
-from yat_core.nn.options import forward_options, spec_options
+from yat_core.namespaces.native import register_native_conv
+from yat_core.nn.options import check_size, conv_layer_spec, conv_spec_options, forward_options, spec_options
 from yat_core.product import softplus_inverse, yat_product
 
 __all__ = [
     "Initializer",
     "xavier_normal",
     "fan_in_uniform",
+    "core_kernel_init",
     "flax_options",
+    "flax_conv_options",
+    "flax_conv_spec",
+    "flax_kernel_shape",
+    "to_flax_kernel",
+    "to_core_kernel",
     "yat_initializers",
     "matmul_precision",
     "yat_dense",
+    "yat_conv_forward",
+    "conv_input_pads",
+    "conv_kernel_size",
+    "check_conv_input",
+    "transpose_padding",
+    "check_layer_params",
+    "export_layer",
+    "import_layer",
     "linear_tail",
 ]
 
@@ -66,13 +89,77 @@ def flax_options(spec: LayerSpec) -> dict[str, Any]:
     return {"use_bias": options.pop("bias"), "use_alpha": options.pop("alpha"), **options}
 
 
+def core_kernel_init(spec: LayerSpec) -> Initializer:
+    """The core's Yat kernel distribution for ``spec``: normal, std ``sqrt(2 / (fan_in + fan_out))``.
+
+    The fans are the core's (:attr:`~yat_core.spec.LayerSpec.fans`: a convolution's
+    count the receptive field and the group's channels), so grouped convolutions draw
+    what :func:`yat_core.mlp.init_layer_numpy` draws, where Flax's ``variance_scaling``
+    would count every output channel.
+
+    Examples
+    --------
+    >>> from yat_core.nn.options import conv_layer_spec
+    >>> w = core_kernel_init(conv_layer_spec(64, 64, 3, n_spatial=2, groups=4))(jax.random.key(0), (3, 3, 16, 64))
+    >>> round(float(jnp.std(w)) / math.sqrt(2 / (144 + 144)), 1)
+    1.0
+    """
+    fan_in, fan_out = spec.fans
+    return jax.nn.initializers.normal(math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+def flax_kernel_shape(spec: LayerSpec) -> tuple[int, ...]:
+    """The kernel's shape in Flax's layout: the core's ``(A, B, *k)`` as ``(*k, B, A)``.
+
+    Dense ``(out, in)`` -> ``(in, out)``; convolution ``(out, in/groups, *k)`` ->
+    ``(*k, in/groups, out)`` (``nnx.Conv``'s); transposed convolution ``(in,
+    out/groups, *k)`` -> ``(*k, out/groups, in)`` (``nnx.ConvTranspose``'s with
+    ``transpose_kernel=True``).
+
+    Examples
+    --------
+    >>> from yat_core.nn.options import conv_layer_spec, yat_layer_spec
+    >>> flax_kernel_shape(yat_layer_spec(4, 3)), flax_kernel_shape(conv_layer_spec(4, 6, (3, 2), n_spatial=2, groups=2))
+    ((4, 3), (3, 2, 2, 6))
+    """
+    a, b, *k = spec.param_shapes["kernel"]
+    return (*k, b, a)
+
+
+def to_flax_kernel(kernel: Any) -> Any:
+    """A kernel in the core's layout ``(A, B, *k)`` as Flax keeps it, ``(*k, B, A)`` (NumPy or JAX).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> to_flax_kernel(np.zeros((8, 3, 5, 4))).shape
+    (5, 4, 3, 8)
+    """
+    return kernel.transpose((*range(2, kernel.ndim), 1, 0))
+
+
+def to_core_kernel(kernel: Any) -> Any:
+    """The inverse of :func:`to_flax_kernel`: ``(*k, B, A)`` -> ``(A, B, *k)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> to_core_kernel(np.zeros((5, 4, 3, 8))).shape
+    (8, 3, 5, 4)
+    """
+    n = kernel.ndim
+    return kernel.transpose((n - 1, n - 2, *range(n - 2)))
+
+
 def yat_initializers(
-    spec: LayerSpec, kernel_init: Initializer, bias_init: Initializer | None
+    spec: LayerSpec, kernel_init: Initializer | None, bias_init: Initializer | None
 ) -> dict[str, tuple[Initializer, tuple[int, ...]]]:
     """Each learnable parameter of a Yat layer: its initialiser and its Flax shape, in creation order.
 
-    ``bias_init=None`` is the core's :func:`fan_in_uniform`; alpha starts at 1 and
-    ``epsilon_raw`` at ``softplus_inverse(epsilon)``.
+    For the dense layer and the convolutions alike: ``kernel_init=None`` is the core's
+    :func:`core_kernel_init`, ``bias_init=None`` the core's :func:`fan_in_uniform` of the
+    kernel's fan-in; alpha starts at 1 and ``epsilon_raw`` at
+    ``softplus_inverse(epsilon)``. The kernel's shape is :func:`flax_kernel_shape`.
 
     Examples
     --------
@@ -81,12 +168,12 @@ def yat_initializers(
     {'kernel': (4, 3), 'bias': (3,), 'alpha': ()}
     """
     inits = {
-        "kernel": kernel_init,
-        "bias": fan_in_uniform(spec.in_features) if bias_init is None else bias_init,
+        "kernel": core_kernel_init(spec) if kernel_init is None else kernel_init,
+        "bias": fan_in_uniform(spec.fans[0]) if bias_init is None else bias_init,
         "alpha": jax.nn.initializers.ones,
         "epsilon_raw": jax.nn.initializers.constant(softplus_inverse(spec.epsilon)),
     }
-    shapes = {**spec.param_shapes, "kernel": (spec.in_features, spec.out_features)}  # Flax's (in, out)
+    shapes = {**spec.param_shapes, "kernel": flax_kernel_shape(spec)}
     return {name: (inits[name], shapes[name]) for name in spec.param_shapes}
 
 
@@ -170,3 +257,453 @@ def linear_tail(h: jax.Array, spec: LayerSpec) -> jax.Array:
     if spec.bias not in (LEARNABLE, None):
         h = h + spec.bias
     return jax.nn.relu(h) if spec.activation == "relu" else h
+
+
+# ---------------------------------------------------------------- convolutions
+#
+# Flax's convolutions are channels last, ``(*batch, *spatial, features)`` with kernels
+# ``(*kernel_size, in/groups, out)``; the core's are channels first with kernels
+# ``(out, in/groups, *kernel_size)``. The layers transpose on the way in and out (under
+# jit XLA may fold the transposes into the convolution's layout) and call the core.
+
+_CONV_PADDINGS = ("SAME", "SAME_LOWER", "VALID", "CIRCULAR", "REFLECT", "CAUSAL")
+_WRAP_MODES = {"CIRCULAR": "wrap", "REFLECT": "reflect"}
+
+
+class _FlaxNamespace(types.ModuleType):
+    """``jax.numpy`` under a library name of its own, so the core's ``native=True`` path
+    takes :func:`_conv_at_default_precision` (the layer's precision) instead of the JAX
+    backend's convolution, which always runs at ``Precision.HIGHEST``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(jnp, name)
+
+
+_LIBRARY = "yat_core_flax"
+_XP = _FlaxNamespace(_LIBRARY)
+
+
+def _conv_at_default_precision(x: Any, w: Any, *, stride: Any, padding: Any, dilation: Any, groups: int) -> Any:
+    # precision=None: JAX's default matmul/conv precision at trace time, which the layer
+    # sets from its ``precision`` (as yat_dense does for the dense product).
+    return jax.lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=tuple(stride),
+        padding=tuple(padding),
+        rhs_dilation=tuple(dilation),
+        feature_group_count=groups,
+    )
+
+
+register_native_conv(_LIBRARY, _conv_at_default_precision)
+
+
+def _ints(value: Any, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
+    """An int or ``n`` ints, each >= ``minimum``, as a tuple."""
+    values = (value,) * n if isinstance(value, numbers.Integral) else value
+    if (
+        not isinstance(values, Sequence)
+        or len(values) != n
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values)
+    ):
+        raise ValueError(f"{name} must be an int or a sequence of {n} ints (one per spatial dimension), got {value!r}")
+    if any(v < minimum for v in values):
+        raise ValueError(f"{name} must be >= {minimum} in every dimension, got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def _kernel_size(kernel_size: Any) -> tuple[int, ...]:
+    """Flax's reading: an int is a 1-D kernel; 1 to 3 spatial dimensions."""
+    n = 1 if isinstance(kernel_size, numbers.Integral) else len(kernel_size) if isinstance(kernel_size, Sequence) else 0
+    if n not in (1, 2, 3):
+        raise ValueError(
+            f"kernel_size must be an int (1-D) or a sequence of 1, 2 or 3 ints (its length is the number of "
+            f"spatial dimensions), got {kernel_size!r}"
+        )
+    return _ints(kernel_size, n, "kernel_size")
+
+
+def check_conv_input(inputs: Any, n: int) -> None:
+    """Refuse an input of too low a rank for an ``n``-D convolution (channels last; the batch axes optional).
+
+    Examples
+    --------
+    >>> check_conv_input(jnp.zeros((5, 3)), 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: a 2-D Yat convolution takes inputs (*batch, 2 spatial dims, features), channels last, of rank >= 3; got shape (5, 3)
+    """
+    if not hasattr(inputs, "ndim") or inputs.ndim < n + 1:
+        raise ValueError(
+            f"a {n}-D Yat convolution takes inputs (*batch, {n} spatial dims, features), channels last, of rank >= "
+            f"{n + 1}; got shape {tuple(getattr(inputs, 'shape', ()))}"
+        )
+
+
+def conv_kernel_size(kernel_size: Any) -> tuple[int, ...]:
+    """``kernel_size`` as Flax reads it (an int is a 1-D kernel), 1 to 3 spatial dimensions.
+
+    Examples
+    --------
+    >>> conv_kernel_size(3), conv_kernel_size([3, 2])
+    ((3,), (3, 2))
+    """
+    return _kernel_size(kernel_size)
+
+
+def _dilated(kernel: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+
+
+def _conv_padding(padding: Any, n: int) -> str | tuple[tuple[int, int], ...]:
+    """A convolution's ``padding`` as Flax accepts it: a mode (upper case) or one ``(lo, hi)`` pair per dimension."""
+    try:
+        canonical = canonicalize_padding(padding, n)
+    except ValueError:
+        canonical = None
+    if isinstance(canonical, str):
+        mode = canonical.upper()
+        if mode not in _CONV_PADDINGS:
+            raise ValueError(f"padding must be one of {', '.join(_CONV_PADDINGS)}, an int or pairs, got {padding!r}")
+        if mode == "CAUSAL" and n != 1:
+            raise ValueError(f"padding='CAUSAL' applies to 1-D convolutions only (as in Flax), not {n}-D")
+        return mode
+    pairs = tuple(tuple(p) for p in canonical or ())
+    if not pairs or not all(
+        len(p) == 2 and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0 for v in p)
+        for p in pairs
+    ):
+        raise ValueError(
+            f"padding must be 'SAME', 'VALID', 'CIRCULAR', 'REFLECT', 'CAUSAL', an int >= 0, or a sequence of {n} "
+            f"ints >= 0 or (low, high) pairs of them (one per spatial dimension), got {padding!r}"
+        )
+    return tuple((int(lo), int(hi)) for lo, hi in pairs)
+
+
+def conv_input_pads(
+    padding: Any, spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilation: Sequence[int]
+) -> tuple[tuple[tuple[int, int], ...], str]:
+    """The ``(lo, hi)`` padding of each spatial dimension of the input, and its ``jnp.pad`` mode, as Flax's Conv pads.
+
+    ``"SAME"`` / ``"SAME_LOWER"`` / ``"VALID"`` are ``jax.lax.padtype_to_pads`` of the
+    dilated kernel (``"SAME"`` keeps ``ceil(size / stride)`` outputs at any stride, the
+    odd unit on the high side); ``"CIRCULAR"`` / ``"REFLECT"`` wrap or reflect
+    ``((K-1)//2, K//2)``; ``"CAUSAL"`` pads ``K-1`` zeros on the left (``K`` the dilated
+    kernel size); ints and pairs are zeros.
+
+    Examples
+    --------
+    >>> conv_input_pads("SAME", (7,), (3,), (2,), (1,)), conv_input_pads("CIRCULAR", (7,), (4,), (1,), (1,))
+    ((((1, 1),), 'constant'), (((1, 2),), 'wrap'))
+    """
+    n = len(kernel)
+    mode = _conv_padding(padding, n)
+    dilated = _dilated(tuple(kernel), tuple(dilation))
+    if mode in _WRAP_MODES:
+        return tuple(((k - 1) // 2, k // 2) for k in dilated), _WRAP_MODES[str(mode)]
+    if mode == "CAUSAL":
+        return ((dilated[0] - 1, 0),), "constant"
+    if isinstance(mode, str):
+        pads = jax.lax.padtype_to_pads(tuple(spatial), dilated, tuple(strides), mode)
+        return tuple((int(lo), int(hi)) for lo, hi in pads), "constant"
+    return mode, "constant"
+
+
+def _core_conv_padding(padding: Any, n: int, strides: tuple[int, ...]) -> tuple[int, ...] | str:
+    """What the core's ``yat_conv`` pads, for the spec: all of Flax's padding where the core has it."""
+    mode = _conv_padding(padding, n)
+    if mode == "VALID":
+        return "valid"
+    if mode == "SAME" and all(s == 1 for s in strides):
+        return "same"  # at stride 1 torch's rule and Flax's agree: the odd unit on the high side
+    if not isinstance(mode, str) and all(lo == hi for lo, hi in mode):
+        return tuple(lo for lo, _ in mode)
+    return (0,) * n  # SAME at stride > 1, asymmetric pairs, CIRCULAR, REFLECT, CAUSAL: the layer pads the input
+
+
+def _same_transpose(k: int, s: int) -> tuple[int, int, int]:
+    """Flax's ``"SAME"`` transposed padding of a dilated kernel ``k``, stride ``s`` as torch's ``(padding, output_padding)``
+    and the outputs to cut on the high side (``jax.lax.conv_transpose``'s rule: the zero-inserted input is padded
+    ``lo = k-1`` when ``s > k-1``, else ``ceil((k+s-2)/2)``, and ``hi = k+s-2-lo``)."""
+    total = k + s - 2
+    lo = k - 1 if s > k - 1 else -(-total // 2)
+    hi = total - lo
+    # torch pads k-1-p on the low side and k-1-p+output_padding on the high side
+    if hi >= lo:
+        return k - 1 - lo, hi - lo, 0
+    return k - 1 - lo, 0, lo - hi  # the high side one short: compute one more, cut it
+
+
+def transpose_padding(
+    padding: Any, output_padding: Any, kernel: Sequence[int], strides: Sequence[int], dilation: Sequence[int]
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """A transposed layer's ``padding`` / ``output_padding`` as the core's (torch's) pair, and the outputs to cut.
+
+    Returns ``(padding, output_padding, cut)``, one entry per spatial dimension:
+
+    - an int or one int per dimension is torch's ``padding`` (each side of the output
+      shrinks by it), ``output_padding`` torch's (extra size on the high side);
+    - ``"VALID"``: padding 0, output_padding ``max(s - K, 0)`` (``K = d*(k-1) + 1``):
+      ``size*s + max(K - s, 0)`` outputs, Flax's ``ConvTranspose(padding="VALID")``;
+    - ``"SAME"``: ``size*s`` outputs placed as Flax's ``ConvTranspose(padding="SAME",
+      transpose_kernel=True)`` and TensorFlow's ``conv_transpose`` place them. Where that
+      padding is one short on the high side (``s < K`` and ``K + s`` odd, e.g. a 3x3
+      kernel at stride 2) torch's pair cannot say it: the core computes one more output
+      there and ``cut`` says to drop it.
+
+    Flax's ``(lo, hi)`` pairs (padding of the zero-inserted input) are not taken.
+
+    Examples
+    --------
+    >>> transpose_padding(1, 1, (3,), (2,), (1,)), transpose_padding("VALID", 0, (2,), (3,), (1,))
+    (((1,), (1,), (0,)), ((0,), (1,), (0,)))
+    >>> transpose_padding("SAME", 0, (3, 4), (2, 2), (1, 1))
+    ((0, 1), (0, 0), (1, 0))
+    """
+    n = len(kernel)
+    dilated = _dilated(tuple(kernel), tuple(dilation))
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode not in ("SAME", "VALID"):
+            raise ValueError(
+                f"padding of a transposed convolution must be 'SAME', 'VALID', an int or one int per spatial "
+                f"dimension (torch's), got {padding!r}"
+            )
+        if any(_ints(output_padding, n, "output_padding", 0)):
+            raise ValueError(f"output_padding applies to int padding (torch's) only, not padding={padding!r}")
+        if mode == "VALID":
+            return (0,) * n, tuple(max(s - k, 0) for k, s in zip(dilated, strides)), (0,) * n
+        p, op, cut = zip(*(_same_transpose(k, s) for k, s in zip(dilated, strides)))
+        return tuple(p), tuple(op), tuple(cut)
+    if isinstance(padding, Sequence) and any(isinstance(p, Sequence) for p in padding):
+        raise ValueError(
+            f"padding of a transposed convolution is torch's (an int or one int per spatial dimension: each side "
+            f"of the output shrinks by it), 'SAME' or 'VALID'; Flax's (low, high) pairs are not taken, got {padding!r}"
+        )
+    return _ints(padding, n, "padding", 0), _ints(output_padding, n, "output_padding", 0), (0,) * n
+
+
+def flax_conv_spec(
+    in_features: Any,
+    out_features: Any,
+    kernel_size: Any,
+    *,
+    transpose: bool,
+    strides: Any = 1,
+    padding: Any = "SAME",
+    output_padding: Any = 0,
+    kernel_dilation: Any = 1,
+    feature_group_count: Any = 1,
+    use_bias: Any = True,
+    use_alpha: Any = True,
+    epsilon: float = 1e-5,
+    learnable_epsilon: bool = False,
+    spherical: bool = False,
+    names: tuple[str, str] = ("in_features", "out_features"),
+) -> LayerSpec:
+    """The core's description of a Flax Yat convolution built with these arguments (all checks run here).
+
+    The number of spatial dimensions is ``len(kernel_size)`` (an int: 1-D, as Flax
+    reads it); ``strides`` / ``kernel_dilation`` of ``None`` are 1. ``spec.padding`` is
+    the core's share of the padding: all of it where the core can say it (``"VALID"``,
+    ``"SAME"`` at stride 1, ints, equal pairs; transposed: see
+    :func:`transpose_padding`), else 0 and the layer pads the input itself
+    (:func:`conv_input_pads`).
+
+    Examples
+    --------
+    >>> spec = flax_conv_spec(4, 6, (3, 3), transpose=False, feature_group_count=2, padding=1)
+    >>> spec.kind, spec.padding, spec.param_shapes["kernel"]
+    ('yat_conv', (1, 1), (6, 2, 3, 3))
+    >>> flax_conv_spec(4, 6, 3, transpose=False, feature_group_count=4)
+    Traceback (most recent call last):
+    ...
+    ValueError: feature_group_count=4 must divide in_features=4 and out_features=6
+    """
+    kernel = _kernel_size(kernel_size)
+    n = len(kernel)
+    n_in, n_out = check_size(in_features, names[0]), check_size(out_features, names[1])
+    groups = check_size(feature_group_count, "feature_group_count")
+    if n_in % groups or n_out % groups:
+        raise ValueError(f"feature_group_count={groups} must divide {names[0]}={n_in} and {names[1]}={n_out}")
+    # None is 1, as Flax reads it
+    stride = _ints(1 if strides is None else strides, n, "strides")
+    dilation = _ints(1 if kernel_dilation is None else kernel_dilation, n, "kernel_dilation")
+    if transpose:
+        pads, out_pads, _ = transpose_padding(padding, output_padding, kernel, stride, dilation)
+        core_padding: tuple[int, ...] | str = pads
+    else:
+        core_padding, out_pads = _core_conv_padding(padding, n, stride), None
+    return conv_layer_spec(
+        n_in,
+        n_out,
+        kernel,
+        n_spatial=n,
+        stride=stride,
+        padding=core_padding,
+        dilation=dilation,
+        groups=groups,
+        output_padding=out_pads,
+        bias=use_bias,
+        alpha=use_alpha,
+        epsilon=epsilon,
+        learnable_epsilon=learnable_epsilon,
+        spherical=spherical,
+        names=names,
+    )
+
+
+def flax_conv_options(spec: LayerSpec) -> dict[str, Any]:
+    """A Yat convolution spec's options in Flax's spelling (``strides``, ``feature_group_count``, ...), for ``from_spec``.
+
+    Examples
+    --------
+    >>> from yat_core.nn.options import conv_layer_spec
+    >>> options = flax_conv_options(conv_layer_spec(4, 6, 3, n_spatial=2, stride=2, groups=2))
+    >>> options["strides"], options["feature_group_count"], options["padding"], options["use_bias"]
+    ((2, 2), 2, (0, 0), True)
+    """
+    renamed = {
+        "bias": "use_bias",
+        "alpha": "use_alpha",
+        "stride": "strides",
+        "dilation": "kernel_dilation",
+        "groups": "feature_group_count",
+    }
+    return {renamed.get(name, name): value for name, value in conv_spec_options(spec).items()}
+
+
+def yat_conv_forward(
+    spec: LayerSpec,
+    inputs: jax.Array,
+    params: Mapping[str, jax.Array],
+    *,
+    padding: Any,
+    dtype: Any,
+    precision: Any,
+) -> jax.Array:
+    """A Yat convolution layer's forward: channels-last ``inputs``, Flax-layout ``params``.
+
+    Batch dimensions are handled as ``nnx.Conv`` handles them (none: one is added and
+    removed; several: flattened and restored); inputs and parameters are promoted as
+    there (to ``dtype``, else to their common type). ``padding`` is the layer's own
+    argument: the input is padded where the core cannot (:func:`conv_input_pads`), a
+    transposed output cut where :func:`transpose_padding` says. The core's
+    :func:`~yat_core.conv.yat_conv` / :func:`~yat_core.conv.yat_conv_transpose` run with
+    ``native=True`` on JAX's convolution at ``precision``.
+
+    Examples
+    --------
+    >>> spec = flax_conv_spec(2, 3, (3, 3), transpose=False)
+    >>> params = {"kernel": jnp.ones((3, 3, 2, 3)), "bias": jnp.zeros(3), "alpha": jnp.ones(())}
+    >>> yat_conv_forward(spec, jnp.ones((1, 5, 5, 2)), params, padding="SAME", dtype=None, precision=None).shape
+    (1, 5, 5, 3)
+    """
+    n = len(spec.kernel_size)
+    check_conv_input(inputs, n)
+    if inputs.shape[-1] != spec.in_features:
+        raise ValueError(
+            f"the layer takes inputs with {spec.in_features} features (channels last), got shape {tuple(inputs.shape)}"
+        )
+    n_batch = inputs.ndim - (n + 1)
+    batch_shape = inputs.shape[:n_batch]
+    if n_batch != 1:  # as nnx.Conv: no batch axis, or several flattened into one
+        inputs = jnp.reshape(inputs, (-1, *inputs.shape[n_batch:]))
+    names = tuple(params)
+    inputs, *values = promote_dtype((inputs, *params.values()), dtype=dtype)
+    promoted = dict(zip(names, values))
+    x = jnp.moveaxis(inputs, -1, 1)  # the core's (N, C, *spatial)
+    w = to_core_kernel(promoted["kernel"])
+    options = forward_options(spec, promoted.__getitem__, jnp)
+    name = matmul_precision(precision)
+    # None inherits the caller's default, as nnx.Conv's precision=None does.
+    with jax.default_matmul_precision(name) if name else contextlib.nullcontext():
+        if spec.kind == "yat_conv_transpose":
+            y = yat_conv_transpose(x, w, **spec.conv_options, native=True, xp=_XP, **options)
+            cut = _transpose_cut(padding, spec)
+            if any(cut):
+                y = y[(slice(None), slice(None), *(slice(0, int(s) - c) for s, c in zip(y.shape[2:], cut)))]
+        else:
+            pads, mode = conv_input_pads(padding, x.shape[2:], spec.kernel_size, spec.stride, spec.dilation)
+            core = tuple(min(lo, hi) for lo, hi in pads) if mode == "constant" else (0,) * n
+            extra = tuple((lo - c, hi - c) for (lo, hi), c in zip(pads, core))
+            if any(lo or hi for lo, hi in extra):
+                x = jnp.pad(x, ((0, 0), (0, 0), *extra), mode=mode)
+            geometry: dict[str, Any] = {
+                "stride": spec.stride,
+                "padding": core,
+                "dilation": spec.dilation,
+                "groups": spec.groups,
+            }
+            y = yat_conv(x, w, **geometry, native=True, xp=_XP, **options)
+    y = jnp.moveaxis(y, 1, -1)
+    return y if n_batch == 1 else jnp.reshape(y, (*batch_shape, *y.shape[1:]))
+
+
+def _transpose_cut(padding: Any, spec: LayerSpec) -> tuple[int, ...]:
+    """Outputs to drop on the high side of a transposed layer (``"SAME"`` only; see :func:`transpose_padding`)."""
+    if not (isinstance(padding, str) and padding.upper() == "SAME"):
+        return (0,) * len(spec.kernel_size)
+    return tuple(_same_transpose(k, s)[2] for k, s in zip(_dilated(spec.kernel_size, spec.dilation), spec.stride))
+
+
+def check_layer_params(spec: LayerSpec, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Validate one layer's ``{core name: array}`` against ``spec``; return NumPy arrays in spec order.
+
+    The messages are :func:`yat_core.nn.interchange.check_params`'s, for a layer.
+
+    Examples
+    --------
+    >>> spec = flax_conv_spec(2, 3, 3, transpose=False, use_bias=False)
+    >>> check_layer_params(spec, {"kernel": np.zeros((3, 2, 2)), "alpha": np.ones(())})
+    Traceback (most recent call last):
+    ...
+    ValueError: parameters do not fit the layer: kernel has shape (3, 2, 2), expected (3, 2, 3)
+    """
+    expected = spec.param_shapes
+    arrays = {name: np.asarray(value) for name, value in params.items()}
+    problems = [f"missing {n} (shape {s})" for n, s in expected.items() if n not in arrays]
+    problems += [f"unexpected {n}" for n in arrays if n not in expected]
+    problems += [
+        f"{n} has shape {arrays[n].shape}, expected {s}"
+        for n, s in expected.items()
+        if n in arrays and arrays[n].shape != s
+    ]
+    if problems:
+        raise ValueError("parameters do not fit the layer: " + "; ".join(problems))
+    bad = [f"{n} ({a.dtype})" for n, a in arrays.items() if a.dtype.kind != "f"]
+    if bad:
+        raise TypeError(f"parameters must be real floating arrays; not so: {', '.join(bad)}")
+    return {name: arrays[name] for name in expected}
+
+
+def export_layer(spec: LayerSpec, read: Callable[[str], Any]) -> dict[str, np.ndarray]:
+    """A layer's parameters in the core's names and layouts; ``read(name)`` gives one in Flax's.
+
+    Examples
+    --------
+    >>> spec = flax_conv_spec(2, 3, (5, 4), transpose=False, use_bias=False)
+    >>> {k: v.shape for k, v in export_layer(spec, lambda name: np.zeros((5, 4, 2, 3)) if name == "kernel" else 1.0).items()}
+    {'kernel': (3, 2, 5, 4), 'alpha': ()}
+    """
+    out = {}
+    for name in spec.param_shapes:
+        value = np.asarray(read(name))
+        out[name] = np.array(to_core_kernel(value) if name == "kernel" else value, order="C")
+    return out
+
+
+def import_layer(spec: LayerSpec, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``params`` (core names and layouts) checked against ``spec``, in Flax's layout (kernel ``(*k, B, A)``).
+
+    Examples
+    --------
+    >>> spec = flax_conv_spec(2, 3, (5, 4), transpose=False, use_bias=False)
+    >>> import_layer(spec, {"kernel": np.zeros((3, 2, 5, 4)), "alpha": np.ones(())})["kernel"].shape
+    (5, 4, 2, 3)
+    """
+    return {
+        name: np.array(to_flax_kernel(value), order="C") if name == "kernel" else value
+        for name, value in check_layer_params(spec, params).items()
+    }

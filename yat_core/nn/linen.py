@@ -1,4 +1,4 @@
-"""Flax Linen: the Yat layer as a ``linen.Module``, and the model of an :class:`~yat_core.mlp.MLPSpec`.
+"""Flax Linen: the Yat layers as ``linen.Module`` subclasses, and the model of an :class:`~yat_core.mlp.MLPSpec`.
 
 :class:`YatNMN` takes the attributes ``linen.Dense`` takes (``features``,
 ``use_bias``, ``dtype``, ``param_dtype``, ``precision``, ``kernel_init``,
@@ -12,13 +12,21 @@ Linen modules hold no state: :func:`build_model` returns a *bound* module
 (``module.bind(variables)``) that is callable and carries its parameters, and
 :func:`import_params` returns a new bound module. Training lives in
 :mod:`yat_core.runners.linen`.
+
+:class:`YatConv` and :class:`YatConvTranspose` are the Yat convolutions as
+``linen.Conv`` / ``linen.ConvTranspose`` are built: channels last, 1, 2 or 3 spatial
+dimensions (``len(kernel_size)``), the input features taken from the input, kernels
+``(*kernel_size, in/groups, features)`` and ``(*kernel_size, features/groups, in)``
+in ``{"params": {"kernel", "bias", "alpha", "epsilon_raw"}}``;
+``layer.export_params(variables)`` / ``layer.import_params(mapping)`` speak the
+core's names and layouts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import flax.linen as nn
 import jax
@@ -28,10 +36,17 @@ import numpy as np
 from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
 from yat_core.nn._flax import (
     Initializer,
+    check_conv_input,
+    conv_kernel_size,
+    export_layer,
     fan_in_uniform,
+    flax_conv_options,
+    flax_conv_spec,
     flax_options,
+    import_layer,
     linear_tail,
     xavier_normal,
+    yat_conv_forward,
     yat_dense,
     yat_initializers,
 )
@@ -41,6 +56,8 @@ from yat_core.product import DEFAULT_EPSILON
 
 __all__ = [
     "YatNMN",
+    "YatConv",
+    "YatConvTranspose",
     "YatMLP",
     "build_model",
     "export_params",
@@ -139,6 +156,255 @@ class YatNMN(nn.Module):
             for name, (init, shape) in yat_initializers(spec, self.kernel_init, self.bias_init).items()
         }
         return yat_dense(spec, inputs, params, dtype=self.dtype, precision=self.precision)
+
+
+_Conv = TypeVar("_Conv", bound="_YatConvBase")
+
+_CONV_ATTRIBUTES = """
+    Attributes
+    ----------
+    features : int
+        Output channels (the input's are its last axis).
+    kernel_size : int or sequence of int
+        The kernel's spatial shape; its length (an int: 1) is the number of spatial
+        dimensions, 1, 2 or 3.
+    strides, kernel_dilation : int or sequence of int, optional
+        One for every spatial dimension or one each (``None``: 1).
+    padding : str, int or sequence
+        As the class describes.
+    feature_group_count : int
+        Groups of input and output channels convolved separately (both divisible by it).
+    use_bias : bool or float
+        ``True``: a learnable bias per output channel (``bias_init``); ``False``: none;
+        a number: that constant. It enters the numerator, before the square.
+    use_alpha : bool or float
+        ``True``: a learnable scale initialised to 1.0; ``False``: none; a number: that
+        constant scale.
+    epsilon : float
+        Added to the squared distance (> 0); the initial value when learnable.
+    learnable_epsilon : bool
+        Learn epsilon as ``softplus(epsilon_raw)``.
+    spherical : bool
+        Normalise every patch and every filter first.
+    dtype : dtype, optional
+        Computation dtype; inputs and parameters are promoted to their common type when
+        None, as in ``linen.Conv``.
+    param_dtype : dtype
+        Dtype of the parameters.
+    precision : jax.lax.Precision, str, pair or jax.lax.DotAlgorithmPreset, optional
+        Precision of the convolutions (the dot and patch-norm terms), as ``linen.Conv``'s;
+        None inherits JAX's default, as there (a pair must name one precision for both
+        operands).
+    kernel_init : initializer, optional
+        Default: the core's distribution, normal with std ``sqrt(2 / (fan_in +
+        fan_out))`` over the core's fans (:func:`yat_core.nn._flax.core_kernel_init`),
+        drawn with JAX's generator from the ``params`` key; wrap an initialiser in
+        ``nn.with_partitioning`` to annotate the kernel's sharding.
+    bias_init : initializer, optional
+        Default: uniform on ``±1/sqrt(fan_in)`` (the core's; ``fan_in`` counts the
+        receptive field).
+"""
+
+
+def _with_attributes(cls: type[_Conv]) -> type[_Conv]:
+    """Insert the attributes the convolutions share into ``cls``'s docstring, before its examples."""
+    attributes = _CONV_ATTRIBUTES
+    if cls._kind == "yat_conv_transpose":
+        attributes = attributes.replace(
+            "    feature_group_count : int",
+            "    output_padding : int or sequence of int\n        torch's, with an int ``padding`` only.\n"
+            "    feature_group_count : int",
+        )
+    cls.__doc__ = (cls.__doc__ or "").replace("\n    Examples\n", attributes + "\n    Examples\n", 1)
+    return cls
+
+
+class _YatConvBase(nn.Module):
+    """What :class:`YatConv` and :class:`YatConvTranspose` share (every spatial rank, both directions)."""
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: None | int | Sequence[int] = 1
+    padding: Any = "SAME"
+    kernel_dilation: None | int | Sequence[int] = 1
+    feature_group_count: int = 1
+    use_bias: bool | float = True
+    use_alpha: bool | float = True
+    epsilon: float = DEFAULT_EPSILON
+    learnable_epsilon: bool = False
+    spherical: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Initializer | None = None
+    bias_init: Initializer | None = None
+
+    _kind: ClassVar[str]
+
+    def layer_spec(self, in_features: int) -> LayerSpec:
+        """The core's description of this layer on inputs with ``in_features`` channels (runs every check).
+
+        Examples
+        --------
+        >>> YatConv(8, (3, 3), feature_group_count=2).layer_spec(4).param_shapes["kernel"]
+        (8, 2, 3, 3)
+        """
+        transpose = self._kind == "yat_conv_transpose"
+        extra = {"output_padding": getattr(self, "output_padding", 0)} if transpose else {}
+        return flax_conv_spec(
+            in_features,
+            self.features,
+            self.kernel_size,
+            transpose=transpose,
+            strides=self.strides,
+            padding=self.padding,
+            kernel_dilation=self.kernel_dilation,
+            feature_group_count=self.feature_group_count,
+            use_bias=self.use_bias,
+            use_alpha=self.use_alpha,
+            epsilon=self.epsilon,
+            learnable_epsilon=self.learnable_epsilon,
+            spherical=self.spherical,
+            names=("the input's features", "features"),
+            **extra,
+        )
+
+    @classmethod
+    def from_spec(cls: type[_Conv], spec: LayerSpec, **kwargs: Any) -> _Conv:
+        """The layer described by a core :class:`~yat_core.mlp.LayerSpec` (its input features come from the input).
+
+        Examples
+        --------
+        >>> from yat_core.nn.options import conv_layer_spec
+        >>> YatConvTranspose.from_spec(conv_layer_spec(8, 4, 2, n_spatial=1, stride=2, output_padding=1)).output_padding
+        (1,)
+        """
+        if spec.kind != cls._kind:
+            raise ValueError(f"{cls.__name__} is built from a spec of kind {cls._kind!r}, not {spec.kind!r}")
+        return cls(spec.out_features, **flax_conv_options(spec), **kwargs)
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        check_conv_input(inputs, len(conv_kernel_size(self.kernel_size)))
+        spec = self.layer_spec(inputs.shape[-1])
+        params = {
+            name: self.param(name, init, shape, self.param_dtype)
+            for name, (init, shape) in yat_initializers(spec, self.kernel_init, self.bias_init).items()
+        }
+        return yat_conv_forward(spec, inputs, params, padding=self.padding, dtype=self.dtype, precision=self.precision)
+
+    def _in_features(self, kernel: Any, core_layout: bool) -> int:
+        """The input features a kernel (core or Flax layout) was made for."""
+        shape = np.shape(kernel)
+        if len(shape) < 3:
+            raise ValueError(f"parameters do not fit the layer: kernel has shape {shape}, not (A, B, *kernel_size)")
+        a, b = (shape[0], shape[1]) if core_layout else (shape[-1], shape[-2])
+        # conv: (out, in/groups, *k); transposed: (in, out/groups, *k)
+        return int(a) if self._kind == "yat_conv_transpose" else int(b) * self.feature_group_count
+
+    def export_params(self, variables: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """The parameters as ``{core name: numpy array}``, the kernel in the core's layout.
+
+        ``variables``: a variables dict or a ``params`` tree; the bound module's own when omitted.
+
+        Examples
+        --------
+        >>> layer = YatConv(8, (5, 4))
+        >>> variables = layer.init(jax.random.key(0), jnp.zeros((1, 6, 6, 3)))
+        >>> layer.export_params(variables)["kernel"].shape
+        (8, 3, 5, 4)
+        """
+        tree = _bound_params(self) if variables is None else variables
+        tree = tree.get("params", tree)
+        spec = self.layer_spec(self._in_features(tree["kernel"], core_layout=False))
+        return export_layer(spec, lambda name: tree[name])
+
+    def import_params(self: _Conv, params: Mapping[str, Any]) -> _Conv:
+        """This layer bound to ``params`` (core names and layouts): a new bound module.
+
+        The input features are read from the kernel; names and shapes are checked
+        first, values cast to ``param_dtype``. ``.variables`` is the Linen tree.
+
+        Examples
+        --------
+        >>> layer = YatConv(8, (5, 4), use_bias=False)
+        >>> bound = layer.import_params({"kernel": np.zeros((8, 3, 5, 4)), "alpha": np.ones(())})
+        >>> jax.tree.map(jnp.shape, bound.variables["params"])
+        {'alpha': (), 'kernel': (5, 4, 3, 8)}
+        """
+        module = self.unbind()[0] if self.scope is not None else self
+        if "kernel" not in params:
+            raise ValueError("parameters do not fit the layer: missing kernel")
+        spec = module.layer_spec(module._in_features(params["kernel"], core_layout=True))
+        tree = {name: jnp.asarray(v, dtype=module.param_dtype) for name, v in import_layer(spec, params).items()}
+        return module.bind({"params": tree})
+
+
+@_with_attributes
+class YatConv(_YatConvBase):
+    """Yat convolution, as ``linen.Conv``: ``alpha * (dot + bias)**2 / (|patch - filter|**2 + epsilon)`` per position.
+
+    A thin shell over :func:`yat_core.conv.yat_conv` (``native=True``: JAX's own
+    convolution for the dot and patch-norm terms): inputs ``(*batch, *spatial,
+    in)``, kernel ``(*kernel_size, in/feature_group_count, features)``, output
+    ``(*batch, *spatial_out, features)``. The attributes are ``linen.Conv``'s, without
+    ``input_dilation``, ``mask``, ``conv_general_dilated``,
+    ``conv_general_dilated_cls``, ``promote_dtype`` and ``preferred_element_type``,
+    plus the Yat options.
+
+    ``padding`` is Flax's: ``"SAME"`` (the default: ``ceil(size / stride)`` outputs at
+    any stride, the odd unit on the high side), ``"SAME_LOWER"``, ``"VALID"``,
+    ``"CIRCULAR"``, ``"REFLECT"``, ``"CAUSAL"`` (1-D), an int, or one int or ``(low,
+    high)`` pair per spatial dimension; zero padding puts zeros in the patches, as the
+    core's does (see :class:`yat_core.nn.nnx.YatConv`).
+
+    Examples
+    --------
+    >>> layer = YatConv(8, (3, 3), strides=2)
+    >>> variables = layer.init(jax.random.key(0), jnp.zeros((2, 9, 9, 3)))
+    >>> jax.tree.map(jnp.shape, variables["params"])
+    {'alpha': (), 'bias': (8,), 'kernel': (3, 3, 3, 8)}
+    >>> layer.apply(variables, jnp.zeros((2, 9, 9, 3))).shape
+    (2, 5, 5, 8)
+    """
+
+    _kind = "yat_conv"
+
+
+@_with_attributes
+class YatConvTranspose(_YatConvBase):
+    """Yat transposed convolution, built as ``linen.ConvTranspose``, computed as torch's ``ConvTranspose``.
+
+    A thin shell over :func:`yat_core.conv.yat_conv_transpose` (``native=True``):
+    inputs ``(*batch, *spatial, in)``, kernel ``(*kernel_size,
+    features/feature_group_count, in)`` (``linen.ConvTranspose(transpose_kernel=True)``'s
+    layout: the core's, i.e. torch's, ``(in, out/groups, *k)`` with the spatial axes
+    first), output ``(*batch, *spatial_out, features)``. The attributes are
+    ``linen.ConvTranspose``'s, without ``mask``, ``transpose_kernel``,
+    ``promote_dtype`` and ``preferred_element_type``, plus ``output_padding``,
+    ``feature_group_count`` and the Yat options.
+
+    ``padding`` (default ``"SAME"``): an int or one per spatial dimension is
+    **torch's** (each side of the output shrinks by it; Flax's int ``p`` is torch's
+    ``K - 1 - p``, ``K = dilation*(k-1) + 1``), with torch's ``output_padding``;
+    ``"VALID"`` and ``"SAME"`` are Flax's (``size*stride + max(K - stride, 0)`` and
+    ``size*stride`` outputs, placed as ``ConvTranspose(transpose_kernel=True)`` places
+    them). The mapping is :func:`yat_core.nn._flax.transpose_padding`'s, described in
+    :class:`yat_core.nn.nnx.YatConvTranspose`.
+
+    Examples
+    --------
+    >>> layer = YatConvTranspose(2, (3, 3), strides=2)
+    >>> variables = layer.init(jax.random.key(0), jnp.zeros((1, 5, 5, 4)))
+    >>> variables["params"]["kernel"].shape, layer.apply(variables, jnp.zeros((1, 5, 5, 4))).shape
+    ((3, 3, 2, 4), (1, 10, 10, 2))
+    """
+
+    strides: None | int | Sequence[int] = None
+    kernel_dilation: None | int | Sequence[int] = None
+    output_padding: int | Sequence[int] = 0
+
+    _kind = "yat_conv_transpose"
 
 
 class YatMLP(nn.Module):
