@@ -14,23 +14,45 @@ dimensions, and masks pass through unchanged. ``use_bias`` and ``use_alpha`` tak
 ``True`` (learnable), ``False`` (absent) or a number (constant), as in every
 framework of :mod:`yat_core.nn`. The interchange format keeps the core's ``(out, in)``
 kernels: :func:`export_params` and :func:`import_params` transpose.
+
+The Yat convolutions :class:`YatConv1D`, :class:`YatConv2D`, :class:`YatConv3D` and
+:class:`YatConv1DTranspose`, :class:`YatConv2DTranspose`, :class:`YatConv3DTranspose`
+follow ``keras.layers.Conv2D`` / ``Conv2DTranspose`` the same way (arguments, kernel
+layout, ``data_format`` both ways, output shapes) and call
+:func:`yat_core.conv.yat_conv` / :func:`yat_core.conv.yat_conv_transpose`; each has
+``export_params`` / ``import_params`` in the core's names and layout, ``spec`` and
+``from_spec``. They run the core on :func:`_conv_namespace`, ``keras.ops`` with the
+few calls the convolution adds, whose native convolution (:func:`_native_conv`) is
+the core's own on the jax and torch backends and ``keras.ops.conv`` on tensorflow.
+The core's convolution needs every size known; in a TensorFlow graph whose batch size
+is unknown (Keras's ``fit`` steps on the tensorflow backend) a layer maps it over the
+examples with ``keras.ops.vectorized_map``, which TensorFlow batches again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import numbers
+import types
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import keras
 import numpy as np
 from keras import ops
 
+from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
+from yat_core.namespaces import array_namespace
 from yat_core.namespaces.keras import dtype_name, namespace
-from yat_core.nn.interchange import export_arrays, import_arrays
+from yat_core.namespaces.native import native_conv, register_native_conv
+from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
     check_size,
+    conv_layer_spec,
+    conv_spec_options,
     forward_options,
     linear_layer_spec,
     native_option,
@@ -39,7 +61,23 @@ from yat_core.nn.options import (
 )
 from yat_core.product import DEFAULT_EPSILON, dense, softplus_inverse, yat_product
 
-__all__ = ["YatNMN", "Linear", "build_model", "export_params", "import_params", "count_params", "model_spec", "predict"]
+__all__ = [
+    "YatNMN",
+    "Linear",
+    "YatConv1D",
+    "YatConv2D",
+    "YatConv3D",
+    "YatConv1DTranspose",
+    "YatConv2DTranspose",
+    "YatConv3DTranspose",
+    "conv_from_spec",
+    "build_model",
+    "export_params",
+    "import_params",
+    "count_params",
+    "model_spec",
+    "predict",
+]
 
 Array = Any
 
@@ -275,6 +313,641 @@ class Linear(_CoreLayer):
         return {**super().get_config(), "activation": self._template.activation}
 
 
+# ------------------------------------------------------------ convolutions
+
+#: The library name of :func:`_conv_namespace`, under which :func:`_native_conv` is registered.
+_CONV_LIBRARY = "yat_core_nn_keras"
+
+
+def _ints(value: Any, n: int, name: str, minimum: int) -> tuple[int, ...]:
+    """An int or ``n`` ints (a list, from a config) as an ``n``-tuple of ints >= ``minimum``."""
+    values = (value,) * n if isinstance(value, numbers.Integral) else value
+    if (
+        not isinstance(values, (tuple, list))
+        or len(values) != n
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values)
+    ):
+        raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    if any(v < minimum for v in values):
+        raise ValueError(f"{name} must be >= {minimum} in every dimension, got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def _keras_transpose_padding(k: int, s: int, d: int, padding: str, output_padding: int | None) -> tuple[int, int, int]:
+    """Keras's transposed-convolution rule for one dimension as the core's ``(padding, output_padding, crop)``.
+
+    Keras (as its JAX backend writes it) pads the zero-inserted input by ``(left, right)``;
+    the core pads it by ``(span-1-padding, span-1-padding+output_padding)``, ``span``
+    the dilated kernel. So ``padding = span-1-left`` and ``output_padding = right-left``;
+    where that is negative (``"same"`` with an odd total, e.g. kernel 3, stride 2) the core
+    computes one more output with ``output_padding=0`` and ``crop`` drops the last ones.
+
+    Examples
+    --------
+    >>> _keras_transpose_padding(3, 2, 1, "same", None), _keras_transpose_padding(4, 2, 1, "same", None)
+    ((0, 0, 1), (1, 0, 0))
+    """
+    span = d * (k - 1) + 1
+    if padding == "valid":
+        extra = max(span, s) - span if output_padding is None else output_padding
+        left, right = span - 1, span - 1 + extra
+    else:
+        total = s + span - 2 if output_padding is None else span + span % 2 - 2 + output_padding
+        left = min(total // 2 + total % 2, span - 1)
+        right = total - left
+    return span - 1 - left, max(right - left, 0), max(left - right, 0)
+
+
+def _same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """Keras's (TensorFlow's) ``"same"`` padding of one dimension: output ``ceil(size/s)``, the odd unit on the right."""
+    total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _native_conv(x: Array, w: Array, *, stride: Any, padding: Any, dilation: Any, groups: int) -> Array:
+    """The convolution :func:`yat_core.conv.yat_conv` takes ``dot`` and ``|patch|^2`` from (``native=True``).
+
+    Channels first, the core's kernel layout. On the jax and torch backends it is the
+    core's own (:func:`yat_core.namespaces.native.native_conv`; JAX at the highest
+    precision); on tensorflow ``keras.ops.conv`` channels last, with the groups of a 3-D
+    convolution split by hand and strides taken from the stride-1 output where the
+    convolution is also dilated (TensorFlow's CPU kernels have neither).
+    """
+    core = native_conv(array_namespace(x))
+    if core is not None:
+        return core(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    d = len(stride)
+    if any(lo or hi for lo, hi in padding):
+        x = ops.pad(x, [(0, 0), (0, 0), *padding])
+    x = ops.transpose(x, (0, *range(2, d + 2), 1))
+    kernel = ops.transpose(w, (*range(2, d + 2), 1, 0))
+    subsample = max(stride) > 1 and max(dilation) > 1
+
+    def conv(xs: Array, ks: Array) -> Array:
+        strides = (1,) * d if subsample else tuple(stride)
+        return ops.conv(xs, ks, strides=strides, padding="valid", data_format="channels_last", dilation_rate=dilation)
+
+    if groups > 1 and d == 3:
+        ci, co = int(x.shape[-1]) // groups, int(w.shape[0]) // groups
+        y = ops.concatenate(
+            [conv(x[..., i * ci : (i + 1) * ci], kernel[..., i * co : (i + 1) * co]) for i in range(groups)], axis=-1
+        )
+    else:
+        y = conv(x, kernel)
+    if subsample:
+        y = y[(slice(None), *(slice(None, None, s) for s in stride), Ellipsis)]
+    return ops.transpose(y, (0, d + 1, *range(1, d + 1)))
+
+
+@functools.cache
+def _conv_namespace() -> types.SimpleNamespace:
+    """:func:`yat_core.namespaces.keras.namespace` plus what the convolution calls, with :func:`_native_conv`."""
+    register_native_conv(_CONV_LIBRARY, _native_conv)
+    return types.SimpleNamespace(
+        **{
+            **vars(namespace()),
+            "__name__": _CONV_LIBRARY,
+            "concat": lambda arrays, /, *, axis=0: ops.concatenate(list(arrays), axis=axis),
+            "stack": lambda arrays, /, *, axis=0: ops.stack(list(arrays), axis=axis),
+            "flip": lambda x, /, *, axis=None: ops.flip(x, axis=axis),
+            "ones_like": lambda x, /, *, dtype=None, device=None: ops.ones_like(x),
+            "broadcast_to": lambda x, /, shape: ops.broadcast_to(x, shape),
+            "logical_and": ops.logical_and,
+            "logical_or": ops.logical_or,
+            "logical_not": ops.logical_not,
+        }
+    )
+
+
+def _kernel_to_core(kernel: np.ndarray) -> np.ndarray:
+    # Keras (*k, in/groups, filters) [transposed: (*k, filters/groups, in)] -> the core's (filters, in/groups, *k).
+    d = kernel.ndim - 2
+    return np.ascontiguousarray(np.transpose(kernel, (d + 1, d, *range(d))))
+
+
+def _kernel_from_core(kernel: np.ndarray) -> np.ndarray:
+    d = kernel.ndim - 2
+    return np.ascontiguousarray(np.transpose(kernel, (*range(2, d + 2), 1, 0)))
+
+
+class _YatConv(keras.layers.Layer):
+    """What the six Yat convolutions share; a subclass only sets ``rank`` and ``transposed``.
+
+    Documented on :class:`YatConv2D` and :class:`YatConv2DTranspose`.
+    """
+
+    rank: ClassVar[int] = 0
+    transposed: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, ...],
+        strides: int | tuple[int, ...] = 1,
+        padding: str | int | tuple[int, ...] = "valid",
+        *,
+        output_padding: int | tuple[int, ...] | None = None,
+        data_format: str | None = None,
+        dilation_rate: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        use_bias: bool | float = True,
+        use_alpha: bool | float = True,
+        epsilon: float = DEFAULT_EPSILON,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+        kernel_initializer: Any = None,
+        bias_initializer: Any = None,
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        kernel_constraint: Any = None,
+        bias_constraint: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        n = self.rank
+        self.filters = check_size(filters, "filters")
+        self.kernel_size = _ints(kernel_size, n, "kernel_size", 1)
+        self.strides = _ints(strides, n, "strides", 1)
+        self.dilation_rate = _ints(dilation_rate, n, "dilation_rate", 1)
+        self.groups = check_size(groups, "groups")
+        if self.filters % self.groups:
+            raise ValueError(f"groups={self.groups} must divide filters={self.filters}")
+        if isinstance(padding, str):
+            if padding.lower() not in ("valid", "same"):
+                raise ValueError(f"padding must be 'valid', 'same' or ints (torch's rule), got {padding!r}")
+            self.padding: str | tuple[int, ...] = padding.lower()
+        else:
+            self.padding = _ints(padding, n, "padding", 0)
+        data_format = keras.config.image_data_format() if data_format is None else str(data_format).lower()
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
+        self.data_format = data_format
+        if not self.transposed and output_padding is not None:
+            raise TypeError(f"{type(self).__name__} takes no output_padding (the transposed convolutions do)")
+        self.output_padding = None if output_padding is None else _ints(output_padding, n, "output_padding", 0)
+        # The core's options, checked (filters divisible by groups, epsilon > 0, ...); in channels come at build.
+        self._template = conv_layer_spec(
+            self.groups,
+            self.filters,
+            self.kernel_size,
+            n_spatial=n,
+            stride=self.strides,
+            dilation=self.dilation_rate,
+            groups=self.groups,
+            output_padding=(0,) * n if self.transposed else None,
+            bias=use_bias,
+            alpha=use_alpha,
+            epsilon=epsilon,
+            learnable_epsilon=learnable_epsilon,
+            spherical=spherical,
+            names=("groups", "filters"),
+        )
+        self._param_spec: LayerSpec | None = None
+        self._geometry = self._transpose_geometry() if self.transposed else ()
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.input_spec = keras.layers.InputSpec(ndim=n + 2)
+
+    # ---------------------------------------------------------------- geometry
+
+    @property
+    def _channel_axis(self) -> int:
+        return -1 if self.data_format == "channels_last" else 1
+
+    def _transpose_geometry(self) -> tuple[tuple[int, int, int], ...]:
+        """Per dimension the core's ``(padding, output_padding, crop)`` (see :func:`_keras_transpose_padding`)."""
+        n, out_pad = self.rank, self.output_padding
+        if isinstance(self.padding, tuple):  # torch's rule, as the core takes it
+            geometry = tuple((p, 0 if out_pad is None else out_pad[i], 0) for i, p in enumerate(self.padding))
+            for i, (_, op, _) in enumerate(geometry):
+                s, d = self.strides[i], self.dilation_rate[i]
+                if op >= s and op >= d:
+                    raise ValueError(
+                        f"output_padding must be smaller than strides or dilation_rate (torch's rule with integer "
+                        f"padding), got output_padding={out_pad}, strides={self.strides}, "
+                        f"dilation_rate={self.dilation_rate}"
+                    )
+            return geometry
+        if out_pad is not None and any(op >= s for op, s in zip(out_pad, self.strides)):
+            raise ValueError(
+                f"output_padding must be smaller than strides in every dimension (Keras's rule), "
+                f"got output_padding={out_pad}, strides={self.strides}"
+            )
+        return tuple(
+            _keras_transpose_padding(
+                self.kernel_size[i],
+                self.strides[i],
+                self.dilation_rate[i],
+                self.padding,
+                None if out_pad is None else out_pad[i],
+            )
+            for i in range(n)
+        )
+
+    def _spatial_output(self, i: int, size: int | None) -> int | None:
+        if size is None:
+            return None
+        k, s, d = self.kernel_size[i], self.strides[i], self.dilation_rate[i]
+        if self.transposed:
+            p, op, crop = self._geometry[i]
+            return (size - 1) * s - 2 * p + d * (k - 1) + op + 1 - crop
+        if self.padding == "same":
+            return -(-size // s)
+        p = self.padding[i] if isinstance(self.padding, tuple) else 0
+        return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        last = self.data_format == "channels_last"
+        spatial = tuple(input_shape[1:-1] if last else input_shape[2:])
+        out = tuple(self._spatial_output(i, size) for i, size in enumerate(spatial))
+        return (input_shape[0], *out, self.filters) if last else (input_shape[0], self.filters, *out)
+
+    # ---------------------------------------------------------------- weights
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        channels = input_shape[self._channel_axis]
+        if channels is None:
+            raise ValueError(f"{self.name}: the channel dimension must be known, got input shape {input_shape}")
+        self._param_spec = spec = dataclasses.replace(self._template, in_features=int(channels))
+        fan_in, fan_out = spec.fans
+        weights = {  # the core's draws by default: Xavier-normal kernel, bias uniform in ±1/sqrt(fan_in)
+            "kernel": (
+                self.kernel_initializer or keras.initializers.RandomNormal(0.0, math.sqrt(2.0 / (fan_in + fan_out))),
+                self.kernel_regularizer,
+                self.kernel_constraint,
+            ),
+            "bias": (self.bias_initializer or _fan_in_uniform(fan_in), self.bias_regularizer, self.bias_constraint),
+            "alpha": (keras.initializers.Ones(), None, None),
+            "epsilon_raw": (keras.initializers.Constant(softplus_inverse(spec.epsilon)), None, None),
+        }
+        shapes = spec.param_shapes
+        for name, (initializer, regularizer, constraint) in weights.items():
+            shape = shapes.get(name)
+            if shape is not None and name == "kernel":
+                shape = (*shape[2:], shape[1], shape[0])  # Keras's layout (see _kernel_from_core)
+            setattr(
+                self,
+                name,
+                None
+                if shape is None
+                else self.add_weight(
+                    name=name, shape=shape, initializer=initializer, regularizer=regularizer, constraint=constraint
+                ),
+            )
+        self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2, axes={self._channel_axis: int(channels)})
+
+    def _built_spec(self) -> LayerSpec:
+        if self._param_spec is None:
+            raise ValueError(f"{self.name} is not built yet: call it once or build it with an input shape")
+        return self._param_spec
+
+    @property
+    def spec(self) -> LayerSpec:
+        """The core's exact description of the (built) layer.
+
+        Raises ``ValueError`` where Keras's padding has no torch-style equivalent: a
+        ``"same"`` convolution with strides > 1 (its padding depends on the input
+        size and may be one-sided) and a ``"same"`` transposed convolution whose
+        Keras padding is larger on the left (kernel 3, stride 2, for example).
+        """
+        if self._param_spec is None:
+            raise AttributeError("You must build the layer before accessing `spec`.")
+        spec = self._param_spec
+        if self.transposed:
+            if any(crop for _, _, crop in self._geometry):
+                raise ValueError(
+                    f"{self.name}: Keras's padding={self.padding!r} with kernel_size={self.kernel_size}, "
+                    f"strides={self.strides} pads more on the left than on the right, which torch-style padding "
+                    "(the core's LayerSpec) cannot describe"
+                )
+            return dataclasses.replace(
+                spec,
+                padding=tuple(p for p, _, _ in self._geometry),
+                output_padding=tuple(op for _, op, _ in self._geometry),
+            )
+        if self.padding == "same" and max(self.strides) > 1:
+            raise ValueError(
+                f"{self.name}: Keras's padding='same' with strides={self.strides} depends on the input size; "
+                "the core's LayerSpec (torch's rule) has 'same' for stride 1 only"
+            )
+        return dataclasses.replace(spec, padding=self.padding)
+
+    def param_variables(self) -> dict[str, keras.Variable]:
+        """The learnable variables under the core's names, in the core's order (empty before build)."""
+        return {} if self._param_spec is None else {n: getattr(self, n) for n in self._param_spec.param_shapes}
+
+    def export_params(self) -> dict[str, np.ndarray]:
+        """The parameters as ``{core name: numpy array}`` in the core's layout (kernel ``(filters, in/groups, *k)``).
+
+        Examples
+        --------
+        >>> layer = YatConv2DTranspose(6, 3, groups=2)
+        >>> layer.build((None, 8, 8, 4))
+        >>> tuple(layer.kernel.shape), {k: v.shape for k, v in layer.export_params().items()}
+        ((3, 3, 3, 4), {'kernel': (4, 3, 3, 3), 'bias': (6,), 'alpha': ()})
+        """
+        spec = self._built_spec()
+        out = {name: np.array(ops.convert_to_numpy(getattr(self, name).value)) for name in spec.param_shapes}
+        out["kernel"] = _kernel_to_core(out["kernel"])
+        return out
+
+    def import_params(self, params: Mapping[str, Any]) -> _YatConv:
+        """Assign ``params`` (core names without a prefix, core layout) to the layer; return it.
+
+        Names, shapes and dtypes are checked first, so a bad mapping changes nothing;
+        values are cast to each variable's dtype.
+        """
+        checked = check_params(params, self._built_spec())
+        for name, value in checked.items():
+            variable = getattr(self, name)
+            native = _kernel_from_core(value) if name == "kernel" else value
+            variable.assign(native.astype(dtype_name(variable.dtype)))
+        return self
+
+    @classmethod
+    def from_spec(cls, spec: LayerSpec, **kwargs: Any) -> _YatConv:
+        """The layer a core ``"yat_conv"`` / ``"yat_conv_transpose"`` spec describes, built for its channels.
+
+        Padding is passed as the spec has it: ``"valid"``, ``"same"`` (stride 1) or
+        integers (torch's rule), so the layer computes what the spec says.
+        """
+        options = conv_spec_options(spec)
+        kind = "yat_conv_transpose" if cls.transposed else "yat_conv"
+        if spec.kind != kind or len(spec.kernel_size) != cls.rank:
+            raise ValueError(
+                f"{cls.__name__} is built from a {kind!r} spec with {cls.rank} spatial dimensions, got "
+                f"{spec.kind!r} with kernel_size {spec.kernel_size}"
+            )
+        extra = {"output_padding": options["output_padding"]} if cls.transposed else {}
+        layer = cls(
+            spec.out_features,
+            options["kernel_size"],
+            strides=options["stride"],
+            padding=options["padding"],
+            dilation_rate=options["dilation"],
+            groups=options["groups"],
+            use_bias=options["bias"],
+            use_alpha=options["alpha"],
+            epsilon=options["epsilon"],
+            learnable_epsilon=options["learnable_epsilon"],
+            spherical=options["spherical"],
+            **extra,
+            **kwargs,
+        )
+        channels = (spec.in_features,)
+        spatial = (None,) * cls.rank
+        layer.build(
+            (None, *spatial, *channels) if layer.data_format == "channels_last" else (None, *channels, *spatial)
+        )
+        return layer
+
+    # ---------------------------------------------------------------- forward
+
+    def call(self, inputs: Array) -> Array:
+        n = self.rank
+        last = self.data_format == "channels_last"
+        x = ops.transpose(inputs, (0, n + 1, *range(1, n + 1))) if last else inputs
+        if x.shape[0] is None:
+            # A TensorFlow graph with an unknown batch (Keras's tf.function steps): the core's convolution
+            # needs every size known, so it runs per example, which tf.vectorized_map batches again.
+            y = ops.vectorized_map(lambda example: self._forward(ops.expand_dims(example, 0))[0], x)
+        else:
+            y = self._forward(x)
+        return ops.transpose(y, (0, *range(2, n + 2), 1)) if last else y
+
+    def _forward(self, x: Array) -> Array:
+        """The core's convolution of channels-first ``x`` (every size known)."""
+        xp, spec, n = _conv_namespace(), self._built_spec(), self.rank
+        kernel = ops.transpose(_read(self.kernel), (n + 1, n, *range(n)))  # the core's layout
+        options = forward_options(spec, lambda name: _read(getattr(self, name)), xp)
+        geometry: dict[str, Any] = {"stride": self.strides, "dilation": self.dilation_rate, "groups": self.groups}
+        if self.transposed:
+            pads = tuple(p for p, _, _ in self._geometry)
+            out_pads = tuple(op for _, op, _ in self._geometry)
+            y = yat_conv_transpose(
+                x, kernel, padding=pads, output_padding=out_pads, native=True, xp=xp, **geometry, **options
+            )
+            if any(crop for _, _, crop in self._geometry):
+                y = y[
+                    (
+                        slice(None),
+                        slice(None),
+                        *(slice(0, int(m) - c) for m, (_, _, c) in zip(y.shape[2:], self._geometry)),
+                    )
+                ]
+        else:
+            padding: Any = self.padding
+            if padding == "same" and max(self.strides) > 1:  # TensorFlow's rule: may be one-sided
+                spatial = [int(v) for v in x.shape[2:]]
+                pairs = [_same_pads(*a) for a in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)]
+                if any(lo != hi for lo, hi in pairs):
+                    x = ops.pad(x, [(0, 0), (0, 0), *((0, hi - lo) for lo, hi in pairs)])
+                padding = tuple(lo for lo, _ in pairs)
+            y = yat_conv(x, kernel, padding=padding, native=True, xp=xp, **geometry, **options)
+        return y
+
+    def get_config(self) -> dict[str, Any]:
+        t = self._template
+        config = {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "data_format": self.data_format,
+            "dilation_rate": self.dilation_rate,
+            "groups": self.groups,
+            "use_bias": native_option(t.bias),
+            "use_alpha": native_option(t.alpha),
+            "epsilon": t.epsilon,
+            "learnable_epsilon": t.learnable_epsilon,
+            "spherical": t.spherical,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+        }
+        if self.transposed:
+            config["output_padding"] = self.output_padding
+        return config
+
+
+@keras.saving.register_keras_serializable(package="yat_core")
+class YatConv1D(_YatConv):
+    """1-D Yat convolution, ``keras.layers.Conv1D``'s arguments; see :class:`YatConv2D`.
+
+    Examples
+    --------
+    >>> layer = YatConv1D(4, 3, padding="same")
+    >>> tuple(layer(np.ones((2, 10, 3), np.float32)).shape), tuple(layer.kernel.shape)
+    ((2, 10, 4), (3, 3, 4))
+    """
+
+    rank = 1
+
+
+@keras.saving.register_keras_serializable(package="yat_core")
+class YatConv2D(_YatConv):
+    """2-D Yat convolution: the ⵟ-product of every input patch with every filter, as ``keras.layers.Conv2D``.
+
+    ``y = alpha * (patch . w + bias)^2 / (|patch - w|^2 + epsilon)`` per filter ``w``
+    (DESIGN.md section 1), computed by :func:`yat_core.conv.yat_conv` (``native=True``:
+    the library's convolution for the dot and patch-norm terms, see :func:`_native_conv`).
+    :class:`YatConv1D` and :class:`YatConv3D` are the same with 1 and 3 spatial dimensions.
+
+    Parameters
+    ----------
+    filters : int
+        Output channels (divisible by ``groups``); the input channels are read at build.
+    kernel_size, strides, dilation_rate : int or tuple of ints
+        As ``Conv2D`` (strides and dilation together are allowed: the core computes them).
+    padding : "valid", "same" or int / tuple of ints
+        ``"valid"`` and ``"same"`` as Keras (``"same"`` with strides: TensorFlow's rule,
+        output ``ceil(size/stride)``, the odd unit of padding on the right); integers
+        are torch's symmetric zero padding, what :meth:`from_spec` passes.
+    data_format : "channels_last" or "channels_first", optional
+        Default ``keras.config.image_data_format()`` (``"channels_last"``). Both give the
+        same numbers; the layer hands the core its channels-first layout.
+    groups : int
+        As ``Conv2D``: ``filters`` and the input channels split into ``groups`` groups.
+    use_bias, use_alpha : bool or float
+        ``True``: learnable (alpha starts at 1.0); ``False``: none; a number: a constant.
+    epsilon, learnable_epsilon, spherical
+        As :class:`YatNMN`.
+    kernel_initializer, bias_initializer : Keras initializer, optional
+        Default (None): the core's distributions (:func:`~yat_core.mlp.init_layer_numpy`'s),
+        drawn by Keras's RNG: kernel normal with std ``sqrt(2/(fan_in+fan_out))``, bias
+        uniform in ``±1/sqrt(fan_in)``, fans as the core counts them (``spec.fans``).
+    kernel_regularizer, bias_regularizer, kernel_constraint, bias_constraint : optional
+        As ``Conv2D``.
+    **kwargs
+        Passed to :class:`keras.layers.Layer` (``name``, ``dtype``, ``activity_regularizer``, ...).
+
+    The kernel is stored ``(*kernel_size, in/groups, filters)`` as ``Conv2D`` stores it;
+    :meth:`export_params` / :meth:`import_params` convert to and from the core's
+    ``(filters, in/groups, *kernel_size)``. There is no ``activation`` (the product is
+    the non-linearity).
+
+    Examples
+    --------
+    >>> layer = YatConv2D(8, 3, strides=2, padding="same", name="yat_conv")
+    >>> y = layer(np.ones((2, 9, 9, 4), np.float32))
+    >>> tuple(y.shape), tuple(layer.kernel.shape), layer.count_params()  # kernel 3*3*4*8 + bias 8 + alpha 1
+    ((2, 5, 5, 8), (3, 3, 4, 8), 297)
+    >>> YatConv2D(8, 3, data_format="channels_first", groups=2).compute_output_shape((None, 4, 9, 9))
+    (None, 8, 7, 7)
+    >>> YatConv2D(6, 3, groups=4)
+    Traceback (most recent call last):
+    ...
+    ValueError: groups=4 must divide filters=6
+    """
+
+    rank = 2
+
+
+@keras.saving.register_keras_serializable(package="yat_core")
+class YatConv3D(_YatConv):
+    """3-D Yat convolution, ``keras.layers.Conv3D``'s arguments; see :class:`YatConv2D`.
+
+    Examples
+    --------
+    >>> tuple(YatConv3D(2, 2)(np.ones((1, 3, 4, 5, 1), np.float32)).shape)
+    (1, 2, 3, 4, 2)
+    """
+
+    rank = 3
+
+
+@keras.saving.register_keras_serializable(package="yat_core")
+class YatConv1DTranspose(_YatConv):
+    """1-D transposed Yat convolution, ``keras.layers.Conv1DTranspose``'s arguments; see :class:`YatConv2DTranspose`.
+
+    Examples
+    --------
+    >>> tuple(YatConv1DTranspose(4, 3, strides=2, padding="same")(np.ones((2, 5, 3), np.float32)).shape)
+    (2, 10, 4)
+    """
+
+    rank = 1
+    transposed = True
+
+
+@keras.saving.register_keras_serializable(package="yat_core")
+class YatConv2DTranspose(_YatConv):
+    """2-D transposed Yat convolution, as ``keras.layers.Conv2DTranspose``, computed by :func:`yat_core.conv.yat_conv_transpose`.
+
+    The arguments of :class:`YatConv2D` plus ``output_padding``; the output shape is
+    ``keras.layers.Conv2DTranspose``'s for the same arguments. The kernel is stored
+    ``(*kernel_size, filters/groups, in)`` as ``Conv2DTranspose`` stores it (``groups``
+    is an addition: Keras's transposed convolutions have none), the core's
+    ``(in, filters/groups, *kernel_size)`` reversed.
+
+    **Padding, Keras to torch.** Keras defines a transposed convolution as the direct
+    one over the zero-inserted input padded ``(left, right)`` (span ``s = dilation*(k-1)+1``):
+    ``"valid"``: ``left = s-1``, ``right = s-1 + output_padding`` (default
+    ``max(s, stride) - s``); ``"same"``: a total ``t = stride + s - 2`` (or
+    ``s + s % 2 - 2 + output_padding`` when given), ``left = min(ceil(t/2), s-1)``,
+    ``right = t - left``. The core (torch) pads ``(s-1-padding, s-1-padding+output_padding)``,
+    so the layer calls it with ``padding = s-1-left`` and ``output_padding = right-left``;
+    where ``right < left`` (``"same"`` with ``t`` odd: kernel 3 stride 2, kernel 2 stride 1)
+    it uses ``output_padding = 0`` and crops the last output of that dimension. Integer
+    ``padding`` is torch's rule as it stands (``output_padding`` default 0).
+
+    Examples
+    --------
+    >>> layer = YatConv2DTranspose(8, 3, strides=2, padding="same")
+    >>> y = layer(np.ones((2, 5, 5, 4), np.float32))
+    >>> tuple(y.shape), tuple(layer.kernel.shape)
+    ((2, 10, 10, 8), (3, 3, 8, 4))
+    """
+
+    rank = 2
+    transposed = True
+
+
+@keras.saving.register_keras_serializable(package="yat_core")
+class YatConv3DTranspose(_YatConv):
+    """3-D transposed Yat convolution, ``keras.layers.Conv3DTranspose``'s arguments; see :class:`YatConv2DTranspose`.
+
+    Examples
+    --------
+    >>> tuple(YatConv3DTranspose(2, 2, strides=2)(np.ones((1, 2, 3, 4, 1), np.float32)).shape)
+    (1, 4, 6, 8, 2)
+    """
+
+    rank = 3
+    transposed = True
+
+
+_CONV_CLASSES: dict[tuple[bool, int], type[_YatConv]] = {
+    (cls.transposed, cls.rank): cls
+    for cls in (YatConv1D, YatConv2D, YatConv3D, YatConv1DTranspose, YatConv2DTranspose, YatConv3DTranspose)
+}
+
+
+def conv_from_spec(spec: LayerSpec, **kwargs: Any) -> _YatConv:
+    """The Yat convolution class that fits ``spec`` (kind and spatial dimensions), built from it.
+
+    Examples
+    --------
+    >>> from yat_core.nn.options import conv_layer_spec
+    >>> layer = conv_from_spec(conv_layer_spec(4, 2, 2, n_spatial=1, stride=2, output_padding=1))
+    >>> type(layer).__name__, tuple(layer.kernel.shape), layer.spec.output_padding
+    ('YatConv1DTranspose', (2, 2, 4), (1,))
+    """
+    if spec.kind not in ("yat_conv", "yat_conv_transpose"):
+        raise ValueError(
+            f"a Yat convolution is built from a 'yat_conv' or 'yat_conv_transpose' spec, not {spec.kind!r}"
+        )
+    return _CONV_CLASSES[(spec.kind == "yat_conv_transpose", len(spec.kernel_size))].from_spec(spec, **kwargs)
+
+
 # ------------------------------------------------------------ model and interchange
 
 
@@ -323,8 +996,11 @@ def model_spec(model: keras.Model) -> MLPSpec:
     return MLPSpec(tuple(layer.spec for layer in _core_layers(model)))
 
 
-def export_params(model: keras.Model) -> dict[str, np.ndarray]:
+def export_params(model: keras.Model | _YatConv) -> dict[str, np.ndarray]:
     """The model's parameters as ``{name: numpy array}`` in the core's names and layouts.
+
+    A single Yat convolution gives its own, unprefixed (``"kernel"``, ``"bias"``, ...):
+    :meth:`_YatConv.export_params`.
 
     Examples
     --------
@@ -333,14 +1009,22 @@ def export_params(model: keras.Model) -> dict[str, np.ndarray]:
     >>> params["0.kernel"].shape, params["0.alpha"].shape, params["2.bias"].shape
     ((256, 784), (), (10,))
     """
+    if isinstance(model, _YatConv):
+        return model.export_params()
     layers = _core_layers(model)
     return export_arrays(
         model_spec(model), lambda i, name: ops.convert_to_numpy(getattr(layers[i], name).value), kernel_in_out=True
     )
 
 
-def import_params(model: keras.Model, params: Mapping[str, Any]) -> keras.Model:
+_M = TypeVar("_M", keras.Model, _YatConv)
+
+
+def import_params(model: _M, params: Mapping[str, Any]) -> _M:
     """Assign a ``{name: array}`` mapping (core names and layouts) to the model and return it.
+
+    ``model`` is a model of this module or a single Yat convolution (unprefixed names:
+    :meth:`_YatConv.import_params`).
 
     Everything is checked before anything is assigned, so a bad mapping raises and
     leaves the model unchanged; values are cast to each variable's dtype.
@@ -354,6 +1038,8 @@ def import_params(model: keras.Model, params: Mapping[str, Any]) -> keras.Model:
     ...
     ValueError: parameters do not fit the model: 0.kernel has shape (784, 256), expected (256, 784)
     """
+    if isinstance(model, _YatConv):
+        return model.import_params(params)
     layers = _core_layers(model)
 
     def write(i: int, name: str, value: np.ndarray) -> None:

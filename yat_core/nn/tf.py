@@ -30,21 +30,47 @@ modules and its ``Dense`` layer are:
   ops, ``tf.random.set_seed(s)`` before construction makes the weights
   reproducible and different global seeds give different weights.
   :func:`build_model` gives the weights of :func:`~yat_core.mlp.init_mlp_numpy`.
+
+**Convolutions.** :class:`YatConv1D`, :class:`YatConv2D`, :class:`YatConv3D` and
+:class:`YatConv1DTranspose`, :class:`YatConv2DTranspose`, :class:`YatConv3DTranspose`
+take Keras's names (``filters``, ``kernel_size``, ``strides``, ``padding``,
+``data_format``, ``dilation_rate``, ``groups``, ``use_bias``, ``output_padding``),
+after ``in_channels``; channels last by default; kernels ``(*k, in/groups, filters)``
+(transposed: ``(*k, filters/groups, in)``) as Keras stores them; Keras's output shapes,
+``"same"`` and transposed padding included. Their forward is
+:func:`yat_core.conv.yat_conv` / :func:`yat_core.conv.yat_conv_transpose` on
+:func:`_conv_namespace` (this namespace plus what the convolution calls) with
+``tf.nn.convolution`` as the native convolution (:func:`_native_conv`). The core's
+convolution needs every size known when it is traced, so their ``__call__`` is a
+``tf.function`` traced per input shape (no fixed signature; a module does not know
+its inputs' spatial sizes): ``tf.saved_model.save`` keeps the shapes the module has
+been called with, and ``tf.saved_model.load`` gives a callable for those shapes with
+the same outputs. Inside a caller's ``tf.function`` whose batch size is unknown, the
+module maps the core over the examples with ``tf.vectorized_map``, which TensorFlow
+batches again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import numbers
+import types
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 import tensorflow as tf
 
+from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LayerSpec, MLPSpec, init_layer_numpy
+from yat_core.namespaces.native import register_native_conv
 from yat_core.namespaces.tf import namespace
-from yat_core.nn.interchange import export_arrays, import_arrays
+from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
     check_size,
+    conv_layer_spec,
+    conv_spec_options,
     forward_options,
     linear_layer_spec,
     native_option,
@@ -53,7 +79,23 @@ from yat_core.nn.options import (
 )
 from yat_core.product import DEFAULT_EPSILON, dense, yat_product
 
-__all__ = ["YatNMN", "Linear", "YatMLP", "build_model", "export_params", "import_params", "count_params", "predict"]
+__all__ = [
+    "YatNMN",
+    "Linear",
+    "YatMLP",
+    "YatConv1D",
+    "YatConv2D",
+    "YatConv3D",
+    "YatConv1DTranspose",
+    "YatConv2DTranspose",
+    "YatConv3DTranspose",
+    "conv_from_spec",
+    "build_model",
+    "export_params",
+    "import_params",
+    "count_params",
+    "predict",
+]
 
 Array = Any
 Seed = int | np.random.Generator | None
@@ -300,6 +342,525 @@ def _layer(spec: LayerSpec, index: int, rng: np.random.Generator, dtype: Any) ->
     return cls.from_spec(spec, seed=rng, dtype=dtype, name=f"{name}_{index}")
 
 
+# ------------------------------------------------------------ convolutions
+
+#: The library name of :func:`_conv_namespace`, under which :func:`_native_conv` is registered.
+_CONV_LIBRARY = "yat_core_nn_tf"
+
+
+def _ints(value: Any, n: int, name: str, minimum: int) -> tuple[int, ...]:
+    """An int or ``n`` ints as an ``n``-tuple of ints >= ``minimum``."""
+    values = (value,) * n if isinstance(value, numbers.Integral) else value
+    if (
+        not isinstance(values, (tuple, list))
+        or len(values) != n
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values)
+    ):
+        raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    if any(v < minimum for v in values):
+        raise ValueError(f"{name} must be >= {minimum} in every dimension, got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def _keras_transpose_padding(k: int, s: int, d: int, padding: str, output_padding: int | None) -> tuple[int, int, int]:
+    """Keras's transposed-convolution rule for one dimension as the core's ``(padding, output_padding, crop)``.
+
+    The rule of :mod:`yat_core.nn.keras` (documented on its ``YatConv2DTranspose``),
+    repeated here because this module never imports Keras.
+
+    Examples
+    --------
+    >>> _keras_transpose_padding(3, 2, 1, "same", None), _keras_transpose_padding(4, 2, 1, "same", None)
+    ((0, 0, 1), (1, 0, 0))
+    """
+    span = d * (k - 1) + 1
+    if padding == "valid":
+        extra = max(span, s) - span if output_padding is None else output_padding
+        left, right = span - 1, span - 1 + extra
+    else:
+        total = s + span - 2 if output_padding is None else span + span % 2 - 2 + output_padding
+        left = min(total // 2 + total % 2, span - 1)
+        right = total - left
+    return span - 1 - left, max(right - left, 0), max(left - right, 0)
+
+
+def _same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """TensorFlow's ``"SAME"`` padding of one dimension: output ``ceil(size/s)``, the odd unit on the right."""
+    total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _native_conv(x: Array, w: Array, *, stride: Any, padding: Any, dilation: Any, groups: int) -> Array:
+    """The convolution :func:`yat_core.conv.yat_conv` takes ``dot`` and ``|patch|^2`` from (``native=True``).
+
+    ``tf.nn.convolution`` on channels-last data (TensorFlow's CPU kernels have no
+    channels-first convolution), with the groups of a 3-D convolution split by hand
+    and, where the convolution is both strided and dilated (which
+    ``tf.nn.convolution`` refuses), the strides taken from the stride-1 output.
+    Channels-first input and the core's kernel layout, as the core hands them over.
+    """
+    d = len(stride)
+    if any(lo or hi for lo, hi in padding):
+        x = tf.pad(x, [(0, 0), (0, 0), *padding])
+    x = tf.transpose(x, (0, *range(2, d + 2), 1))
+    kernel = tf.transpose(w, (*range(2, d + 2), 1, 0))
+    subsample = max(stride) > 1 and max(dilation) > 1
+
+    def conv(xs: Array, ks: Array) -> Array:
+        strides = (1,) * d if subsample else tuple(stride)
+        # data_format named: left as None, TensorFlow 2.21 cannot differentiate an eager Conv3D.
+        data_format = ("NWC", "NHWC", "NDHWC")[d - 1]
+        return tf.nn.convolution(
+            xs, ks, strides=strides, padding="VALID", data_format=data_format, dilations=tuple(dilation)
+        )
+
+    if groups > 1 and d == 3:
+        ci, co = int(x.shape[-1]) // groups, int(w.shape[0]) // groups
+        y = tf.concat(
+            [conv(x[..., i * ci : (i + 1) * ci], kernel[..., i * co : (i + 1) * co]) for i in range(groups)], axis=-1
+        )
+    else:
+        y = conv(x, kernel)
+    if subsample:
+        y = y[(slice(None), *(slice(None, None, s) for s in stride), Ellipsis)]
+    return tf.transpose(y, (0, d + 1, *range(1, d + 1)))
+
+
+@functools.cache
+def _conv_namespace() -> types.SimpleNamespace:
+    """:func:`yat_core.namespaces.tf.namespace` plus what the convolution calls, with :func:`_native_conv`."""
+    register_native_conv(_CONV_LIBRARY, _native_conv)
+    return types.SimpleNamespace(
+        **{
+            **vars(namespace()),
+            "__name__": _CONV_LIBRARY,
+            "concat": lambda arrays, /, *, axis=0: tf.concat(list(arrays), axis=axis),
+            "stack": lambda arrays, /, *, axis=0: tf.stack(list(arrays), axis=axis),
+            "flip": lambda x, /, *, axis=None: tf.reverse(
+                x, axis=list(range(len(x.shape))) if axis is None else list(np.atleast_1d(axis))
+            ),
+            "ones_like": lambda x, /, *, dtype=None, device=None: tf.ones_like(x),
+            "broadcast_to": lambda x, /, shape: tf.broadcast_to(x, shape),
+            "logical_and": tf.logical_and,
+            "logical_or": tf.logical_or,
+            "logical_not": tf.logical_not,
+        }
+    )
+
+
+def _kernel_to_core(kernel: np.ndarray) -> np.ndarray:
+    # (*k, in/groups, filters) [transposed: (*k, filters/groups, in)] -> the core's (filters, in/groups, *k).
+    d = kernel.ndim - 2
+    return np.ascontiguousarray(np.transpose(kernel, (d + 1, d, *range(d))))
+
+
+def _kernel_from_core(kernel: np.ndarray) -> np.ndarray:
+    d = kernel.ndim - 2
+    return np.ascontiguousarray(np.transpose(kernel, (*range(2, d + 2), 1, 0)))
+
+
+class _YatConv(_Module):
+    """What the six Yat convolutions share; a subclass only sets ``rank`` and ``transposed``.
+
+    Documented on :class:`YatConv2D` and :class:`YatConv2DTranspose`.
+    """
+
+    rank: ClassVar[int] = 0
+    transposed: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        in_channels: int,
+        filters: int,
+        kernel_size: int | tuple[int, ...],
+        strides: int | tuple[int, ...] = 1,
+        padding: str | int | tuple[int, ...] = "valid",
+        *,
+        output_padding: int | tuple[int, ...] | None = None,
+        data_format: str = "channels_last",
+        dilation_rate: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        use_bias: bool | float = True,
+        use_alpha: bool | float = True,
+        epsilon: float = DEFAULT_EPSILON,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+        seed: Seed = None,
+        dtype: Any = tf.float32,
+        name: str | None = None,
+    ) -> None:
+        # Keras's default names: yat_conv2d, yat_conv2d_transpose, ...
+        super().__init__(name=name or f"yat_conv{self.rank}d{'_transpose' if self.transposed else ''}")
+        n = self.rank
+        self.dtype = _float_dtype(dtype)
+        self.in_channels = check_size(in_channels, "in_channels")
+        self.filters = check_size(filters, "filters")
+        self.kernel_size = _ints(kernel_size, n, "kernel_size", 1)
+        self.strides = _ints(strides, n, "strides", 1)
+        self.dilation_rate = _ints(dilation_rate, n, "dilation_rate", 1)
+        self.groups = check_size(groups, "groups")
+        if isinstance(padding, str):
+            if padding.lower() not in ("valid", "same"):
+                raise ValueError(f"padding must be 'valid', 'same' or ints (torch's rule), got {padding!r}")
+            self.padding: str | tuple[int, ...] = padding.lower()
+        else:
+            self.padding = _ints(padding, n, "padding", 0)
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
+        self.data_format = data_format
+        if not self.transposed and output_padding is not None:
+            raise TypeError(f"{type(self).__name__} takes no output_padding (the transposed convolutions do)")
+        self.output_padding = None if output_padding is None else _ints(output_padding, n, "output_padding", 0)
+        # The core's options, checked (groups dividing the channels, epsilon > 0, ...).
+        self._param_spec = conv_layer_spec(
+            self.in_channels,
+            self.filters,
+            self.kernel_size,
+            n_spatial=n,
+            stride=self.strides,
+            dilation=self.dilation_rate,
+            groups=self.groups,
+            output_padding=(0,) * n if self.transposed else None,
+            bias=use_bias,
+            alpha=use_alpha,
+            epsilon=epsilon,
+            learnable_epsilon=learnable_epsilon,
+            spherical=spherical,
+            names=("in_channels", "filters"),
+        )
+        self._geometry = self._transpose_geometry() if self.transposed else ()
+        initial = init_layer_numpy(self._param_spec, _generator(seed))
+        initial["kernel"] = _kernel_from_core(initial["kernel"])
+        with self.name_scope:
+            for param in ("kernel", "bias", "alpha", "epsilon_raw"):
+                value = initial.get(param)
+                variable = None if value is None else tf.Variable(value.astype(self.dtype.as_numpy_dtype), name=param)
+                setattr(self, param, variable)
+        # Traced per input shape: the core's convolution needs every size known (see the module's notes).
+        self.__dict__["__call__"] = tf.function(self.call)
+
+    # ---------------------------------------------------------------- geometry
+
+    def _transpose_geometry(self) -> tuple[tuple[int, int, int], ...]:
+        """Per dimension the core's ``(padding, output_padding, crop)`` (see :func:`_keras_transpose_padding`)."""
+        n, out_pad = self.rank, self.output_padding
+        if isinstance(self.padding, tuple):  # torch's rule, as the core takes it
+            geometry = tuple((p, 0 if out_pad is None else out_pad[i], 0) for i, p in enumerate(self.padding))
+            for i, (_, op, _) in enumerate(geometry):
+                if op >= self.strides[i] and op >= self.dilation_rate[i]:
+                    raise ValueError(
+                        f"output_padding must be smaller than strides or dilation_rate (torch's rule with integer "
+                        f"padding), got output_padding={out_pad}, strides={self.strides}, "
+                        f"dilation_rate={self.dilation_rate}"
+                    )
+            return geometry
+        if out_pad is not None and any(op >= s for op, s in zip(out_pad, self.strides)):
+            raise ValueError(
+                f"output_padding must be smaller than strides in every dimension (Keras's rule), "
+                f"got output_padding={out_pad}, strides={self.strides}"
+            )
+        return tuple(
+            _keras_transpose_padding(
+                self.kernel_size[i],
+                self.strides[i],
+                self.dilation_rate[i],
+                self.padding,
+                None if out_pad is None else out_pad[i],
+            )
+            for i in range(n)
+        )
+
+    @property
+    def spec(self) -> LayerSpec:
+        """The core's exact description of the layer.
+
+        Raises ``ValueError`` where Keras's padding has no torch-style equivalent: a
+        ``"same"`` convolution with strides > 1 (its padding depends on the input
+        size and may be one-sided) and a ``"same"`` transposed convolution whose
+        padding is larger on the left (kernel 3, stride 2, for example).
+        """
+        spec = self._param_spec
+        if self.transposed:
+            if any(crop for _, _, crop in self._geometry):
+                raise ValueError(
+                    f"{self.name}: Keras's padding={self.padding!r} with kernel_size={self.kernel_size}, "
+                    f"strides={self.strides} pads more on the left than on the right, which torch-style padding "
+                    "(the core's LayerSpec) cannot describe"
+                )
+            return dataclasses.replace(
+                spec,
+                padding=tuple(p for p, _, _ in self._geometry),
+                output_padding=tuple(op for _, op, _ in self._geometry),
+            )
+        if self.padding == "same" and max(self.strides) > 1:
+            raise ValueError(
+                f"{self.name}: Keras's padding='same' with strides={self.strides} depends on the input size; "
+                "the core's LayerSpec (torch's rule) has 'same' for stride 1 only"
+            )
+        return dataclasses.replace(spec, padding=self.padding)
+
+    @classmethod
+    def from_spec(cls, spec: LayerSpec, **kwargs: Any) -> _YatConv:
+        """The module a core ``"yat_conv"`` / ``"yat_conv_transpose"`` spec describes.
+
+        Padding is passed as the spec has it: ``"valid"``, ``"same"`` (stride 1) or
+        integers (torch's rule), so the module computes what the spec says.
+        """
+        options = conv_spec_options(spec)
+        kind = "yat_conv_transpose" if cls.transposed else "yat_conv"
+        if spec.kind != kind or len(spec.kernel_size) != cls.rank:
+            raise ValueError(
+                f"{cls.__name__} is built from a {kind!r} spec with {cls.rank} spatial dimensions, got "
+                f"{spec.kind!r} with kernel_size {spec.kernel_size}"
+            )
+        extra = {"output_padding": options["output_padding"]} if cls.transposed else {}
+        return cls(
+            spec.in_features,
+            spec.out_features,
+            options["kernel_size"],
+            strides=options["stride"],
+            padding=options["padding"],
+            dilation_rate=options["dilation"],
+            groups=options["groups"],
+            use_bias=options["bias"],
+            use_alpha=options["alpha"],
+            epsilon=options["epsilon"],
+            learnable_epsilon=options["learnable_epsilon"],
+            spherical=options["spherical"],
+            **extra,
+            **kwargs,
+        )
+
+    # ---------------------------------------------------------------- interchange
+
+    def export_params(self) -> dict[str, np.ndarray]:
+        """The parameters as ``{core name: numpy array}`` in the core's layout (kernel ``(filters, in/groups, *k)``).
+
+        Examples
+        --------
+        >>> layer = YatConv2DTranspose(4, 6, 3, groups=2, seed=0)
+        >>> tuple(layer.kernel.shape), {k: v.shape for k, v in layer.export_params().items()}
+        ((3, 3, 3, 4), {'kernel': (4, 3, 3, 3), 'bias': (6,), 'alpha': ()})
+        """
+        out = {name: np.asarray(getattr(self, name).numpy()) for name in self._param_spec.param_shapes}
+        out["kernel"] = _kernel_to_core(out["kernel"])
+        return out
+
+    def import_params(self, params: Mapping[str, Any]) -> _YatConv:
+        """Assign ``params`` (core names without a prefix, core layout) to the module; return it.
+
+        Names, shapes and dtypes are checked first, so a bad mapping changes nothing;
+        values are cast to each variable's dtype.
+        """
+        checked = check_params(params, self._param_spec)
+        for name, value in checked.items():
+            variable = getattr(self, name)
+            native = _kernel_from_core(value) if name == "kernel" else value
+            variable.assign(native.astype(variable.dtype.as_numpy_dtype))
+        return self
+
+    # ---------------------------------------------------------------- forward
+
+    def _param(self, name: str) -> Array:
+        return tf.convert_to_tensor(getattr(self, name))
+
+    @tf.Module.with_name_scope
+    def call(self, x: Array) -> Array:
+        n = self.rank
+        x = tf.convert_to_tensor(x, dtype=self.dtype)
+        if x.shape.rank != n + 2:
+            raise ValueError(
+                f"{self.name}: expected inputs of rank {n + 2} ({self.data_format}: "
+                f"{'(batch, *spatial, channels)' if self.data_format == 'channels_last' else '(batch, channels, *spatial)'}), "
+                f"got shape {tuple(x.shape)}"
+            )
+        last = self.data_format == "channels_last"
+        if last:
+            x = tf.transpose(x, (0, n + 1, *range(1, n + 1)))
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"{self.name}: expected {self.in_channels} input channels, got shape {tuple(x.shape)}")
+        if x.shape[0] is None:
+            # Traced with an unknown batch (a caller's tf.function): the core's convolution needs every
+            # size known, so it runs per example, which tf.vectorized_map batches again.
+            y = tf.vectorized_map(lambda example: self._forward(example[None])[0], x)
+        else:
+            y = self._forward(x)
+        return tf.transpose(y, (0, *range(2, n + 2), 1)) if last else y
+
+    @tf.autograph.experimental.do_not_convert  # the core branches on shapes only: nothing to convert
+    def _forward(self, x: Array) -> Array:
+        """The core's convolution of channels-first ``x`` (every size known)."""
+        xp, n = _conv_namespace(), self.rank
+        kernel = tf.transpose(self._param("kernel"), (n + 1, n, *range(n)))  # the core's layout
+        options = forward_options(self._param_spec, self._param, xp)
+        geometry: dict[str, Any] = {"stride": self.strides, "dilation": self.dilation_rate, "groups": self.groups}
+        if self.transposed:
+            pads = tuple(p for p, _, _ in self._geometry)
+            out_pads = tuple(op for _, op, _ in self._geometry)
+            y = yat_conv_transpose(
+                x, kernel, padding=pads, output_padding=out_pads, native=True, xp=xp, **geometry, **options
+            )
+            if any(crop for _, _, crop in self._geometry):
+                crops = (slice(0, int(m) - c) for m, (_, _, c) in zip(y.shape[2:], self._geometry))
+                y = y[(slice(None), slice(None), *crops)]
+        else:
+            padding: Any = self.padding
+            if padding == "same" and max(self.strides) > 1:  # TensorFlow's rule: may be one-sided
+                spatial = [int(v) for v in x.shape[2:]]
+                pairs = [_same_pads(*a) for a in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)]
+                if any(lo != hi for lo, hi in pairs):
+                    x = tf.pad(x, [(0, 0), (0, 0), *((0, hi - lo) for lo, hi in pairs)])
+                padding = tuple(lo for lo, _ in pairs)
+            y = yat_conv(x, kernel, padding=padding, native=True, xp=xp, **geometry, **options)
+        return y
+
+
+class YatConv1D(_YatConv):
+    """1-D Yat convolution as a ``tf.Module``; see :class:`YatConv2D`.
+
+    Examples
+    --------
+    >>> layer = YatConv1D(3, 4, 3, padding="same", seed=0)
+    >>> tuple(layer(tf.ones((2, 10, 3))).shape), tuple(layer.kernel.shape)
+    ((2, 10, 4), (3, 3, 4))
+    """
+
+    rank = 1
+
+
+class YatConv2D(_YatConv):
+    """2-D Yat convolution as a ``tf.Module``, with ``keras.layers.Conv2D``'s argument names and layout.
+
+    ``y = alpha * (patch . w + bias)^2 / (|patch - w|^2 + epsilon)`` per filter ``w``,
+    computed by :func:`yat_core.conv.yat_conv` (``native=True``: ``tf.nn.convolution``
+    for the dot and patch-norm terms, :func:`_native_conv`). :class:`YatConv1D` and
+    :class:`YatConv3D` are the same with 1 and 3 spatial dimensions.
+
+    Parameters
+    ----------
+    in_channels : int
+        Input channels (a ``tf.Module`` creates its variables in its constructor).
+    filters : int
+        Output channels (divisible by ``groups``).
+    kernel_size, strides, dilation_rate : int or tuple of ints
+    padding : "valid", "same" or int / tuple of ints
+        As Keras (``"same"`` with strides: TensorFlow's rule, output
+        ``ceil(size/stride)``, the odd unit on the right); integers are torch's
+        symmetric zero padding, what :meth:`from_spec` passes.
+    data_format : "channels_last" (default) or "channels_first"
+    groups : int
+    use_bias, use_alpha : bool or float
+        ``True``: learnable (alpha starts at 1.0); ``False``: none; a number: a constant.
+    epsilon, learnable_epsilon, spherical
+        As :class:`YatNMN`.
+    seed : int, numpy.random.Generator or None
+        Source of the core's initial draws (:func:`~yat_core.mlp.init_layer_numpy`:
+        Xavier-normal kernel, bias uniform in ``±1/sqrt(fan_in)``); None: drawn from
+        TensorFlow's global random state, as for :class:`YatNMN`.
+    dtype : tf.DType
+    name : str, optional
+
+    The kernel variable is ``(*kernel_size, in/groups, filters)`` (``Conv2D``'s layout);
+    :meth:`export_params` / :meth:`import_params` convert to and from the core's
+    ``(filters, in/groups, *kernel_size)``.
+
+    Examples
+    --------
+    >>> layer = YatConv2D(4, 8, 3, strides=2, padding="same", seed=0)
+    >>> tuple(layer(tf.ones((2, 9, 9, 4))).shape), tuple(layer.kernel.shape), count_params(layer)
+    ((2, 5, 5, 8), (3, 3, 4, 8), 297)
+    >>> sorted(v.name for v in layer.trainable_variables)
+    ['yat_conv2d/alpha:0', 'yat_conv2d/bias:0', 'yat_conv2d/kernel:0']
+    >>> YatConv2D(4, 6, 3, groups=4)
+    Traceback (most recent call last):
+    ...
+    ValueError: groups=4 must divide 4 and 6 channels
+    """
+
+    rank = 2
+
+
+class YatConv3D(_YatConv):
+    """3-D Yat convolution as a ``tf.Module``; see :class:`YatConv2D`.
+
+    Examples
+    --------
+    >>> tuple(YatConv3D(1, 2, 2, seed=0)(tf.ones((1, 3, 4, 5, 1))).shape)
+    (1, 2, 3, 4, 2)
+    """
+
+    rank = 3
+
+
+class YatConv1DTranspose(_YatConv):
+    """1-D transposed Yat convolution as a ``tf.Module``; see :class:`YatConv2DTranspose`.
+
+    Examples
+    --------
+    >>> tuple(YatConv1DTranspose(3, 4, 3, strides=2, padding="same", seed=0)(tf.ones((2, 5, 3))).shape)
+    (2, 10, 4)
+    """
+
+    rank = 1
+    transposed = True
+
+
+class YatConv2DTranspose(_YatConv):
+    """2-D transposed Yat convolution as a ``tf.Module``, as ``keras.layers.Conv2DTranspose``.
+
+    :func:`yat_core.conv.yat_conv_transpose` with the arguments of :class:`YatConv2D`
+    plus ``output_padding``; the output shapes are ``Conv2DTranspose``'s, by the
+    mapping of Keras's ``padding`` / ``output_padding`` to the core's torch-style ones
+    documented on ``yat_core.nn.keras.YatConv2DTranspose``. The kernel variable is
+    ``(*kernel_size, filters/groups, in_channels)``, ``Conv2DTranspose``'s layout.
+
+    Examples
+    --------
+    >>> layer = YatConv2DTranspose(4, 8, 3, strides=2, padding="same", seed=0)
+    >>> tuple(layer(tf.ones((2, 5, 5, 4))).shape), tuple(layer.kernel.shape)
+    ((2, 10, 10, 8), (3, 3, 8, 4))
+    """
+
+    rank = 2
+    transposed = True
+
+
+class YatConv3DTranspose(_YatConv):
+    """3-D transposed Yat convolution as a ``tf.Module``; see :class:`YatConv2DTranspose`.
+
+    Examples
+    --------
+    >>> tuple(YatConv3DTranspose(1, 2, 2, strides=2, seed=0)(tf.ones((1, 2, 3, 4, 1))).shape)
+    (1, 4, 6, 8, 2)
+    """
+
+    rank = 3
+    transposed = True
+
+
+_CONV_CLASSES: dict[tuple[bool, int], type[_YatConv]] = {
+    (cls.transposed, cls.rank): cls
+    for cls in (YatConv1D, YatConv2D, YatConv3D, YatConv1DTranspose, YatConv2DTranspose, YatConv3DTranspose)
+}
+
+
+def conv_from_spec(spec: LayerSpec, **kwargs: Any) -> _YatConv:
+    """The Yat convolution class that fits ``spec`` (kind and spatial dimensions), built from it.
+
+    Examples
+    --------
+    >>> from yat_core.nn.options import conv_layer_spec
+    >>> layer = conv_from_spec(conv_layer_spec(4, 2, 2, n_spatial=1, stride=2, output_padding=1), seed=0)
+    >>> type(layer).__name__, tuple(layer.kernel.shape), layer.spec.output_padding
+    ('YatConv1DTranspose', (2, 2, 4), (1,))
+    """
+    if spec.kind not in ("yat_conv", "yat_conv_transpose"):
+        raise ValueError(
+            f"a Yat convolution is built from a 'yat_conv' or 'yat_conv_transpose' spec, not {spec.kind!r}"
+        )
+    return _CONV_CLASSES[(spec.kind == "yat_conv_transpose", len(spec.kernel_size))].from_spec(spec, **kwargs)
+
+
 # ------------------------------------------------------------ model and interchange
 
 
@@ -321,8 +882,11 @@ def _checked(model: Any) -> YatMLP:
     return model
 
 
-def export_params(model: YatMLP) -> dict[str, np.ndarray]:
+def export_params(model: YatMLP | _YatConv) -> dict[str, np.ndarray]:
     """The model's parameters as ``{name: numpy array}`` in the core's names and layouts (kernels ``(out, in)``).
+
+    A single Yat convolution gives its own, unprefixed (``"kernel"``, ``"bias"``, ...):
+    :meth:`_YatConv.export_params`.
 
     Examples
     --------
@@ -332,12 +896,20 @@ def export_params(model: YatMLP) -> dict[str, np.ndarray]:
     >>> params["0.kernel"].shape, tuple(model.layers[0].kernel.shape)
     ((256, 784), (784, 256))
     """
+    if isinstance(model, _YatConv):
+        return model.export_params()
     layers = _checked(model).layers
     return export_arrays(model.spec, lambda i, name: getattr(layers[i], name).numpy(), kernel_in_out=True)
 
 
-def import_params(model: YatMLP, params: Mapping[str, Any]) -> YatMLP:
+_M = TypeVar("_M", YatMLP, _YatConv)
+
+
+def import_params(model: _M, params: Mapping[str, Any]) -> _M:
     """Assign a ``{name: array}`` mapping (core names and layouts) to the model and return it.
+
+    ``model`` is a :class:`YatMLP` or a single Yat convolution (unprefixed names:
+    :meth:`_YatConv.import_params`).
 
     Names, shapes and dtypes are checked first, so a bad mapping raises and leaves
     the model unchanged; values are cast to each variable's dtype.
@@ -351,6 +923,8 @@ def import_params(model: YatMLP, params: Mapping[str, Any]) -> YatMLP:
     ...
     ValueError: parameters do not fit the model: unexpected 3.kernel
     """
+    if isinstance(model, _YatConv):
+        return model.import_params(params)
     layers = _checked(model).layers
 
     def write(index: int, name: str, value: np.ndarray) -> None:
