@@ -672,7 +672,7 @@ def _(ctx: SimpleNamespace) -> None:
 @check("native-path-equals-the-unfold")
 def _(ctx: SimpleNamespace) -> None:
     """The layers' namespace and native convolution against the core's own unfold on the same namespace."""
-    xp = ctx.knn._conv_namespace()
+    xp = ctx.knn.namespace()
     rng = np.random.default_rng(3)
     cases = [  # (transposed, x, w, geometry): 3-D groups, strides with dilation, crops, asymmetric padding
         (False, (2, 4, 5, 4, 3), (4, 2, 2, 2, 2), {"groups": 2, "padding": 1}),

@@ -35,7 +35,7 @@ from test_nn_conv_keras import (  # noqa: E402
 from yat_core.conv import yat_conv, yat_conv_transpose, yat_conv_transpose_vjp, yat_conv_vjp  # noqa: E402
 from yat_core.mlp import init_layer_numpy  # noqa: E402
 from yat_core.nn import tf as ytf  # noqa: E402
-from yat_core.nn.options import conv_layer_spec  # noqa: E402
+from yat_core.nn.options import conv_layer_spec, keras_transpose_padding, kernel_from_core  # noqa: E402
 from yat_core.product import softplus  # noqa: E402
 
 
@@ -106,8 +106,8 @@ def test_tensorflows_own_convolution_is_the_dot_term(transposed, padding, k, s):
 
 
 def test_native_convolution_equals_the_unfold_on_the_modules_namespace():
-    """:func:`yat_core.nn.tf._native_conv` (grouped 3-D and strided dilated included) against the core's unfold."""
-    xp, rng = ytf._conv_namespace(), np.random.default_rng(3)
+    """The TensorFlow native convolution (grouped 3-D and strided dilated included) against the core's unfold."""
+    xp, rng = ytf.namespace(), np.random.default_rng(3)
     cases = [
         (False, (2, 4, 5, 4, 3), (4, 2, 2, 2, 2), {"groups": 2, "padding": 1}),
         (False, (1, 2, 9, 8), (3, 2, 3, 3), {"stride": 2, "dilation": 2, "padding": 1}),
@@ -160,7 +160,7 @@ def test_gradients_reach_every_variable_and_equal_the_cores(name):
     g64 = np.moveaxis(g.numpy().astype(np.float64), -1, 1)
     ref = vjp(np.moveaxis(x.astype(np.float64), -1, 1), p["kernel"], g64, **c.core, **options)
     d_eps = ref.epsilon / (1.0 + np.exp(-p["epsilon_raw"]))  # d softplus = sigmoid
-    want = {"kernel": ytf._kernel_from_core(ref.w), "bias": ref.bias, "alpha": ref.alpha, "epsilon_raw": d_eps}
+    want = {"kernel": kernel_from_core(ref.w), "bias": ref.bias, "alpha": ref.alpha, "epsilon_raw": d_eps}
     for key, value in grads.items():
         value = value.numpy()
         assert np.all(np.isfinite(value)) and np.any(value != 0), key
@@ -321,7 +321,7 @@ def test_spec_and_from_spec():
 )
 def test_keras_transposed_padding_maps_to_the_cores(args, expected):
     """The mapping (the same function in both modules), without Keras: the sizes are Keras's rule."""
-    p, op, crop = ytf._keras_transpose_padding(*args)
+    p, op, crop = keras_transpose_padding(*args)
     assert (p, op, crop) == expected
     k, s, d, padding, output_padding = args
     for i in (1, 4, 7):

@@ -60,6 +60,7 @@ def build_namespace(
     expand_dims: Callable[[Any, int], Any],
     reshape: Callable[[Any, Any], Any],
     take: Callable[..., Any],
+    join: dict[str, Callable[..., Any]] | None = None,
     **elementwise: Callable[..., Any],
 ) -> types.SimpleNamespace:
     """An array-API namespace over one library's functions.
@@ -67,7 +68,8 @@ def build_namespace(
     ``dtype_name`` names any dtype object, ``dtype`` makes the library's dtype from a
     name, ``cast(x, dtype)`` converts; ``reduce`` maps ``"sum"``, ``"max"``,
     ``"mean"`` to functions taking ``axis=`` and ``keepdims=``; ``argmax(x, axis,
-    keepdims)``; ``elementwise`` functions (``asarray``, ``where``, ``sqrt``, ...) are
+    keepdims)``; ``join`` maps ``"concat"``, ``"stack"`` to functions taking a list and
+    ``axis=``; ``elementwise`` functions (``asarray``, ``where``, ``sqrt``, ...) are
     taken as they are.
 
     Examples
@@ -109,6 +111,12 @@ def build_namespace(
     def take_(x: Any, indices: Any, /, *, axis: int | None = None) -> Any:
         return take(x, indices, axis=axis)
 
+    def joined(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def join_(arrays: Any, /, *, axis: int = 0) -> Any:
+            return fn(list(arrays), axis=axis)
+
+        return join_
+
     def matrix_transpose(x: Any, /) -> Any:
         axes = list(range(len(x.shape)))
         axes[-2:] = axes[-1], axes[-2]
@@ -125,6 +133,7 @@ def build_namespace(
         reshape=reshape_,
         take=take_,
         matrix_transpose=matrix_transpose,
+        **{key: joined(fn) for key, fn in (join or {}).items()},
         **elementwise,
         **{d: dtype(d) for d in DTYPE_NAMES},
     )

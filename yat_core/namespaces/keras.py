@@ -35,6 +35,18 @@ def _zeros(shape: Any, *, dtype: Any = None, device: Any = None) -> Any:
     return ops.zeros(shape, dtype=dtype_name(dtype or "float32"))
 
 
+def _flip(x: Any, /, *, axis: Any = None) -> Any:
+    return ops.flip(x, axis=axis)
+
+
+def _ones_like(x: Any, /, *, dtype: Any = None, device: Any = None) -> Any:
+    return ops.ones_like(x, dtype=None if dtype is None else dtype_name(dtype))
+
+
+def _broadcast_to(x: Any, /, shape: tuple[int, ...]) -> Any:
+    return ops.broadcast_to(x, shape)
+
+
 def _zeros_like(x: Any, /, *, dtype: Any = None, device: Any = None) -> Any:
     return ops.zeros_like(x, dtype=None if dtype is None else dtype_name(dtype))
 
@@ -61,7 +73,14 @@ def namespace() -> types.SimpleNamespace:
         expand_dims=ops.expand_dims,
         reshape=ops.reshape,
         take=ops.take,
+        join={"concat": ops.concatenate, "stack": ops.stack},
         asarray=_asarray,
+        flip=_flip,
+        ones_like=_ones_like,
+        broadcast_to=_broadcast_to,
+        logical_and=ops.logical_and,
+        logical_or=ops.logical_or,
+        logical_not=ops.logical_not,
         permute_dims=ops.transpose,
         where=ops.where,
         maximum=ops.maximum,

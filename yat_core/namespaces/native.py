@@ -67,7 +67,91 @@ def _mlx_conv(x: Any, w: Any, *, stride: Any, padding: Any, dilation: Any, group
     return mx.transpose(y, (0, d + 1, *range(1, d + 1)))
 
 
-_BUILTIN_NATIVE_CONVS: dict[str, Callable[..., Any]] = {"torch": _torch_conv, "jax": _jax_conv, "mlx": _mlx_conv}
+def _tf_conv(x: Any, w: Any, *, stride: Any, padding: Any, dilation: Any, groups: int) -> Any:
+    """The convolution :func:`yat_core.conv.yat_conv` takes ``dot`` and ``|patch|^2`` from (``native=True``).
+
+    ``tf.nn.convolution`` on channels-last data (TensorFlow's CPU kernels have no
+    channels-first convolution), with the groups of a 3-D convolution split by hand
+    and, where the convolution is both strided and dilated (which
+    ``tf.nn.convolution`` refuses), the strides taken from the stride-1 output.
+    Channels-first input and the core's kernel layout, as the core hands them over.
+    """
+    import tensorflow as tf
+
+    d = len(stride)
+    if any(lo or hi for lo, hi in padding):
+        x = tf.pad(x, [(0, 0), (0, 0), *padding])
+    x = tf.transpose(x, (0, *range(2, d + 2), 1))
+    kernel = tf.transpose(w, (*range(2, d + 2), 1, 0))
+    subsample = max(stride) > 1 and max(dilation) > 1
+
+    def conv(xs: Any, ks: Any) -> Any:
+        strides = (1,) * d if subsample else tuple(stride)
+        # data_format named: left as None, TensorFlow 2.21 cannot differentiate an eager Conv3D.
+        data_format = ("NWC", "NHWC", "NDHWC")[d - 1]
+        return tf.nn.convolution(
+            xs, ks, strides=strides, padding="VALID", data_format=data_format, dilations=tuple(dilation)
+        )
+
+    if groups > 1 and d == 3:
+        ci, co = int(x.shape[-1]) // groups, int(w.shape[0]) // groups
+        y = tf.concat(
+            [conv(x[..., i * ci : (i + 1) * ci], kernel[..., i * co : (i + 1) * co]) for i in range(groups)], axis=-1
+        )
+    else:
+        y = conv(x, kernel)
+    if subsample:
+        y = y[(slice(None), *(slice(None, None, s) for s in stride), Ellipsis)]
+    return tf.transpose(y, (0, d + 1, *range(1, d + 1)))
+
+
+def _keras_conv(x: Any, w: Any, *, stride: Any, padding: Any, dilation: Any, groups: int) -> Any:
+    """The convolution :func:`yat_core.conv.yat_conv` takes ``dot`` and ``|patch|^2`` from (``native=True``).
+
+    Channels first, the core's kernel layout. On the jax and torch backends it is the
+    core's own (:func:`yat_core.namespaces.native.native_conv`; JAX at the highest
+    precision); on tensorflow ``keras.ops.conv`` channels last, with the groups of a 3-D
+    convolution split by hand and strides taken from the stride-1 output where the
+    convolution is also dilated (TensorFlow's CPU kernels have neither).
+    """
+    import keras
+    from keras import ops
+
+    from yat_core.namespaces import array_namespace
+
+    core = native_conv(array_namespace(x)) if not isinstance(x, keras.KerasTensor) else None
+    if core is not None and core is not _keras_conv:
+        return core(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    d = len(stride)
+    if any(lo or hi for lo, hi in padding):
+        x = ops.pad(x, [(0, 0), (0, 0), *padding])
+    x = ops.transpose(x, (0, *range(2, d + 2), 1))
+    kernel = ops.transpose(w, (*range(2, d + 2), 1, 0))
+    subsample = max(stride) > 1 and max(dilation) > 1
+
+    def conv(xs: Any, ks: Any) -> Any:
+        strides = (1,) * d if subsample else tuple(stride)
+        return ops.conv(xs, ks, strides=strides, padding="valid", data_format="channels_last", dilation_rate=dilation)
+
+    if groups > 1 and d == 3:
+        ci, co = int(x.shape[-1]) // groups, int(w.shape[0]) // groups
+        y = ops.concatenate(
+            [conv(x[..., i * ci : (i + 1) * ci], kernel[..., i * co : (i + 1) * co]) for i in range(groups)], axis=-1
+        )
+    else:
+        y = conv(x, kernel)
+    if subsample:
+        y = y[(slice(None), *(slice(None, None, s) for s in stride), Ellipsis)]
+    return ops.transpose(y, (0, d + 1, *range(1, d + 1)))
+
+
+_BUILTIN_NATIVE_CONVS: dict[str, Callable[..., Any]] = {
+    "torch": _torch_conv,
+    "jax": _jax_conv,
+    "mlx": _mlx_conv,
+    "tf": _tf_conv,
+    "keras": _keras_conv,
+}
 
 
 def _namespace_library(xp: Any) -> str:

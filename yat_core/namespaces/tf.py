@@ -64,6 +64,18 @@ def _zeros(shape: Any, *, dtype: Any = None, device: Any = None) -> Any:
     return tf.zeros(shape, dtype=tf.float32 if dtype is None else tf.as_dtype(dtype))
 
 
+def _flip(x: Any, /, *, axis: Any = None) -> Any:
+    return tf.reverse(x, axis=list(range(len(x.shape))) if axis is None else list(np.atleast_1d(axis)))
+
+
+def _ones_like(x: Any, /, *, dtype: Any = None, device: Any = None) -> Any:
+    return tf.ones_like(x, dtype=None if dtype is None else tf.as_dtype(dtype))
+
+
+def _broadcast_to(x: Any, /, shape: tuple[int, ...]) -> Any:
+    return tf.broadcast_to(x, shape)
+
+
 def _zeros_like(x: Any, /, *, dtype: Any = None, device: Any = None) -> Any:
     return tf.zeros_like(x, dtype=None if dtype is None else tf.as_dtype(dtype))
 
@@ -90,7 +102,14 @@ def namespace() -> types.SimpleNamespace:
         expand_dims=tf.expand_dims,
         reshape=tf.reshape,
         take=_take,
+        join={"concat": tf.concat, "stack": tf.stack},
         asarray=_asarray,
+        flip=_flip,
+        ones_like=_ones_like,
+        broadcast_to=_broadcast_to,
+        logical_and=tf.logical_and,
+        logical_or=tf.logical_or,
+        logical_not=tf.logical_not,
         permute_dims=tf.transpose,
         where=_where,
         maximum=_maximum,

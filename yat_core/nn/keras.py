@@ -21,9 +21,9 @@ follow ``keras.layers.Conv2D`` / ``Conv2DTranspose`` the same way (arguments, ke
 layout, ``data_format`` both ways, output shapes) and call
 :func:`yat_core.conv.yat_conv` / :func:`yat_core.conv.yat_conv_transpose`; each has
 ``export_params`` / ``import_params`` in the core's names and layout, ``spec`` and
-``from_spec``. They run the core on :func:`_conv_namespace`, ``keras.ops`` with the
-few calls the convolution adds, whose native convolution (:func:`_native_conv`) is
-the core's own on the jax and torch backends and ``keras.ops.conv`` on tensorflow.
+``from_spec``. They run the core on :func:`yat_core.namespaces.keras.namespace`, whose
+native convolution (in :mod:`yat_core.namespaces.native`) is the backend library's own
+(torch, JAX, TensorFlow) and ``keras.ops.conv`` on symbolic tensors.
 The core's convolution needs every size known; in a TensorFlow graph whose batch size
 is unknown (Keras's ``fit`` steps on the tensorflow backend) a layer maps it over the
 examples with ``keras.ops.vectorized_map``, which TensorFlow batches again.
@@ -32,10 +32,7 @@ examples with ``keras.ops.vectorized_map``, which TensorFlow batches again.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import numbers
-import types
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -45,17 +42,20 @@ from keras import ops
 
 from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
-from yat_core.namespaces import array_namespace
 from yat_core.namespaces.keras import dtype_name, namespace
-from yat_core.namespaces.native import native_conv, register_native_conv
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
     check_size,
     conv_layer_spec,
     conv_spec_options,
     forward_options,
+    keras_transpose_padding,
+    kernel_from_core,
+    kernel_to_core,
     linear_layer_spec,
     native_option,
+    per_dim,
+    same_padding,
     spec_options,
     yat_layer_spec,
 )
@@ -315,120 +315,6 @@ class Linear(_CoreLayer):
 
 # ------------------------------------------------------------ convolutions
 
-#: The library name of :func:`_conv_namespace`, under which :func:`_native_conv` is registered.
-_CONV_LIBRARY = "yat_core_nn_keras"
-
-
-def _ints(value: Any, n: int, name: str, minimum: int) -> tuple[int, ...]:
-    """An int or ``n`` ints (a list, from a config) as an ``n``-tuple of ints >= ``minimum``."""
-    values = (value,) * n if isinstance(value, numbers.Integral) else value
-    if (
-        not isinstance(values, (tuple, list))
-        or len(values) != n
-        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values)
-    ):
-        raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
-    if any(v < minimum for v in values):
-        raise ValueError(f"{name} must be >= {minimum} in every dimension, got {value!r}")
-    return tuple(int(v) for v in values)
-
-
-def _keras_transpose_padding(k: int, s: int, d: int, padding: str, output_padding: int | None) -> tuple[int, int, int]:
-    """Keras's transposed-convolution rule for one dimension as the core's ``(padding, output_padding, crop)``.
-
-    Keras (as its JAX backend writes it) pads the zero-inserted input by ``(left, right)``;
-    the core pads it by ``(span-1-padding, span-1-padding+output_padding)``, ``span``
-    the dilated kernel. So ``padding = span-1-left`` and ``output_padding = right-left``;
-    where that is negative (``"same"`` with an odd total, e.g. kernel 3, stride 2) the core
-    computes one more output with ``output_padding=0`` and ``crop`` drops the last ones.
-
-    Examples
-    --------
-    >>> _keras_transpose_padding(3, 2, 1, "same", None), _keras_transpose_padding(4, 2, 1, "same", None)
-    ((0, 0, 1), (1, 0, 0))
-    """
-    span = d * (k - 1) + 1
-    if padding == "valid":
-        extra = max(span, s) - span if output_padding is None else output_padding
-        left, right = span - 1, span - 1 + extra
-    else:
-        total = s + span - 2 if output_padding is None else span + span % 2 - 2 + output_padding
-        left = min(total // 2 + total % 2, span - 1)
-        right = total - left
-    return span - 1 - left, max(right - left, 0), max(left - right, 0)
-
-
-def _same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
-    """Keras's (TensorFlow's) ``"same"`` padding of one dimension: output ``ceil(size/s)``, the odd unit on the right."""
-    total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-def _native_conv(x: Array, w: Array, *, stride: Any, padding: Any, dilation: Any, groups: int) -> Array:
-    """The convolution :func:`yat_core.conv.yat_conv` takes ``dot`` and ``|patch|^2`` from (``native=True``).
-
-    Channels first, the core's kernel layout. On the jax and torch backends it is the
-    core's own (:func:`yat_core.namespaces.native.native_conv`; JAX at the highest
-    precision); on tensorflow ``keras.ops.conv`` channels last, with the groups of a 3-D
-    convolution split by hand and strides taken from the stride-1 output where the
-    convolution is also dilated (TensorFlow's CPU kernels have neither).
-    """
-    core = native_conv(array_namespace(x))
-    if core is not None:
-        return core(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    d = len(stride)
-    if any(lo or hi for lo, hi in padding):
-        x = ops.pad(x, [(0, 0), (0, 0), *padding])
-    x = ops.transpose(x, (0, *range(2, d + 2), 1))
-    kernel = ops.transpose(w, (*range(2, d + 2), 1, 0))
-    subsample = max(stride) > 1 and max(dilation) > 1
-
-    def conv(xs: Array, ks: Array) -> Array:
-        strides = (1,) * d if subsample else tuple(stride)
-        return ops.conv(xs, ks, strides=strides, padding="valid", data_format="channels_last", dilation_rate=dilation)
-
-    if groups > 1 and d == 3:
-        ci, co = int(x.shape[-1]) // groups, int(w.shape[0]) // groups
-        y = ops.concatenate(
-            [conv(x[..., i * ci : (i + 1) * ci], kernel[..., i * co : (i + 1) * co]) for i in range(groups)], axis=-1
-        )
-    else:
-        y = conv(x, kernel)
-    if subsample:
-        y = y[(slice(None), *(slice(None, None, s) for s in stride), Ellipsis)]
-    return ops.transpose(y, (0, d + 1, *range(1, d + 1)))
-
-
-@functools.cache
-def _conv_namespace() -> types.SimpleNamespace:
-    """:func:`yat_core.namespaces.keras.namespace` plus what the convolution calls, with :func:`_native_conv`."""
-    register_native_conv(_CONV_LIBRARY, _native_conv)
-    return types.SimpleNamespace(
-        **{
-            **vars(namespace()),
-            "__name__": _CONV_LIBRARY,
-            "concat": lambda arrays, /, *, axis=0: ops.concatenate(list(arrays), axis=axis),
-            "stack": lambda arrays, /, *, axis=0: ops.stack(list(arrays), axis=axis),
-            "flip": lambda x, /, *, axis=None: ops.flip(x, axis=axis),
-            "ones_like": lambda x, /, *, dtype=None, device=None: ops.ones_like(x),
-            "broadcast_to": lambda x, /, shape: ops.broadcast_to(x, shape),
-            "logical_and": ops.logical_and,
-            "logical_or": ops.logical_or,
-            "logical_not": ops.logical_not,
-        }
-    )
-
-
-def _kernel_to_core(kernel: np.ndarray) -> np.ndarray:
-    # Keras (*k, in/groups, filters) [transposed: (*k, filters/groups, in)] -> the core's (filters, in/groups, *k).
-    d = kernel.ndim - 2
-    return np.ascontiguousarray(np.transpose(kernel, (d + 1, d, *range(d))))
-
-
-def _kernel_from_core(kernel: np.ndarray) -> np.ndarray:
-    d = kernel.ndim - 2
-    return np.ascontiguousarray(np.transpose(kernel, (*range(2, d + 2), 1, 0)))
-
 
 class _YatConv(keras.layers.Layer):
     """What the six Yat convolutions share; a subclass only sets ``rank`` and ``transposed``.
@@ -466,9 +352,9 @@ class _YatConv(keras.layers.Layer):
         super().__init__(**kwargs)
         n = self.rank
         self.filters = check_size(filters, "filters")
-        self.kernel_size = _ints(kernel_size, n, "kernel_size", 1)
-        self.strides = _ints(strides, n, "strides", 1)
-        self.dilation_rate = _ints(dilation_rate, n, "dilation_rate", 1)
+        self.kernel_size = per_dim(kernel_size, n, "kernel_size", 1)
+        self.strides = per_dim(strides, n, "strides", 1)
+        self.dilation_rate = per_dim(dilation_rate, n, "dilation_rate", 1)
         self.groups = check_size(groups, "groups")
         if self.filters % self.groups:
             raise ValueError(f"groups={self.groups} must divide filters={self.filters}")
@@ -477,14 +363,14 @@ class _YatConv(keras.layers.Layer):
                 raise ValueError(f"padding must be 'valid', 'same' or ints (torch's rule), got {padding!r}")
             self.padding: str | tuple[int, ...] = padding.lower()
         else:
-            self.padding = _ints(padding, n, "padding", 0)
+            self.padding = per_dim(padding, n, "padding", 0)
         data_format = keras.config.image_data_format() if data_format is None else str(data_format).lower()
         if data_format not in ("channels_last", "channels_first"):
             raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
         self.data_format = data_format
         if not self.transposed and output_padding is not None:
             raise TypeError(f"{type(self).__name__} takes no output_padding (the transposed convolutions do)")
-        self.output_padding = None if output_padding is None else _ints(output_padding, n, "output_padding", 0)
+        self.output_padding = None if output_padding is None else per_dim(output_padding, n, "output_padding", 0)
         # The core's options, checked (filters divisible by groups, epsilon > 0, ...); in channels come at build.
         self._template = conv_layer_spec(
             self.groups,
@@ -538,7 +424,7 @@ class _YatConv(keras.layers.Layer):
                 f"got output_padding={out_pad}, strides={self.strides}"
             )
         return tuple(
-            _keras_transpose_padding(
+            keras_transpose_padding(
                 self.kernel_size[i],
                 self.strides[i],
                 self.dilation_rate[i],
@@ -652,7 +538,7 @@ class _YatConv(keras.layers.Layer):
         """
         spec = self._built_spec()
         out = {name: np.array(ops.convert_to_numpy(getattr(self, name).value)) for name in spec.param_shapes}
-        out["kernel"] = _kernel_to_core(out["kernel"])
+        out["kernel"] = kernel_to_core(out["kernel"])
         return out
 
     def import_params(self, params: Mapping[str, Any]) -> _YatConv:
@@ -664,7 +550,7 @@ class _YatConv(keras.layers.Layer):
         checked = check_params(params, self._built_spec())
         for name, value in checked.items():
             variable = getattr(self, name)
-            native = _kernel_from_core(value) if name == "kernel" else value
+            native = kernel_from_core(value) if name == "kernel" else value
             variable.assign(native.astype(dtype_name(variable.dtype)))
         return self
 
@@ -721,7 +607,7 @@ class _YatConv(keras.layers.Layer):
 
     def _forward(self, x: Array) -> Array:
         """The core's convolution of channels-first ``x`` (every size known)."""
-        xp, spec, n = _conv_namespace(), self._built_spec(), self.rank
+        xp, spec, n = namespace(), self._built_spec(), self.rank
         kernel = ops.transpose(_read(self.kernel), (n + 1, n, *range(n)))  # the core's layout
         options = forward_options(spec, lambda name: _read(getattr(self, name)), xp)
         geometry: dict[str, Any] = {"stride": self.strides, "dilation": self.dilation_rate, "groups": self.groups}
@@ -743,7 +629,7 @@ class _YatConv(keras.layers.Layer):
             padding: Any = self.padding
             if padding == "same" and max(self.strides) > 1:  # TensorFlow's rule: may be one-sided
                 spatial = [int(v) for v in x.shape[2:]]
-                pairs = [_same_pads(*a) for a in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)]
+                pairs = [same_padding(*a) for a in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)]
                 if any(lo != hi for lo, hi in pairs):
                     x = ops.pad(x, [(0, 0), (0, 0), *((0, hi - lo) for lo, hi in pairs)])
                 padding = tuple(lo for lo, _ in pairs)
@@ -798,7 +684,7 @@ class YatConv2D(_YatConv):
 
     ``y = alpha * (patch . w + bias)^2 / (|patch - w|^2 + epsilon)`` per filter ``w``
     (DESIGN.md section 1), computed by :func:`yat_core.conv.yat_conv` (``native=True``:
-    the library's convolution for the dot and patch-norm terms, see :func:`_native_conv`).
+    the library's convolution for the dot and patch-norm terms, :mod:`yat_core.namespaces.native`).
     :class:`YatConv1D` and :class:`YatConv3D` are the same with 1 and 3 spatial dimensions.
 
     Parameters

@@ -165,13 +165,6 @@ def _yat_options(spec: LayerSpec) -> dict[str, Any]:
     }
 
 
-def _per_dim(value: Any, n: int, name: str) -> tuple[int, ...]:
-    values = (value,) * n if isinstance(value, numbers.Integral) and not isinstance(value, bool) else tuple(value)
-    if len(values) != n or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
-    return tuple(int(v) for v in values)
-
-
 def conv_layer_spec(
     in_channels: int,
     out_channels: int,
@@ -210,7 +203,7 @@ def conv_layer_spec(
             raise ValueError(f"padding must be an int, a tuple of ints, 'valid' or 'same', got {padding!r}")
         pads: tuple[int, ...] | str = padding
     else:
-        pads = _per_dim(padding, n_spatial, "padding")
+        pads = per_dim(padding, n_spatial, "padding", 0)
     return LayerSpec(
         "yat_conv_transpose" if transpose else "yat_conv",
         check_size(in_channels, names[0]),
@@ -220,12 +213,12 @@ def conv_layer_spec(
         epsilon=float(epsilon),
         learnable_epsilon=bool(learnable_epsilon),
         spherical=bool(spherical),
-        kernel_size=_per_dim(kernel_size, n_spatial, "kernel_size"),
-        stride=_per_dim(stride, n_spatial, "stride"),
+        kernel_size=per_dim(kernel_size, n_spatial, "kernel_size", 1),
+        stride=per_dim(stride, n_spatial, "stride", 1),
         padding=pads,
-        dilation=_per_dim(dilation, n_spatial, "dilation"),
+        dilation=per_dim(dilation, n_spatial, "dilation", 1),
         groups=check_size(groups, "groups"),
-        output_padding=_per_dim(output_padding, n_spatial, "output_padding") if transpose else (),
+        output_padding=per_dim(output_padding, n_spatial, "output_padding", 0) if transpose else (),
     )
 
 
@@ -240,3 +233,79 @@ def conv_spec_options(spec: LayerSpec) -> dict[str, Any]:
     if spec.kind not in ("yat_conv", "yat_conv_transpose"):
         raise ValueError(f"a Yat convolution is built from a spec of kind 'yat_conv', not {spec.kind!r}")
     return {**_yat_options(spec), "kernel_size": spec.kernel_size, **spec.conv_options}
+
+
+def per_dim(value: Any, n: int, name: str, minimum: int) -> tuple[int, ...]:
+    """An int or ``n`` ints (a list, from a config) as an ``n``-tuple of ints >= ``minimum``.
+
+    Examples
+    --------
+    >>> per_dim(3, 2, "kernel_size", 1), per_dim([1, 2], 2, "strides", 1)
+    ((3, 3), (1, 2))
+    """
+    values = (value,) * n if isinstance(value, numbers.Integral) else value
+    if (
+        not isinstance(values, (tuple, list))
+        or len(values) != n
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values)
+    ):
+        raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    if any(v < minimum for v in values):
+        raise ValueError(f"{name} must be >= {minimum} in every dimension, got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def keras_transpose_padding(k: int, s: int, d: int, padding: str, output_padding: int | None) -> tuple[int, int, int]:
+    """Keras's transposed-convolution rule for one dimension as the core's ``(padding, output_padding, crop)``.
+
+    Keras (as its JAX backend writes it) pads the zero-inserted input by ``(left, right)``;
+    the core pads it by ``(span-1-padding, span-1-padding+output_padding)``, ``span``
+    the dilated kernel. So ``padding = span-1-left`` and ``output_padding = right-left``;
+    where that is negative (``"same"`` with an odd total, e.g. kernel 3, stride 2) the core
+    computes one more output with ``output_padding=0`` and ``crop`` drops the last ones.
+
+    Examples
+    --------
+    >>> keras_transpose_padding(3, 2, 1, "same", None), keras_transpose_padding(4, 2, 1, "same", None)
+    ((0, 0, 1), (1, 0, 0))
+    """
+    span = d * (k - 1) + 1
+    if padding == "valid":
+        extra = max(span, s) - span if output_padding is None else output_padding
+        left, right = span - 1, span - 1 + extra
+    else:
+        total = s + span - 2 if output_padding is None else span + span % 2 - 2 + output_padding
+        left = min(total // 2 + total % 2, span - 1)
+        right = total - left
+    return span - 1 - left, max(right - left, 0), max(left - right, 0)
+
+
+def same_padding(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """Keras's (TensorFlow's) ``"same"`` padding of one dimension: output ``ceil(size/s)``, the odd unit on the right.
+
+    Examples
+    --------
+    >>> same_padding(28, 3, 2, 1)
+    (0, 1)
+    """
+    total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def kernel_to_core(kernel: np.ndarray) -> np.ndarray:
+    """A spatial-first kernel (Keras, TF: ``(*k, in/groups, filters)``; transposed ``(*k, filters/groups, in)``)
+    in the core's channels-first layout (``(filters, in/groups, *k)``; transposed ``(in, filters/groups, *k)``).
+
+    Examples
+    --------
+    >>> kernel_to_core(np.zeros((3, 3, 2, 8))).shape, kernel_from_core(np.zeros((8, 2, 3, 3))).shape
+    ((8, 2, 3, 3), (3, 3, 2, 8))
+    """
+    d = kernel.ndim - 2
+    return np.ascontiguousarray(np.transpose(kernel, (d + 1, d, *range(d))))
+
+
+def kernel_from_core(kernel: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`kernel_to_core`."""
+    d = kernel.ndim - 2
+    return np.ascontiguousarray(np.transpose(kernel, (*range(2, d + 2), 1, 0)))

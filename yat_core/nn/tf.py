@@ -39,8 +39,8 @@ after ``in_channels``; channels last by default; kernels ``(*k, in/groups, filte
 (transposed: ``(*k, filters/groups, in)``) as Keras stores them; Keras's output shapes,
 ``"same"`` and transposed padding included. Their forward is
 :func:`yat_core.conv.yat_conv` / :func:`yat_core.conv.yat_conv_transpose` on
-:func:`_conv_namespace` (this namespace plus what the convolution calls) with
-``tf.nn.convolution`` as the native convolution (:func:`_native_conv`). The core's
+:func:`yat_core.namespaces.tf.namespace` with ``tf.nn.convolution`` as the native
+convolution (:mod:`yat_core.namespaces.native`). The core's
 convolution needs every size known when it is traced, so their ``__call__`` is a
 ``tf.function`` traced per input shape (no fixed signature; a module does not know
 its inputs' spatial sizes): ``tf.saved_model.save`` keeps the shapes the module has
@@ -53,9 +53,6 @@ batches again.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import numbers
-import types
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -64,7 +61,6 @@ import tensorflow as tf
 
 from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LayerSpec, MLPSpec, init_layer_numpy
-from yat_core.namespaces.native import register_native_conv
 from yat_core.namespaces.tf import namespace
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
@@ -72,8 +68,13 @@ from yat_core.nn.options import (
     conv_layer_spec,
     conv_spec_options,
     forward_options,
+    keras_transpose_padding,
+    kernel_from_core,
+    kernel_to_core,
     linear_layer_spec,
     native_option,
+    per_dim,
+    same_padding,
     spec_options,
     yat_layer_spec,
 )
@@ -344,120 +345,6 @@ def _layer(spec: LayerSpec, index: int, rng: np.random.Generator, dtype: Any) ->
 
 # ------------------------------------------------------------ convolutions
 
-#: The library name of :func:`_conv_namespace`, under which :func:`_native_conv` is registered.
-_CONV_LIBRARY = "yat_core_nn_tf"
-
-
-def _ints(value: Any, n: int, name: str, minimum: int) -> tuple[int, ...]:
-    """An int or ``n`` ints as an ``n``-tuple of ints >= ``minimum``."""
-    values = (value,) * n if isinstance(value, numbers.Integral) else value
-    if (
-        not isinstance(values, (tuple, list))
-        or len(values) != n
-        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values)
-    ):
-        raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
-    if any(v < minimum for v in values):
-        raise ValueError(f"{name} must be >= {minimum} in every dimension, got {value!r}")
-    return tuple(int(v) for v in values)
-
-
-def _keras_transpose_padding(k: int, s: int, d: int, padding: str, output_padding: int | None) -> tuple[int, int, int]:
-    """Keras's transposed-convolution rule for one dimension as the core's ``(padding, output_padding, crop)``.
-
-    The rule of :mod:`yat_core.nn.keras` (documented on its ``YatConv2DTranspose``),
-    repeated here because this module never imports Keras.
-
-    Examples
-    --------
-    >>> _keras_transpose_padding(3, 2, 1, "same", None), _keras_transpose_padding(4, 2, 1, "same", None)
-    ((0, 0, 1), (1, 0, 0))
-    """
-    span = d * (k - 1) + 1
-    if padding == "valid":
-        extra = max(span, s) - span if output_padding is None else output_padding
-        left, right = span - 1, span - 1 + extra
-    else:
-        total = s + span - 2 if output_padding is None else span + span % 2 - 2 + output_padding
-        left = min(total // 2 + total % 2, span - 1)
-        right = total - left
-    return span - 1 - left, max(right - left, 0), max(left - right, 0)
-
-
-def _same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
-    """TensorFlow's ``"SAME"`` padding of one dimension: output ``ceil(size/s)``, the odd unit on the right."""
-    total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-def _native_conv(x: Array, w: Array, *, stride: Any, padding: Any, dilation: Any, groups: int) -> Array:
-    """The convolution :func:`yat_core.conv.yat_conv` takes ``dot`` and ``|patch|^2`` from (``native=True``).
-
-    ``tf.nn.convolution`` on channels-last data (TensorFlow's CPU kernels have no
-    channels-first convolution), with the groups of a 3-D convolution split by hand
-    and, where the convolution is both strided and dilated (which
-    ``tf.nn.convolution`` refuses), the strides taken from the stride-1 output.
-    Channels-first input and the core's kernel layout, as the core hands them over.
-    """
-    d = len(stride)
-    if any(lo or hi for lo, hi in padding):
-        x = tf.pad(x, [(0, 0), (0, 0), *padding])
-    x = tf.transpose(x, (0, *range(2, d + 2), 1))
-    kernel = tf.transpose(w, (*range(2, d + 2), 1, 0))
-    subsample = max(stride) > 1 and max(dilation) > 1
-
-    def conv(xs: Array, ks: Array) -> Array:
-        strides = (1,) * d if subsample else tuple(stride)
-        # data_format named: left as None, TensorFlow 2.21 cannot differentiate an eager Conv3D.
-        data_format = ("NWC", "NHWC", "NDHWC")[d - 1]
-        return tf.nn.convolution(
-            xs, ks, strides=strides, padding="VALID", data_format=data_format, dilations=tuple(dilation)
-        )
-
-    if groups > 1 and d == 3:
-        ci, co = int(x.shape[-1]) // groups, int(w.shape[0]) // groups
-        y = tf.concat(
-            [conv(x[..., i * ci : (i + 1) * ci], kernel[..., i * co : (i + 1) * co]) for i in range(groups)], axis=-1
-        )
-    else:
-        y = conv(x, kernel)
-    if subsample:
-        y = y[(slice(None), *(slice(None, None, s) for s in stride), Ellipsis)]
-    return tf.transpose(y, (0, d + 1, *range(1, d + 1)))
-
-
-@functools.cache
-def _conv_namespace() -> types.SimpleNamespace:
-    """:func:`yat_core.namespaces.tf.namespace` plus what the convolution calls, with :func:`_native_conv`."""
-    register_native_conv(_CONV_LIBRARY, _native_conv)
-    return types.SimpleNamespace(
-        **{
-            **vars(namespace()),
-            "__name__": _CONV_LIBRARY,
-            "concat": lambda arrays, /, *, axis=0: tf.concat(list(arrays), axis=axis),
-            "stack": lambda arrays, /, *, axis=0: tf.stack(list(arrays), axis=axis),
-            "flip": lambda x, /, *, axis=None: tf.reverse(
-                x, axis=list(range(len(x.shape))) if axis is None else list(np.atleast_1d(axis))
-            ),
-            "ones_like": lambda x, /, *, dtype=None, device=None: tf.ones_like(x),
-            "broadcast_to": lambda x, /, shape: tf.broadcast_to(x, shape),
-            "logical_and": tf.logical_and,
-            "logical_or": tf.logical_or,
-            "logical_not": tf.logical_not,
-        }
-    )
-
-
-def _kernel_to_core(kernel: np.ndarray) -> np.ndarray:
-    # (*k, in/groups, filters) [transposed: (*k, filters/groups, in)] -> the core's (filters, in/groups, *k).
-    d = kernel.ndim - 2
-    return np.ascontiguousarray(np.transpose(kernel, (d + 1, d, *range(d))))
-
-
-def _kernel_from_core(kernel: np.ndarray) -> np.ndarray:
-    d = kernel.ndim - 2
-    return np.ascontiguousarray(np.transpose(kernel, (*range(2, d + 2), 1, 0)))
-
 
 class _YatConv(_Module):
     """What the six Yat convolutions share; a subclass only sets ``rank`` and ``transposed``.
@@ -495,22 +382,22 @@ class _YatConv(_Module):
         self.dtype = _float_dtype(dtype)
         self.in_channels = check_size(in_channels, "in_channels")
         self.filters = check_size(filters, "filters")
-        self.kernel_size = _ints(kernel_size, n, "kernel_size", 1)
-        self.strides = _ints(strides, n, "strides", 1)
-        self.dilation_rate = _ints(dilation_rate, n, "dilation_rate", 1)
+        self.kernel_size = per_dim(kernel_size, n, "kernel_size", 1)
+        self.strides = per_dim(strides, n, "strides", 1)
+        self.dilation_rate = per_dim(dilation_rate, n, "dilation_rate", 1)
         self.groups = check_size(groups, "groups")
         if isinstance(padding, str):
             if padding.lower() not in ("valid", "same"):
                 raise ValueError(f"padding must be 'valid', 'same' or ints (torch's rule), got {padding!r}")
             self.padding: str | tuple[int, ...] = padding.lower()
         else:
-            self.padding = _ints(padding, n, "padding", 0)
+            self.padding = per_dim(padding, n, "padding", 0)
         if data_format not in ("channels_last", "channels_first"):
             raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
         self.data_format = data_format
         if not self.transposed and output_padding is not None:
             raise TypeError(f"{type(self).__name__} takes no output_padding (the transposed convolutions do)")
-        self.output_padding = None if output_padding is None else _ints(output_padding, n, "output_padding", 0)
+        self.output_padding = None if output_padding is None else per_dim(output_padding, n, "output_padding", 0)
         # The core's options, checked (groups dividing the channels, epsilon > 0, ...).
         self._param_spec = conv_layer_spec(
             self.in_channels,
@@ -530,7 +417,7 @@ class _YatConv(_Module):
         )
         self._geometry = self._transpose_geometry() if self.transposed else ()
         initial = init_layer_numpy(self._param_spec, _generator(seed))
-        initial["kernel"] = _kernel_from_core(initial["kernel"])
+        initial["kernel"] = kernel_from_core(initial["kernel"])
         with self.name_scope:
             for param in ("kernel", "bias", "alpha", "epsilon_raw"):
                 value = initial.get(param)
@@ -560,7 +447,7 @@ class _YatConv(_Module):
                 f"got output_padding={out_pad}, strides={self.strides}"
             )
         return tuple(
-            _keras_transpose_padding(
+            keras_transpose_padding(
                 self.kernel_size[i],
                 self.strides[i],
                 self.dilation_rate[i],
@@ -643,7 +530,7 @@ class _YatConv(_Module):
         ((3, 3, 3, 4), {'kernel': (4, 3, 3, 3), 'bias': (6,), 'alpha': ()})
         """
         out = {name: np.asarray(getattr(self, name).numpy()) for name in self._param_spec.param_shapes}
-        out["kernel"] = _kernel_to_core(out["kernel"])
+        out["kernel"] = kernel_to_core(out["kernel"])
         return out
 
     def import_params(self, params: Mapping[str, Any]) -> _YatConv:
@@ -655,7 +542,7 @@ class _YatConv(_Module):
         checked = check_params(params, self._param_spec)
         for name, value in checked.items():
             variable = getattr(self, name)
-            native = _kernel_from_core(value) if name == "kernel" else value
+            native = kernel_from_core(value) if name == "kernel" else value
             variable.assign(native.astype(variable.dtype.as_numpy_dtype))
         return self
 
@@ -690,7 +577,7 @@ class _YatConv(_Module):
     @tf.autograph.experimental.do_not_convert  # the core branches on shapes only: nothing to convert
     def _forward(self, x: Array) -> Array:
         """The core's convolution of channels-first ``x`` (every size known)."""
-        xp, n = _conv_namespace(), self.rank
+        xp, n = namespace(), self.rank
         kernel = tf.transpose(self._param("kernel"), (n + 1, n, *range(n)))  # the core's layout
         options = forward_options(self._param_spec, self._param, xp)
         geometry: dict[str, Any] = {"stride": self.strides, "dilation": self.dilation_rate, "groups": self.groups}
@@ -707,7 +594,7 @@ class _YatConv(_Module):
             padding: Any = self.padding
             if padding == "same" and max(self.strides) > 1:  # TensorFlow's rule: may be one-sided
                 spatial = [int(v) for v in x.shape[2:]]
-                pairs = [_same_pads(*a) for a in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)]
+                pairs = [same_padding(*a) for a in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)]
                 if any(lo != hi for lo, hi in pairs):
                     x = tf.pad(x, [(0, 0), (0, 0), *((0, hi - lo) for lo, hi in pairs)])
                 padding = tuple(lo for lo, _ in pairs)
@@ -733,7 +620,7 @@ class YatConv2D(_YatConv):
 
     ``y = alpha * (patch . w + bias)^2 / (|patch - w|^2 + epsilon)`` per filter ``w``,
     computed by :func:`yat_core.conv.yat_conv` (``native=True``: ``tf.nn.convolution``
-    for the dot and patch-norm terms, :func:`_native_conv`). :class:`YatConv1D` and
+    for the dot and patch-norm terms). :class:`YatConv1D` and
     :class:`YatConv3D` are the same with 1 and 3 spatial dimensions.
 
     Parameters
