@@ -371,7 +371,7 @@ def _conv_padding(padding: Any, n: int) -> str | tuple[tuple[int, int], ...]:
         return mode
     pairs = tuple(tuple(p) for p in canonical or ())
     if not pairs or not all(
-        len(p) == 2 and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0 for v in p)
+        len(p) == 2 and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 0 for v in p)
         for p in pairs
     ):
         raise ValueError(
