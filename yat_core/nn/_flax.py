@@ -26,7 +26,7 @@ from flax.nnx.nn.linear import canonicalize_padding
 from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LEARNABLE, LayerSpec
 from yat_core.namespaces.native import register_native_conv
-from yat_core.nn.options import check_size, conv_layer_spec, conv_spec_options, forward_options, spec_options
+from yat_core.nn.options import check_size, conv_layer_spec, conv_spec_options, forward_options, per_dim, spec_options
 from yat_core.product import softplus_inverse, yat_product
 
 __all__ = [
@@ -299,20 +299,6 @@ def _conv_at_default_precision(x: Any, w: Any, *, stride: Any, padding: Any, dil
 register_native_conv(_LIBRARY, _conv_at_default_precision)
 
 
-def _ints(value: Any, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
-    """An int or ``n`` ints, each >= ``minimum``, as a tuple."""
-    values = (value,) * n if isinstance(value, numbers.Integral) else value
-    if (
-        not isinstance(values, Sequence)
-        or len(values) != n
-        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values)
-    ):
-        raise ValueError(f"{name} must be an int or a sequence of {n} ints (one per spatial dimension), got {value!r}")
-    if any(v < minimum for v in values):
-        raise ValueError(f"{name} must be >= {minimum} in every dimension, got {value!r}")
-    return tuple(int(v) for v in values)
-
-
 def _kernel_size(kernel_size: Any) -> tuple[int, ...]:
     """Flax's reading: an int is a 1-D kernel; 1 to 3 spatial dimensions."""
     n = 1 if isinstance(kernel_size, numbers.Integral) else len(kernel_size) if isinstance(kernel_size, Sequence) else 0
@@ -321,7 +307,7 @@ def _kernel_size(kernel_size: Any) -> tuple[int, ...]:
             f"kernel_size must be an int (1-D) or a sequence of 1, 2 or 3 ints (its length is the number of "
             f"spatial dimensions), got {kernel_size!r}"
         )
-    return _ints(kernel_size, n, "kernel_size")
+    return per_dim(kernel_size, n, "kernel_size", 1)
 
 
 def check_conv_input(inputs: Any, n: int) -> None:
@@ -470,7 +456,7 @@ def transpose_padding(
                 f"padding of a transposed convolution must be 'SAME', 'VALID', an int or one int per spatial "
                 f"dimension (torch's), got {padding!r}"
             )
-        if any(_ints(output_padding, n, "output_padding", 0)):
+        if any(per_dim(output_padding, n, "output_padding", 0)):
             raise ValueError(f"output_padding applies to int padding (torch's) only, not padding={padding!r}")
         if mode == "VALID":
             return (0,) * n, tuple(max(s - k, 0) for k, s in zip(dilated, strides)), (0,) * n
@@ -481,7 +467,7 @@ def transpose_padding(
             f"padding of a transposed convolution is torch's (an int or one int per spatial dimension: each side "
             f"of the output shrinks by it), 'SAME' or 'VALID'; Flax's (low, high) pairs are not taken, got {padding!r}"
         )
-    return _ints(padding, n, "padding", 0), _ints(output_padding, n, "output_padding", 0), (0,) * n
+    return per_dim(padding, n, "padding", 0), per_dim(output_padding, n, "output_padding", 0), (0,) * n
 
 
 def flax_conv_spec(
@@ -528,8 +514,8 @@ def flax_conv_spec(
     if n_in % groups or n_out % groups:
         raise ValueError(f"feature_group_count={groups} must divide {names[0]}={n_in} and {names[1]}={n_out}")
     # None is 1, as Flax reads it
-    stride = _ints(1 if strides is None else strides, n, "strides")
-    dilation = _ints(1 if kernel_dilation is None else kernel_dilation, n, "kernel_dilation")
+    stride = per_dim(1 if strides is None else strides, n, "strides", 1)
+    dilation = per_dim(1 if kernel_dilation is None else kernel_dilation, n, "kernel_dilation", 1)
     if transpose:
         pads, out_pads, _ = transpose_padding(padding, output_padding, kernel, stride, dilation)
         core_padding: tuple[int, ...] | str = pads

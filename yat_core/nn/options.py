@@ -12,6 +12,7 @@ learnable parameter or the constant) for the forward pass.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -236,7 +237,7 @@ def conv_spec_options(spec: LayerSpec) -> dict[str, Any]:
 
 
 def per_dim(value: Any, n: int, name: str, minimum: int) -> tuple[int, ...]:
-    """An int or ``n`` ints (a list, from a config) as an ``n``-tuple of ints >= ``minimum``.
+    """An int or a sequence of ``n`` ints (a list from a config, a tuple) as an ``n``-tuple of ints >= ``minimum``.
 
     Examples
     --------
@@ -245,7 +246,8 @@ def per_dim(value: Any, n: int, name: str, minimum: int) -> tuple[int, ...]:
     """
     values = (value,) * n if isinstance(value, numbers.Integral) else value
     if (
-        not isinstance(values, (tuple, list))
+        not isinstance(values, Sequence)
+        or isinstance(values, str)
         or len(values) != n
         or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values)
     ):
