@@ -25,6 +25,8 @@ from yat_core.conv import (
     avg_pool_vjp,
     conv_output_shape,
     conv_transpose_output_shape,
+    linear_conv,
+    linear_conv_vjp,
     max_pool,
     max_pool_vjp,
     yat_conv,
@@ -1056,7 +1058,15 @@ def test_output_shape_helpers_agree_with_torch():
 def test_exported_from_the_package():
     import yat_core
 
-    for name in ("yat_conv", "yat_conv_transpose", "yat_conv_vjp", "yat_conv_transpose_vjp", "max_pool", "avg_pool"):
+    for name in (
+        "yat_conv",
+        "yat_conv_transpose",
+        "yat_conv_vjp",
+        "yat_conv_transpose_vjp",
+        "max_pool",
+        "avg_pool",
+        "linear_conv",
+    ):
         assert getattr(yat_core, name) is globals()[name] and name in yat_core.__all__
 
 
@@ -1065,3 +1075,43 @@ def test_module_states_the_error_model():
 
     doc = " ".join((yat_core.conv.__doc__ or "").split())
     assert "dot products have length ``in/groups * prod(kernel)``" in doc
+
+
+# ---------------------------------------------------------------- the linear convolution (Conv+ReLU baseline)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
+def test_linear_conv_and_its_vjp_equal_torch(case):
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    _, x_shape, w_shape, geometry = case
+    rng = np.random.default_rng(3)
+    x, w, b = rng.normal(size=x_shape), rng.normal(size=w_shape), rng.normal(size=w_shape[0])
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    want = getattr(F, f"conv{len(x_shape) - 2}d")(tx, tw, tb, **geometry)
+    g = rng.normal(size=tuple(want.shape))
+    want.backward(torch.tensor(g))
+    for native in (False, True):  # the unfold (NumPy) and torch's own convolution
+        xs = (x, w, b) if not native else (torch.tensor(x), torch.tensor(w), torch.tensor(b))
+        got = to_numpy(linear_conv(xs[0], xs[1], bias=xs[2], native=native, **geometry))
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-12, atol=1e-12, err_msg=f"native={native}")
+    grads = linear_conv_vjp(x, w, g, bias=b, **geometry)
+    assert grads.alpha is None and grads.epsilon is None
+    for got, t in ((grads.x, tx), (grads.w, tw), (grads.bias, tb)):
+        np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_linear_conv_constant_or_no_bias_and_clear_errors():
+    x, w = np.ones((1, 2, 5)), np.ones((3, 2, 2))
+    np.testing.assert_array_equal(linear_conv(x, w, bias=0.5), linear_conv(x, w) + 0.5)
+    assert linear_conv_vjp(x, w, np.ones((1, 3, 4)), bias=0.5).bias is None
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        linear_conv(x, w, bias=np.ones(2))
+    with pytest.raises(ValueError, match="groups"):
+        linear_conv(x, w, groups=2)
+    with pytest.raises(ValueError, match="larger than"):
+        linear_conv(x, np.ones((3, 2, 7)))
+    with pytest.raises(TypeError, match="dtype"):
+        linear_conv(x.astype(np.float32), w)

@@ -12,6 +12,7 @@ Training backends live in :mod:`yat_core.backends`, framework-native layers in
 
 from yat_core.conv import (
     avg_pool,
+    linear_conv,
     max_pool,
     yat_conv,
     yat_conv_transpose,
@@ -43,6 +44,7 @@ __all__ = [
     "yat_conv_transpose",
     "yat_conv_vjp",
     "yat_conv_transpose_vjp",
+    "linear_conv",
     "max_pool",
     "avg_pool",
     "dense",

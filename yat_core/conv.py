@@ -65,6 +65,8 @@ __all__ = [
     "yat_conv_transpose",
     "yat_conv_vjp",
     "yat_conv_transpose_vjp",
+    "linear_conv",
+    "linear_conv_vjp",
     "ConvGrads",
     "conv_output_shape",
     "conv_transpose_output_shape",
@@ -453,19 +455,29 @@ def _transpose_kernel(w: Array, groups: int, xp: Any) -> Array:
     return xp.flip(w, axis=tuple(range(2, 2 + d)))
 
 
-def _conv_forward(
-    x: Array, w: Array, plan: _Conv, bias: Any, alpha: Any, epsilon: Any, spherical: bool, xp: Any
-) -> Array:
+def _unfold_apply(x: Array, w: Array, plan: _Conv, bias: Any, product: Any, xp: Any) -> Array:
+    """``product(patches, rows, bias)`` per group on the unfolded input, back in ``(N, out, *out)``."""
     cols = _unfold(_pad(x, plan.pads, xp), plan, xp)
     rows = _group_rows(w, plan.groups, xp)
     biases = _group_bias(bias, plan.groups, int(w.shape[0]))
-    ys = [
-        yat_product(cols[i, ...], rows[i], bias=biases[i], alpha=alpha, epsilon=epsilon, spherical=spherical, xp=xp)
-        for i in range(plan.groups)
-    ]
+    ys = [product(cols[i, ...], rows[i], biases[i]) for i in range(plan.groups)]
     y = ys[0] if plan.groups == 1 else xp.concat(ys, axis=-1)  # (N, *out, out_channels)
     d = len(plan.kernel)
     return xp.permute_dims(y, (0, d + 1, *range(1, d + 1)))
+
+
+def _conv_forward(
+    x: Array, w: Array, plan: _Conv, bias: Any, alpha: Any, epsilon: Any, spherical: bool, xp: Any
+) -> Array:
+    def product(cols: Array, rows: Array, b: Any) -> Array:
+        return yat_product(cols, rows, bias=b, alpha=alpha, epsilon=epsilon, spherical=spherical, xp=xp)
+
+    return _unfold_apply(x, w, plan, bias, product, xp)
+
+
+def _linear_product(cols: Array, rows: Array, bias: Any) -> Array:
+    y = cols @ rows.T
+    return y if bias is None else y + bias
 
 
 def _native_forward(
@@ -524,9 +536,8 @@ def _forward(
     return _native_forward(x, w, plan, conv, bias, alpha, epsilon, spherical, xp)
 
 
-def _conv_backward(
-    x: Array, w: Array, g: Array, plan: _Conv, bias: Any, alpha: Any, epsilon: Any, spherical: bool, xp: Any
-) -> ConvGrads:
+def _unfold_backward(x: Array, w: Array, g: Array, plan: _Conv, bias: Any, vjp: Any, xp: Any) -> ConvGrads:
+    """Gradients through :func:`_unfold_apply`: ``vjp(patches, rows, g, bias)`` per group, then the fold."""
     d = len(plan.kernel)
     n_out = int(w.shape[0])
     expected = (int(x.shape[0]), n_out, *plan.out)
@@ -538,19 +549,7 @@ def _conv_backward(
     biases = _group_bias(bias, plan.groups, n_out)
     g_last = xp.permute_dims(g, (0, *range(2, 2 + d), 1))  # (N, *out, out_channels)
     step = n_out // plan.groups
-    parts = [
-        yat_product_vjp(
-            cols[i, ...],
-            rows[i],
-            g_last[..., i * step : (i + 1) * step],
-            bias=biases[i],
-            alpha=alpha,
-            epsilon=epsilon,
-            spherical=spherical,
-            xp=xp,
-        )
-        for i in range(plan.groups)
-    ]
+    parts = [vjp(cols[i, ...], rows[i], g_last[..., i * step : (i + 1) * step], biases[i]) for i in range(plan.groups)]
     g_cols = xp.stack([p.x for p in parts], axis=0)
     g_xpad = _fold(g_cols, tuple(int(v) for v in xpad.shape[2:]), plan, xp)
     g_x = _pad(g_xpad, tuple((-lo, -hi) for lo, hi in plan.pads), xp)
@@ -569,6 +568,26 @@ def _conv_backward(
     if parts[0].bias is not None:
         g_bias = parts[0].bias if plan.groups == 1 else xp.concat([p.bias for p in parts], axis=0)
     return ConvGrads(g_x, g_w, g_bias, _total([p.alpha for p in parts]), _total([p.epsilon for p in parts]))
+
+
+def _conv_backward(
+    x: Array, w: Array, g: Array, plan: _Conv, bias: Any, alpha: Any, epsilon: Any, spherical: bool, xp: Any
+) -> ConvGrads:
+    def vjp(cols: Array, rows: Array, g_i: Array, b: Any) -> Any:
+        return yat_product_vjp(cols, rows, g_i, bias=b, alpha=alpha, epsilon=epsilon, spherical=spherical, xp=xp)
+
+    return _unfold_backward(x, w, g, plan, bias, vjp, xp)
+
+
+def _linear_vjp(xp: Any) -> Any:
+    def vjp(cols: Array, rows: Array, g_i: Array, bias: Any) -> ConvGrads:
+        features = int(cols.shape[-1])
+        g_flat = xp.reshape(g_i, (-1, int(g_i.shape[-1])))
+        g_w = xp.matrix_transpose(g_flat) @ xp.reshape(cols, (-1, features))
+        g_bias = xp.sum(g_flat, axis=0) if hasattr(bias, "shape") else None
+        return ConvGrads(g_i @ rows, g_w, g_bias, None, None)
+
+    return vjp
 
 
 # ---------------------------------------------------------------- public API
@@ -795,6 +814,83 @@ def yat_conv_transpose_vjp(
     g_x = grads.x[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)]
     g_w = _transpose_kernel(grads.w, plan.groups, xp)
     return ConvGrads(g_x, g_w, grads.bias, grads.alpha, grads.epsilon)
+
+
+def _check_linear_bias(bias: Any, n_out: int) -> None:
+    if bias is not None and type(bias) not in (int, float) and not hasattr(bias, "shape"):
+        raise TypeError(f"bias must be an array, a number or None, got {type(bias).__name__}")
+    if hasattr(bias, "shape") and tuple(bias.shape) != (n_out,):
+        raise ValueError(f"bias must have shape ({n_out},) (one per output channel), got {tuple(bias.shape)}")
+
+
+def linear_conv(
+    x: Array,
+    w: Array,
+    /,
+    *,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple | str = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    bias: Array | float | None = None,
+    native: bool = False,
+    xp: Any = None,
+) -> Array:
+    """The ordinary (linear) convolution, ``conv(x, w) + bias``: the Conv+ReLU baseline's layer.
+
+    The same layouts, geometry, checks and ``native`` fast path as :func:`yat_conv`, and
+    the same unfold as its reference; only the per-patch product differs (a dot product).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(5.0).reshape(1, 1, 5)
+    >>> linear_conv(x, np.array([[[1.0, 2.0]]]), bias=np.array([0.5]))
+    array([[[ 2.5,  5.5,  8.5, 11.5]]])
+    """
+    xp = array_namespace(x, w) if xp is None else xp
+    plan = _plan_conv(x, w, stride, padding, dilation, groups)
+    _check_dtypes(x, w, xp)
+    _check_linear_bias(bias, int(w.shape[0]))
+    if not isinstance(native, bool):
+        raise TypeError(f"native must be a bool, got {native!r}")
+    conv = native_conv(xp) if native else None
+    if conv is None:
+        return _unfold_apply(x, w, plan, bias, _linear_product, xp)
+    y = conv(x, w, stride=plan.stride, padding=plan.pads, dilation=plan.dilation, groups=plan.groups)
+    if hasattr(bias, "shape"):
+        return y + xp.reshape(bias, (1, int(w.shape[0])) + (1,) * len(plan.kernel))
+    return y if bias is None else y + bias
+
+
+def linear_conv_vjp(
+    x: Array,
+    w: Array,
+    g: Array,
+    /,
+    *,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple | str = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    bias: Array | float | None = None,
+    xp: Any = None,
+) -> ConvGrads:
+    """Analytic vector-Jacobian product of :func:`linear_conv` (``alpha`` and ``epsilon`` are None).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(5.0).reshape(1, 1, 5)
+    >>> grads = linear_conv_vjp(x, np.array([[[1.0, 2.0]]]), np.ones((1, 1, 4)), bias=np.zeros(1))
+    >>> grads.x, grads.w, grads.bias
+    (array([[[1., 3., 3., 3., 2.]]]), array([[[ 6., 10.]]]), array([4.]))
+    """
+    xp = array_namespace(x, w, g) if xp is None else xp
+    plan = _plan_conv(x, w, stride, padding, dilation, groups)
+    _check_dtypes(x, w, xp)
+    _check_linear_bias(bias, int(w.shape[0]))
+    return _unfold_backward(x, w, g, plan, bias, _linear_vjp(xp), xp)
 
 
 # ---------------------------------------------------------------- pooling

@@ -18,6 +18,8 @@ import numpy as np
 from yat_core.conv import (
     avg_pool,
     avg_pool_vjp,
+    linear_conv,
+    linear_conv_vjp,
     max_pool,
     max_pool_vjp,
     yat_conv,
@@ -182,11 +184,12 @@ def _layer_forward(layer: LayerSpec, params: Params, prefix: str, h: Array, xp: 
         return (max_pool if layer.kind == "max_pool" else avg_pool)(h, layer.kernel_size, xp=xp)
     if layer.kind == "flatten":
         return xp.reshape(h, (h.shape[0], -1))
-    if layer.kind == "conv":
-        raise ValueError("the plain 'conv' layer (the CNN's ReLU baseline) runs in the framework layers only")
     bias = params[prefix + "bias"] if layer.bias == LEARNABLE else layer.bias
-    out = dense(h, param("kernel"), xp=xp)
-    out = out if bias is None else out + bias
+    if layer.kind == "conv":
+        out = linear_conv(h, param("kernel"), bias=bias, xp=xp, native=True, **layer.conv_options)
+    else:
+        out = dense(h, param("kernel"), xp=xp)
+        out = out if bias is None else out + bias
     return xp.where(out > 0, out, 0.0) if layer.activation == "relu" else out
 
 
@@ -324,6 +327,13 @@ def _layer_backward(
         return xp.reshape(g, tuple(h_in.shape))
     if layer.activation == "relu":  # out = relu(pre): positive exactly where pre is
         g = xp.where(out > 0, g, 0.0)
+    if layer.kind == "conv":
+        bias = params[prefix + "bias"] if layer.bias == LEARNABLE else layer.bias
+        lin = linear_conv_vjp(h_in, params[prefix + "kernel"], g, bias=bias, xp=xp, **layer.conv_options)
+        grads[prefix + "kernel"] = lin.w
+        if lin.bias is not None:
+            grads[prefix + "bias"] = lin.bias
+        return lin.x
     grads[prefix + "kernel"] = xp.matrix_transpose(g) @ h_in
     if layer.bias == LEARNABLE:
         grads[prefix + "bias"] = xp.sum(g, axis=0)
