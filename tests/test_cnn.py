@@ -10,10 +10,9 @@ from conftest import BACKEND_NAMES, namespace_for, to_numpy
 
 from yat_core import cli
 from yat_core.config import TrainConfig
-from yat_core.errors import BackendUnavailableError
 from yat_core.mlp import init_mlp_numpy, mlp_forward, mlp_loss, mlp_value_and_grad, model_input
-from yat_core.runners import make_runner
-from yat_core.spec import LayerSpec, ModelSpec, cnn_spec, count_params
+from yat_core.optim import AdamWConfig
+from yat_core.spec import LayerSpec, ModelSpec, cnn_relu_spec, cnn_spec, count_params
 from yat_core.train import train
 
 
@@ -96,6 +95,32 @@ def test_the_analytic_cnn_gradient_equals_torch_autograd(options):
         assert grads[name].shape == value.shape
 
 
+@pytest.mark.parametrize("name", BACKEND_NAMES)
+def test_the_conv_relu_baseline_runs_on_every_backend_with_analytic_gradients(name):
+    """The core runs the baseline's plain convolutions too: logits on every backend, the
+    analytic gradient (NumPy) equal to the backend's autodiff."""
+    spec = cnn_relu_spec()
+    params = init_mlp_numpy(spec, 4, np.float64)
+    rng = np.random.default_rng(5)
+    images, labels = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8), np.array([0, 4, 9])
+    loss, grads = mlp_value_and_grad(params, images, labels, spec)
+    xp = namespace_for(name)
+    got_params = {k: xp.asarray(v.astype(np.float32)) for k, v in params.items()}
+    got = to_numpy(mlp_forward(got_params, model_input(got_params, xp.asarray(images), spec, xp=xp), spec, xp=xp))
+    ref = mlp_forward(params, model_input(params, images, spec), spec)
+    np.testing.assert_allclose(got, ref, rtol=2e-4, atol=2e-5, err_msg=f"{name}: baseline logits")
+    if name == "torch":
+        import array_api_compat.torch as txp
+        import torch
+
+        leaves = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+        t_loss = mlp_loss(leaves, torch.from_numpy(images), torch.from_numpy(labels), spec, xp=txp)
+        t_grads = torch.autograd.grad(t_loss, list(leaves.values()))
+        assert float(loss) == pytest.approx(float(t_loss.detach()), rel=1e-12)
+        for (key, _), t_grad in zip(params.items(), t_grads):
+            np.testing.assert_allclose(grads[key], t_grad.numpy(), rtol=1e-7, atol=1e-12, err_msg=key)
+
+
 def test_backends_train_the_cnn_along_the_same_trajectory(tiny_mnist):
     spec = ModelSpec(
         (
@@ -115,11 +140,6 @@ def test_backends_train_the_cnn_along_the_same_trajectory(tiny_mnist):
         assert receipt["params"] == count_params(spec) and receipt["input_shape"] == [1, 28, 28]
     for name in ("torch", "jax"):
         np.testing.assert_allclose(losses[name], losses["numpy"], rtol=2e-5, err_msg=name)
-
-
-def test_a_framework_run_of_the_cnn_says_what_to_use_instead():
-    with pytest.raises(BackendUnavailableError, match=r"torch layers build dense models only so far.*--backend"):
-        make_runner(cnn_spec(), TrainConfig(model="cnn", framework="torch"))
 
 
 def test_cli_trains_the_cnn_and_records_it(tmp_path, capsys):
@@ -155,6 +175,15 @@ def test_cli_trains_the_cnn_and_records_it(tmp_path, capsys):
     receipt = json.loads(report.read_text())
     assert receipt["model_name"] == "cnn" and receipt["params"] == 225037 and receipt["config"]["model"] == "cnn"
     assert [layer["kind"] for layer in receipt["model"]][:2] == ["yat_conv", "max_pool"]
+    assert receipt["lr"] == 1e-3  # the CNN's own learning rate when --lr is not given
+
+
+def test_the_learning_rate_defaults_to_the_models_and_an_explicit_one_wins():
+    assert TrainConfig().optimizer.lr == 3e-4 and TrainConfig(model="cnn").optimizer.lr == 1e-3
+    assert TrainConfig(model="cnn", optimizer=AdamWConfig(lr=0.02)).optimizer.lr == 0.02
+    args = cli.build_parser().parse_args(["train", "--model", "cnn", "--lr", "0.005"])
+    assert cli._config(args).optimizer.lr == 0.005
+    assert cli._config(cli.build_parser().parse_args(["train", "--model", "cnn"])).optimizer.lr == 1e-3
 
 
 def test_unknown_model_is_refused():

@@ -98,7 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--epochs", type=_positive_int, default=3)
     t.add_argument("--batch-size", type=_positive_int, default=128)
-    t.add_argument("--lr", type=_positive_float, default=3e-4)
+    t.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help="AdamW learning rate (default: the model's: "
+        + ", ".join(f"{name} {recipe.lr:g}" for name, recipe in MODELS.items())
+        + ")",
+    )
     t.add_argument("--weight-decay", type=_non_negative_float, default=0.01)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -149,7 +156,7 @@ def _config(args: argparse.Namespace) -> Any:
         keras_backend=args.keras_backend,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        optimizer=AdamWConfig(lr=args.lr, weight_decay=args.weight_decay),
+        optimizer=AdamWConfig(lr=MODELS[args.model].lr if args.lr is None else args.lr, weight_decay=args.weight_decay),
         seed=args.seed,
         device=args.device,
         gradients=args.gradients,

@@ -13,6 +13,9 @@ __all__ = ["TrainConfig", "default_backend", "DEFAULT_BACKEND_ORDER"]
 #: Tried in this order when no backend is named: the fastest installed one wins.
 DEFAULT_BACKEND_ORDER = ("jax", "torch", "mlx", "numpy")
 
+# Stands for "AdamW at the model's learning rate" until __post_init__ replaces it.
+_MODEL_DEFAULT = AdamWConfig()
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -24,8 +27,11 @@ class TrainConfig:
 
     Examples
     --------
-    >>> TrainConfig(backend="numpy").batch_size, TrainConfig().optimizer.lr
-    (128, 0.0003)
+    ``optimizer`` defaults to AdamW with the model's learning rate
+    (:class:`~yat_core.spec.ModelRecipe`).
+
+    >>> TrainConfig(backend="numpy").batch_size, TrainConfig().optimizer.lr, TrainConfig(model="cnn").optimizer.lr
+    (128, 0.0003, 0.001)
     """
 
     model: str = "mlp"
@@ -34,7 +40,7 @@ class TrainConfig:
     keras_backend: str | None = None
     epochs: int = 3
     batch_size: int = 128
-    optimizer: AdamWConfig = field(default_factory=AdamWConfig)
+    optimizer: AdamWConfig = field(default_factory=lambda: _MODEL_DEFAULT)
     seed: int = 0
     device: str | None = None
     gradients: str | None = None  # "autodiff" or "analytic"; None: the backend's faster one
@@ -43,6 +49,12 @@ class TrainConfig:
     train_limit: int | None = None  # use the first N training images (tests, quick runs)
     test_limit: int | None = None
     eval_batch: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.optimizer is _MODEL_DEFAULT:  # not given: AdamW at the model's learning rate
+            recipe = MODELS.get(self.model)
+            lr = recipe.lr if recipe is not None else AdamWConfig().lr  # an unknown model fails validate()
+            object.__setattr__(self, "optimizer", AdamWConfig(lr=lr))
 
     def validate(self) -> None:
         """Raise :class:`ValueError` for settings no run can use."""

@@ -26,8 +26,9 @@ never do: the product is the non-linearity.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal, NamedTuple, Union
 
 from yat_core.conv import conv_output_shape, conv_transpose_output_shape
 from yat_core.product import DEFAULT_EPSILON, validate_epsilon
@@ -45,6 +46,7 @@ __all__ = [
     "cnn_spec",
     "cnn_relu_spec",
     "MODELS",
+    "ModelRecipe",
     "count_params",
 ]
 
@@ -396,5 +398,18 @@ def cnn_relu_spec() -> ModelSpec:
     return _cnn("conv", "linear")
 
 
-#: ``--model`` choices: the Yat model and its same-shape ReLU baseline.
-MODELS = {"mlp": (seed_spec, relu_spec), "cnn": (cnn_spec, cnn_relu_spec)}
+class ModelRecipe(NamedTuple):
+    """A ``--model`` choice: the Yat model, its same-shape ReLU baseline, and AdamW's default learning rate.
+
+    The learning rate is the model's, not the framework's: every backend and framework,
+    and the baseline, train a model with the same one (``--lr`` overrides it). The seed
+    MLP keeps 3e-4; the CNN, whose Yat layers start with small outputs, learns at 1e-3.
+    """
+
+    yat: Callable[[], ModelSpec]
+    relu: Callable[[], ModelSpec]
+    lr: float
+
+
+#: ``--model`` choices.
+MODELS = {"mlp": ModelRecipe(seed_spec, relu_spec, 3e-4), "cnn": ModelRecipe(cnn_spec, cnn_relu_spec, 1e-3)}
