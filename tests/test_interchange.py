@@ -23,6 +23,7 @@ from yat_core.nn.options import layer_option, linear_layer_spec, native_option, 
 from yat_core.optim import AdamWConfig
 from yat_core.product import softplus
 from yat_core.runners import make_runner
+from yat_core.spec import MODELS, count_params
 from yat_core.train import TrainConfig, train
 
 # ================================================================ shared helpers
@@ -162,15 +163,18 @@ def tiny_data(n_train: int = 80, n_test: int = 40, seed: int = 0) -> SimpleNames
     )
 
 
-def assert_trains_like_the_core(name: str) -> dict[str, Any]:
+def assert_trains_like_the_core(name: str, model: str = "mlp", *, atol: float = 1e-6) -> dict[str, Any]:
     """Train the native model and the core (NumPy backend) side by side; return the native receipt.
+
+    ``model`` is a ``--model`` name (:data:`yat_core.spec.MODELS`); ``atol`` bounds the
+    difference of every trained parameter.
 
     80 samples in batches of 32: three steps, the last a partial batch of 16; 40 test
     images evaluated in chunks of 25 and 15. The
     weight decay is raised to 0.5 so that an optimizer that skipped or misapplied
     it would drift by ~4e-5, far above the ~1e-7 the frameworks differ by.
     """
-    settings = dict(epochs=1, batch_size=32, eval_batch=25, optimizer=AdamWConfig(weight_decay=0.5))
+    settings = dict(model=model, epochs=1, batch_size=32, eval_batch=25, optimizer=AdamWConfig(weight_decay=0.5))
     runners: list[Any] = []
 
     def keep(factory: Callable) -> Callable:
@@ -187,7 +191,7 @@ def assert_trains_like_the_core(name: str) -> dict[str, Any]:
     core = train(
         TrainConfig(backend="numpy", **settings), data=data, runner_factory=keep(make_runner), progress=False, log=None
     )
-    assert native["backend"] == name and native["params"] == 235148
+    assert native["backend"] == name and native["params"] == count_params(MODELS[model][0]())
     assert native["steps_per_epoch"] == 3 and native["n_test"] == 40
     np.testing.assert_allclose(native["history"][0]["step_loss"], core["history"][0]["step_loss"], rtol=1e-5)
     assert native["final_test_loss"] == pytest.approx(core["final_test_loss"], rel=1e-5)
@@ -195,7 +199,7 @@ def assert_trains_like_the_core(name: str) -> dict[str, Any]:
     ours, theirs = runners[0].export_params(), runners[1].export_params()
     assert list(ours) == list(theirs)
     for param, value in theirs.items():
-        np.testing.assert_allclose(ours[param], value, rtol=0, atol=1e-6, err_msg=f"{name}: {param}")
+        np.testing.assert_allclose(ours[param], value, rtol=0, atol=atol, err_msg=f"{name}: {param}")
     return native
 
 

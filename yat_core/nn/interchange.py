@@ -139,9 +139,11 @@ def check_params(params: Mapping[str, Any], spec: MLPSpec | LayerSpec) -> dict[s
     return {name: arrays[name] for name in expected}
 
 
-def _native_layout(name: str, value: np.ndarray, kernel_in_out: bool) -> np.ndarray:
-    # The core stores kernels (out, in); frameworks whose kernels are (in, out) see the transpose.
-    return np.ascontiguousarray(value.T) if kernel_in_out and name == "kernel" else value
+def _native_layout(layer: LayerSpec, name: str, value: np.ndarray, kernel_in_out: bool) -> np.ndarray:
+    # The core stores dense kernels (out, in); frameworks whose kernels are (in, out) see the transpose.
+    # Convolution kernels pass as they are: each framework's layer converts its own layout.
+    dense = layer.kind in ("yat", "linear")
+    return np.ascontiguousarray(value.T) if kernel_in_out and dense and name == "kernel" else value
 
 
 def export_arrays(
@@ -157,7 +159,8 @@ def export_arrays(
         ``read(layer_index, core_name)`` returns that parameter as a host array in the
         framework's layout.
     kernel_in_out : bool
-        The framework stores kernels ``(in, out)`` (Flax, Keras, TensorFlow).
+        The framework stores dense kernels ``(in, out)`` (Flax, Keras, TensorFlow).
+        Convolution kernels are read in the core's layout: ``read`` converts them.
 
     Examples
     --------
@@ -167,7 +170,7 @@ def export_arrays(
     (2, 3)
     """
     return {
-        f"{i}.{name}": np.array(_native_layout(name, np.asarray(read(i, name)), kernel_in_out))
+        f"{i}.{name}": np.array(_native_layout(layer, name, np.asarray(read(i, name)), kernel_in_out))
         for i, layer in enumerate(spec.layers)
         for name in layer.param_shapes
     }
@@ -183,7 +186,8 @@ def import_arrays(
     """Check ``params`` against ``spec``, then hand each one to ``write`` in the framework's layout.
 
     ``write(layer_index, core_name, value)`` stores a NumPy array (cast it to the
-    parameter's dtype and device there). Nothing is written unless every name, shape
+    parameter's dtype and device there). Dense kernels arrive in the framework's layout
+    (``kernel_in_out``); convolution kernels in the core's, for ``write`` to convert. Nothing is written unless every name, shape
     and dtype fits, so a bad mapping leaves the model as it was.
 
     Examples
@@ -197,4 +201,5 @@ def import_arrays(
     """
     for key, value in check_params(params, spec).items():
         index, name = key.split(".", 1)
-        write(int(index), name, _native_layout(name, value, kernel_in_out))
+        i = int(index)
+        write(i, name, _native_layout(spec.layers[i], name, value, kernel_in_out))

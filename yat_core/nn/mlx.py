@@ -1,4 +1,4 @@
-"""MLX: the Yat layers as ``mlx.nn.Module`` objects and the model of an :class:`~yat_core.mlp.MLPSpec`.
+"""MLX: the Yat layers as ``mlx.nn.Module`` objects and the model of any :class:`~yat_core.spec.ModelSpec`.
 
 Layout and names follow MLX: a layer's kernel is ``weight`` of shape
 ``(output_dims, input_dims)`` (the core's layout, so interchange copies it as is),
@@ -7,6 +7,15 @@ sizes are ``input_dims`` / ``output_dims``, absent parameters are not there at a
 ``model.layers``, so ``tree_flatten(model.parameters())`` names read
 ``"layers.0.weight"``, ``"layers.0.alpha"``. The interchange names drop the
 ``layers.`` prefix and replace ``weight`` with ``kernel``.
+
+A model (:class:`YatModel`, :func:`build_model`) is built from any
+:class:`~yat_core.spec.ModelSpec`: Yat layers from this module, the others MLX's own
+(``nn.Linear``, ``nn.Conv{1,2,3}d``, ``nn.MaxPool{1,2,3}d``, ``nn.AvgPool{1,2,3}d``;
+:func:`layer_from_spec`). It runs channels last, MLX's layout; its flatten moves the
+channels first so the flattened order, and with it the next dense kernel, is the
+core's. :func:`predict` takes the core's layout. Every convolution kernel (Yat or
+plain) is exported and imported through :func:`kernel_to_core` /
+:func:`kernel_from_core`.
 
 The Yat convolutions :class:`YatConv1d`, :class:`YatConv2d`, :class:`YatConv3d` and
 :class:`YatConvTranspose1d` ... :class:`YatConvTranspose3d` are channels last as
@@ -31,10 +40,10 @@ from typing import Any, ClassVar, TypeVar
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_reduce
+from mlx.utils import tree_flatten, tree_reduce
 
 from yat_core.conv import yat_conv, yat_conv_transpose
-from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
+from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.namespaces.mlx import namespace
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
@@ -57,6 +66,8 @@ __all__ = [
     "conv_from_spec",
     "kernel_to_core",
     "kernel_from_core",
+    "layer_from_spec",
+    "YatModel",
     "YatMLP",
     "build_model",
     "export_params",
@@ -161,11 +172,11 @@ _C = TypeVar("_C", bound="_YatConvNd")
 
 
 def kernel_to_core(spec: LayerSpec, kernel: Any) -> Any:
-    """A Yat convolution's kernel from MLX's layout ``(out, *k, in/groups)`` to the core's.
+    """A convolution's kernel from MLX's layout ``(out, *k, in/groups)`` to the core's.
 
-    The core's is ``(out, in/groups, *k)`` for a convolution and ``(in, out/groups, *k)``
-    (PyTorch's) for a transposed one; MLX keeps both as ``(out, *k, in/groups)``. Works
-    on MLX and NumPy arrays alike.
+    The core's is ``(out, in/groups, *k)`` for a convolution (``"yat_conv"`` and the
+    plain ``"conv"``) and ``(in, out/groups, *k)`` (PyTorch's) for a transposed one; MLX
+    keeps both as ``(out, *k, in/groups)``. Works on MLX and NumPy arrays alike.
 
     Examples
     --------
@@ -175,7 +186,7 @@ def kernel_to_core(spec: LayerSpec, kernel: Any) -> Any:
     (4, 3, 3, 2)
     """
     n = len(spec.kernel_size)
-    if spec.kind == "yat_conv":
+    if spec.kind != "yat_conv_transpose":
         return kernel.transpose(0, n + 1, *range(1, n + 1))
     g, k = spec.groups, spec.kernel_size
     out_g, in_g = spec.out_features // g, spec.in_features // g
@@ -194,13 +205,29 @@ def kernel_from_core(spec: LayerSpec, kernel: Any) -> Any:
     (6, 3, 2)
     """
     n = len(spec.kernel_size)
-    if spec.kind == "yat_conv":
+    if spec.kind != "yat_conv_transpose":
         return kernel.transpose(0, *range(2, n + 2), 1)
     g, k = spec.groups, spec.kernel_size
     out_g, in_g = spec.out_features // g, spec.in_features // g
     # (g, in/g, out/g, *k) -> (g, out/g, *k, in/g)
     regrouped = kernel.reshape(g, in_g, out_g, *k).transpose(0, 2, *range(3, n + 3), 1)
     return regrouped.reshape(spec.out_features, *k, in_g)
+
+
+#: Core kinds whose kernel MLX keeps in its convolution layout.
+_CONV_KINDS = ("yat_conv", "yat_conv_transpose", "conv")
+
+
+def _to_core(spec: LayerSpec, name: str, value: np.ndarray) -> np.ndarray:
+    # Convolution kernels change layout; dense kernels and the other parameters are the core's already.
+    # (np.ascontiguousarray would turn a 0-d alpha into shape (1,): kernels only.)
+    return np.ascontiguousarray(kernel_to_core(spec, value)) if name == "kernel" and spec.kind in _CONV_KINDS else value
+
+
+def _from_core(spec: LayerSpec, name: str, value: np.ndarray) -> np.ndarray:
+    return (
+        np.ascontiguousarray(kernel_from_core(spec, value)) if name == "kernel" and spec.kind in _CONV_KINDS else value
+    )
 
 
 class _YatConvNd(nn.Module):
@@ -294,11 +321,10 @@ class _YatConvNd(nn.Module):
         >>> layer.weight.shape, layer.export_params()["kernel"].shape
         ((6, 3, 3, 2), (6, 2, 3, 3))
         """
-        out = {}
-        for name in self.spec.param_shapes:
-            value = np.array(getattr(self, _ATTR.get(name, name)))
-            out[name] = np.ascontiguousarray(kernel_to_core(self.spec, value)) if name == "kernel" else value
-        return out
+        return {
+            name: _to_core(self.spec, name, np.array(getattr(self, _ATTR.get(name, name))))
+            for name in self.spec.param_shapes
+        }
 
     def import_params(self: _C, params: Mapping[str, Any]) -> _C:
         """Set the parameters from ``params`` (core names without a prefix, core layout) in place; return the layer.
@@ -315,9 +341,7 @@ class _YatConvNd(nn.Module):
         """
         for name, value in check_params(params, self.spec).items():
             attr = _ATTR.get(name, name)
-            # (np.ascontiguousarray would turn a 0-d alpha into shape (1,): the kernel only)
-            native = np.ascontiguousarray(kernel_from_core(self.spec, value)) if name == "kernel" else value
-            setattr(self, attr, mx.array(native, dtype=getattr(self, attr).dtype))
+            setattr(self, attr, mx.array(_from_core(self.spec, name, value), dtype=getattr(self, attr).dtype))
         mx.eval(self.parameters())
         return self
 
@@ -561,87 +585,225 @@ def conv_from_spec(spec: LayerSpec) -> _YatConvNd:
     return _CONV_CLASSES[(spec.kind == "yat_conv_transpose", len(spec.kernel_size))].from_spec(spec)
 
 
-class _Linear(nn.Linear):
-    """``nn.Linear`` plus what a core linear layer may add: a constant bias and a ReLU."""
+class _Baseline(nn.Module):
+    """What a core ``"linear"`` or ``"conv"`` layer adds to MLX's own: a constant bias and a ReLU.
 
-    def __init__(self, spec: LayerSpec) -> None:
-        super().__init__(spec.in_features, spec.out_features, bias=spec.bias == LEARNABLE)
-        self.spec = spec
+    Mixed in before ``nn.Linear`` / ``nn.Conv{1,2,3}d``, whose ``__call__`` it wraps; the
+    weight and a learnable bias stay theirs (``"layers.0.weight"``, ``"layers.0.bias"``).
+    """
+
+    spec: LayerSpec
 
     def __call__(self, x: mx.array) -> mx.array:
         out = super().__call__(x)
-        if isinstance(self.spec.bias, float):  # a constant; a learnable one is nn.Linear's
+        if isinstance(self.spec.bias, float):  # a constant; a learnable one is the native layer's
             out = out + self.spec.bias
         return nn.relu(out) if self.spec.activation == "relu" else out
 
 
-class YatMLP(nn.Module):
-    """The MLP of an :class:`~yat_core.mlp.MLPSpec`: flatten, then ``model.layers`` in turn.
+class _Linear(_Baseline, nn.Linear):
+    """``nn.Linear`` of a core ``"linear"`` layer."""
+
+
+class _Conv(_Baseline):
+    """:class:`_Baseline` for ``nn.Conv{1,2,3}d``, plus the right-hand unit that ``"same"`` may need."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        # MLX pads both sides alike; "same" with an even span puts its odd unit on the right (the core's rule).
+        extra = _conv_padding(self.spec)[1]
+        if any(extra):
+            x = mx.pad(x, [(0, 0), *((0, e) for e in extra), (0, 0)])
+        return super().__call__(x)
+
+
+class _Conv1d(_Conv, nn.Conv1d):
+    """``nn.Conv1d`` of a core ``"conv"`` layer."""
+
+
+class _Conv2d(_Conv, nn.Conv2d):
+    """``nn.Conv2d`` of a core ``"conv"`` layer."""
+
+
+class _Conv3d(_Conv, nn.Conv3d):
+    """``nn.Conv3d`` of a core ``"conv"`` layer (no groups: MLX 0.32's has none)."""
+
+
+class _Flatten(nn.Module):
+    """``"flatten"`` in the core's order: ``(n, *spatial, C)`` moved channels first, then flattened.
+
+    So the dense kernel after it is the same array in every framework.
+    """
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.transpose(x, (0, x.ndim - 1, *range(1, x.ndim - 1))).reshape(x.shape[0], -1)
+
+
+#: MLX's own layers by spatial dimensions - 1.
+_CONVS = (_Conv1d, _Conv2d, _Conv3d)
+_POOLS: dict[str, tuple[Any, ...]] = {
+    "max_pool": (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d),
+    "avg_pool": (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d),
+}
+
+
+def _conv_padding(spec: LayerSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A ``"conv"`` spec's padding as MLX's symmetric ``padding`` plus extra units on the right."""
+    padding, n = spec.conv_options["padding"], len(spec.kernel_size)
+    if padding == "valid":
+        return (0,) * n, (0,) * n
+    if padding == "same":  # stride 1: a total of dilation * (kernel - 1), the odd unit on the right
+        totals = [d * (k - 1) for k, d in zip(spec.kernel_size, spec.conv_options["dilation"])]
+        return tuple(t // 2 for t in totals), tuple(t % 2 for t in totals)
+    return padding, (0,) * n
+
+
+def layer_from_spec(spec: LayerSpec) -> nn.Module:
+    """The MLX layer of one core layer: Yat ones from this module, the others MLX's own, channels last.
+
+    ``"conv"`` is ``nn.Conv{1,2,3}d`` (geometry from ``spec.conv_options``; ``"same"``
+    with an even span pads its odd unit on the right first, as the core does) and
+    ``"linear"`` ``nn.Linear``, each plus the spec's constant bias and ReLU; pooling is
+    ``nn.MaxPool{1,2,3}d`` / ``nn.AvgPool{1,2,3}d`` with ``stride = kernel_size``;
+    ``"flatten"`` flattens in the core's (channels-first) order.
+
+    Raises
+    ------
+    ValueError
+        For a grouped 3-D ``"conv"``: ``mlx.nn.Conv3d`` has no groups.
+
+    Examples
+    --------
+    >>> from yat_core.spec import LayerSpec
+    >>> layer_from_spec(LayerSpec("conv", 1, 8, kernel_size=(3, 3), padding="same", activation="relu"))
+    _Conv2d(1, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, bias=True)
+    >>> layer_from_spec(LayerSpec("max_pool", 8, 8, kernel_size=(2, 2)))
+    MaxPool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))
+    """
+    if spec.kind == "yat":
+        return YatNMN.from_spec(spec)
+    if spec.kind in ("yat_conv", "yat_conv_transpose"):
+        return conv_from_spec(spec)
+    if spec.kind == "flatten":
+        return _Flatten()
+    n, bias = len(spec.kernel_size), spec.bias == LEARNABLE
+    if spec.kind in _POOLS:  # non-overlapping windows: the stride defaults to the window
+        return _POOLS[spec.kind][n - 1](spec.kernel_size)
+    # Typed Any: mypy does not follow the mixin to the native constructors, whose arguments differ per kind.
+    cls: Any = _Linear
+    geometry: tuple[Any, ...] = ()
+    groups: dict[str, int] = {}
+    if spec.kind == "conv":
+        options = spec.conv_options
+        if n == 3 and options["groups"] != 1:
+            raise ValueError(f"mlx.nn.Conv3d has no groups, so a 3-D 'conv' layer cannot have groups={spec.groups}")
+        cls, groups = _CONVS[n - 1], ({"groups": options["groups"]} if n < 3 else {})
+        geometry = (spec.kernel_size, options["stride"], _conv_padding(spec)[0], options["dilation"])
+        if n == 1:  # nn.Conv1d takes ints
+            geometry = tuple(v[0] for v in geometry)
+    layer: _Baseline = cls(spec.in_features, spec.out_features, *geometry, bias=bias, **groups)
+    layer.spec = spec
+    return layer
+
+
+def _channels_last(x: mx.array) -> mx.array:
+    """``(n, C, *spatial)`` -> ``(n, *spatial, C)``; features ``(n, F)`` as they are."""
+    return x if x.ndim < 3 else mx.transpose(x, (0, *range(2, x.ndim), 1))
+
+
+class YatModel(nn.Module):
+    """The model of a :class:`~yat_core.spec.ModelSpec`: ``model.layers`` in turn, channels last.
+
+    Input is MLX's layout: ``(n, *spatial, C)`` for images (``(n, 28, 28, 1)``),
+    ``(n, features)`` for an MLP. Any other input with as many values per sample (flat
+    ``(n, 784)`` as :func:`yat_core.mlp.flatten_images` gives, pixels ``(n, 28, 28)``,
+    the core's ``(n, C, H, W)``) is read in the core's channels-first order and moved
+    channels last.
 
     Examples
     --------
     >>> from mlx.utils import tree_flatten
-    >>> from yat_core.mlp import seed_spec
-    >>> model = YatMLP(seed_spec())
+    >>> from yat_core.spec import cnn_spec, seed_spec
+    >>> model = YatModel(seed_spec())
     >>> [name for name, _ in tree_flatten(model.parameters())][:3]
     ['layers.0.weight', 'layers.0.bias', 'layers.0.alpha']
     >>> model(mx.zeros((2, 28, 28))).shape
     (2, 10)
+    >>> cnn = YatModel(cnn_spec())
+    >>> [type(layer).__name__ for layer in cnn.layers]
+    ['YatConv2d', 'MaxPool2d', 'YatConv2d', 'MaxPool2d', '_Flatten', 'YatNMN', '_Linear']
+    >>> cnn(mx.zeros((2, 28, 28, 1))).shape, cnn(mx.zeros((2, 784))).shape
+    ((2, 10), (2, 10))
     """
 
-    def __init__(self, spec: MLPSpec) -> None:
+    def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.layers = [YatNMN.from_spec(layer) if layer.kind == "yat" else _Linear(layer) for layer in spec.layers]
+        self.layers = [layer_from_spec(layer) for layer in spec.layers]
 
     def __call__(self, x: mx.array) -> mx.array:
-        h = x.reshape(x.shape[0], -1)
+        shape = self.spec.input_shape
+        native = (*shape[1:], shape[0]) if len(shape) > 1 else shape
+        if tuple(x.shape[1:]) != native:
+            if x.ndim < 2 or math.prod(x.shape[1:]) != math.prod(shape):
+                raise ValueError(
+                    f"the model takes inputs of shape (n, {', '.join(map(str, native))}) or any (n, ...) of "
+                    f"{math.prod(shape)} values per sample in the core's order, got {tuple(x.shape)}"
+                )
+            x = _channels_last(x.reshape(x.shape[0], *shape))
         for layer in self.layers:
-            h = layer(h)
-        return h
+            x = layer(x)
+        return x
 
 
-_M = TypeVar("_M", YatMLP, _YatConvNd)
+#: The name the MLP-only code used; every spec builds a :class:`YatModel` now.
+YatMLP = YatModel
+
+_M = TypeVar("_M", YatModel, _YatConvNd)
 
 
-def build_model(spec: MLPSpec, seed: int, *, dtype: mx.Dtype = mx.float32) -> YatMLP:
+def build_model(spec: ModelSpec, seed: int, *, dtype: mx.Dtype = mx.float32) -> YatModel:
     """The native model of ``spec`` with the weights of :func:`~yat_core.mlp.init_mlp_numpy`.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
-    >>> count_params(build_model(seed_spec(), seed=0))
-    235148
+    >>> from yat_core.spec import cnn_spec, seed_spec
+    >>> count_params(build_model(seed_spec(), seed=0)), count_params(build_model(cnn_spec(), seed=0))
+    (235148, 225037)
     """
-    model = YatMLP(spec)
+    model = YatModel(spec)
     if dtype != mx.float32:
         model.set_dtype(dtype)
     # Drawn in the model's dtype, as the core draws them.
     return import_params(model, init_mlp_numpy(spec, seed, np.dtype(str(dtype).rsplit(".", 1)[-1])))
 
 
-def export_params(model: YatMLP | _YatConvNd) -> dict[str, np.ndarray]:
-    """The model's parameters as ``{core name: numpy array}`` (``"0.kernel"`` is ``(out, in)``).
+def export_params(model: YatModel | _YatConvNd) -> dict[str, np.ndarray]:
+    """The model's parameters as ``{core name: numpy array}`` in the core's layouts.
 
-    A single Yat convolution gives its own, unprefixed and in the core's layout
-    (``"kernel"``, ``"bias"``, ...): :meth:`_YatConvNd.export_params`.
+    ``"0.kernel"`` of a dense layer is ``(out, in)``, of a convolution ``(out, in/groups, *k)``
+    (converted from MLX's ``(out, *k, in/groups)`` by :func:`kernel_to_core`). A single Yat
+    convolution gives its own, unprefixed (``"kernel"``, ``"bias"``, ...):
+    :meth:`_YatConvNd.export_params`.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
-    >>> export_params(build_model(seed_spec(), 0))["0.kernel"].shape
-    (256, 784)
+    >>> from yat_core.spec import cnn_spec
+    >>> model = build_model(cnn_spec(), 0)
+    >>> model.layers[2].weight.shape, export_params(model)["2.kernel"].shape
+    ((64, 3, 3, 32), (64, 32, 3, 3))
     """
     if isinstance(model, _YatConvNd):
         return model.export_params()
-    mlp: YatMLP = model
-    return export_arrays(mlp.spec, lambda i, name: np.array(getattr(mlp.layers[i], _ATTR.get(name, name))))
+    spec, layers = model.spec, model.layers
+    return export_arrays(
+        spec, lambda i, name: _to_core(spec.layers[i], name, np.array(getattr(layers[i], _ATTR.get(name, name))))
+    )
 
 
 def import_params(model: _M, params: Mapping[str, Any]) -> _M:
     """Set ``model``'s parameters from ``params`` (core names and layouts) in place; return it.
 
-    ``model`` is a :class:`YatMLP` or a single Yat convolution (unprefixed names, the
+    ``model`` is a :class:`YatModel` or a single Yat convolution (unprefixed names, the
     core's layout: :meth:`_YatConvNd.import_params`).
 
     Values are cast to each parameter's dtype; names, shapes and dtypes are checked
@@ -651,20 +813,20 @@ def import_params(model: _M, params: Mapping[str, Any]) -> _M:
     Examples
     --------
     >>> from yat_core.mlp import init_mlp_numpy, seed_spec
-    >>> model = import_params(YatMLP(seed_spec()), init_mlp_numpy(seed_spec(), 0))
+    >>> model = import_params(YatModel(seed_spec()), init_mlp_numpy(seed_spec(), 0))
     >>> model.layers[0].alpha.item()
     1.0
     """
 
     if isinstance(model, _YatConvNd):
         return model.import_params(params)
-    mlp: YatMLP = model
+    spec, layers = model.spec, model.layers
 
     def write(index: int, name: str, value: np.ndarray) -> None:
-        layer, attr = mlp.layers[index], _ATTR.get(name, name)
-        setattr(layer, attr, mx.array(value, dtype=getattr(layer, attr).dtype))
+        layer, attr = layers[index], _ATTR.get(name, name)
+        setattr(layer, attr, mx.array(_from_core(spec.layers[index], name, value), dtype=getattr(layer, attr).dtype))
 
-    import_arrays(mlp.spec, params, write)
+    import_arrays(spec, params, write)
     mx.eval(model.parameters())
     return model
 
@@ -680,14 +842,20 @@ def count_params(model: nn.Module) -> int:
     return int(tree_reduce(lambda total, v: total + v.size, model.trainable_parameters(), 0))
 
 
-def predict(model: YatMLP, x: np.ndarray) -> np.ndarray:
-    """Logits for float inputs ``x`` (NumPy, ``(n, in)``), as a NumPy array.
+def predict(model: YatModel, x: np.ndarray) -> np.ndarray:
+    """Logits for float inputs ``x`` in the core's layout, as a NumPy array.
+
+    ``x`` is ``(n, *spec.input_shape)`` (channels first, as the core takes it) or flat
+    ``(n, prod(input_shape))``; it is moved channels last for the model.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
+    >>> from yat_core.spec import cnn_spec, seed_spec
     >>> predict(build_model(seed_spec(), 0), np.zeros((3, 784), np.float32)).shape
     (3, 10)
+    >>> predict(build_model(cnn_spec(), 0), np.zeros((3, 1, 28, 28), np.float32)).shape
+    (3, 10)
     """
-    dtype = model.layers[0].weight.dtype
-    return np.array(model(mx.array(np.asarray(x), dtype=dtype)))
+    dtype = next(iter(dict(tree_flatten(model.parameters())).values())).dtype
+    h = mx.array(np.asarray(x), dtype=dtype)
+    return np.array(model(_channels_last(h.reshape(h.shape[0], *model.spec.input_shape))))

@@ -1,4 +1,4 @@
-"""PyTorch: the Yat layers as ``torch.nn.Module`` objects and the model of an :class:`~yat_core.mlp.MLPSpec`.
+"""PyTorch: the Yat layers as ``torch.nn.Module`` objects and the model of any :class:`~yat_core.spec.ModelSpec`.
 
 Layout and names follow PyTorch: a layer's kernel is ``weight`` of shape
 ``(out_features, in_features)`` (the core's layout, so interchange copies it
@@ -7,6 +7,13 @@ does), and the model is a ``torch.nn.Sequential`` whose children are named
 ``"0"``, ``"1"``, ... after the spec's layers, so ``state_dict()`` keys read
 ``"0.weight"``, ``"0.alpha"``, ``"2.bias"``. The interchange names replace
 ``weight`` with ``kernel``.
+
+A model (:class:`YatModel`, :func:`build_model`) is built from any
+:class:`~yat_core.spec.ModelSpec`: Yat layers from this module, the others
+PyTorch's own (``nn.Linear``, ``nn.Conv{1,2,3}d``, ``nn.MaxPool{1,2,3}d``,
+``nn.AvgPool{1,2,3}d``, ``nn.Flatten``; :func:`layer_from_spec`). PyTorch is channels
+first like the core, so inputs, the flatten order and every kernel (``nn.Conv2d``'s
+``(out, in/groups, *k)`` included) are the core's: interchange is a plain copy.
 
 The Yat convolutions :class:`YatConv1d`, :class:`YatConv2d`, :class:`YatConv3d` and
 :class:`YatConvTranspose1d` ... :class:`YatConvTranspose3d` take ``nn.Conv2d``'s /
@@ -35,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from yat_core.conv import yat_conv, yat_conv_transpose
-from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
+from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
     conv_layer_spec,
@@ -55,6 +62,8 @@ __all__ = [
     "YatConvTranspose2d",
     "YatConvTranspose3d",
     "conv_from_spec",
+    "layer_from_spec",
+    "YatModel",
     "YatMLP",
     "build_model",
     "export_params",
@@ -550,69 +559,143 @@ def conv_from_spec(spec: LayerSpec, **factory: Any) -> _YatConvNd:
     return _CONV_CLASSES[(spec.kind == "yat_conv_transpose", len(spec.kernel_size))].from_spec(spec, **factory)
 
 
-class _Linear(nn.Linear):
-    """``nn.Linear`` plus what a core linear layer may add: a constant bias and a ReLU."""
+class _Baseline(nn.Module):
+    """What a core ``"linear"`` or ``"conv"`` layer adds to PyTorch's own: a constant bias and a ReLU.
 
-    def __init__(self, spec: LayerSpec, **factory: Any) -> None:
-        super().__init__(spec.in_features, spec.out_features, bias=spec.bias == LEARNABLE, **factory)
-        self.spec = spec
+    Mixed in before ``nn.Linear`` / ``nn.Conv{1,2,3}d``, whose ``forward`` it wraps;
+    the weight and a learnable bias stay theirs (``"0.weight"``, ``"0.bias"``).
+    """
+
+    spec: LayerSpec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
-        if isinstance(self.spec.bias, float):  # a constant; a learnable one is nn.Linear's
+        if isinstance(self.spec.bias, float):  # a constant; a learnable one is the native layer's
             out = out + self.spec.bias
         return F.relu(out) if self.spec.activation == "relu" else out
 
 
-class YatMLP(nn.Sequential):
-    """The MLP of an :class:`~yat_core.mlp.MLPSpec`: flatten, then one child per layer.
+class _Linear(_Baseline, nn.Linear):
+    """``nn.Linear`` of a core ``"linear"`` layer."""
+
+
+class _Conv1d(_Baseline, nn.Conv1d):
+    """``nn.Conv1d`` of a core ``"conv"`` layer."""
+
+
+class _Conv2d(_Baseline, nn.Conv2d):
+    """``nn.Conv2d`` of a core ``"conv"`` layer."""
+
+
+class _Conv3d(_Baseline, nn.Conv3d):
+    """``nn.Conv3d`` of a core ``"conv"`` layer."""
+
+
+#: PyTorch's own layers by spatial dimensions - 1.
+_CONVS = (_Conv1d, _Conv2d, _Conv3d)
+_POOLS: dict[str, tuple[type[nn.Module], ...]] = {
+    "max_pool": (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d),
+    "avg_pool": (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d),
+}
+
+
+def layer_from_spec(spec: LayerSpec, **factory: Any) -> nn.Module:
+    """The PyTorch layer of one core layer: Yat ones from this module, the others PyTorch's own.
+
+    ``"conv"`` is ``nn.Conv{1,2,3}d`` (geometry from ``spec.conv_options``, PyTorch's
+    ``padding="same"`` rule being the core's) and ``"linear"`` ``nn.Linear``, each plus
+    the spec's constant bias and ReLU; pooling is ``nn.MaxPool{1,2,3}d`` /
+    ``nn.AvgPool{1,2,3}d`` with ``stride = kernel_size``; ``"flatten"`` is
+    ``nn.Flatten()``, whose ``(C, *spatial)`` order is the core's.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
-    >>> model = YatMLP(seed_spec())
+    >>> from yat_core.spec import LayerSpec
+    >>> layer_from_spec(LayerSpec("conv", 1, 8, kernel_size=(3, 3), padding="same", activation="relu"))
+    _Conv2d(1, 8, kernel_size=(3, 3), stride=(1, 1), padding=same)
+    >>> layer_from_spec(LayerSpec("max_pool", 8, 8, kernel_size=(2, 2)))
+    MaxPool2d(kernel_size=(2, 2), stride=(2, 2), padding=0, dilation=1, ceil_mode=False)
+    """
+    if spec.kind == "yat":
+        return YatNMN.from_spec(spec, **factory)
+    if spec.kind in ("yat_conv", "yat_conv_transpose"):
+        return conv_from_spec(spec, **factory)
+    if spec.kind == "flatten":
+        return nn.Flatten()
+    if spec.kind in _POOLS:  # non-overlapping windows: the stride defaults to the window
+        return _POOLS[spec.kind][len(spec.kernel_size) - 1](spec.kernel_size)
+    # Typed Any: each nn.Conv{n}d types its kernel_size as an n-tuple, which a spec's tuple[int, ...] is not.
+    cls: Any = _Linear if spec.kind == "linear" else _CONVS[len(spec.kernel_size) - 1]
+    geometry = {} if spec.kind == "linear" else {"kernel_size": spec.kernel_size, **spec.conv_options}
+    layer: _Baseline = cls(spec.in_features, spec.out_features, **geometry, bias=spec.bias == LEARNABLE, **factory)
+    layer.spec = spec
+    return layer
+
+
+class YatModel(nn.Sequential):
+    """The model of a :class:`~yat_core.spec.ModelSpec`: one child per layer, named ``"0"``, ``"1"``, ...
+
+    Input is channels first, PyTorch's layout and the core's: ``(n, *spec.input_shape)``
+    (``(n, C, H, W)`` for images, ``(n, features)`` for an MLP). Any other input with
+    as many values per sample (flat ``(n, 784)``, pixels ``(n, 28, 28)``) is reshaped
+    to it first.
+
+    Examples
+    --------
+    >>> from yat_core.spec import cnn_spec, seed_spec
+    >>> model = YatModel(seed_spec())
     >>> list(model.state_dict())[:3]
     ['0.weight', '0.bias', '0.alpha']
     >>> model(torch.zeros(2, 28, 28)).shape
     torch.Size([2, 10])
+    >>> [type(child).__name__ for child in YatModel(cnn_spec())]
+    ['YatConv2d', 'MaxPool2d', 'YatConv2d', 'MaxPool2d', 'Flatten', 'YatNMN', '_Linear']
     """
 
-    def __init__(self, spec: MLPSpec, **factory: Any) -> None:
-        super().__init__(
-            *(
-                YatNMN.from_spec(layer, **factory) if layer.kind == "yat" else _Linear(layer, **factory)
-                for layer in spec.layers
-            )
-        )
+    def __init__(self, spec: ModelSpec, **factory: Any) -> None:
+        super().__init__(*(layer_from_spec(layer, **factory) for layer in spec.layers))
         self.spec = spec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(torch.flatten(x, 1))
+        shape = self.spec.input_shape
+        if tuple(x.shape[1:]) != shape:
+            if x.dim() < 2 or math.prod(x.shape[1:]) != math.prod(shape):
+                raise ValueError(
+                    f"the model takes inputs of shape (n, {', '.join(map(str, shape))}) or any (n, ...) of "
+                    f"{math.prod(shape)} values per sample, got {tuple(x.shape)}"
+                )
+            x = x.reshape(x.shape[0], *shape)
+        return super().forward(x)
 
 
-_M = TypeVar("_M", YatMLP, _YatConvNd)
+#: The name the MLP-only code used; every spec builds a :class:`YatModel` now.
+YatMLP = YatModel
+
+_M = TypeVar("_M", YatModel, _YatConvNd)
 
 
-def build_model(spec: MLPSpec, seed: int, *, device: Any = None, dtype: torch.dtype = torch.float32) -> YatMLP:
+def build_model(spec: ModelSpec, seed: int, *, device: Any = None, dtype: torch.dtype = torch.float32) -> YatModel:
     """The native model of ``spec`` with the weights of :func:`~yat_core.mlp.init_mlp_numpy`.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
-    >>> count_params(build_model(seed_spec(), seed=0))
-    235148
+    >>> from yat_core.spec import cnn_spec, seed_spec
+    >>> count_params(build_model(seed_spec(), seed=0)), count_params(build_model(cnn_spec(), seed=0))
+    (235148, 225037)
     """
-    model = YatMLP(spec, device=device, dtype=dtype)
+    model = YatModel(spec, device=device, dtype=dtype)
     # Drawn in the model's dtype, as the core draws them (float32 values are not float64 ones).
     return import_params(model, init_mlp_numpy(spec, seed, np.dtype(str(dtype).removeprefix("torch."))))
 
 
-def _param(model: YatMLP, index: int, name: str) -> torch.Tensor:
+def _param(model: YatModel, index: int, name: str) -> torch.Tensor:
     return model[index].get_parameter(_ATTR.get(name, name))
 
 
-def export_params(model: YatMLP | _YatConvNd) -> dict[str, np.ndarray]:
-    """The model's parameters as ``{core name: numpy array}`` (``"0.kernel"`` is ``(out, in)``).
+def export_params(model: YatModel | _YatConvNd) -> dict[str, np.ndarray]:
+    """The model's parameters as ``{core name: numpy array}`` in PyTorch's layouts, which are the core's.
+
+    ``"0.kernel"`` of a dense layer is ``(out, in)``, of a convolution ``(out, in/groups, *k)``.
 
     A single Yat convolution gives its own, unprefixed (``"kernel"``, ``"bias"``, ...):
     :meth:`_YatConvNd.export_params`.
@@ -632,7 +715,7 @@ def export_params(model: YatMLP | _YatConvNd) -> dict[str, np.ndarray]:
 def import_params(model: _M, params: Mapping[str, Any]) -> _M:
     """Copy ``params`` (core names and layouts) into ``model`` in place and return it.
 
-    ``model`` is a :class:`YatMLP` or a single Yat convolution (unprefixed names:
+    ``model`` is a :class:`YatModel` or a single Yat convolution (unprefixed names:
     :meth:`_YatConvNd.import_params`).
 
     Values are cast to each parameter's dtype and device; names, shapes and dtypes
@@ -642,14 +725,14 @@ def import_params(model: _M, params: Mapping[str, Any]) -> _M:
     Examples
     --------
     >>> from yat_core.mlp import init_mlp_numpy, seed_spec
-    >>> model = import_params(YatMLP(seed_spec()), init_mlp_numpy(seed_spec(), 1))
+    >>> model = import_params(YatModel(seed_spec()), init_mlp_numpy(seed_spec(), 1))
     >>> model[0].alpha.item()
     1.0
     """
 
     if isinstance(model, _YatConvNd):
         return model.import_params(params)
-    mlp: YatMLP = model
+    mlp: YatModel = model
 
     def write(index: int, name: str, value: np.ndarray) -> None:
         # torch.tensor copies: the source may be read-only or strided, which from_numpy cannot share.
@@ -671,13 +754,18 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def predict(model: YatMLP, x: np.ndarray) -> np.ndarray:
-    """Logits for float inputs ``x`` (NumPy, ``(n, in)``), as a NumPy array.
+def predict(model: YatModel, x: np.ndarray) -> np.ndarray:
+    """Logits for float inputs ``x`` in the core's layout, as a NumPy array.
+
+    ``x`` is ``(n, *spec.input_shape)`` (channels first, which is PyTorch's layout too)
+    or flat ``(n, prod(input_shape))``; the model reshapes it.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
+    >>> from yat_core.spec import cnn_spec, seed_spec
     >>> predict(build_model(seed_spec(), 0), np.zeros((3, 784), np.float32)).shape
+    (3, 10)
+    >>> predict(build_model(cnn_spec(), 0), np.zeros((3, 1, 28, 28), np.float32)).shape
     (3, 10)
     """
     p = next(model.parameters())

@@ -97,12 +97,6 @@ def make_runner(spec: MLPSpec, config: TrainConfig) -> Runner:
         from yat_core.runners.core import CoreRunner
 
         return CoreRunner(get_backend(config.resolved_backend(), config.device, config.gradients), spec, config)
-    convolutional = sorted({layer.kind for layer in spec.layers} - {"yat", "linear"})
-    if convolutional:
-        raise BackendUnavailableError(
-            f"the {config.framework} layers build dense models only so far (this model has "
-            f"{', '.join(convolutional)} layers); train it with --backend numpy, torch, jax or mlx"
-        )
     if config.framework == "keras":
         select_keras_backend(config.keras_backend or DEFAULT_KERAS_BACKEND)
     runner: Runner = load_entry(FRAMEWORK_RUNNERS, config.framework, "framework").RUNNER_CLASS(spec, config)

@@ -1,4 +1,4 @@
-"""MLX's native model trained by ``mlx.optimizers.AdamW`` (``yat-core train --framework mlx``)."""
+"""MLX's native model of any spec trained by ``mlx.optimizers.AdamW`` (``yat-core train --framework mlx``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import mlx.optimizers as optim
 import numpy as np
 
 from yat_core.backends.mlx import MLXBackend
-from yat_core.mlp import MLPSpec, flatten_images
+from yat_core.mlp import ModelSpec, flatten_images
 from yat_core.namespaces.mlx import namespace
-from yat_core.nn.mlx import YatMLP, build_model, count_params, export_params
+from yat_core.nn.mlx import YatModel, build_model, count_params, export_params
 from yat_core.runners._base import BackendRunner
 
 if TYPE_CHECKING:
@@ -22,13 +22,16 @@ __all__ = ["MLXRunner", "RUNNER_CLASS"]
 
 
 class MLXRunner(BackendRunner):
-    """Trains a :class:`~yat_core.nn.mlx.YatMLP` with ``mlx.optimizers.AdamW``, the step under ``mx.compile``.
+    """Trains the :class:`~yat_core.nn.mlx.YatModel` of any spec with ``mlx.optimizers.AdamW``, the step under
+    ``mx.compile``.
 
     AdamW runs with ``bias_correction=True`` (MLX's default is False) so that it is
     the core's AdamW; the model and optimizer state are declared as the compiled
     step's inputs and outputs. Device and dtype are the MLX backend's: it makes the
     device MLX's default and refuses float64, which MLX does not compute to float64
-    accuracy.
+    accuracy. The uint8 images become flat floats in [0, 1]
+    (:func:`~yat_core.mlp.flatten_images`), which the model reads in the core's order
+    and reshapes to its channels-last input (``(n, 28, 28, 1)`` for the CNN).
 
     Examples
     --------
@@ -37,6 +40,9 @@ class MLXRunner(BackendRunner):
     >>> runner = MLXRunner(seed_spec(), TrainConfig(framework="mlx", device="cpu"))
     >>> runner.name, runner.distributions, runner.n_params()
     ('mlx', ('mlx',), 235148)
+    >>> from yat_core.spec import cnn_spec
+    >>> MLXRunner(cnn_spec(), TrainConfig(model="cnn", framework="mlx", device="cpu")).n_params()
+    225037
     >>> MLXRunner(seed_spec(), TrainConfig(framework="mlx", dtype="float64"))
     Traceback (most recent call last):
     ...
@@ -47,7 +53,7 @@ class MLXRunner(BackendRunner):
     framework = "mlx"
     distributions = ("mlx",)
 
-    def __init__(self, spec: MLPSpec, config: TrainConfig) -> None:
+    def __init__(self, spec: ModelSpec, config: TrainConfig) -> None:
         self.spec = spec
         self.backend = MLXBackend(config.device)  # also makes its device MLX's default
         # The backend's own dtype check (it refuses float64), so --backend and --framework agree.
@@ -70,7 +76,7 @@ class MLXRunner(BackendRunner):
         self._step = mx.compile(self._train_step, inputs=self.state, outputs=self.state)
         self._eval = mx.compile(self._eval_step, inputs=self.state)
 
-    def _loss(self, model: YatMLP, x: mx.array, y: mx.array) -> mx.array:
+    def _loss(self, model: YatModel, x: mx.array, y: mx.array) -> mx.array:
         return nn.losses.cross_entropy(model(x), y, reduction="mean")
 
     def _train_step(self, images: mx.array, labels: mx.array, idx: mx.array) -> mx.array:

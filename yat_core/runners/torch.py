@@ -1,4 +1,4 @@
-"""PyTorch's native model trained by ``torch.optim.AdamW`` (``yat-core train --framework torch``)."""
+"""PyTorch's native model of any spec trained by ``torch.optim.AdamW`` (``yat-core train --framework torch``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from yat_core.backends.torch import TorchBackend
-from yat_core.mlp import MLPSpec, flatten_images
+from yat_core.mlp import ModelSpec, flatten_images
 from yat_core.nn.torch import build_model, count_params, export_params
 from yat_core.runners._base import BackendRunner
 
@@ -21,9 +21,12 @@ __all__ = ["TorchRunner", "RUNNER_CLASS"]
 
 
 class TorchRunner(BackendRunner):
-    """Trains a :class:`~yat_core.nn.torch.YatMLP` with ``torch.optim.AdamW``, eagerly (PyTorch's default idiom).
+    """Trains the :class:`~yat_core.nn.torch.YatModel` of any spec with ``torch.optim.AdamW``, eagerly
+    (PyTorch's default idiom).
 
-    The device is resolved as the torch backend resolves it (CUDA when present).
+    The device is resolved as the torch backend resolves it (CUDA when present). The
+    uint8 images become flat floats in [0, 1] (:func:`~yat_core.mlp.flatten_images`),
+    which the model reshapes to its input (``(n, 1, 28, 28)`` for the CNN).
 
     Examples
     --------
@@ -32,13 +35,16 @@ class TorchRunner(BackendRunner):
     >>> runner = TorchRunner(seed_spec(), TrainConfig(framework="torch", device="cpu"))
     >>> runner.name, runner.distributions, runner.n_params(), runner.device_name()
     ('torch', ('torch',), 235148, 'cpu')
+    >>> from yat_core.spec import cnn_spec
+    >>> TorchRunner(cnn_spec(), TrainConfig(model="cnn", framework="torch", device="cpu")).n_params()
+    225037
     """
 
     name = "torch"
     framework = "torch"
     distributions = ("torch",)
 
-    def __init__(self, spec: MLPSpec, config: TrainConfig) -> None:
+    def __init__(self, spec: ModelSpec, config: TrainConfig) -> None:
         self.spec = spec
         self.backend = TorchBackend(config.device)
         self.dtype = getattr(torch, config.dtype)
