@@ -5,7 +5,9 @@ Both APIs keep dense kernels ``(in, out)`` and take the arguments ``nnx.Linear``
 out)`` and take the arguments ``nnx.Conv`` / ``linen.Conv`` take; only how a
 parameter is created differs between them, so everything else about the layers is
 here, once: the options, the initialisers, the kernel layout, Flax's padding in the
-core's terms, the forward passes and the interchange checks.
+core's terms, the forward passes and the interchange checks, and the model of any
+:class:`~yat_core.spec.ModelSpec` (its input layout, pooling, flatten order and
+parameter layouts: :func:`run_model`, :func:`to_flax_param`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.linen.pooling import avg_pool, max_pool
 from flax.nnx.nn.dtypes import promote_dtype
 from flax.nnx.nn.linear import canonicalize_padding
 
 from yat_core.conv import yat_conv, yat_conv_transpose
-from yat_core.mlp import LEARNABLE, LayerSpec
+from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec
 from yat_core.namespaces.native import register_native_conv
 from yat_core.nn.options import check_size, conv_layer_spec, conv_spec_options, forward_options, per_dim, spec_options
 from yat_core.product import softplus_inverse, yat_product
@@ -52,6 +55,14 @@ __all__ = [
     "export_layer",
     "import_layer",
     "linear_tail",
+    "CONV_KINDS",
+    "plain_layer_options",
+    "to_flax_param",
+    "to_core_param",
+    "input_layout",
+    "channels_last",
+    "model_input",
+    "run_model",
 ]
 
 Initializer = Callable[..., jax.Array]
@@ -246,7 +257,7 @@ def yat_dense(
 
 
 def linear_tail(h: jax.Array, spec: LayerSpec) -> jax.Array:
-    """What a core linear layer adds to ``nnx.Linear`` / ``linen.Dense``: a constant bias, a ReLU.
+    """What a core ``"linear"`` / ``"conv"`` layer adds to Flax's ``Linear`` / ``Dense`` / ``Conv``: a constant bias, a ReLU.
 
     Examples
     --------
@@ -693,3 +704,166 @@ def import_layer(spec: LayerSpec, params: Mapping[str, Any]) -> dict[str, np.nda
         name: np.array(to_flax_kernel(value), order="C") if name == "kernel" else value
         for name, value in check_layer_params(spec, params).items()
     }
+
+
+# ---------------------------------------------------------------- models
+#
+# A model of a ModelSpec holds one layer per spec layer (None for pooling and flatten,
+# which have no parameters) and runs them through run_model, so NNX and Linen share the
+# input layout, the pooling, the flatten order and the parameter layouts.
+
+#: Kinds whose kernel is a convolution's: ``(A, B, *k)`` in the core, ``(*k, B, A)`` in Flax.
+CONV_KINDS = ("yat_conv", "yat_conv_transpose", "conv")
+
+
+def plain_layer_options(spec: LayerSpec) -> dict[str, Any]:
+    """A ``"linear"`` or ``"conv"`` spec as the arguments of ``nnx.Linear`` / ``nnx.Conv`` (``linen.Dense`` / ``Conv``).
+
+    The bias is learnable or absent (a constant one is :func:`linear_tail`'s); both
+    initialisers are torch's default, uniform on ``±1/sqrt(fan_in)``, as the core
+    draws them. A convolution adds its geometry in Flax's spelling: the core's int
+    padding as ``(p, p)`` pairs, ``"valid"`` / ``"same"`` as Flax's ``"VALID"`` /
+    ``"SAME"`` (the core's ``"same"`` is stride 1 only, where the two agree).
+
+    Examples
+    --------
+    >>> from yat_core.spec import LayerSpec
+    >>> options = plain_layer_options(LayerSpec("conv", 4, 6, kernel_size=(3, 3), padding=(1, 1), groups=2))
+    >>> {k: v for k, v in options.items() if not k.endswith("_init")}  # doctest: +NORMALIZE_WHITESPACE
+    {'use_bias': True, 'kernel_size': (3, 3), 'strides': (1, 1), 'padding': ((1, 1), (1, 1)),
+     'kernel_dilation': (1, 1), 'feature_group_count': 2}
+    """
+    if spec.kind not in ("linear", "conv"):
+        raise ValueError(f"Flax's own layers build 'linear' and 'conv' specs, not {spec.kind!r}")
+    init = fan_in_uniform(spec.fans[0])
+    options: dict[str, Any] = {"use_bias": spec.bias == LEARNABLE, "kernel_init": init, "bias_init": init}
+    if spec.kind == "conv":
+        geometry = spec.conv_options
+        padding = geometry["padding"]
+        options.update(
+            kernel_size=spec.kernel_size,
+            strides=geometry["stride"],
+            padding=padding.upper() if isinstance(padding, str) else tuple((p, p) for p in padding),
+            kernel_dilation=geometry["dilation"],
+            feature_group_count=geometry["groups"],
+        )
+    return options
+
+
+def to_flax_param(layer: LayerSpec, name: str, value: Any) -> Any:
+    """One parameter as :func:`~yat_core.nn.interchange.import_arrays` hands it over, in Flax's layout.
+
+    Dense kernels arrive ``(in, out)`` already (``kernel_in_out=True``); convolution
+    kernels arrive in the core's layout and go through :func:`to_flax_kernel`, the
+    conversion the Yat convolutions use.
+
+    Examples
+    --------
+    >>> from yat_core.spec import LayerSpec
+    >>> to_flax_param(LayerSpec("conv", 2, 8, kernel_size=(5, 4)), "kernel", np.zeros((8, 2, 5, 4))).shape
+    (5, 4, 2, 8)
+    """
+    return to_flax_kernel(value) if name == "kernel" and layer.kind in CONV_KINDS else value
+
+
+def to_core_param(layer: LayerSpec, name: str, value: Any) -> np.ndarray:
+    """The inverse of :func:`to_flax_param`, for :func:`~yat_core.nn.interchange.export_arrays`: a NumPy array.
+
+    Examples
+    --------
+    >>> from yat_core.spec import LayerSpec
+    >>> to_core_param(LayerSpec("yat_conv", 2, 8, kernel_size=(5, 4)), "kernel", np.zeros((5, 4, 2, 8))).shape
+    (8, 2, 5, 4)
+    """
+    value = np.asarray(value)
+    return np.ascontiguousarray(to_core_kernel(value)) if name == "kernel" and layer.kind in CONV_KINDS else value
+
+
+def input_layout(spec: ModelSpec) -> tuple[int, ...]:
+    """One sample's input shape as the Flax model takes it: the core's ``(C, *spatial)`` channels last.
+
+    Examples
+    --------
+    >>> from yat_core.spec import cnn_spec, seed_spec
+    >>> input_layout(cnn_spec()), input_layout(seed_spec())
+    ((28, 28, 1), (784,))
+    """
+    shape = spec.input_shape
+    return shape if len(shape) == 1 else (*shape[1:], shape[0])
+
+
+def channels_last(x: Any, spec: ModelSpec) -> Any:
+    """Samples in the core's layout (``(n, *spec.input_shape)``, or flat ``(n, prod)``) in Flax's (NumPy or JAX).
+
+    The flat order is the core's (channels first), as :func:`yat_core.mlp.model_input`
+    reads it.
+
+    Examples
+    --------
+    >>> from yat_core.spec import cnn_spec
+    >>> channels_last(np.zeros((2, 1, 28, 28)), cnn_spec()).shape, channels_last(np.zeros((2, 784)), cnn_spec()).shape
+    ((2, 28, 28, 1), (2, 28, 28, 1))
+    """
+    x = x.reshape((x.shape[0], *spec.input_shape))
+    return x if x.ndim <= 2 else x.transpose((0, *range(2, x.ndim), 1))
+
+
+def model_input(x: jax.Array, spec: ModelSpec) -> jax.Array:
+    """``x`` as the model's first layer takes it, ``(n, *input_layout(spec))``.
+
+    Inputs of that shape pass as they are; any other shape of the same size per sample
+    (flat ``(n, 784)``, MNIST's ``(n, 28, 28)``) is read in the core's order
+    (:func:`channels_last`).
+
+    Examples
+    --------
+    >>> from yat_core.spec import cnn_spec
+    >>> model_input(jnp.zeros((2, 28, 28)), cnn_spec()).shape
+    (2, 28, 28, 1)
+    >>> model_input(jnp.zeros((2, 27, 28)), cnn_spec())
+    Traceback (most recent call last):
+    ...
+    ValueError: the model takes inputs (n, 28, 28, 1), channels last, or (n, 784) flat; got shape (2, 27, 28)
+    """
+    layout = input_layout(spec)
+    if tuple(x.shape[1:]) == layout:
+        return x
+    if x.ndim < 2 or math.prod(x.shape[1:]) != spec.in_features:
+        dims = ", ".join(map(str, layout))
+        where = ", channels last," if len(layout) > 1 else ""
+        raise ValueError(
+            f"the model takes inputs (n, {dims}){where} or (n, {spec.in_features}) flat; got shape {tuple(x.shape)}"
+        )
+    return channels_last(x, spec)
+
+
+def run_model(spec: ModelSpec, layers: Sequence[Callable[[jax.Array], jax.Array] | None], x: jax.Array) -> jax.Array:
+    """A model's forward: ``layers[i]`` is spec layer ``i``'s module (None for pooling and flatten).
+
+    Pooling is Flax's (``max_pool`` / ``avg_pool``, window = stride = ``kernel_size``,
+    ``"VALID"``: a remainder is dropped, as in the core). Flatten reads the
+    channels-last ``(n, *spatial, C)`` in the core's order ``(C, *spatial)``, so the
+    dense kernel after it is the core's array in every framework.
+
+    Examples
+    --------
+    >>> from yat_core.spec import LayerSpec, ModelSpec
+    >>> spec = ModelSpec((LayerSpec("avg_pool", 2, 2, kernel_size=(2,)), LayerSpec("flatten", 2, 4)), (2, 4))
+    >>> x = jnp.arange(8.0).reshape(1, 2, 4)  # the core's (n, C, L)
+    >>> run_model(spec, [None, None], x)  # per channel first: (0+1)/2, (2+3)/2, then (4+5)/2, (6+7)/2
+    Array([[0.5, 2.5, 4.5, 6.5]], dtype=float32)
+    """
+    h = model_input(x, spec)
+    for layer, module in zip(spec.layers, layers):
+        if layer.kind in ("max_pool", "avg_pool"):
+            pool = max_pool if layer.kind == "max_pool" else avg_pool
+            h = pool(h, layer.kernel_size, strides=layer.kernel_size, padding="VALID")
+        elif layer.kind == "flatten":
+            h = jnp.moveaxis(h, -1, 1).reshape(h.shape[0], -1)
+        else:
+            if module is None:
+                raise TypeError(f"a {layer.kind} layer needs its module, got None")
+            h = module(h)
+            if layer.kind in ("linear", "conv"):
+                h = linear_tail(h, layer)
+    return h

@@ -1,17 +1,10 @@
-"""Flax Linen: the Yat layers as ``linen.Module`` subclasses, and the model of an :class:`~yat_core.mlp.MLPSpec`.
+"""Flax Linen: the Yat layers as ``linen.Module`` subclasses, and the model of any :class:`~yat_core.spec.ModelSpec`.
 
 :class:`YatNMN` takes the attributes ``linen.Dense`` takes (``features``,
 ``use_bias``, ``dtype``, ``param_dtype``, ``precision``, ``kernel_init``,
 ``bias_init``; shard it with ``nn.with_partitioning``-wrapped initialisers) and
 keeps its ``kernel`` ``(in, features)`` as ``linen.Dense`` does; export and import
-transpose it to the core's ``(out, in)``. Submodules are named after the spec's
-layer index, so the variables read
-``{"params": {"0": {"kernel", "bias", "alpha"}, "1": ..., "2": {"kernel", "bias"}}}``.
-
-Linen modules hold no state: :func:`build_model` returns a *bound* module
-(``module.bind(variables)``) that is callable and carries its parameters, and
-:func:`import_params` returns a new bound module. Training lives in
-:mod:`yat_core.runners.linen`.
+transpose it to the core's ``(out, in)``.
 
 :class:`YatConv` and :class:`YatConvTranspose` are the Yat convolutions as
 ``linen.Conv`` / ``linen.ConvTranspose`` are built: channels last, 1, 2 or 3 spatial
@@ -20,6 +13,20 @@ dimensions (``len(kernel_size)``), the input features taken from the input, kern
 in ``{"params": {"kernel", "bias", "alpha", "epsilon_raw"}}``;
 ``layer.export_params(variables)`` / ``layer.import_params(mapping)`` speak the
 core's names and layouts.
+
+:class:`YatModel` (also ``YatMLP``) is a spec's network, built as
+:class:`yat_core.nn.nnx.YatModel` is (``"linear"`` -> ``linen.Dense``, ``"conv"`` ->
+``linen.Conv``, pooling ``linen.max_pool`` / ``avg_pool``, flatten in the core's
+channels-first order). Submodules are named after the spec's layer index, so the
+variables of :func:`~yat_core.spec.cnn_spec` read ``{"params": {"0": {"kernel",
+"bias", "alpha"}, "2": ..., "5": ..., "6": {"kernel", "bias"}}}`` (pooling and flatten
+have none). It takes channels-last inputs ``(n, *spatial, C)``; :func:`predict` takes
+the core's.
+
+Linen modules hold no state: :func:`build_model` returns a *bound* module
+(``module.bind(variables)``) that is callable and carries its parameters, and
+:func:`import_params` returns a new bound module. Training lives in
+:mod:`yat_core.runners.linen`.
 """
 
 from __future__ import annotations
@@ -33,9 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
+from yat_core.mlp import LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.nn._flax import (
     Initializer,
+    channels_last,
     check_conv_input,
     conv_kernel_size,
     export_layer,
@@ -44,7 +52,10 @@ from yat_core.nn._flax import (
     flax_conv_spec,
     flax_options,
     import_layer,
-    linear_tail,
+    plain_layer_options,
+    run_model,
+    to_core_param,
+    to_flax_param,
     xavier_normal,
     yat_conv_forward,
     yat_dense,
@@ -58,6 +69,7 @@ __all__ = [
     "YatNMN",
     "YatConv",
     "YatConvTranspose",
+    "YatModel",
     "YatMLP",
     "build_model",
     "export_params",
@@ -407,65 +419,71 @@ class YatConvTranspose(_YatConvBase):
     _kind = "yat_conv_transpose"
 
 
-class YatMLP(nn.Module):
-    """The MLP of an :class:`~yat_core.mlp.MLPSpec`: flatten, then submodules ``"0"``, ``"1"``, ...
+def _layer(spec: LayerSpec, **kwargs: Any) -> nn.Module | None:
+    """The Linen module of one spec layer; None for pooling and flatten (:func:`~yat_core.nn._flax.run_model` runs them)."""
+    if spec.kind in ("linear", "conv"):
+        cls = nn.Dense if spec.kind == "linear" else nn.Conv
+        return cls(spec.out_features, **plain_layer_options(spec), **kwargs)
+    yat: Any = {"yat": YatNMN, "yat_conv": YatConv, "yat_conv_transpose": YatConvTranspose}.get(spec.kind)
+    return None if yat is None else yat.from_spec(spec, **kwargs)
 
-    ``dtype``, ``param_dtype`` and ``precision`` go to every layer.
+
+class YatModel(nn.Module):
+    """The network of a :class:`~yat_core.spec.ModelSpec`: submodules ``"0"``, ``"1"``, ... in turn, channels last.
+
+    Inputs ``(n, *spatial, C)`` (the spec's ``input_shape`` ``(C, *spatial)`` with the
+    channels last) or, for an MLP, ``(n, features)``; any other shape of the same size
+    per sample (``(n, 784)``, ``(n, 28, 28)``) is read in the core's order, channels
+    first. ``dtype``, ``param_dtype`` and ``precision`` go to every layer.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
-    >>> variables = YatMLP(seed_spec()).init(jax.random.key(0), jnp.zeros((1, 784)))
-    >>> sorted(variables["params"]), sorted(variables["params"]["0"])
-    (['0', '1', '2'], ['alpha', 'bias', 'kernel'])
+    >>> from yat_core.spec import cnn_spec
+    >>> variables = YatModel(cnn_spec()).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    >>> sorted(variables["params"]), variables["params"]["0"]["kernel"].shape
+    (['0', '2', '5', '6'], (3, 3, 1, 32))
     """
 
-    spec: MLPSpec
+    spec: ModelSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
     precision: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = x.reshape(x.shape[0], -1)
         kwargs = {"dtype": self.dtype, "param_dtype": self.param_dtype, "precision": self.precision}
-        for i, layer in enumerate(self.spec.layers):
-            if layer.kind == "yat":
-                h = YatNMN.from_spec(layer, name=str(i), **kwargs)(h)
-            else:
-                init = fan_in_uniform(layer.in_features)  # nn.Linear's defaults, as the core draws them
-                h = nn.Dense(
-                    layer.out_features,
-                    use_bias=layer.bias == LEARNABLE,
-                    kernel_init=init,
-                    bias_init=init,
-                    name=str(i),
-                    **kwargs,
-                )(h)
-                h = linear_tail(h, layer)
-        return h
+        layers = [_layer(layer, name=str(i), **kwargs) for i, layer in enumerate(self.spec.layers)]
+        return run_model(self.spec, layers, x)
 
 
-def params_to_tree(spec: MLPSpec, params: Mapping[str, Any], dtype: Any = jnp.float32) -> Tree:
-    """Core-named parameters as a Linen ``params`` tree (kernels transposed to ``(in, out)``).
+#: The name of the MLP-only model; every spec builds a :class:`YatModel` now.
+YatMLP = YatModel
+
+
+def params_to_tree(spec: ModelSpec, params: Mapping[str, Any], dtype: Any = jnp.float32) -> Tree:
+    """Core-named parameters as a Linen ``params`` tree in Flax's layouts.
+
+    Dense kernels ``(in, out)``, convolution kernels ``(*k, B, A)`` (the core's ``(A,
+    B, *k)``); names and shapes are checked first.
 
     Examples
     --------
-    >>> from yat_core.mlp import init_mlp_numpy, seed_spec
-    >>> tree = params_to_tree(seed_spec(), init_mlp_numpy(seed_spec(), 0))
-    >>> tree["0"]["kernel"].shape
-    (784, 256)
+    >>> from yat_core.mlp import init_mlp_numpy
+    >>> from yat_core.spec import cnn_spec
+    >>> tree = params_to_tree(cnn_spec(), init_mlp_numpy(cnn_spec(), 0))
+    >>> tree["0"]["kernel"].shape, tree["5"]["kernel"].shape
+    ((3, 3, 1, 32), (1600, 128))
     """
     tree: Tree = {}
 
     def write(i: int, name: str, value: np.ndarray) -> None:
-        tree.setdefault(str(i), {})[name] = jnp.asarray(value, dtype=dtype)
+        tree.setdefault(str(i), {})[name] = jnp.asarray(to_flax_param(spec.layers[i], name, value), dtype=dtype)
 
     import_arrays(spec, params, write, kernel_in_out=True)
     return tree
 
 
-def tree_to_params(spec: MLPSpec, tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def tree_to_params(spec: ModelSpec, tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The inverse of :func:`params_to_tree`: ``{core name: numpy array}``, in spec order.
 
     Examples
@@ -474,40 +492,43 @@ def tree_to_params(spec: MLPSpec, tree: Mapping[str, Any]) -> dict[str, np.ndarr
     >>> tree_to_params(seed_spec(), params_to_tree(seed_spec(), init_mlp_numpy(seed_spec(), 0)))["0.kernel"].shape
     (256, 784)
     """
-    return export_arrays(spec, lambda i, name: tree[str(i)][name], kernel_in_out=True)
+    return export_arrays(
+        spec, lambda i, name: to_core_param(spec.layers[i], name, tree[str(i)][name]), kernel_in_out=True
+    )
 
 
 def build_model(
-    spec: MLPSpec, seed: int, *, dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None
-) -> YatMLP:
+    spec: ModelSpec, seed: int, *, dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None
+) -> YatModel:
     """The bound model of ``spec`` with the weights of :func:`~yat_core.mlp.init_mlp_numpy`.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
+    >>> from yat_core.spec import cnn_spec, seed_spec
     >>> model = build_model(seed_spec(), seed=0)
-    >>> count_params(model), model(jnp.zeros((2, 784))).shape
-    (235148, (2, 10))
+    >>> count_params(model), model(jnp.zeros((2, 784))).shape, count_params(build_model(cnn_spec(), 0))
+    (235148, (2, 10), 225037)
     """
-    module = YatMLP(spec, dtype=dtype, param_dtype=param_dtype, precision=precision)
+    module = YatModel(spec, dtype=dtype, param_dtype=param_dtype, precision=precision)
     # Drawn in the parameters' dtype, as the core draws them.
     init = init_mlp_numpy(spec, seed, np.dtype(param_dtype))
     return module.bind({"params": params_to_tree(spec, init, param_dtype)})
 
 
-def export_params(model: YatMLP) -> dict[str, np.ndarray]:
-    """A bound model's parameters as ``{core name: numpy array}`` (kernels ``(out, in)``).
+def export_params(model: YatModel) -> dict[str, np.ndarray]:
+    """A bound model's parameters as ``{core name: numpy array}`` in the core's layouts.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
-    >>> export_params(build_model(seed_spec(), 0))["0.kernel"].shape
-    (256, 784)
+    >>> from yat_core.spec import cnn_spec
+    >>> params = export_params(build_model(cnn_spec(), 0))
+    >>> params["0.kernel"].shape, params["5.kernel"].shape
+    ((32, 1, 3, 3), (128, 1600))
     """
     return tree_to_params(model.spec, _bound_params(model))
 
 
-def import_params(model: YatMLP, params: Mapping[str, Any]) -> YatMLP:
+def import_params(model: YatModel, params: Mapping[str, Any]) -> YatModel:
     """``model`` bound to ``params`` (core names and layouts): a new bound module.
 
     Linen modules are immutable, so use the return value. Values are cast to the
@@ -546,19 +567,23 @@ def _bound_params(model: nn.Module) -> Mapping[str, Any]:
     return model.variables["params"]
 
 
-def predict(model: YatMLP, x: np.ndarray) -> np.ndarray:
-    """Logits of a bound model for float inputs ``x`` (NumPy, ``(n, in)``), as a NumPy array.
+def predict(model: YatModel, x: np.ndarray) -> np.ndarray:
+    """Logits of a bound model for float inputs ``x`` in the core's layout, as a NumPy array.
+
+    ``x`` is what :func:`yat_core.mlp.mlp_forward` takes: ``(n, *spec.input_shape)``
+    (channels first) or flat ``(n, prod)``; it is moved to the model's channels-last
+    layout here.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
-    >>> predict(build_model(seed_spec(), 0), np.zeros((3, 784), np.float32)).shape
+    >>> from yat_core.spec import cnn_spec
+    >>> predict(build_model(cnn_spec(), 0), np.zeros((3, 1, 28, 28), np.float32)).shape
     (3, 10)
     """
     module, variables = model.unbind()
-    return np.asarray(_apply(module, variables, jnp.asarray(x)))
+    return np.asarray(_apply(module, variables, jnp.asarray(channels_last(np.asarray(x), module.spec))))
 
 
 @partial(jax.jit, static_argnums=(0,))
-def _apply(module: YatMLP, variables: Tree, x: jax.Array) -> Any:
+def _apply(module: YatModel, variables: Tree, x: jax.Array) -> Any:
     return module.apply(variables, x)

@@ -1,19 +1,27 @@
-"""Flax NNX: the Yat layers as ``nnx.Module`` subclasses, and the model of an :class:`~yat_core.mlp.MLPSpec`.
+"""Flax NNX: the Yat layers as ``nnx.Module`` subclasses, and the model of any :class:`~yat_core.spec.ModelSpec`.
 
 :class:`YatNMN` takes the arguments ``nnx.Linear`` takes (``use_bias``, ``dtype``,
 ``param_dtype``, ``precision``, ``kernel_init``, ``bias_init``, ``kernel_metadata``,
 ``bias_metadata``, ``rngs``) and keeps its ``kernel`` ``(in_features,
 out_features)`` as ``nnx.Linear`` does; export and import transpose it to the
-core's ``(out, in)``. Bias, alpha and epsilon_raw keep the core's names. The model
-holds its layers in ``model.layers`` (an ``nnx.List``), one per spec layer, so
-``model.layers[0].kernel`` is the interchange's ``"0.kernel"`` transposed.
-Training lives in :mod:`yat_core.runners.nnx`.
+core's ``(out, in)``. Bias, alpha and epsilon_raw keep the core's names.
 
 :class:`YatConv` and :class:`YatConvTranspose` are the Yat convolutions as
 ``nnx.Conv`` / ``nnx.ConvTranspose`` are built: channels last, 1, 2 or 3 spatial
 dimensions (``len(kernel_size)``), kernels ``(*kernel_size, in/groups, out)`` and
 ``(*kernel_size, out/groups, in)``; ``layer.export_params()`` /
 ``layer.import_params(mapping)`` speak the core's names and layouts.
+
+:class:`YatModel` (also ``YatMLP``) is a spec's network: ``"yat"`` -> :class:`YatNMN`,
+``"linear"`` -> ``nnx.Linear``, ``"yat_conv"`` / ``"yat_conv_transpose"`` ->
+:class:`YatConv` / :class:`YatConvTranspose`, ``"conv"`` -> ``nnx.Conv`` (a ReLU
+after it and after ``"linear"`` where the spec says), ``"max_pool"`` / ``"avg_pool"``
+-> ``nnx.max_pool`` / ``nnx.avg_pool``, ``"flatten"`` in the core's (channels-first)
+order. It holds its layers in ``model.layers`` (an ``nnx.List``, one entry per spec
+layer, None for pooling and flatten), so ``model.layers[0].kernel`` is the
+interchange's ``"0.kernel"`` in Flax's layout. It takes channels-last inputs
+``(n, *spatial, C)``; :func:`predict` takes the core's. Training lives in
+:mod:`yat_core.runners.nnx`.
 """
 
 from __future__ import annotations
@@ -27,17 +35,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
+from yat_core.mlp import LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.nn._flax import (
     Initializer,
+    channels_last,
     export_layer,
     fan_in_uniform,
     flax_conv_options,
     flax_conv_spec,
     flax_options,
     import_layer,
-    linear_tail,
     matmul_precision,
+    plain_layer_options,
+    run_model,
+    to_core_param,
+    to_flax_param,
     xavier_normal,
     yat_conv_forward,
     yat_dense,
@@ -51,6 +63,7 @@ __all__ = [
     "YatNMN",
     "YatConv",
     "YatConvTranspose",
+    "YatModel",
     "YatMLP",
     "build_model",
     "export_params",
@@ -521,100 +534,113 @@ class YatConvTranspose(_YatConvBase):
         )
 
 
-def _linear(spec: LayerSpec, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Linear:
-    init = fan_in_uniform(spec.in_features)  # nn.Linear's defaults, as the core draws them
-    return nnx.Linear(
-        spec.in_features,
-        spec.out_features,
-        use_bias=spec.bias == LEARNABLE,
-        kernel_init=init,
-        bias_init=init,
-        rngs=rngs,
-        **kwargs,
-    )
+def _layer(spec: LayerSpec, **kwargs: Any) -> nnx.Module | None:
+    """The NNX module of one spec layer; None for pooling and flatten (:func:`~yat_core.nn._flax.run_model` runs them)."""
+    if spec.kind in ("linear", "conv"):
+        cls = nnx.Linear if spec.kind == "linear" else nnx.Conv
+        return cls(spec.in_features, spec.out_features, **plain_layer_options(spec), **kwargs)
+    yat: Any = {"yat": YatNMN, "yat_conv": YatConv, "yat_conv_transpose": YatConvTranspose}.get(spec.kind)
+    return None if yat is None else yat.from_spec(spec, **kwargs)
 
 
-class YatMLP(nnx.Module):
-    """The MLP of an :class:`~yat_core.mlp.MLPSpec`: flatten, then ``model.layers`` in turn.
+class YatModel(nnx.Module):
+    """The network of a :class:`~yat_core.spec.ModelSpec`: ``model.layers`` in turn, channels last.
 
-    ``dtype``, ``param_dtype`` and ``precision`` go to every layer.
+    Inputs ``(n, *spatial, C)`` (the spec's ``input_shape`` ``(C, *spatial)`` with the
+    channels last) or, for an MLP, ``(n, features)``; any other shape of the same size
+    per sample (``(n, 784)``, ``(n, 28, 28)``) is read in the core's order, channels
+    first. ``dtype``, ``param_dtype`` and ``precision`` go to every layer.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
-    >>> model = YatMLP(seed_spec(), rngs=nnx.Rngs(0))
+    >>> from yat_core.spec import cnn_spec
+    >>> model = YatModel(cnn_spec(), rngs=nnx.Rngs(0))
     >>> [type(layer).__name__ for layer in model.layers]
-    ['YatNMN', 'YatNMN', 'Linear']
-    >>> model(jnp.zeros((2, 28, 28))).shape
-    (2, 10)
+    ['YatConv', 'NoneType', 'YatConv', 'NoneType', 'NoneType', 'YatNMN', 'Linear']
+    >>> model(jnp.zeros((2, 28, 28, 1))).shape, model.layers[0].kernel.shape
+    ((2, 10), (3, 3, 1, 32))
     """
 
     def __init__(
-        self, spec: MLPSpec, *, dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None, rngs: nnx.Rngs
+        self,
+        spec: ModelSpec,
+        *,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: Any = None,
+        rngs: nnx.Rngs,
     ) -> None:
         self.spec = spec
         kwargs = {"dtype": dtype, "param_dtype": param_dtype, "precision": precision, "rngs": rngs}
-        self.layers = nnx.List(
-            [
-                YatNMN.from_spec(layer, **kwargs) if layer.kind == "yat" else _linear(layer, **kwargs)
-                for layer in spec.layers
-            ]
-        )
+        self.layers = nnx.List([_layer(layer, **kwargs) for layer in spec.layers])
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = x.reshape(x.shape[0], -1)
-        for spec, layer in zip(self.spec.layers, self.layers):
-            h = layer(h)
-            if spec.kind == "linear":
-                h = linear_tail(h, spec)
-        return h
+        return run_model(self.spec, self.layers, x)
+
+
+#: The name of the MLP-only model; every spec builds a :class:`YatModel` now.
+YatMLP = YatModel
 
 
 def build_model(
-    spec: MLPSpec, seed: int, *, dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None
-) -> YatMLP:
+    spec: ModelSpec, seed: int, *, dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None
+) -> YatModel:
     """The native model of ``spec`` with the weights of :func:`~yat_core.mlp.init_mlp_numpy`.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
-    >>> count_params(build_model(seed_spec(), seed=0))
-    235148
+    >>> from yat_core.spec import cnn_relu_spec, seed_spec
+    >>> count_params(build_model(seed_spec(), seed=0)), count_params(build_model(cnn_relu_spec(), seed=0))
+    (235148, 225034)
     """
-    model = YatMLP(spec, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=nnx.Rngs(seed))
+    # Abstract (shapes and dtypes only): the layers' own initialisers would draw values that the
+    # import replaces, compiling a random draw per shape on the way (seconds for the CNN).
+    model = nnx.eval_shape(
+        lambda: YatModel(spec, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=nnx.Rngs(seed))
+    )
     # Drawn in the parameters' dtype, as the core draws them.
     return import_params(model, init_mlp_numpy(spec, seed, np.dtype(param_dtype)))
 
 
-def export_params(model: YatMLP) -> dict[str, np.ndarray]:
-    """The model's parameters as ``{core name: numpy array}`` (kernels transposed to ``(out, in)``).
+def export_params(model: YatModel) -> dict[str, np.ndarray]:
+    """The model's parameters as ``{core name: numpy array}`` in the core's layouts.
+
+    Dense kernels ``(out, in)``, convolution kernels ``(out, in/groups, *k)``
+    (transposed: ``(in, out/groups, *k)``).
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
-    >>> export_params(build_model(seed_spec(), 0))["0.kernel"].shape
-    (256, 784)
+    >>> from yat_core.spec import cnn_spec
+    >>> params = export_params(build_model(cnn_spec(), 0))
+    >>> params["0.kernel"].shape, params["5.kernel"].shape
+    ((32, 1, 3, 3), (128, 1600))
     """
-    return export_arrays(model.spec, lambda i, name: getattr(model.layers[i], name).get_value(), kernel_in_out=True)
+
+    def read(i: int, name: str) -> np.ndarray:
+        return to_core_param(model.spec.layers[i], name, getattr(model.layers[i], name).get_value())
+
+    return export_arrays(model.spec, read, kernel_in_out=True)
 
 
-def import_params(model: YatMLP, params: Mapping[str, Any]) -> YatMLP:
+def import_params(model: YatModel, params: Mapping[str, Any]) -> YatModel:
     """Set ``model``'s parameters from ``params`` (core names and layouts) in place; return it.
 
     Values are cast to each parameter's dtype and keep its sharding; names and
-    shapes are checked first by :func:`yat_core.nn.interchange.check_params`.
+    shapes are checked first by :func:`yat_core.nn.interchange.check_params`, so a
+    bad mapping leaves the model as it was.
 
     Examples
     --------
     >>> from yat_core.mlp import init_mlp_numpy, seed_spec
-    >>> model = import_params(YatMLP(seed_spec(), rngs=nnx.Rngs(5)), init_mlp_numpy(seed_spec(), 0))
+    >>> model = import_params(YatModel(seed_spec(), rngs=nnx.Rngs(5)), init_mlp_numpy(seed_spec(), 0))
     >>> bool(jnp.all(model.layers[0].kernel.get_value().T == init_mlp_numpy(seed_spec(), 0)["0.kernel"]))
     True
     """
 
     def write(i: int, name: str, value: np.ndarray) -> None:
         variable = getattr(model.layers[i], name)
-        old = variable.get_value()
+        old = variable.get_value()  # an array, or a jax.ShapeDtypeStruct in build_model's abstract model
+        value = to_flax_param(model.spec.layers[i], name, value)
         variable.set_value(jax.device_put(jnp.asarray(value, dtype=old.dtype), old.sharding))
 
     import_arrays(model.spec, params, write, kernel_in_out=True)
@@ -632,18 +658,22 @@ def count_params(model: nnx.Module) -> int:
     return sum(int(leaf.size) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def predict(model: YatMLP, x: np.ndarray) -> np.ndarray:
-    """Logits for float inputs ``x`` (NumPy, ``(n, in)``), as a NumPy array.
+def predict(model: YatModel, x: np.ndarray) -> np.ndarray:
+    """Logits for float inputs ``x`` in the core's layout, as a NumPy array.
+
+    ``x`` is what :func:`yat_core.mlp.mlp_forward` takes: ``(n, *spec.input_shape)``
+    (channels first) or flat ``(n, prod)``; it is moved to the model's channels-last
+    layout here.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
-    >>> predict(build_model(seed_spec(), 0), np.zeros((3, 784), np.float32)).shape
+    >>> from yat_core.spec import cnn_spec
+    >>> predict(build_model(cnn_spec(), 0), np.zeros((3, 1, 28, 28), np.float32)).shape
     (3, 10)
     """
-    return np.asarray(_predict(model, jnp.asarray(x)))
+    return np.asarray(_predict(model, jnp.asarray(channels_last(np.asarray(x), model.spec))))
 
 
 @nnx.jit
-def _predict(model: YatMLP, x: jax.Array) -> jax.Array:
+def _predict(model: YatModel, x: jax.Array) -> jax.Array:
     return model(x)

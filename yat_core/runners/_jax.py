@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from yat_core.backends.jax import JaxBackend
-from yat_core.mlp import MLPSpec, flatten_images
+from yat_core.mlp import ModelSpec, flatten_images
 from yat_core.runners._base import BackendRunner
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def jax_dtype(name: str) -> Any:
 
 
 def batch(images: jax.Array, labels: jax.Array, idx: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
-    """The training batch ``idx``: flattened float inputs and their labels."""
+    """The training batch ``idx``: flattened float inputs (the model reshapes them) and their labels."""
     x = flatten_images(jnp.take(images, idx, axis=0), dtype, xp=jnp)
     return x, jnp.take(labels, idx, axis=0)
 
@@ -58,7 +58,7 @@ class FlaxRunner(BackendRunner):
     distributions = ("flax", "jax", "jaxlib", "optax")
     backend: JaxBackend
 
-    def __init__(self, spec: MLPSpec, config: TrainConfig) -> None:
+    def __init__(self, spec: ModelSpec, config: TrainConfig) -> None:
         self.spec = spec
         self.backend = JaxBackend(config.device)
         self.dtype = jax_dtype(config.dtype)

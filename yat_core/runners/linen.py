@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax.training.train_state import TrainState
 
-from yat_core.mlp import MLPSpec, flatten_images, init_mlp_numpy
-from yat_core.nn.linen import YatMLP, count_params, params_to_tree, tree_to_params
+from yat_core.mlp import ModelSpec, flatten_images, init_mlp_numpy
+from yat_core.nn.linen import YatModel, count_params, params_to_tree, tree_to_params
 from yat_core.runners._jax import FlaxRunner, batch, eval_sums, mean_loss
 
 if TYPE_CHECKING:
@@ -35,9 +35,11 @@ def _eval_step(state: TrainState, images: jax.Array, labels: jax.Array, dtype: A
 
 
 class LinenRunner(FlaxRunner):
-    """Trains a :class:`~yat_core.nn.linen.YatMLP` functionally: ``TrainState`` over ``optax.adamw``.
+    """Trains the :class:`~yat_core.nn.linen.YatModel` of any spec functionally: ``TrainState`` over ``optax.adamw``.
 
-    The step runs under ``jax.jit``.
+    The step runs under ``jax.jit``. Batches go in flat
+    (:func:`~yat_core.mlp.flatten_images`); the model reshapes them to its input
+    layout (channels last for a CNN).
 
     Examples
     --------
@@ -46,16 +48,21 @@ class LinenRunner(FlaxRunner):
     >>> runner = LinenRunner(seed_spec(), TrainConfig(framework="linen"))
     >>> runner.name, runner.n_params()
     ('linen', 235148)
+    >>> from yat_core.spec import cnn_spec
+    >>> LinenRunner(cnn_spec(), TrainConfig(model="cnn", framework="linen")).n_params()
+    225037
     """
 
     name = framework = "linen"
 
-    def __init__(self, spec: MLPSpec, config: TrainConfig) -> None:
+    def __init__(self, spec: ModelSpec, config: TrainConfig) -> None:
         super().__init__(spec, config)
-        self.module = YatMLP(spec, param_dtype=self.dtype)
+        self.module = YatModel(spec, param_dtype=self.dtype)
         init = init_mlp_numpy(spec, config.seed, np.dtype(self.dtype))
-        params = jax.device_put(params_to_tree(spec, init, self.dtype), self.backend.jax_device)
-        self.state = TrainState.create(apply_fn=self.module.apply, params=params, tx=self.tx)
+        state = TrainState.create(apply_fn=self.module.apply, params=params_to_tree(spec, init, self.dtype), tx=self.tx)
+        # The whole state (the step counter and the optimizer's too) committed to the device, as
+        # the step's outputs will be: otherwise the second step compiles the step again.
+        self.state = jax.device_put(state, self.backend.jax_device)
 
     def n_params(self) -> int:
         return count_params(self.state.params)
@@ -75,7 +82,7 @@ class LinenRunner(FlaxRunner):
         return tree_to_params(self.spec, self.state.params)
 
     @property
-    def model(self) -> YatMLP:
+    def model(self) -> YatModel:
         """The model bound to the current parameters (as the other runners' ``model``)."""
         return self.module.bind({"params": self.state.params})
 

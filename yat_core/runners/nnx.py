@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from yat_core.mlp import MLPSpec, flatten_images
-from yat_core.nn.nnx import YatMLP, build_model, count_params, export_params
+from yat_core.mlp import ModelSpec, flatten_images
+from yat_core.nn.nnx import YatModel, build_model, count_params, export_params
 from yat_core.runners._jax import FlaxRunner, batch, eval_sums, mean_loss
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ __all__ = ["NNXRunner", "RUNNER_CLASS"]
 
 @nnx.jit(donate_argnums=(0, 1), static_argnums=(5,))
 def _train_step(
-    model: YatMLP, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array, idx: jax.Array, dtype: Any
+    model: YatModel, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array, idx: jax.Array, dtype: Any
 ) -> jax.Array:
     x, y = batch(images, labels, idx, dtype)
     loss, grads = nnx.value_and_grad(lambda m: mean_loss(m(x), y))(model)
@@ -30,12 +30,15 @@ def _train_step(
 
 
 @nnx.jit(static_argnums=(3,))
-def _eval_step(model: YatMLP, images: jax.Array, labels: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
+def _eval_step(model: YatModel, images: jax.Array, labels: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
     return eval_sums(model(flatten_images(images, dtype, xp=jnp)), labels)
 
 
 class NNXRunner(FlaxRunner):
-    """Trains a :class:`~yat_core.nn.nnx.YatMLP` with ``nnx.Optimizer(optax.adamw)``, the step under ``nnx.jit``.
+    """Trains the :class:`~yat_core.nn.nnx.YatModel` of any spec with ``nnx.Optimizer(optax.adamw)``, the step under ``nnx.jit``.
+
+    Batches go in flat (:func:`~yat_core.mlp.flatten_images`); the model reshapes
+    them to its input layout (channels last for a CNN).
 
     Examples
     --------
@@ -44,15 +47,23 @@ class NNXRunner(FlaxRunner):
     >>> runner = NNXRunner(seed_spec(), TrainConfig(framework="nnx"))
     >>> runner.name, runner.n_params()
     ('nnx', 235148)
+    >>> from yat_core.spec import cnn_spec
+    >>> NNXRunner(cnn_spec(), TrainConfig(model="cnn", framework="nnx")).n_params()
+    225037
     """
 
     name = framework = "nnx"
 
-    def __init__(self, spec: MLPSpec, config: TrainConfig) -> None:
+    def __init__(self, spec: ModelSpec, config: TrainConfig) -> None:
         super().__init__(spec, config)
-        with jax.default_device(self.backend.jax_device):
+        device = self.backend.jax_device
+        with jax.default_device(device):
             self.model = build_model(spec, config.seed, param_dtype=self.dtype)
             self.optimizer = nnx.Optimizer(self.model, self.tx, wrt=nnx.Param)
+        # Committed to the device now, as the step's outputs will be: otherwise the second
+        # step sees other shardings than the first and compiles the step again.
+        for module in (self.model, self.optimizer):
+            nnx.update(module, jax.device_put(nnx.state(module), device))
 
     def n_params(self) -> int:
         return count_params(self.model)
