@@ -15,6 +15,7 @@ nox.options.error_on_missing_interpreters = True
 CONSTRAINTS = ("-c", "constraints.txt")
 # Every framework the project supports; the tests and parity sessions fail if one is missing.
 ALL_EXTRAS = ".[torch,jax,mlx,flax,keras,tf,test]"
+PARITY_EXTRAS = ".[torch,jax,mlx,flax,keras,tf,test,nmn]"
 # Doctests of the TensorFlow runner need Keras on its tensorflow backend; every other module runs on jax.
 TF_DOCTESTS = ("yat_core/runners/tf.py",)
 
@@ -50,8 +51,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def parity(session: nox.Session) -> None:
-    """Numeric parity of every backend against the float64 oracle; fails on any skip."""
-    _install(session, ALL_EXTRAS)
+    """Numeric parity of every backend against the float64 oracle; fails on any skip.
+
+    The published ``nmn`` package is installed too: its convolutions are compared with ours.
+    """
+    _install(session, PARITY_EXTRAS)
     session.run(
         "python",
         "-m",
