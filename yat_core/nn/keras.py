@@ -1,4 +1,4 @@
-"""Keras 3 layers over the core: :class:`YatNMN`, :class:`Linear` and the model of an :class:`~yat_core.mlp.MLPSpec`.
+"""Keras 3 layers over the core: :class:`YatNMN`, :class:`Linear`, the Yat convolutions, and the model of a spec.
 
 The layers run on every Keras backend (jax, torch, tensorflow): they call
 :func:`yat_core.yat_product` through :func:`yat_core.namespaces.keras.namespace`,
@@ -27,6 +27,12 @@ native convolution (in :mod:`yat_core.namespaces.native`) is the backend library
 The core's convolution needs every size known; in a TensorFlow graph whose batch size
 is unknown (Keras's ``fit`` steps on the tensorflow backend) a layer maps it over the
 examples with ``keras.ops.vectorized_map``, which TensorFlow batches again.
+
+:func:`build_model` builds any :class:`~yat_core.spec.ModelSpec` (the MLP, the CNN)
+from these layers and Keras's own (``Conv2D``, ``MaxPooling2D``, ...) as a
+:class:`YatSequential` taking Keras's layout (channels last by default); its
+flatten is the core's channels-first order (:class:`ChannelsFirstFlatten`), so every
+kernel is the same array in every framework.
 """
 
 from __future__ import annotations
@@ -34,28 +40,31 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import keras
 import numpy as np
 from keras import ops
 
-from yat_core.conv import yat_conv, yat_conv_transpose
-from yat_core.mlp import LEARNABLE, LayerSpec, MLPSpec, init_mlp_numpy
+from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.namespaces.keras import dtype_name, namespace
+from yat_core.nn._keras_style import (
+    KerasConvArgs,
+    from_core,
+    input_layout,
+    layout_reshape,
+    to_core,
+    to_framework_layout,
+)
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
     check_size,
     conv_layer_spec,
-    conv_spec_options,
     forward_options,
-    keras_transpose_padding,
     kernel_from_core,
     kernel_to_core,
     linear_layer_spec,
     native_option,
-    per_dim,
-    same_padding,
     spec_options,
     yat_layer_spec,
 )
@@ -71,6 +80,8 @@ __all__ = [
     "YatConv2DTranspose",
     "YatConv3DTranspose",
     "conv_from_spec",
+    "ChannelsFirstFlatten",
+    "YatSequential",
     "build_model",
     "export_params",
     "import_params",
@@ -316,14 +327,13 @@ class Linear(_CoreLayer):
 # ------------------------------------------------------------ convolutions
 
 
-class _YatConv(keras.layers.Layer):
+class _YatConv(KerasConvArgs, keras.layers.Layer):
     """What the six Yat convolutions share; a subclass only sets ``rank`` and ``transposed``.
 
-    Documented on :class:`YatConv2D` and :class:`YatConv2DTranspose`.
+    Documented on :class:`YatConv2D` and :class:`YatConv2DTranspose`. The Keras
+    arguments and the core geometry they give are :class:`~yat_core.nn._keras_style.KerasConvArgs`'s,
+    shared with the TensorFlow modules.
     """
-
-    rank: ClassVar[int] = 0
-    transposed: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -352,25 +362,11 @@ class _YatConv(keras.layers.Layer):
         super().__init__(**kwargs)
         n = self.rank
         self.filters = check_size(filters, "filters")
-        self.kernel_size = per_dim(kernel_size, n, "kernel_size", 1)
-        self.strides = per_dim(strides, n, "strides", 1)
-        self.dilation_rate = per_dim(dilation_rate, n, "dilation_rate", 1)
         self.groups = check_size(groups, "groups")
         if self.filters % self.groups:
             raise ValueError(f"groups={self.groups} must divide filters={self.filters}")
-        if isinstance(padding, str):
-            if padding.lower() not in ("valid", "same"):
-                raise ValueError(f"padding must be 'valid', 'same' or ints (torch's rule), got {padding!r}")
-            self.padding: str | tuple[int, ...] = padding.lower()
-        else:
-            self.padding = per_dim(padding, n, "padding", 0)
-        data_format = keras.config.image_data_format() if data_format is None else str(data_format).lower()
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
-        self.data_format = data_format
-        if not self.transposed and output_padding is not None:
-            raise TypeError(f"{type(self).__name__} takes no output_padding (the transposed convolutions do)")
-        self.output_padding = None if output_padding is None else per_dim(output_padding, n, "output_padding", 0)
+        data_format = keras.config.image_data_format() if data_format is None else data_format
+        self._set_conv_args(kernel_size, strides, padding, data_format, dilation_rate, output_padding)
         # The core's options, checked (filters divisible by groups, epsilon > 0, ...); in channels come at build.
         self._template = conv_layer_spec(
             self.groups,
@@ -389,7 +385,6 @@ class _YatConv(keras.layers.Layer):
             names=("groups", "filters"),
         )
         self._param_spec: LayerSpec | None = None
-        self._geometry = self._transpose_geometry() if self.transposed else ()
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
@@ -398,53 +393,9 @@ class _YatConv(keras.layers.Layer):
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.input_spec = keras.layers.InputSpec(ndim=n + 2)
 
-    # ---------------------------------------------------------------- geometry
-
     @property
     def _channel_axis(self) -> int:
         return -1 if self.data_format == "channels_last" else 1
-
-    def _transpose_geometry(self) -> tuple[tuple[int, int, int], ...]:
-        """Per dimension the core's ``(padding, output_padding, crop)`` (see :func:`_keras_transpose_padding`)."""
-        n, out_pad = self.rank, self.output_padding
-        if isinstance(self.padding, tuple):  # torch's rule, as the core takes it
-            geometry = tuple((p, 0 if out_pad is None else out_pad[i], 0) for i, p in enumerate(self.padding))
-            for i, (_, op, _) in enumerate(geometry):
-                s, d = self.strides[i], self.dilation_rate[i]
-                if op >= s and op >= d:
-                    raise ValueError(
-                        f"output_padding must be smaller than strides or dilation_rate (torch's rule with integer "
-                        f"padding), got output_padding={out_pad}, strides={self.strides}, "
-                        f"dilation_rate={self.dilation_rate}"
-                    )
-            return geometry
-        if out_pad is not None and any(op >= s for op, s in zip(out_pad, self.strides)):
-            raise ValueError(
-                f"output_padding must be smaller than strides in every dimension (Keras's rule), "
-                f"got output_padding={out_pad}, strides={self.strides}"
-            )
-        return tuple(
-            keras_transpose_padding(
-                self.kernel_size[i],
-                self.strides[i],
-                self.dilation_rate[i],
-                self.padding,
-                None if out_pad is None else out_pad[i],
-            )
-            for i in range(n)
-        )
-
-    def _spatial_output(self, i: int, size: int | None) -> int | None:
-        if size is None:
-            return None
-        k, s, d = self.kernel_size[i], self.strides[i], self.dilation_rate[i]
-        if self.transposed:
-            p, op, crop = self._geometry[i]
-            return (size - 1) * s - 2 * p + d * (k - 1) + op + 1 - crop
-        if self.padding == "same":
-            return -(-size // s)
-        p = self.padding[i] if isinstance(self.padding, tuple) else 0
-        return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         last = self.data_format == "channels_last"
@@ -474,7 +425,7 @@ class _YatConv(keras.layers.Layer):
         for name, (initializer, regularizer, constraint) in weights.items():
             shape = shapes.get(name)
             if shape is not None and name == "kernel":
-                shape = (*shape[2:], shape[1], shape[0])  # Keras's layout (see _kernel_from_core)
+                shape = (*shape[2:], shape[1], shape[0])  # Keras's layout (see kernel_from_core)
             setattr(
                 self,
                 name,
@@ -502,25 +453,7 @@ class _YatConv(keras.layers.Layer):
         """
         if self._param_spec is None:
             raise AttributeError("You must build the layer before accessing `spec`.")
-        spec = self._param_spec
-        if self.transposed:
-            if any(crop for _, _, crop in self._geometry):
-                raise ValueError(
-                    f"{self.name}: Keras's padding={self.padding!r} with kernel_size={self.kernel_size}, "
-                    f"strides={self.strides} pads more on the left than on the right, which torch-style padding "
-                    "(the core's LayerSpec) cannot describe"
-                )
-            return dataclasses.replace(
-                spec,
-                padding=tuple(p for p, _, _ in self._geometry),
-                output_padding=tuple(op for _, op, _ in self._geometry),
-            )
-        if self.padding == "same" and max(self.strides) > 1:
-            raise ValueError(
-                f"{self.name}: Keras's padding='same' with strides={self.strides} depends on the input size; "
-                "the core's LayerSpec (torch's rule) has 'same' for stride 1 only"
-            )
-        return dataclasses.replace(spec, padding=self.padding)
+        return self._exact_spec(self._param_spec)
 
     def param_variables(self) -> dict[str, keras.Variable]:
         """The learnable variables under the core's names, in the core's order (empty before build)."""
@@ -561,29 +494,7 @@ class _YatConv(keras.layers.Layer):
         Padding is passed as the spec has it: ``"valid"``, ``"same"`` (stride 1) or
         integers (torch's rule), so the layer computes what the spec says.
         """
-        options = conv_spec_options(spec)
-        kind = "yat_conv_transpose" if cls.transposed else "yat_conv"
-        if spec.kind != kind or len(spec.kernel_size) != cls.rank:
-            raise ValueError(
-                f"{cls.__name__} is built from a {kind!r} spec with {cls.rank} spatial dimensions, got "
-                f"{spec.kind!r} with kernel_size {spec.kernel_size}"
-            )
-        extra = {"output_padding": options["output_padding"]} if cls.transposed else {}
-        layer = cls(
-            spec.out_features,
-            options["kernel_size"],
-            strides=options["stride"],
-            padding=options["padding"],
-            dilation_rate=options["dilation"],
-            groups=options["groups"],
-            use_bias=options["bias"],
-            use_alpha=options["alpha"],
-            epsilon=options["epsilon"],
-            learnable_epsilon=options["learnable_epsilon"],
-            spherical=options["spherical"],
-            **extra,
-            **kwargs,
-        )
+        layer = cls(**cls._spec_arguments(spec), **kwargs)
         channels = (spec.in_features,)
         spatial = (None,) * cls.rank
         layer.build(
@@ -610,31 +521,7 @@ class _YatConv(keras.layers.Layer):
         xp, spec, n = namespace(), self._built_spec(), self.rank
         kernel = ops.transpose(_read(self.kernel), (n + 1, n, *range(n)))  # the core's layout
         options = forward_options(spec, lambda name: _read(getattr(self, name)), xp)
-        geometry: dict[str, Any] = {"stride": self.strides, "dilation": self.dilation_rate, "groups": self.groups}
-        if self.transposed:
-            pads = tuple(p for p, _, _ in self._geometry)
-            out_pads = tuple(op for _, op, _ in self._geometry)
-            y = yat_conv_transpose(
-                x, kernel, padding=pads, output_padding=out_pads, native=True, xp=xp, **geometry, **options
-            )
-            if any(crop for _, _, crop in self._geometry):
-                y = y[
-                    (
-                        slice(None),
-                        slice(None),
-                        *(slice(0, int(m) - c) for m, (_, _, c) in zip(y.shape[2:], self._geometry)),
-                    )
-                ]
-        else:
-            padding: Any = self.padding
-            if padding == "same" and max(self.strides) > 1:  # TensorFlow's rule: may be one-sided
-                spatial = [int(v) for v in x.shape[2:]]
-                pairs = [same_padding(*a) for a in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)]
-                if any(lo != hi for lo, hi in pairs):
-                    x = ops.pad(x, [(0, 0), (0, 0), *((0, hi - lo) for lo, hi in pairs)])
-                padding = tuple(lo for lo, _ in pairs)
-            y = yat_conv(x, kernel, padding=padding, native=True, xp=xp, **geometry, **options)
-        return y
+        return self._core_conv(x, kernel, options, xp, ops.pad)
 
     def get_config(self) -> dict[str, Any]:
         t = self._template
@@ -837,70 +724,250 @@ def conv_from_spec(spec: LayerSpec, **kwargs: Any) -> _YatConv:
 # ------------------------------------------------------------ model and interchange
 
 
-def build_model(spec: MLPSpec, seed: int = 0, *, dtype: str = "float32") -> keras.Sequential:
-    """The Keras model of ``spec`` with the weights of :func:`~yat_core.mlp.init_mlp_numpy` for ``seed``.
+@keras.saving.register_keras_serializable(package="yat_core")
+class ChannelsFirstFlatten(keras.layers.Layer):
+    """``keras.layers.Flatten`` in the core's order: channels first, ``(n, C, *spatial) -> (n, C * prod(spatial))``.
 
-    A ``keras.Sequential`` taking flattened inputs ``(n, in_features)`` and
-    returning logits; its ``i``-th layer holds the core's ``"i.kernel"``, ...
+    Channels-last inputs ``(n, *spatial, C)`` are transposed to channels first before
+    they are flattened, so the dense kernel after a flatten is the core's array in every
+    framework (the interchange stays a plain copy). The model's ``"flatten"`` layer.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
+    >>> x = np.arange(12.0, dtype="float32").reshape(1, 2, 2, 3)  # (n, H, W, C)
+    >>> ops.convert_to_numpy(ChannelsFirstFlatten()(x))[0, :4]  # channel 0 of the four pixels first
+    array([0., 3., 6., 9.], dtype=float32)
+    """
+
+    def __init__(self, data_format: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_format = keras.config.image_data_format() if data_format is None else str(data_format).lower()
+
+    def call(self, inputs: Array) -> Array:
+        d = len(inputs.shape)
+        if self.data_format == "channels_last" and d > 2:
+            inputs = ops.transpose(inputs, (0, d - 1, *range(1, d - 1)))
+        return ops.reshape(inputs, (-1, math.prod(inputs.shape[1:])))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        features = input_shape[1:]
+        return (input_shape[0], None if None in features else math.prod(features))  # type: ignore[arg-type]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "data_format": self.data_format}
+
+
+def _spec_config(spec: ModelSpec) -> dict[str, Any]:
+    return {"input_shape": list(spec.input_shape), "layers": [dataclasses.asdict(layer) for layer in spec.layers]}
+
+
+def _spec_from_config(config: Mapping[str, Any]) -> ModelSpec:
+    # JSON turned the tuples into lists.
+    def layer(fields: Mapping[str, Any]) -> LayerSpec:
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        return LayerSpec(**values)
+
+    return ModelSpec(tuple(layer(f) for f in config["layers"]), tuple(config["input_shape"]))
+
+
+@keras.saving.register_keras_serializable(package="yat_core")
+class YatSequential(keras.Sequential):
+    """The ``keras.Sequential`` of a :class:`~yat_core.spec.ModelSpec`: its layers, and the spec they implement.
+
+    A Sequential in every respect (``layers``, ``compile`` / ``fit``, ``.keras``
+    files, which keep the spec) but one: besides inputs ``(n, *layout)`` in Keras's
+    ``data_format`` (:attr:`layout`: ``(28, 28, 1)`` for the CNN channels last,
+    ``(784,)`` for the MLP) it takes inputs of another rank holding the same values per
+    example, flat ``(n, 784)`` or images ``(n, 28, 28)``, and reshapes them, so the runner
+    can feed it flattened pixels. An input of the layout's rank but another shape
+    (channels first) is refused. :func:`build_model` makes one.
+    """
+
+    def __init__(
+        self,
+        layers: Any = None,
+        trainable: bool = True,
+        name: str | None = None,
+        *,
+        spec: ModelSpec | None = None,
+        data_format: str | None = None,
+    ) -> None:
+        super().__init__(layers, trainable=trainable, name=name)
+        self._model_spec = spec
+        self.data_format = keras.config.image_data_format() if data_format is None else data_format
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The core's description of the model."""
+        if self._model_spec is None:
+            raise ValueError(f"{self.name} was made without a ModelSpec; build it with build_model(spec)")
+        return self._model_spec
+
+    @property
+    def layout(self) -> tuple[int, ...]:
+        """One example's shape as the model takes it (the spec's input shape, channels last by default)."""
+        return input_layout(self.spec.input_shape, self.data_format == "channels_last")
+
+    def _to_layout(self, x: Array) -> Array:
+        if getattr(x.shape, "rank", 0) is None:  # a TensorFlow graph retraced for inputs of any rank
+            return ops.reshape(x, (-1, *self.layout))
+        target = layout_reshape(tuple(x.shape), self.layout, self.name)
+        return x if target is None else ops.reshape(x, target)
+
+    def call(self, inputs: Array, training: bool | None = None, mask: Any = None, **kwargs: Any) -> Array:
+        return super().call(self._to_layout(inputs), training=training, mask=mask, **kwargs)
+
+    def compute_output_spec(self, inputs: Any, training: bool | None = None, mask: Any = None, **kwargs: Any) -> Any:
+        return super().compute_output_spec(self._to_layout(inputs), training=training, mask=mask, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "spec": _spec_config(self.spec), "data_format": self.data_format}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> YatSequential:
+        config = dict(config)
+        spec, data_format = config.pop("spec"), config.pop("data_format")
+        model = super().from_config(config, custom_objects=custom_objects)
+        model._model_spec, model.data_format = _spec_from_config(spec), data_format
+        return model
+
+
+def _plain_conv(spec: LayerSpec, name: str, **kwargs: Any) -> list[keras.layers.Layer]:
+    """Keras's own ``Conv{1,2,3}D`` for a ``"conv"`` spec, after a ``ZeroPadding{1,2,3}D`` for integer padding."""
+    n, options = len(spec.kernel_size), spec.conv_options
+    if spec.bias not in (LEARNABLE, None):
+        raise ValueError(f"{name}: keras.layers.Conv{n}D has no constant bias (the spec's bias is {spec.bias})")
+    padding = options["padding"]
+    layers: list[keras.layers.Layer] = []
+    if not isinstance(padding, str):  # torch's symmetric padding: Keras's convolutions have "valid"/"same" only
+        if any(padding):
+            pairs = (padding[0],) * 2 if n == 1 else tuple((p, p) for p in padding)
+            layers.append(getattr(keras.layers, f"ZeroPadding{n}D")(pairs, name=f"{name}_padding", **kwargs))
+        padding = "valid"
+    conv = getattr(keras.layers, f"Conv{n}D")
+    return [
+        *layers,
+        conv(
+            spec.out_features,
+            spec.kernel_size,
+            strides=options["stride"],
+            padding=padding,
+            dilation_rate=options["dilation"],
+            groups=spec.groups,
+            activation=spec.activation,
+            use_bias=spec.bias == LEARNABLE,
+            name=name,
+            **kwargs,
+        ),
+    ]
+
+
+def _keras_layers(spec: LayerSpec, index: int, dtype: str, data_format: str) -> list[keras.layers.Layer]:
+    """The Keras layer(s) of one core layer."""
+    if spec.kind == "yat":
+        return [YatNMN.from_spec(spec, name=f"yat_nmn_{index}", dtype=dtype)]
+    if spec.kind == "linear":
+        return [Linear.from_spec(spec, name=f"linear_{index}", dtype=dtype)]
+    name, spatial = f"{spec.kind}_{index}", {"data_format": data_format, "dtype": dtype}
+    if spec.kind in ("yat_conv", "yat_conv_transpose"):
+        return [conv_from_spec(spec, name=name, **spatial)]
+    if spec.kind == "conv":
+        return _plain_conv(spec, name, **spatial)
+    if spec.kind == "flatten":
+        return [ChannelsFirstFlatten(name=name, **spatial)]
+    pool = "MaxPooling" if spec.kind == "max_pool" else "AveragePooling"
+    window = spec.kernel_size  # non-overlapping windows: stride = window, the remainder dropped ("valid")
+    return [getattr(keras.layers, f"{pool}{len(window)}D")(window, strides=window, name=name, **spatial)]
+
+
+def build_model(spec: ModelSpec, seed: int = 0, *, dtype: str = "float32") -> YatSequential:
+    """The Keras model of ``spec`` with the weights of :func:`~yat_core.mlp.init_mlp_numpy` for ``seed``.
+
+    A :class:`YatSequential` returning logits, inputs in Keras's ``data_format``
+    (channels last by default: ``(n, 28, 28, 1)`` for the CNN; flat ``(n, 784)`` or
+    ``(n, 28, 28)`` reshaped). Its layers, per core layer: ``"yat"`` :class:`YatNMN`,
+    ``"linear"`` :class:`Linear`, ``"yat_conv"`` / ``"yat_conv_transpose"`` the Yat
+    convolutions (:func:`conv_from_spec`), ``"conv"`` ``keras.layers.Conv{1,2,3}D`` (with
+    its ReLU; integer padding: a ``ZeroPadding{1,2,3}D`` before it), ``"max_pool"`` /
+    ``"avg_pool"`` ``keras.layers.MaxPooling{1,2,3}D`` / ``AveragePooling{1,2,3}D``
+    (window = stride), ``"flatten"`` :class:`ChannelsFirstFlatten` (the core's order).
+
+    Examples
+    --------
+    >>> from yat_core.spec import cnn_spec, seed_spec
     >>> model = build_model(seed_spec(), seed=0)
     >>> [layer.name for layer in model.layers], model.count_params()
     (['yat_nmn_0', 'yat_nmn_1', 'linear_2'], 235148)
+    >>> cnn = build_model(cnn_spec())
+    >>> [type(layer).__name__ for layer in cnn.layers][:3], cnn.layout, cnn.count_params()
+    (['YatConv2D', 'MaxPooling2D', 'YatConv2D'], (28, 28, 1), 225037)
+    >>> tuple(cnn(np.zeros((2, 784), "float32")).shape), tuple(cnn(np.zeros((2, 28, 28, 1), "float32")).shape)
+    ((2, 10), (2, 10))
     """
-    layers: list[Any] = [keras.Input(shape=(spec.in_features,), dtype=dtype)]
+    data_format = keras.config.image_data_format()
+    layers: list[Any] = [keras.Input(shape=input_layout(spec.input_shape, data_format == "channels_last"), dtype=dtype)]
     for i, layer in enumerate(spec.layers):
-        cls, name = (YatNMN, "yat_nmn") if layer.kind == "yat" else (Linear, "linear")
-        layers.append(cls.from_spec(layer, name=f"{name}_{i}", dtype=dtype))
-    return import_params(keras.Sequential(layers, name="yat_mlp"), init_mlp_numpy(spec, seed))
+        layers += _keras_layers(layer, i, dtype, data_format)
+    name = "yat_mlp" if len(spec.input_shape) == 1 else "yat_cnn"
+    model = YatSequential(layers, name=name, spec=spec, data_format=data_format)
+    return import_params(model, init_mlp_numpy(spec, seed))
 
 
-def _core_layers(model: keras.Model) -> list[_CoreLayer]:
+def _model_layers(model: keras.Model) -> tuple[ModelSpec, list[Any]]:
+    """The model's spec and, per core layer, the Keras layer holding its parameters."""
+    if isinstance(model, YatSequential):
+        padding = tuple(getattr(keras.layers, f"ZeroPadding{n}D") for n in (1, 2, 3))
+        return model.spec, [layer for layer in model.layers if not isinstance(layer, padding)]
+    # A keras.Sequential of this module's dense layers (as build_model made them before the model spec).
     layers = list(model.layers)
     foreign = [type(layer).__name__ for layer in layers if not isinstance(layer, _CoreLayer)]
     if foreign:
         raise TypeError(
             f"the model holds layers yat_core cannot name ({', '.join(foreign)}); "
-            "export and import work on models of YatNMN and Linear layers (see build_model)"
+            "export and import work on the models of build_model, or Sequential models of YatNMN and Linear layers"
         )
     if not layers or not all(layer.built for layer in layers):
         raise ValueError("the model is not built yet: give it a keras.Input or call it once")
-    return layers
+    return ModelSpec(tuple(layer.spec for layer in layers)), layers
 
 
-def model_spec(model: keras.Model) -> MLPSpec:
-    """The core :class:`~yat_core.mlp.MLPSpec` a built model of this module implements.
+def model_spec(model: keras.Model) -> ModelSpec:
+    """The core :class:`~yat_core.spec.ModelSpec` a built model of this module implements.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
-    >>> model_spec(build_model(seed_spec())) == seed_spec()
-    True
+    >>> from yat_core.spec import cnn_spec, seed_spec
+    >>> model_spec(build_model(seed_spec())) == seed_spec(), model_spec(build_model(cnn_spec())) == cnn_spec()
+    (True, True)
     """
-    return MLPSpec(tuple(layer.spec for layer in _core_layers(model)))
+    return _model_layers(model)[0]
 
 
 def export_params(model: keras.Model | _YatConv) -> dict[str, np.ndarray]:
     """The model's parameters as ``{name: numpy array}`` in the core's names and layouts.
 
-    A single Yat convolution gives its own, unprefixed (``"kernel"``, ``"bias"``, ...):
-    :meth:`_YatConv.export_params`.
+    Dense kernels ``(out, in)``, convolution kernels ``(out, in/groups, *k)`` (transposed
+    ``(in, out/groups, *k)``). A single Yat convolution gives its own, unprefixed
+    (``"kernel"``, ``"bias"``, ...): :meth:`_YatConv.export_params`.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
+    >>> from yat_core.spec import cnn_spec, seed_spec
     >>> params = export_params(build_model(seed_spec(), seed=0))
     >>> params["0.kernel"].shape, params["0.alpha"].shape, params["2.bias"].shape
     ((256, 784), (), (10,))
+    >>> cnn = build_model(cnn_spec())
+    >>> export_params(cnn)["2.kernel"].shape, tuple(cnn.layers[2].kernel.shape)
+    ((64, 32, 3, 3), (3, 3, 32, 64))
     """
     if isinstance(model, _YatConv):
         return model.export_params()
-    layers = _core_layers(model)
-    return export_arrays(
-        model_spec(model), lambda i, name: ops.convert_to_numpy(getattr(layers[i], name).value), kernel_in_out=True
-    )
+    spec, layers = _model_layers(model)
+
+    def read(i: int, name: str) -> np.ndarray:
+        return to_core(spec.layers[i], name, np.asarray(ops.convert_to_numpy(getattr(layers[i], name).value)))
+
+    return export_arrays(spec, read, kernel_in_out=True)
 
 
 _M = TypeVar("_M", keras.Model, _YatConv)
@@ -926,13 +993,13 @@ def import_params(model: _M, params: Mapping[str, Any]) -> _M:
     """
     if isinstance(model, _YatConv):
         return model.import_params(params)
-    layers = _core_layers(model)
+    spec, layers = _model_layers(model)
 
     def write(i: int, name: str, value: np.ndarray) -> None:
         variable = getattr(layers[i], name)
-        variable.assign(value.astype(dtype_name(variable.dtype)))
+        variable.assign(from_core(spec.layers[i], name, value).astype(dtype_name(variable.dtype)))
 
-    import_arrays(model_spec(model), params, write, kernel_in_out=True)
+    import_arrays(spec, params, write, kernel_in_out=True)
     return model
 
 
@@ -941,21 +1008,27 @@ def count_params(model: keras.Model) -> int:
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
-    >>> count_params(build_model(seed_spec()))
-    235148
+    >>> from yat_core.spec import cnn_relu_spec, seed_spec
+    >>> count_params(build_model(seed_spec())), count_params(build_model(cnn_relu_spec()))
+    (235148, 225034)
     """
     return int(model.count_params())
 
 
 def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """Logits for float inputs ``x`` (NumPy, ``(n, in)`` or ``(n, 28, 28)``), as a NumPy array.
+    """Logits for float inputs ``x`` in the core's layout, as a NumPy array.
+
+    ``x`` is ``(n, *spec.input_shape)`` (channels first: ``(n, 1, 28, 28)`` for the CNN)
+    or flat ``(n, 784)`` (``(n, 28, 28)`` too); it is moved to the model's layout here.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
+    >>> from yat_core.spec import cnn_spec, seed_spec
     >>> predict(build_model(seed_spec()), np.zeros((3, 28, 28), np.float32)).shape
     (3, 10)
+    >>> predict(build_model(cnn_spec()), np.zeros((3, 1, 28, 28), np.float32)).shape
+    (3, 10)
     """
-    x = np.asarray(x)
-    return np.asarray(model.predict_on_batch(x.reshape(len(x), -1)))
+    spec = model_spec(model)
+    channels_last = getattr(model, "data_format", "channels_last") == "channels_last"
+    return np.asarray(model.predict_on_batch(to_framework_layout(x, spec.input_shape, channels_last)))

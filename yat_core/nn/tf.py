@@ -1,4 +1,4 @@
-"""TensorFlow modules over the core: :class:`YatNMN`, :class:`Linear` and :class:`YatMLP`.
+"""TensorFlow modules over the core: :class:`YatNMN`, :class:`Linear`, the Yat convolutions and :class:`YatModel`.
 
 Plain ``tf.Module`` subclasses (no Keras layers), made as TensorFlow's own
 modules and its ``Dense`` layer are:
@@ -48,33 +48,44 @@ been called with, and ``tf.saved_model.load`` gives a callable for those shapes 
 the same outputs. Inside a caller's ``tf.function`` whose batch size is unknown, the
 module maps the core over the examples with ``tf.vectorized_map``, which TensorFlow
 batches again.
+
+**Models.** :class:`YatModel` (:func:`build_model`) is the model of any
+:class:`~yat_core.spec.ModelSpec`, the MLP and the CNN: channels-last inputs
+``(n, *spatial, C)`` (flat ``(n, 784)`` and ``(n, 28, 28)`` are reshaped), TensorFlow's
+own convolution and pooling for the spec's ``"conv"`` and pooling layers, and a flatten
+in the core's channels-first order, so every kernel is the same array in every
+framework (:func:`export_params` converts convolution kernels to the core's
+``(out, in/groups, *k)``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import tensorflow as tf
 
-from yat_core.conv import yat_conv, yat_conv_transpose
-from yat_core.mlp import LayerSpec, MLPSpec, init_layer_numpy
+from yat_core.conv import linear_conv
+from yat_core.mlp import LayerSpec, ModelSpec, init_layer_numpy
 from yat_core.namespaces.tf import namespace
+from yat_core.nn._keras_style import (
+    KerasConvArgs,
+    from_core,
+    input_layout,
+    layout_reshape,
+    to_core,
+    to_framework_layout,
+)
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
     check_size,
     conv_layer_spec,
-    conv_spec_options,
     forward_options,
-    keras_transpose_padding,
     kernel_from_core,
     kernel_to_core,
     linear_layer_spec,
     native_option,
-    per_dim,
-    same_padding,
     spec_options,
     yat_layer_spec,
 )
@@ -83,6 +94,7 @@ from yat_core.product import DEFAULT_EPSILON, dense, yat_product
 __all__ = [
     "YatNMN",
     "Linear",
+    "YatModel",
     "YatMLP",
     "YatConv1D",
     "YatConv2D",
@@ -150,6 +162,20 @@ class _Module(tf.Module):
         raise NotImplementedError
 
 
+def _create_variables(module: _Module, spec: LayerSpec, seed: Seed, native_kernel: Callable[[Any], Any]) -> None:
+    """``module.kernel``, ``bias``, ``alpha``, ``epsilon_raw`` (None where the spec has none): the core's initial values.
+
+    ``native_kernel`` turns the core's kernel into the module's layout.
+    """
+    initial = init_layer_numpy(spec, _generator(seed))
+    initial["kernel"] = native_kernel(initial["kernel"])
+    with module.name_scope:
+        for param in ("kernel", "bias", "alpha", "epsilon_raw"):
+            value = initial.get(param)
+            variable = None if value is None else tf.Variable(value.astype(module.dtype.as_numpy_dtype), name=param)
+            setattr(module, param, variable)
+
+
 class _CoreModule(_Module):
     """Variables of one core layer, created with the core's initial values, kernel ``(in, units)``."""
 
@@ -157,13 +183,7 @@ class _CoreModule(_Module):
         super().__init__(name=name)
         self.spec, self.dtype = spec, _float_dtype(dtype)
         self.in_features, self.units = spec.in_features, spec.out_features
-        initial = init_layer_numpy(spec, _generator(seed))
-        initial["kernel"] = initial["kernel"].T  # the layout Dense stores, (in, units)
-        with self.name_scope:
-            for param in ("kernel", "bias", "alpha", "epsilon_raw"):
-                value = initial.get(param)
-                variable = None if value is None else tf.Variable(value.astype(self.dtype.as_numpy_dtype), name=param)
-                setattr(self, param, variable)
+        _create_variables(self, spec, seed, np.transpose)  # the layout Dense stores, (in, units)
         self._trace([None, spec.in_features])
 
     def _param(self, name: str) -> Array:
@@ -301,59 +321,16 @@ class Linear(_CoreModule):
         return tf.nn.relu(out) if self.spec.activation == "relu" else out
 
 
-class YatMLP(_Module):
-    """The MLP of an :class:`~yat_core.mlp.MLPSpec` as a ``tf.Module``: inputs flattened, then each layer.
-
-    ``self.layers`` is a list of modules, which ``tf.Module`` tracks: every
-    layer's variables are in ``trainable_variables`` and in checkpoints. The layers
-    draw their initial values in turn from one generator, so ``seed`` gives the
-    weights of :func:`~yat_core.mlp.init_mlp_numpy` for that seed.
-
-    Examples
-    --------
-    >>> from yat_core.mlp import seed_spec
-    >>> model = YatMLP(seed_spec(), seed=0)
-    >>> count_params(model), len(model.trainable_variables)
-    (235148, 8)
-    >>> tuple(model(tf.zeros((2, 28, 28))).shape)
-    (2, 10)
-    """
-
-    def __init__(
-        self, spec: MLPSpec, *, seed: Seed = None, dtype: Any = tf.float32, name: str | None = "yat_mlp"
-    ) -> None:
-        super().__init__(name=name)
-        self.spec, self.dtype = spec, _float_dtype(dtype)
-        rng = _generator(seed)
-        with self.name_scope:
-            self.layers = [_layer(layer, i, rng, dtype) for i, layer in enumerate(spec.layers)]
-        self._trace(None)  # any rank: (n, 784) or images (n, 28, 28)
-
-    @tf.Module.with_name_scope
-    def call(self, x: Array) -> Array:
-        # Flattened per example, then held to the first layer's size: a clear error, not a matmul's.
-        x = tf.ensure_shape(tf.reshape(x, [tf.shape(x)[0], -1]), [None, self.spec.in_features])
-        for layer in self.layers:
-            x = layer.call(x)
-        return x
-
-
-def _layer(spec: LayerSpec, index: int, rng: np.random.Generator, dtype: Any) -> _CoreModule:
-    cls, name = (YatNMN, "yat_nmn") if spec.kind == "yat" else (Linear, "linear")
-    return cls.from_spec(spec, seed=rng, dtype=dtype, name=f"{name}_{index}")
-
-
 # ------------------------------------------------------------ convolutions
 
 
-class _YatConv(_Module):
+class _YatConv(KerasConvArgs, _Module):
     """What the six Yat convolutions share; a subclass only sets ``rank`` and ``transposed``.
 
-    Documented on :class:`YatConv2D` and :class:`YatConv2DTranspose`.
+    Documented on :class:`YatConv2D` and :class:`YatConv2DTranspose`. The Keras
+    arguments and the core geometry they give are :class:`~yat_core.nn._keras_style.KerasConvArgs`'s,
+    shared with the Keras layers.
     """
-
-    rank: ClassVar[int] = 0
-    transposed: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -382,22 +359,8 @@ class _YatConv(_Module):
         self.dtype = _float_dtype(dtype)
         self.in_channels = check_size(in_channels, "in_channels")
         self.filters = check_size(filters, "filters")
-        self.kernel_size = per_dim(kernel_size, n, "kernel_size", 1)
-        self.strides = per_dim(strides, n, "strides", 1)
-        self.dilation_rate = per_dim(dilation_rate, n, "dilation_rate", 1)
         self.groups = check_size(groups, "groups")
-        if isinstance(padding, str):
-            if padding.lower() not in ("valid", "same"):
-                raise ValueError(f"padding must be 'valid', 'same' or ints (torch's rule), got {padding!r}")
-            self.padding: str | tuple[int, ...] = padding.lower()
-        else:
-            self.padding = per_dim(padding, n, "padding", 0)
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
-        self.data_format = data_format
-        if not self.transposed and output_padding is not None:
-            raise TypeError(f"{type(self).__name__} takes no output_padding (the transposed convolutions do)")
-        self.output_padding = None if output_padding is None else per_dim(output_padding, n, "output_padding", 0)
+        self._set_conv_args(kernel_size, strides, padding, data_format, dilation_rate, output_padding)
         # The core's options, checked (groups dividing the channels, epsilon > 0, ...).
         self._param_spec = conv_layer_spec(
             self.in_channels,
@@ -415,47 +378,9 @@ class _YatConv(_Module):
             spherical=spherical,
             names=("in_channels", "filters"),
         )
-        self._geometry = self._transpose_geometry() if self.transposed else ()
-        initial = init_layer_numpy(self._param_spec, _generator(seed))
-        initial["kernel"] = kernel_from_core(initial["kernel"])
-        with self.name_scope:
-            for param in ("kernel", "bias", "alpha", "epsilon_raw"):
-                value = initial.get(param)
-                variable = None if value is None else tf.Variable(value.astype(self.dtype.as_numpy_dtype), name=param)
-                setattr(self, param, variable)
+        _create_variables(self, self._param_spec, seed, kernel_from_core)
         # Traced per input shape: the core's convolution needs every size known (see the module's notes).
         self.__dict__["__call__"] = tf.function(self.call)
-
-    # ---------------------------------------------------------------- geometry
-
-    def _transpose_geometry(self) -> tuple[tuple[int, int, int], ...]:
-        """Per dimension the core's ``(padding, output_padding, crop)`` (see :func:`_keras_transpose_padding`)."""
-        n, out_pad = self.rank, self.output_padding
-        if isinstance(self.padding, tuple):  # torch's rule, as the core takes it
-            geometry = tuple((p, 0 if out_pad is None else out_pad[i], 0) for i, p in enumerate(self.padding))
-            for i, (_, op, _) in enumerate(geometry):
-                if op >= self.strides[i] and op >= self.dilation_rate[i]:
-                    raise ValueError(
-                        f"output_padding must be smaller than strides or dilation_rate (torch's rule with integer "
-                        f"padding), got output_padding={out_pad}, strides={self.strides}, "
-                        f"dilation_rate={self.dilation_rate}"
-                    )
-            return geometry
-        if out_pad is not None and any(op >= s for op, s in zip(out_pad, self.strides)):
-            raise ValueError(
-                f"output_padding must be smaller than strides in every dimension (Keras's rule), "
-                f"got output_padding={out_pad}, strides={self.strides}"
-            )
-        return tuple(
-            keras_transpose_padding(
-                self.kernel_size[i],
-                self.strides[i],
-                self.dilation_rate[i],
-                self.padding,
-                None if out_pad is None else out_pad[i],
-            )
-            for i in range(n)
-        )
 
     @property
     def spec(self) -> LayerSpec:
@@ -466,25 +391,7 @@ class _YatConv(_Module):
         size and may be one-sided) and a ``"same"`` transposed convolution whose
         padding is larger on the left (kernel 3, stride 2, for example).
         """
-        spec = self._param_spec
-        if self.transposed:
-            if any(crop for _, _, crop in self._geometry):
-                raise ValueError(
-                    f"{self.name}: Keras's padding={self.padding!r} with kernel_size={self.kernel_size}, "
-                    f"strides={self.strides} pads more on the left than on the right, which torch-style padding "
-                    "(the core's LayerSpec) cannot describe"
-                )
-            return dataclasses.replace(
-                spec,
-                padding=tuple(p for p, _, _ in self._geometry),
-                output_padding=tuple(op for _, op, _ in self._geometry),
-            )
-        if self.padding == "same" and max(self.strides) > 1:
-            raise ValueError(
-                f"{self.name}: Keras's padding='same' with strides={self.strides} depends on the input size; "
-                "the core's LayerSpec (torch's rule) has 'same' for stride 1 only"
-            )
-        return dataclasses.replace(spec, padding=self.padding)
+        return self._exact_spec(self._param_spec)
 
     @classmethod
     def from_spec(cls, spec: LayerSpec, **kwargs: Any) -> _YatConv:
@@ -493,30 +400,7 @@ class _YatConv(_Module):
         Padding is passed as the spec has it: ``"valid"``, ``"same"`` (stride 1) or
         integers (torch's rule), so the module computes what the spec says.
         """
-        options = conv_spec_options(spec)
-        kind = "yat_conv_transpose" if cls.transposed else "yat_conv"
-        if spec.kind != kind or len(spec.kernel_size) != cls.rank:
-            raise ValueError(
-                f"{cls.__name__} is built from a {kind!r} spec with {cls.rank} spatial dimensions, got "
-                f"{spec.kind!r} with kernel_size {spec.kernel_size}"
-            )
-        extra = {"output_padding": options["output_padding"]} if cls.transposed else {}
-        return cls(
-            spec.in_features,
-            spec.out_features,
-            options["kernel_size"],
-            strides=options["stride"],
-            padding=options["padding"],
-            dilation_rate=options["dilation"],
-            groups=options["groups"],
-            use_bias=options["bias"],
-            use_alpha=options["alpha"],
-            epsilon=options["epsilon"],
-            learnable_epsilon=options["learnable_epsilon"],
-            spherical=options["spherical"],
-            **extra,
-            **kwargs,
-        )
+        return cls(spec.in_features, **cls._spec_arguments(spec), **kwargs)
 
     # ---------------------------------------------------------------- interchange
 
@@ -580,26 +464,7 @@ class _YatConv(_Module):
         xp, n = namespace(), self.rank
         kernel = tf.transpose(self._param("kernel"), (n + 1, n, *range(n)))  # the core's layout
         options = forward_options(self._param_spec, self._param, xp)
-        geometry: dict[str, Any] = {"stride": self.strides, "dilation": self.dilation_rate, "groups": self.groups}
-        if self.transposed:
-            pads = tuple(p for p, _, _ in self._geometry)
-            out_pads = tuple(op for _, op, _ in self._geometry)
-            y = yat_conv_transpose(
-                x, kernel, padding=pads, output_padding=out_pads, native=True, xp=xp, **geometry, **options
-            )
-            if any(crop for _, _, crop in self._geometry):
-                crops = (slice(0, int(m) - c) for m, (_, _, c) in zip(y.shape[2:], self._geometry))
-                y = y[(slice(None), slice(None), *crops)]
-        else:
-            padding: Any = self.padding
-            if padding == "same" and max(self.strides) > 1:  # TensorFlow's rule: may be one-sided
-                spatial = [int(v) for v in x.shape[2:]]
-                pairs = [same_padding(*a) for a in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)]
-                if any(lo != hi for lo, hi in pairs):
-                    x = tf.pad(x, [(0, 0), (0, 0), *((0, hi - lo) for lo, hi in pairs)])
-                padding = tuple(lo for lo, _ in pairs)
-            y = yat_conv(x, kernel, padding=padding, native=True, xp=xp, **geometry, **options)
-        return y
+        return self._core_conv(x, kernel, options, xp, tf.pad)
 
 
 class YatConv1D(_YatConv):
@@ -748,54 +613,182 @@ def conv_from_spec(spec: LayerSpec, **kwargs: Any) -> _YatConv:
     return _CONV_CLASSES[(spec.kind == "yat_conv_transpose", len(spec.kernel_size))].from_spec(spec, **kwargs)
 
 
-# ------------------------------------------------------------ model and interchange
+# ------------------------------------------------------------ the model's other layers and the model
 
 
-def build_model(spec: MLPSpec, seed: int = 0, *, dtype: Any = tf.float32) -> YatMLP:
+class _SpecLayer(_Module):
+    """A model layer without a class of its own in TensorFlow: the core spec it computes, ``__call__`` traced per shape."""
+
+    def __init__(self, spec: LayerSpec, *, dtype: Any, name: str | None) -> None:
+        super().__init__(name=name)
+        self.spec, self.dtype = spec, _float_dtype(dtype)
+        self.__dict__["__call__"] = tf.function(self.call)
+
+
+class _Conv(_SpecLayer):
+    """A ``"conv"`` layer: TensorFlow's convolution (``tf.nn.convolution``) plus bias, and ReLU when the spec says so.
+
+    Channels last, kernel ``(*kernel_size, in/groups, filters)`` as Keras stores it.
+    The convolution is :func:`yat_core.conv.linear_conv` with ``native=True``: TensorFlow's
+    own, by way of the core's geometry (torch's padding rule, groups, strides with dilation).
+    """
+
+    def __init__(self, spec: LayerSpec, *, seed: Seed, dtype: Any, name: str | None) -> None:
+        super().__init__(spec, dtype=dtype, name=name)
+        _create_variables(self, spec, seed, kernel_from_core)
+
+    def call(self, x: Array) -> Array:
+        n = len(self.spec.kernel_size)
+        kernel = tf.transpose(tf.convert_to_tensor(self.kernel), (n + 1, n, *range(n)))  # the core's layout
+        bias = self.spec.bias if self.bias is None else tf.convert_to_tensor(self.bias)
+        x = tf.transpose(x, (0, n + 1, *range(1, n + 1)))  # channels first, as the core takes it
+        y = linear_conv(x, kernel, bias=bias, native=True, xp=namespace(), **self.spec.conv_options)
+        y = tf.transpose(y, (0, *range(2, n + 2), 1))
+        return tf.nn.relu(y) if self.spec.activation == "relu" else y
+
+
+class _Pool(_SpecLayer):
+    """A ``"max_pool"`` / ``"avg_pool"`` layer: ``tf.nn.max_pool`` / ``tf.nn.avg_pool``, window = stride, channels last."""
+
+    def call(self, x: Array) -> Array:
+        pool = tf.nn.max_pool if self.spec.kind == "max_pool" else tf.nn.avg_pool
+        window = list(self.spec.kernel_size)
+        return pool(x, ksize=window, strides=window, padding="VALID")  # the remainder dropped, as the core does
+
+
+class _Flatten(_SpecLayer):
+    """A ``"flatten"`` layer in the core's order: channels-last ``(n, *spatial, C)`` to channels first, then flat."""
+
+    def call(self, x: Array) -> Array:
+        d = x.shape.rank
+        return tf.reshape(tf.transpose(x, (0, d - 1, *range(1, d - 1))), [-1, self.spec.out_features])
+
+
+class YatModel(_Module):
+    """The model of a :class:`~yat_core.spec.ModelSpec` as a ``tf.Module``: each layer in turn, channels last.
+
+    Inputs are ``(n, *layout)``: the spec's input shape channels last (:attr:`layout`,
+    ``(28, 28, 1)`` for the CNN, ``(784,)`` for the MLP); inputs of another rank holding
+    the same values per example (flat ``(n, 784)``, images ``(n, 28, 28)``) are
+    reshaped to it, an input of the layout's rank but another shape is refused.
+    ``self.layers`` is a list of modules, one per core layer, which ``tf.Module``
+    tracks: every layer's variables are in ``trainable_variables`` and in checkpoints.
+    The layers draw their initial values in turn from one generator, so ``seed``
+    gives the weights of :func:`~yat_core.mlp.init_mlp_numpy` for that seed.
+    Per core layer: ``"yat"`` :class:`YatNMN`, ``"linear"`` :class:`Linear`,
+    ``"yat_conv"`` / ``"yat_conv_transpose"`` the Yat convolutions, ``"conv"``
+    ``tf.nn.convolution``, ``"max_pool"`` / ``"avg_pool"`` ``tf.nn.max_pool`` /
+    ``tf.nn.avg_pool``, ``"flatten"`` a flatten in the core's channels-first order (so
+    the dense kernel after it is the core's array).
+
+    Examples
+    --------
+    >>> from yat_core.spec import cnn_spec, seed_spec
+    >>> model = YatModel(seed_spec(), seed=0)
+    >>> count_params(model), len(model.trainable_variables)
+    (235148, 8)
+    >>> tuple(model(tf.zeros((2, 28, 28))).shape)
+    (2, 10)
+    >>> cnn = YatModel(cnn_spec(), seed=0)
+    >>> cnn.name, cnn.layout, count_params(cnn), tuple(cnn(tf.zeros((2, 28, 28, 1))).shape)
+    ('yat_cnn', (28, 28, 1), 225037, (2, 10))
+    """
+
+    def __init__(self, spec: ModelSpec, *, seed: Seed = None, dtype: Any = tf.float32, name: str | None = None) -> None:
+        super().__init__(name=name or ("yat_mlp" if len(spec.input_shape) == 1 else "yat_cnn"))
+        self.spec, self.dtype = spec, _float_dtype(dtype)
+        self.layout = input_layout(spec.input_shape, channels_last=True)
+        rng = _generator(seed)
+        with self.name_scope:
+            self.layers = [_layer(layer, i, rng, dtype) for i, layer in enumerate(spec.layers)]
+        self._trace(None)  # any rank: the layout, (n, 784) or images (n, 28, 28)
+
+    @tf.Module.with_name_scope
+    def call(self, x: Array) -> Array:
+        if x.shape.rank is not None:  # inside __call__ the rank is unknown: the size check below still holds
+            layout_reshape(tuple(x.shape), self.layout, self.name)
+        batch = x.shape[0] if x.shape.rank and x.shape[0] is not None else tf.shape(x)[0]
+        # Flattened per example, then held to the model's size: a clear error, not a matmul's.
+        x = tf.ensure_shape(tf.reshape(x, [batch, -1]), [None, self.spec.in_features])
+        if len(self.layout) > 1:
+            x = tf.reshape(x, [batch, *self.layout])
+        for layer in self.layers:
+            x = layer.call(x)
+        return x
+
+
+#: The name the MLP-only module had; it builds any spec now.
+YatMLP = YatModel
+
+
+def _layer(spec: LayerSpec, index: int, rng: np.random.Generator, dtype: Any) -> _Module:
+    if spec.kind in ("yat", "linear"):
+        cls, name = (YatNMN, "yat_nmn") if spec.kind == "yat" else (Linear, "linear")
+        return cls.from_spec(spec, seed=rng, dtype=dtype, name=f"{name}_{index}")
+    name = f"{spec.kind}_{index}"
+    if spec.kind in ("yat_conv", "yat_conv_transpose"):
+        return conv_from_spec(spec, seed=rng, dtype=dtype, name=name)
+    if spec.kind == "conv":
+        return _Conv(spec, seed=rng, dtype=dtype, name=name)
+    return (_Flatten if spec.kind == "flatten" else _Pool)(spec, dtype=dtype, name=name)
+
+
+# ------------------------------------------------------------ interchange
+
+
+def build_model(spec: ModelSpec, seed: int = 0, *, dtype: Any = tf.float32) -> YatModel:
     """The TensorFlow model of ``spec`` with the weights of :func:`~yat_core.mlp.init_mlp_numpy` for ``seed``.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
-    >>> count_params(build_model(seed_spec(), seed=0))
-    235148
+    >>> from yat_core.spec import cnn_relu_spec, seed_spec
+    >>> count_params(build_model(seed_spec(), seed=0)), count_params(build_model(cnn_relu_spec()))
+    (235148, 225034)
     """
-    return YatMLP(spec, seed=seed, dtype=dtype)
+    return YatModel(spec, seed=seed, dtype=dtype)
 
 
-def _checked(model: Any) -> YatMLP:
-    if not isinstance(model, YatMLP):
-        raise TypeError(f"expected a yat_core.nn.tf.YatMLP (see build_model), got {type(model).__name__}")
+def _checked(model: Any) -> YatModel:
+    if not isinstance(model, YatModel):
+        raise TypeError(
+            f"expected a yat_core.nn.tf.YatModel (YatMLP before; see build_model), got {type(model).__name__}"
+        )
     return model
 
 
-def export_params(model: YatMLP | _YatConv) -> dict[str, np.ndarray]:
-    """The model's parameters as ``{name: numpy array}`` in the core's names and layouts (kernels ``(out, in)``).
+def export_params(model: YatModel | _YatConv) -> dict[str, np.ndarray]:
+    """The model's parameters as ``{name: numpy array}`` in the core's names and layouts.
 
-    A single Yat convolution gives its own, unprefixed (``"kernel"``, ``"bias"``, ...):
-    :meth:`_YatConv.export_params`.
+    Dense kernels ``(out, in)``, convolution kernels ``(out, in/groups, *k)`` (transposed
+    ``(in, out/groups, *k)``). A single Yat convolution gives its own, unprefixed
+    (``"kernel"``, ``"bias"``, ...): :meth:`_YatConv.export_params`.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
+    >>> from yat_core.spec import cnn_spec, seed_spec
     >>> model = build_model(seed_spec(), seed=0)
     >>> params = export_params(model)
     >>> params["0.kernel"].shape, tuple(model.layers[0].kernel.shape)
     ((256, 784), (784, 256))
+    >>> cnn = build_model(cnn_spec())
+    >>> export_params(cnn)["2.kernel"].shape, tuple(cnn.layers[2].kernel.shape)
+    ((64, 32, 3, 3), (3, 3, 32, 64))
     """
     if isinstance(model, _YatConv):
         return model.export_params()
-    layers = _checked(model).layers
-    return export_arrays(model.spec, lambda i, name: getattr(layers[i], name).numpy(), kernel_in_out=True)
+    spec, layers = _checked(model).spec, model.layers
+    return export_arrays(
+        spec, lambda i, name: to_core(spec.layers[i], name, getattr(layers[i], name).numpy()), kernel_in_out=True
+    )
 
 
-_M = TypeVar("_M", YatMLP, _YatConv)
+_M = TypeVar("_M", YatModel, _YatConv)
 
 
 def import_params(model: _M, params: Mapping[str, Any]) -> _M:
     """Assign a ``{name: array}`` mapping (core names and layouts) to the model and return it.
 
-    ``model`` is a :class:`YatMLP` or a single Yat convolution (unprefixed names:
+    ``model`` is a :class:`YatModel` or a single Yat convolution (unprefixed names:
     :meth:`_YatConv.import_params`).
 
     Names, shapes and dtypes are checked first, so a bad mapping raises and leaves
@@ -812,13 +805,13 @@ def import_params(model: _M, params: Mapping[str, Any]) -> _M:
     """
     if isinstance(model, _YatConv):
         return model.import_params(params)
-    layers = _checked(model).layers
+    spec, layers = _checked(model).spec, model.layers
 
     def write(index: int, name: str, value: np.ndarray) -> None:
         variable = getattr(layers[index], name)
-        variable.assign(value.astype(variable.dtype.as_numpy_dtype))
+        variable.assign(from_core(spec.layers[index], name, value).astype(variable.dtype.as_numpy_dtype))
 
-    import_arrays(model.spec, params, write, kernel_in_out=True)
+    import_arrays(spec, params, write, kernel_in_out=True)
     return model
 
 
@@ -833,13 +826,19 @@ def count_params(model: tf.Module) -> int:
     return sum(v.shape.num_elements() for v in model.trainable_variables)
 
 
-def predict(model: YatMLP, x: np.ndarray) -> np.ndarray:
-    """Logits for float inputs ``x`` (NumPy, ``(n, in)`` or ``(n, 28, 28)``), as a NumPy array.
+def predict(model: YatModel, x: np.ndarray) -> np.ndarray:
+    """Logits for float inputs ``x`` in the core's layout, as a NumPy array.
+
+    ``x`` is ``(n, *spec.input_shape)`` (channels first: ``(n, 1, 28, 28)`` for the CNN)
+    or flat ``(n, 784)`` (``(n, 28, 28)`` too); it is moved to the model's layout here.
 
     Examples
     --------
-    >>> from yat_core.mlp import seed_spec
+    >>> from yat_core.spec import cnn_spec, seed_spec
     >>> predict(build_model(seed_spec()), np.zeros((3, 28, 28), np.float32)).shape
     (3, 10)
+    >>> predict(build_model(cnn_spec()), np.zeros((3, 1, 28, 28), np.float32)).shape
+    (3, 10)
     """
-    return model(tf.convert_to_tensor(np.asarray(x, dtype=model.dtype.as_numpy_dtype))).numpy()
+    x = to_framework_layout(x, _checked(model).spec.input_shape, channels_last=True)
+    return model(tf.convert_to_tensor(x.astype(model.dtype.as_numpy_dtype))).numpy()

@@ -4,6 +4,9 @@
 ``SparseCategoricalCrossentropy(from_logits=True)``, then ``model.train_on_batch``
 on each batch of the shared batch order, on whichever Keras backend runs
 (:func:`yat_core.runners.select_keras_backend` picks it before Keras is imported).
+Any :class:`~yat_core.spec.ModelSpec` trains (the MLP, the CNN): the runner flattens
+the uint8 images to floats and the model (:class:`~yat_core.nn.keras.YatSequential`)
+reshapes them to its layout.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from keras import ops
 
 from yat_core.errors import BackendUnavailableError
 from yat_core.losses import count_correct, softmax_cross_entropy
-from yat_core.mlp import MLPSpec, flatten_images
+from yat_core.mlp import ModelSpec, flatten_images
 from yat_core.namespaces.keras import dtype_name, namespace
 from yat_core.nn.keras import build_model, count_params, export_params
 from yat_core.runners._base import BaseRunner
@@ -99,7 +102,7 @@ class KerasRunner(BaseRunner):
     name = "keras"
     framework = "keras"
 
-    def __init__(self, spec: MLPSpec, config: TrainConfig) -> None:
+    def __init__(self, spec: ModelSpec, config: TrainConfig) -> None:
         self.backend = keras.backend.backend()
         self.distributions = ("keras", *BACKEND_DISTRIBUTIONS.get(self.backend, ()))
         self.dtype = config.dtype

@@ -1,8 +1,9 @@
-"""The TensorFlow runner (``yat-core train --framework tf``): :class:`~yat_core.nn.tf.YatMLP` trained the TF way.
+"""The TensorFlow runner (``yat-core train --framework tf``): :class:`~yat_core.nn.tf.YatModel` trained the TF way.
 
 A ``tf.function``-compiled step with ``tf.GradientTape`` and
 ``tf.keras.optimizers.AdamW`` applied to the model's plain ``tf.Variable``
-objects. TensorFlow 2.16+ ships Keras 3 as ``tf.keras``, whose optimizers follow
+objects, for any :class:`~yat_core.spec.ModelSpec` (the MLP, the CNN): the step
+flattens the uint8 images to floats and the model reshapes them to its layout. TensorFlow 2.16+ ships Keras 3 as ``tf.keras``, whose optimizers follow
 ``KERAS_BACKEND``: the runner needs the tensorflow backend (the default when the
 variable is unset).
 """
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from yat_core.errors import BackendUnavailableError
 from yat_core.losses import count_correct, softmax_cross_entropy
-from yat_core.mlp import MLPSpec, flatten_images
+from yat_core.mlp import ModelSpec, flatten_images
 from yat_core.namespaces.tf import namespace
 from yat_core.nn.tf import build_model, count_params, export_params
 from yat_core.runners._base import BaseRunner
@@ -62,7 +63,7 @@ def _device(name: str | None) -> str | None:
 
 
 class TFRunner(BaseRunner):
-    """Trains :class:`~yat_core.nn.tf.YatMLP` with a ``tf.function`` step, ``tf.GradientTape`` and tf.keras AdamW.
+    """Trains :class:`~yat_core.nn.tf.YatModel` with a ``tf.function`` step, ``tf.GradientTape`` and tf.keras AdamW.
 
     The step and the evaluation are compiled with XLA (``jit_compile=True``); the
     optimizer updates the model's plain ``tf.Variable`` objects.
@@ -89,7 +90,7 @@ class TFRunner(BaseRunner):
     #: tf.keras (the optimizer) is the keras distribution; TensorFlow is one of the first two.
     distributions = ("tensorflow", "tensorflow-cpu", "keras")
 
-    def __init__(self, spec: MLPSpec, config: TrainConfig) -> None:
+    def __init__(self, spec: ModelSpec, config: TrainConfig) -> None:
         self.dtype = tf.as_dtype(config.dtype)
         self._device = _device(config.device)
         with self._placement():
