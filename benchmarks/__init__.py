@@ -1,13 +1,17 @@
 """The yat-core benchmark suite: step timing, epoch timing, baselines and the FLOP floor.
 
-Run it (``nox -s bench`` runs the full profile)::
+It times the seed MLP and the Yat CNN (``--model {all,mlp,cnn}``, default both), each
+against its same-shape ReLU twin and nmn's layers of the same framework. Run it
+(``nox -s bench`` runs the full profile)::
 
-    python -m benchmarks            # full profile: the judged numbers, ~10 min on 2 quiet cores
-    python -m benchmarks --quick    # quick profile: a smoke run for CI, ~2 min
+    python -m benchmarks            # full profile: the judged numbers
+    python -m benchmarks --quick    # quick profile: a smoke run for CI
+    python -m benchmarks --model cnn          # the Yat CNN only
     pytest benchmarks --bench-profile=full   # the same under plain pytest
 
 It writes ``bench.json``, ``bench.md`` and ``bench.png`` into ``results/bench``
-(``results/bench-quick`` for the quick profile). ``python -m benchmarks render |
+(``results/bench-quick`` for the quick profile; ``-mlp`` or ``-cnn`` appended when
+only one network is timed). ``python -m benchmarks render |
 compare | save-baseline`` work on saved runs; see ``benchmarks/README.md``.
 
 The library modules import no framework at import time; each framework is

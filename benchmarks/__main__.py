@@ -4,6 +4,7 @@ Examples::
 
     python -m benchmarks                       # the full profile (= pytest benchmarks --bench-profile=full)
     python -m benchmarks --quick               # the quick profile (CI smoke run)
+    python -m benchmarks --model cnn           # the Yat CNN only (results/bench-cnn/)
     python -m benchmarks --compare results/bench/baseline.json    # and fail on slowdowns
     python -m benchmarks --save-baseline       # keep this run as results/bench/baseline.json
     python -m benchmarks render results/bench/bench.json  # bench.md + bench.png beside it
@@ -61,6 +62,13 @@ def _run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--profile", choices=tuple(PROFILES), default="full")
     p.add_argument("--quick", action="store_const", const="quick", dest="profile", help="= --profile quick")
+    p.add_argument(
+        "--model",
+        choices=("all", "mlp", "cnn"),
+        default="all",
+        help="networks to time: the seed MLP, the Yat CNN, or both (default; a one-network run writes to "
+        "results/bench-<model> or results/bench-quick-<model>)",
+    )
     p.add_argument("--compare", metavar="PATH", default=None, help="saved bench.json; slowdowns fail the run")
     p.add_argument("--threshold", type=float, default=None, help="fraction slower that counts (default 0.10)")
     p.add_argument("--save-baseline", action="store_true", help="keep this run as <out>/baseline.json")
@@ -71,7 +79,7 @@ def _run(argv: Sequence[str]) -> int:
     import pytest
 
     args, extra = _run_parser().parse_known_args(argv)
-    options = [f"--bench-profile={args.profile}"]
+    options = [f"--bench-profile={args.profile}", f"--bench-model={args.model}"]
     if args.compare:
         options.append(f"--bench-compare={args.compare}")
     if args.threshold is not None:

@@ -3,8 +3,10 @@
 Options (all also settable in the environment where noted)::
 
     --bench-profile {quick,full}   what to time (env YAT_BENCH_PROFILE; default quick)
-    --bench-out DIR                where to write bench.json/.md/.png
-                                   (default results/bench, or results/bench-quick)
+    --bench-model {all,mlp,cnn}    the networks to time: the seed MLP, the Yat CNN, or both
+                                   (env YAT_BENCH_MODEL; default all)
+    --bench-out DIR                where to write bench.json/.md/.png (default results/bench, or
+                                   results/bench-quick; a one-network run adds -mlp or -cnn)
     --bench-backends a,b           time only these backends (env YAT_BENCH_BACKENDS)
     --bench-compare PATH           compare with a saved bench.json; slowdowns fail the run
     --bench-threshold FRACTION     what counts as slower (default 0.10)
@@ -12,8 +14,9 @@ Options (all also settable in the environment where noted)::
     --bench-in-process             time the steps of every backend in this process
                                    (default: one child pytest process per backend)
 
-Tests run in this order: the matmul floor, the step timings, the epoch timings;
-the floor is measured once more at the end and the faster measurement kept.
+Tests run in this order: the matmul floor (of the seed MLP, measured when it is
+timed), the step timings, the epoch timings; the floor is measured once more at the
+end and the faster measurement kept.
 A child process (``--bench-child=BACKEND/DEVICE``) runs only that backend's step
 tests and hands its records back in a JSON file; it writes no report.
 """
@@ -30,7 +33,7 @@ import pytest
 
 from benchmarks import QUICK_RESULTS_DIR, RESULTS_DIR
 from benchmarks.devices import Target, discover
-from benchmarks.profiles import PROFILES, Profile, get_profile
+from benchmarks.profiles import NETWORKS, PROFILES, Profile, get_profile
 from benchmarks.regress import DEFAULT_THRESHOLD
 from yat_core._io import atomic_write_text
 
@@ -38,6 +41,10 @@ _COLLECTOR = pytest.StashKey["Any"]()
 _REPORT = pytest.StashKey["list[str]"]()
 _TABLES = pytest.StashKey["list[str]"]()
 _ORDER = ("test_floor", "test_steps", "test_epochs")
+#: Environment variable of ``--bench-model``.
+MODEL_ENV_VAR = "YAT_BENCH_MODEL"
+#: ``--bench-model`` choices: every network, or one.
+MODEL_CHOICES = ("all", *NETWORKS)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,6 +54,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=tuple(PROFILES),
         default=None,
         help="benchmark profile (default: $YAT_BENCH_PROFILE or quick)",
+    )
+    group.addoption(
+        "--bench-model",
+        choices=MODEL_CHOICES,
+        default=None,
+        help="networks to time: the seed MLP, the Yat CNN or all (default: $YAT_BENCH_MODEL or all)",
     )
     group.addoption("--bench-out", default=None, help="folder for bench.json, bench.md, bench.png")
     group.addoption(
@@ -82,12 +95,42 @@ def _profile(config: pytest.Config) -> Profile:
     return get_profile(config.getoption("--bench-profile"))
 
 
+def networks_of(choice: str | None) -> tuple[str, ...]:
+    """The networks a ``--bench-model`` choice times (None: ``$YAT_BENCH_MODEL``, else all).
+
+    Examples
+    --------
+    >>> networks_of("cnn"), networks_of("all")
+    (('cnn',), ('mlp', 'cnn'))
+    """
+    choice = choice or os.environ.get(MODEL_ENV_VAR) or "all"
+    if choice not in MODEL_CHOICES:
+        raise pytest.UsageError(f"--bench-model must be one of {', '.join(MODEL_CHOICES)}, got {choice!r}")
+    return NETWORKS if choice == "all" else (choice,)
+
+
+def _networks(config: pytest.Config) -> tuple[str, ...]:
+    return networks_of(config.getoption("--bench-model"))
+
+
+def default_out_dir(profile: str, networks: tuple[str, ...]) -> Path:
+    """Where a run writes unless told: one folder per profile, and per network when only one is timed
+    (so a CNN-only run never overwrites the results of a run of both).
+
+    Examples
+    --------
+    >>> str(default_out_dir("full", ("mlp", "cnn"))), str(default_out_dir("quick", ("cnn",)))
+    ('results/bench', 'results/bench-quick-cnn')
+    """
+    base = RESULTS_DIR if profile == "full" else QUICK_RESULTS_DIR
+    return base if set(networks) == set(NETWORKS) else base.with_name(f"{base.name}-{'-'.join(networks)}")
+
+
 def _out_dir(config: pytest.Config) -> Path:
     chosen = config.getoption("--bench-out")
     if chosen:
         return Path(chosen)
-    default = RESULTS_DIR if _profile(config).name == "full" else QUICK_RESULTS_DIR
-    return Path(config.rootpath) / default
+    return Path(config.rootpath) / default_out_dir(_profile(config).name, _networks(config))
 
 
 def _wanted_backends(config: pytest.Config) -> tuple[str, ...] | None:
@@ -108,7 +151,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--bench-compare: cannot use {baseline}: {exc}") from None
     if config.getoption("--bench-threshold") < 0:
         raise pytest.UsageError("--bench-threshold must be >= 0")
-    config.stash[_COLLECTOR] = Collector(_profile(config))
+    config.stash[_COLLECTOR] = Collector(_profile(config), _networks(config))
     config.stash[_REPORT] = []
     config.stash[_TABLES] = []
 
@@ -124,21 +167,22 @@ def _child_target(config: pytest.Config) -> Target | None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrise by what this machine has and what the profile asks for."""
     from benchmarks.epochs import EPOCH_MODELS
-    from benchmarks.steps import KINDS, MODELS
+    from benchmarks.steps import step_cases
 
     config, names = metafunc.config, metafunc.fixturenames
+    networks = _networks(config)
     # Names prefixed "bench_" so that ordinary test parameters never collide with them.
     if "bench_target" in names:
         child = _child_target(config)
         targets = [child] if child else discover(_wanted_backends(config))
-        metafunc.parametrize("bench_target", targets, ids=[t.label for t in targets])
-    if "step_model" in names:
-        metafunc.parametrize("step_model", MODELS)
-    if "step_kind" in names:
-        metafunc.parametrize("step_kind", KINDS)
-    if "step_batch" in names:
-        sizes = _profile(config).batch_sizes
-        metafunc.parametrize("step_batch", sizes, ids=[f"b{b}" for b in sizes])
+        if "step_case" in names:
+            # A step case depends on the backend (nmn has no NumPy layer): parametrise the pairs.
+            pairs = [(t, c) for t in targets for c in step_cases(_profile(config), networks, t.backend)]
+            metafunc.parametrize(("bench_target", "step_case"), pairs, ids=[f"{t.label}-{c.id}" for t, c in pairs])
+        else:
+            metafunc.parametrize("bench_target", targets, ids=[t.label for t in targets])
+    if "bench_network" in names:
+        metafunc.parametrize("bench_network", networks)
     if "epoch_model" in names:
         metafunc.parametrize("epoch_model", EPOCH_MODELS)
 
@@ -146,8 +190,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Steps run either here (a child, or --bench-in-process) or through a child per backend.
     direct = bool(config.getoption("--bench-child") or config.getoption("--bench-in-process"))
-    unwanted = "test_steps_in_own_process" if direct else "test_step"
-    deselected = [item for item in items if getattr(item, "originalname", None) == unwanted]
+    unwanted = {"test_steps_in_own_process" if direct else "test_step"}
+    if "mlp" not in _networks(config):
+        unwanted.add("test_matmul_floor")  # the floor is the seed MLP's
+    deselected = [item for item in items if getattr(item, "originalname", None) in unwanted]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if item not in deselected]
@@ -191,7 +237,7 @@ def _final_floor(config: pytest.Config, collector: Any) -> None:
     # so the faster of the two is kept.
     from benchmarks.floor import measure_floor
 
-    if not collector.has_measurements():
+    if not collector.has_measurements() or "mlp" not in _networks(config):
         return
     try:
         collector.add_floor(measure_floor(repeats=_profile(config).floor_repeats))
@@ -241,9 +287,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def _summary_table(results: dict[str, Any]) -> str:
-    from benchmarks.report import epoch_table
+    from benchmarks.report import cnn_tables, epoch_table
 
-    return "\n".join(epoch_table(results["summary"]))
+    lines = []
+    if results["summary"]:
+        lines += ["Seed MLP:", *epoch_table(results["summary"])]
+    if results.get("cnn_summary"):
+        lines += [""] if lines else []
+        lines += ["Yat CNN (issue 9: Yat / Conv+ReLU step <= 1.5x, faster than nmn in the loop):"]
+        lines += cnn_tables(results["cnn_summary"])
+    return "\n".join(lines)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

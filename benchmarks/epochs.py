@@ -1,8 +1,11 @@
-"""Epoch timing: one fresh training process per (backend, device, model).
+"""Epoch timing: one fresh training process per (backend, device, network, model).
 
-- ``yat``: the user's own command, ``python -m yat_core train --backend B --epochs E``;
+- ``yat``: the user's own command, ``python -m yat_core train --model N --backend B --epochs E``;
   its wall time from spawn to exit is the end-to-end time of an ``E``-epoch run.
 - ``relu`` and ``nmn``: :mod:`benchmarks.worker`, the same loop with the baseline model.
+
+Networks: the seed MLP (``mlp``) and the Yat CNN (``cnn``), each with the epochs and
+image counts of its :class:`~benchmarks.profiles.Plan`.
 
 From each run's receipt: the first epoch is the warm-up (it includes
 compilation); the steady state is the median of the later epochs. Also recorded:
@@ -33,15 +36,29 @@ EPOCH_MODELS = ("yat", "relu", "nmn")
 MNIST_TRAIN = 60_000
 
 
-def epoch_command(target: Target, model: str, profile: Profile, report: str) -> list[str]:
-    """The command line of one epoch-timing run."""
+def epoch_command(target: Target, model: str, profile: Profile, report: str, network: str = "mlp") -> list[str]:
+    """The command line of one epoch-timing run.
+
+    Examples
+    --------
+    >>> from benchmarks.profiles import get_profile
+    >>> cmd = epoch_command(Target("jax", "cpu"), "yat", get_profile("quick"), "r.json", "cnn")
+    >>> " ".join(cmd[1:])
+    '-m yat_core train --quiet --model cnn --backend jax --device cpu --epochs 2 --report r.json --train-limit 640 --test-limit 1000'
+    """
+    plan = profile.plan(network)
     if model == "yat":
+        # The user's command; the seed MLP is its default model, so its command line stays the one users type.
         cmd = [sys.executable, "-m", "yat_core", "train", "--quiet"]
+        cmd += ["--model", network] if network != "mlp" else []
     else:
         cmd = [sys.executable, "-m", "benchmarks.worker", "--model", model]
-    cmd += ["--backend", target.backend, "--device", target.device, "--epochs", str(profile.epochs), "--report", report]
-    if profile.train_limit is not None:
-        cmd += ["--train-limit", str(profile.train_limit)]
+        cmd += ["--network", network] if network != "mlp" else []
+    cmd += ["--backend", target.backend, "--device", target.device, "--epochs", str(plan.epochs), "--report", report]
+    if plan.train_limit is not None:
+        cmd += ["--train-limit", str(plan.train_limit)]
+    if plan.test_limit is not None:
+        cmd += ["--test-limit", str(plan.test_limit)]
     return cmd
 
 
@@ -96,26 +113,31 @@ def _failure(status: str, reason: str) -> dict[str, Any]:
     return {"status": status, "reason": reason.strip()[-2000:]}
 
 
-def run_epoch_bench(target: Target, model: str, profile: Profile, *, timeout_s: float = 1200.0) -> dict[str, Any]:
+def run_epoch_bench(
+    target: Target, model: str, profile: Profile, *, network: str = "mlp", timeout_s: float = 1200.0
+) -> dict[str, Any]:
     """Run one epoch-timing process and summarise it.
 
     Returns a JSON-ready record with ``status`` ``"ok"``, ``"n/a"`` (the comparison
     does not apply here, e.g. ``nmn`` not installed) or ``"error"`` (with the reason).
     """
+    plan = profile.plan(network)
     record: dict[str, Any] = {
         "backend": target.backend,
         "device": target.device,
+        "network": network,
         "model": model,
-        "epochs": profile.epochs,
-        "train_limit": profile.train_limit,
+        "epochs": plan.epochs,
+        "train_limit": plan.train_limit,
+        "test_limit": plan.test_limit,
     }
     if model == "nmn":
         record["nmn_module"] = NMN_MODULES.get(target.backend)
         reason = _nmn_unavailable(target.backend)
         if reason:
             return {**record, **_failure("n/a", reason)}
-    report = scratch_path(f"{target.backend}-{model}")
-    cmd = epoch_command(target, model, profile, str(report))
+    report = scratch_path(f"{target.backend}-{network}-{model}")
+    cmd = epoch_command(target, model, profile, str(report), network)
     record["command"] = " ".join(cmd[1:]).replace(str(report), "RECEIPT.json")
     try:
         proc = run_measured(cmd, timeout_s=timeout_s)

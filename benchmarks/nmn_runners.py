@@ -1,11 +1,14 @@
 """The published ``nmn`` package's layers, driven by yat-core's training loop.
 
-The ``x nmn`` column compares a backend with the ``nmn`` layer of the same
-framework in the *same* loop: the seed model's shape built from ``nmn``'s
-``YatNMN`` layers and the framework's ``Linear``/``Dense``, nmn's own initialisers,
-the framework's own AdamW with the recipe's hyperparameters (lr 3e-4, weight
-decay 0.01, bias correction on), the same uint8 data on the device, the same batch
-order and the same evaluation. Each framework's step is compiled the way the
+The ``x nmn`` column compares a backend with the ``nmn`` layers of the same
+framework in the *same* loop: the model's shape (the seed MLP or the Yat CNN) built
+from ``nmn``'s ``YatNMN`` and ``YatConv{1,2,3}D`` layers and the framework's own
+``Linear``/``Dense``, pooling and flatten, nmn's own initialisers, the framework's
+own AdamW with the recipe's hyperparameters (the model's learning rate: 3e-4 for
+the MLP, 1e-3 for the CNN; weight decay 0.01, bias correction on), the same uint8
+data on the device, the same batch order and the same evaluation. PyTorch takes
+channels-first images ``(n, 1, 28, 28)``, Flax Linen and MLX channels-last
+``(n, 28, 28, 1)``, as each framework's convolutions do. Each framework's step is compiled the way the
 matching yat-core backend compiles its own (``jax.jit`` for Flax Linen,
 ``mx.compile`` for MLX, eager PyTorch), so the comparison is layer against layer.
 
@@ -25,8 +28,9 @@ import numpy as np
 from yat_core.config import TrainConfig
 from yat_core.mlp import MLPSpec
 from yat_core.runners import BaseRunner
+from yat_core.spec import LayerSpec
 
-__all__ = ["NmnUnavailable", "NMN_MODULES", "make_nmn_runner", "nmn_version"]
+__all__ = ["NmnUnavailable", "NMN_MODULES", "SUPPORTED_KINDS", "make_nmn_runner", "nmn_layers", "nmn_version"]
 
 #: The nmn module that matches each yat-core backend (NumPy has none).
 NMN_MODULES = {"torch": "nmn.torch", "jax": "nmn.linen", "mlx": "nmn.mlx"}
@@ -53,17 +57,68 @@ def _import(module: str) -> Any:
         raise NmnUnavailable(f"{module} cannot be imported: {exc}") from None
 
 
-def _hidden_sizes(spec: MLPSpec) -> tuple[int, int, int, int]:
-    # nmn's example model is Yat -> Yat -> Linear; only that shape has an nmn twin.
-    kinds = [layer.kind for layer in spec.layers]
-    if kinds != ["yat", "yat", "linear"]:
-        raise NmnUnavailable(f"nmn comparison needs the seed model's layer kinds, got {kinds}")
-    a, b, c = spec.layers
-    return a.in_features, a.out_features, b.out_features, c.out_features
+#: Layer kinds nmn has a twin for: its Yat layers, and the framework's own for the rest.
+SUPPORTED_KINDS = ("yat", "yat_conv", "linear", "max_pool", "avg_pool", "flatten")
+
+
+def nmn_layers(spec: MLPSpec) -> tuple[LayerSpec, ...]:
+    """The layers of ``spec``, checked to have an nmn twin; raises :class:`NmnUnavailable` otherwise.
+
+    Yat layers become nmn's (``YatNMN``, ``YatConv{1,2,3}D``) with nmn's own defaults and
+    initialisers; linear layers, pooling and flatten are the framework's own. Only the
+    options every framework of nmn shares are mapped: the default learnable bias and
+    alpha, a constant epsilon, and a convolution's stride, padding, dilation and groups.
+
+    Examples
+    --------
+    >>> from yat_core.spec import cnn_spec, seed_spec
+    >>> [layer.kind for layer in nmn_layers(cnn_spec())]
+    ['yat_conv', 'max_pool', 'yat_conv', 'max_pool', 'flatten', 'yat', 'linear']
+    >>> len(nmn_layers(seed_spec()))
+    3
+    """
+    for i, layer in enumerate(spec.layers):
+        if layer.kind not in SUPPORTED_KINDS:
+            raise NmnUnavailable(
+                f"nmn comparison: layer {i} is a {layer.kind!r} layer, which nmn's models do not build"
+            )
+        if layer.kind in ("yat", "yat_conv"):
+            custom = [
+                name
+                for name, value, default in (
+                    ("bias", layer.bias, "learnable"),
+                    ("alpha", layer.alpha, "learnable"),
+                    ("learnable_epsilon", layer.learnable_epsilon, False),
+                    ("spherical", layer.spherical, False),
+                )
+                if value != default
+            ]
+            if custom:
+                raise NmnUnavailable(f"nmn comparison: layer {i} sets {', '.join(custom)}; only nmn's defaults map")
+        if layer.kind != "flatten" and layer.kernel_size and not 1 <= len(layer.kernel_size) <= 3:
+            raise NmnUnavailable(f"nmn comparison: layer {i} has {len(layer.kernel_size)} spatial dimensions")
+    return spec.layers
+
+
+def channels_last(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A channels-first sample shape in the channels-last layout of Flax and MLX.
+
+    Examples
+    --------
+    >>> channels_last((1, 28, 28)), channels_last((784,))
+    ((28, 28, 1), (784,))
+    """
+    return shape if len(shape) == 1 else (*shape[1:], shape[0])
+
+
+def _conv_geometry(layer: LayerSpec) -> tuple[tuple[int, ...], Any, tuple[int, ...], int]:
+    """``(stride, padding, dilation, groups)`` of a Yat convolution; padding as ints or "valid"/"same"."""
+    o = layer.conv_options
+    return tuple(o["stride"]), o["padding"], tuple(o["dilation"]), int(o["groups"])
 
 
 class NmnTorchRunner(BaseRunner):
-    """``nmn.torch.YatNMN`` layers with ``torch.optim.AdamW``, eager."""
+    """``nmn.torch.YatNMN`` / ``YatConv{n}D`` layers with ``torch.optim.AdamW``, eager."""
 
     name = "nmn.torch"
     framework = "nmn"
@@ -72,12 +127,14 @@ class NmnTorchRunner(BaseRunner):
     def __init__(self, spec: MLPSpec, config: TrainConfig) -> None:
         import torch
 
-        YatNMN = _import("nmn.torch").YatNMN
-        n_in, h1, h2, n_out = _hidden_sizes(spec)
+        layers = nmn_layers(spec)
         self.torch, self.F = torch, torch.nn.functional
+        self.input_shape = spec.input_shape
         self.device = torch.device(config.device or "cpu")
         torch.manual_seed(config.seed)
-        self.model = torch.nn.Sequential(YatNMN(n_in, h1), YatNMN(h1, h2), torch.nn.Linear(h2, n_out)).to(self.device)
+        nmn = _import("nmn.torch")
+        self.model = torch.nn.Sequential(*(m for layer in layers for m in _torch_modules(torch.nn, nmn, layer)))
+        self.model.to(self.device)
         self.opt = torch.optim.AdamW(
             self.model.parameters(),
             lr=config.optimizer.lr,
@@ -95,10 +152,12 @@ class NmnTorchRunner(BaseRunner):
     def put(self, a: np.ndarray) -> Any:
         return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 
+    def _input(self, images: Any) -> Any:
+        return (images.float() / 255.0).reshape(images.shape[0], *self.input_shape)
+
     def step(self, images: Any, labels: Any, idx: Any) -> Any:
         idx = idx.long()
-        x = images[idx].float() / 255.0
-        loss = self.F.cross_entropy(self.model(x), labels[idx].long())
+        loss = self.F.cross_entropy(self.model(self._input(images[idx])), labels[idx].long())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -106,7 +165,7 @@ class NmnTorchRunner(BaseRunner):
 
     def evaluate(self, images: Any, labels: Any) -> tuple[Any, Any]:
         with self.torch.no_grad():
-            logits = self.model(images.float() / 255.0)
+            logits = self.model(self._input(images))
             loss = self.F.cross_entropy(logits, labels.long(), reduction="sum")
             return loss, (logits.argmax(dim=1) == labels.long()).sum()
 
@@ -115,8 +174,37 @@ class NmnTorchRunner(BaseRunner):
             self.torch.cuda.synchronize(self.device)
 
 
+def _torch_modules(nn: Any, nmn: Any, layer: LayerSpec) -> list[Any]:
+    """The PyTorch modules of one layer: nmn's for Yat layers, ``torch.nn``'s for the rest."""
+    n = len(layer.kernel_size)
+    if layer.kind == "yat":
+        return [nmn.YatNMN(layer.in_features, layer.out_features, epsilon=layer.epsilon)]
+    if layer.kind == "yat_conv":
+        stride, padding, dilation, groups = _conv_geometry(layer)
+        conv = getattr(nmn, f"YatConv{n}D")
+        return [
+            conv(
+                layer.in_features,
+                layer.out_features,
+                layer.kernel_size,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=groups,
+                epsilon=layer.epsilon,
+            )
+        ]
+    if layer.kind in ("max_pool", "avg_pool"):
+        pool = getattr(nn, f"{'Max' if layer.kind == 'max_pool' else 'Avg'}Pool{n}d")
+        return [pool(layer.kernel_size)]
+    if layer.kind == "flatten":
+        return [nn.Flatten()]
+    linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias == "learnable")
+    return [linear, nn.ReLU()] if layer.activation == "relu" else [linear]
+
+
 class NmnLinenRunner(BaseRunner):
-    """``nmn.linen.YatNMN`` layers with ``optax.adamw``, the whole step under ``jax.jit``."""
+    """``nmn.linen.YatNMN`` / ``YatConv{n}D`` layers with ``optax.adamw``, the whole step under ``jax.jit``."""
 
     name = "nmn.linen"
     framework = "nmn"
@@ -126,21 +214,25 @@ class NmnLinenRunner(BaseRunner):
         import jax
         import jax.numpy as jnp
 
-        YatNMN = _import("nmn.linen").YatNMN
+        layers = nmn_layers(spec)
+        nmn = _import("nmn.linen")
         nn, optax = _import("flax.linen"), _import("optax")
-        n_in, h1, h2, n_out = _hidden_sizes(spec)
+        shape = channels_last(spec.input_shape)
 
-        class SeedModel(nn.Module):
+        class NmnModel(nn.Module):
             @nn.compact
             def __call__(self, x: Any) -> Any:
-                x = YatNMN(features=h1)(x)
-                x = YatNMN(features=h2)(x)
-                return nn.Dense(n_out)(x)
+                for layer in layers:
+                    x = _linen_apply(nn, nmn, layer, x)
+                return x
+
+        def inputs(images: Any) -> Any:
+            return (images.astype(jnp.float32) / 255.0).reshape(images.shape[0], *shape)
 
         self.jax = jax
         platform = "gpu" if (config.device or "cpu").startswith(("cuda", "gpu")) else "cpu"
         self.device = jax.devices(platform)[0]
-        model = SeedModel()
+        model = NmnModel()
         tx = optax.adamw(
             config.optimizer.lr,
             b1=config.optimizer.b1,
@@ -148,20 +240,20 @@ class NmnLinenRunner(BaseRunner):
             eps=config.optimizer.eps,
             weight_decay=config.optimizer.weight_decay,
         )
-        self.params = jax.device_put(model.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, n_in))), self.device)
+        self.params = jax.device_put(model.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, *shape))), self.device)
         self.opt_state = jax.device_put(tx.init(self.params), self.device)
 
         def loss_fn(params: Any, x: Any, y: Any) -> Any:
             return optax.softmax_cross_entropy_with_integer_labels(model.apply(params, x), y).mean()
 
         def step(params: Any, opt_state: Any, images: Any, labels: Any, idx: Any) -> Any:
-            x = jnp.take(images, idx, axis=0).astype(jnp.float32) / 255.0
+            x = inputs(jnp.take(images, idx, axis=0))
             loss, grads = jax.value_and_grad(loss_fn)(params, x, jnp.take(labels, idx, axis=0))
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss
 
         def evaluate(params: Any, images: Any, labels: Any) -> Any:
-            logits = model.apply(params, images.astype(jnp.float32) / 255.0)
+            logits = model.apply(params, inputs(images))
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
             return loss, (jnp.argmax(logits, axis=1) == labels).sum()
 
@@ -188,8 +280,35 @@ class NmnLinenRunner(BaseRunner):
         self.jax.block_until_ready((self.params, tree))
 
 
+def _linen_apply(nn: Any, nmn: Any, layer: LayerSpec, x: Any) -> Any:
+    """One layer of the Linen model (inside ``nn.compact``): nmn's for Yat layers, Flax's for the rest."""
+    n = len(layer.kernel_size)
+    if layer.kind == "yat":
+        return nmn.YatNMN(features=layer.out_features, epsilon=layer.epsilon)(x)
+    if layer.kind == "yat_conv":
+        stride, padding, dilation, groups = _conv_geometry(layer)
+        pad = padding.upper() if isinstance(padding, str) else [(p, p) for p in padding]
+        conv = getattr(nmn, f"YatConv{n}D")
+        return conv(
+            features=layer.out_features,
+            kernel_size=layer.kernel_size,
+            strides=stride,
+            padding=pad,
+            kernel_dilation=dilation,
+            feature_group_count=groups,
+            epsilon=layer.epsilon,
+        )(x)
+    if layer.kind in ("max_pool", "avg_pool"):
+        pool = nn.max_pool if layer.kind == "max_pool" else nn.avg_pool
+        return pool(x, layer.kernel_size, strides=layer.kernel_size)
+    if layer.kind == "flatten":
+        return x.reshape(x.shape[0], -1)
+    x = nn.Dense(layer.out_features, use_bias=layer.bias == "learnable")(x)
+    return nn.relu(x) if layer.activation == "relu" else x
+
+
 class NmnMlxRunner(BaseRunner):
-    """``nmn.mlx.YatNMN`` layers with ``mlx.optimizers.AdamW``, the step under ``mx.compile``."""
+    """``nmn.mlx.YatNMN`` / ``YatConv{n}D`` layers with ``mlx.optimizers.AdamW``, the step under ``mx.compile``."""
 
     name = "nmn.mlx"
     framework = "nmn"
@@ -200,16 +319,16 @@ class NmnMlxRunner(BaseRunner):
         import mlx.nn as nn
         import mlx.optimizers as optim
 
-        YatNMN = _import("nmn.mlx").YatNMN
-        n_in, h1, h2, n_out = _hidden_sizes(spec)
+        layers = nmn_layers(spec)
+        nmn = _import("nmn.mlx")
         self.mx = mx
+        self.shape = channels_last(spec.input_shape)
         self.device = mx.gpu if (config.device or "cpu") in ("gpu", "cuda", "metal") else mx.cpu
         mx.set_default_device(self.device)
         mx.random.seed(config.seed)
-        layers = [YatNMN(features=h1), YatNMN(features=h2), nn.Linear(h2, n_out)]
-        self.model = nn.Sequential(*layers)
-        # nmn's MLX layer allocates its weights on the first call: build before compiling.
-        self.model(mx.zeros((1, n_in)))
+        self.model = nn.Sequential(*(m for layer in layers for m in _mlx_modules(nn, nmn, layer)))
+        # nmn's MLX layers allocate their weights on the first call: build before compiling.
+        self.model(mx.zeros((1, *self.shape)))
         self.optimizer = optim.AdamW(
             learning_rate=config.optimizer.lr,
             betas=[config.optimizer.b1, config.optimizer.b2],
@@ -225,6 +344,8 @@ class NmnMlxRunner(BaseRunner):
     def _compiled_step(self, nn: Any) -> Callable[..., Any]:
         mx, model, optimizer = self.mx, self.model, self.optimizer
 
+        inputs = self._input
+
         def loss_fn(x: Any, y: Any) -> Any:
             return mx.mean(nn.losses.cross_entropy(model(x), y))
 
@@ -234,7 +355,7 @@ class NmnMlxRunner(BaseRunner):
         # MLX documents for compiling a training step.
         @functools.partial(mx.compile, inputs=self.state, outputs=self.state)
         def step(images: Any, labels: Any, idx: Any) -> Any:
-            x = mx.take(images, idx, axis=0).astype(mx.float32) / 255.0
+            x = inputs(mx.take(images, idx, axis=0))
             loss, grads = loss_and_grad(x, mx.take(labels, idx, axis=0))
             optimizer.update(model, grads)
             return loss
@@ -245,9 +366,13 @@ class NmnMlxRunner(BaseRunner):
         import mlx.nn as nn
 
         mx = self.mx
-        logits = self.model(images.astype(mx.float32) / 255.0)
+        logits = self.model(self._input(images))
         loss = mx.sum(nn.losses.cross_entropy(logits, labels))
         return loss, mx.sum(mx.argmax(logits, axis=1) == labels)
+
+    def _input(self, images: Any) -> Any:
+        mx = self.mx
+        return mx.reshape(images.astype(mx.float32) / 255.0, (images.shape[0], *self.shape))
 
     def device_name(self) -> str:
         return f"mlx:{str(self.device).rsplit('.', 1)[-1]}"
@@ -272,6 +397,44 @@ class NmnMlxRunner(BaseRunner):
 
     def synchronize(self, tree: Any) -> None:
         self.mx.eval(self.state, tree)
+
+
+def _mlx_modules(nn: Any, nmn: Any, layer: LayerSpec) -> list[Any]:
+    """The MLX modules of one layer: nmn's for Yat layers, ``mlx.nn``'s for the rest."""
+    n = len(layer.kernel_size)
+    if layer.kind == "yat":
+        return [nmn.YatNMN(features=layer.out_features, epsilon=layer.epsilon)]
+    if layer.kind == "yat_conv":
+        stride, padding, dilation, groups = _conv_geometry(layer)
+        conv = getattr(nmn, f"YatConv{n}D")
+        return [
+            conv(
+                filters=layer.out_features,
+                kernel_size=layer.kernel_size,
+                strides=stride,
+                padding=padding,
+                dilation_rate=dilation,
+                groups=groups,
+                epsilon=layer.epsilon,
+            )
+        ]
+    if layer.kind in ("max_pool", "avg_pool"):
+        pool = getattr(nn, f"{'Max' if layer.kind == 'max_pool' else 'Avg'}Pool{n}d")
+        return [pool(layer.kernel_size, stride=layer.kernel_size)]
+    if layer.kind == "flatten":
+        return [_mlx_flatten(nn)]
+    linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias == "learnable")
+    return [linear, nn.ReLU()] if layer.activation == "relu" else [linear]
+
+
+def _mlx_flatten(nn: Any) -> Any:
+    """``(n, *rest) -> (n, prod(rest))`` as a parameterless module (``mlx.nn`` has no ``Flatten``)."""
+
+    class Flatten(nn.Module):
+        def __call__(self, x: Any) -> Any:
+            return x.reshape(x.shape[0], -1)
+
+    return Flatten()
 
 
 _RUNNERS = {"torch": NmnTorchRunner, "jax": NmnLinenRunner, "mlx": NmnMlxRunner}

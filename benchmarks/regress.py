@@ -44,19 +44,28 @@ def metrics(results: Results) -> dict[str, float]:
     ...                 "batch": 1, "min_s": 1e-4}], "epochs": []}
     >>> metrics(r)
     {'step jax/cpu yat forward b=1 (min)': 0.0001}
+
+    The CNN's metrics name the network (``step jax/cpu cnn yat ...``); the seed MLP's keep
+    the names they had before the CNN was timed, so older baselines still compare.
     """
     out: dict[str, float] = {}
     for s in results.get("steps", []):
-        out[f"step {s['backend']}/{s['device']} {s['model']} {s['kind']} b={s['batch']} (min)"] = s["min_s"]
+        model = _model_label(s)
+        out[f"step {s['backend']}/{s['device']} {model} {s['kind']} b={s['batch']} (min)"] = s["min_s"]
     for e in results.get("epochs", []):
         if e.get("status") != "ok":
             continue
-        prefix = f"epoch {e['backend']}/{e['device']} {e['model']}"
+        prefix = f"epoch {e['backend']}/{e['device']} {_model_label(e)}"
         out[f"{prefix} s/epoch (min)"] = e["steady_min_s"]
         for key, label in (("first_step_s", "first step"), ("wall_s", "end-to-end")):
             if e.get(key) is not None:
                 out[f"{prefix} {label}"] = e[key]
     return out
+
+
+def _model_label(record: dict[str, Any]) -> str:
+    network = record.get("network", "mlp")
+    return record["model"] if network == "mlp" else f"{network} {record['model']}"
 
 
 def compare(current: Results, baseline: Results, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """Reports of a benchmark run: ``bench.json``, ``bench.md`` and ``bench.png``.
 
-Every ratio column ("x floor", "x ReLU baseline", "x nmn") is a ratio of times,
-this backend's over the comparison's: below 1 is faster than the comparison.
+Every ratio column of the seed MLP ("x floor", "x ReLU baseline", "x nmn") is a
+ratio of times, this backend's over the comparison's: below 1 is faster than the
+comparison. The Yat CNN's columns name their ratio: "Yat / Conv+ReLU" (time of the
+Yat CNN over the Conv + ReLU CNN's: at most 1.5 meets issue 9's criterion) and
+"nmn / Yat" (nmn's time over the Yat CNN's: above 1 means the Yat CNN is faster).
 """
 
 from __future__ import annotations
@@ -12,11 +15,29 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.devices import BACKEND_ORDER
-from benchmarks.steps import KINDS
-from benchmarks.targets import NMN_EXAMPLE_S_PER_EPOCH, evaluate_targets, step_ratio
+from benchmarks.nmn_runners import NMN_MODULES
+from benchmarks.steps import KINDS, MODELS
+from benchmarks.targets import (
+    CNN_STEP_LIMIT,
+    NMN_EXAMPLE_S_PER_EPOCH,
+    epoch_ratio,
+    evaluate_targets,
+    network_of,
+    step_ratio,
+)
 from yat_core._io import atomic_write, atomic_write_text
 
-__all__ = ["summarise", "derive", "epoch_table", "render_markdown", "render_chart", "write_outputs", "OUTPUT_NAMES"]
+__all__ = [
+    "summarise",
+    "summarise_cnn",
+    "derive",
+    "epoch_table",
+    "cnn_tables",
+    "render_markdown",
+    "render_chart",
+    "write_outputs",
+    "OUTPUT_NAMES",
+]
 
 Results = dict[str, Any]
 OUTPUT_NAMES = {"json": "bench.json", "markdown": "bench.md", "chart": "bench.png"}
@@ -24,16 +45,36 @@ NA = "n/a"
 
 
 # -- derived numbers ------------------------------------------------------------------
-def _rows(results: Results) -> list[tuple[str, str]]:
-    """(backend, device) pairs that have any measurement, in table order."""
-    seen = {(r["backend"], r["device"]) for r in results.get("epochs", []) + results.get("steps", [])}
+def _rows(results: Results, network: str | None = None) -> list[tuple[str, str]]:
+    """(backend, device) pairs that have any measurement (of ``network``, if given), in table order."""
+    seen = {
+        (r["backend"], r["device"])
+        for r in results.get("epochs", []) + results.get("steps", [])
+        if network is None or network_of(r) == network
+    }
     rank = {b: i for i, b in enumerate(BACKEND_ORDER)}
     return sorted(seen, key=lambda bd: (rank.get(bd[0], len(rank)), bd[1] != "cpu", bd[1]))
 
 
-def _epoch(results: Results, backend: str, device: str, model: str) -> dict[str, Any] | None:
+def _networks(results: Results) -> list[str]:
+    """The networks this run measured, the seed MLP first."""
+    seen = {network_of(r) for r in results.get("epochs", []) + results.get("steps", [])}
+    return sorted(seen, key=lambda n: (n != "mlp", n))
+
+
+def _epoch(results: Results, backend: str, device: str, model: str, network: str = "mlp") -> dict[str, Any] | None:
     for rec in results.get("epochs", []):
-        if (rec["backend"], rec["device"], rec["model"]) == (backend, device, model):
+        if (rec["backend"], rec["device"], rec["model"]) == (backend, device, model) and network_of(rec) == network:
+            return rec
+    return None
+
+
+def _step(
+    results: Results, backend: str, device: str, model: str, network: str, kind: str = "train_step", batch: int = 128
+) -> dict[str, Any] | None:
+    for rec in results.get("steps", []):
+        key = (rec["backend"], rec["device"], rec["model"], rec["kind"], rec["batch"])
+        if key == (backend, device, model, kind, batch) and network_of(rec) == network:
             return rec
     return None
 
@@ -54,9 +95,9 @@ def _floor_s(results: Results, device: str) -> float | None:
 
 
 def summarise(results: Results) -> list[dict[str, Any]]:
-    """One row per backend/device: the epoch table and the facts beside it."""
+    """One row per backend/device of the seed MLP: the epoch table and the facts beside it."""
     rows = []
-    for backend, device in _rows(results):
+    for backend, device in _rows(results, "mlp"):
         yat = _epoch(results, backend, device, "yat")
         relu = _epoch(results, backend, device, "relu")
         nmn = _epoch(results, backend, device, "nmn")
@@ -81,10 +122,75 @@ def summarise(results: Results) -> list[dict[str, Any]]:
     return rows
 
 
+def _ms(rec: dict[str, Any] | None, key: str = "median_s") -> float | None:
+    return 1e3 * rec[key] if rec is not None else None
+
+
+def _status(rec: dict[str, Any] | None) -> tuple[str, str | None] | None:
+    return None if rec is None else (rec.get("status", "?"), rec.get("reason"))
+
+
+def _meets(step_x_relu: float | None, nmn_over_yat: float | None, nmn_applies: bool) -> bool | None:
+    """Issue 9's criterion on one backend: None until the Yat/Conv+ReLU step ratio (and nmn's, where it applies)
+    is measured."""
+    if step_x_relu is None or (nmn_applies and nmn_over_yat is None):
+        return None
+    return step_x_relu <= CNN_STEP_LIMIT and (not nmn_applies or nmn_over_yat is not None and nmn_over_yat > 1.0)
+
+
+def summarise_cnn(results: Results) -> list[dict[str, Any]]:
+    """One row per backend/device of the Yat CNN: step and epoch times of the Yat CNN, the Conv + ReLU CNN
+    and nmn's conv layers, the two ratios, and issue 9's criterion (``meets``).
+
+    The step is the full training step at batch 128 (median; ``*_best``: the fastest round); "same loop" is
+    the epoch timing, every model trained by the same loop. ``meets`` is None until measured; where nmn has
+    no layer (NumPy) only the 1.5x criterion applies; where it has one but was not measured (not
+    installed), the criterion stays unjudged.
+    """
+    rows = []
+    for backend, device in _rows(results, "cnn"):
+        epochs = {m: _epoch(results, backend, device, m, "cnn") for m in MODELS}
+        steps = {m: _step(results, backend, device, m, "cnn") for m in MODELS}
+        nmn_applies = backend in NMN_MODULES
+
+        step_x_relu = step_ratio(results, backend, device, network="cnn")
+        epoch_nmn_over_yat = epoch_ratio(results, backend, device, network="cnn", numerator="nmn", denominator="yat")
+        rows.append(
+            {
+                "backend": backend,
+                "device": device,
+                "yat_step_ms": _ms(steps["yat"]),
+                "relu_step_ms": _ms(steps["relu"]),
+                "nmn_step_ms": _ms(steps["nmn"]),
+                "step_x_relu": step_x_relu,
+                "step_x_relu_best": step_ratio(results, backend, device, stat="min_s", network="cnn"),
+                "step_nmn_over_yat": step_ratio(
+                    results, backend, device, network="cnn", numerator="nmn", denominator="yat"
+                ),
+                "s_per_epoch": _ok(epochs["yat"], "steady_s"),
+                "samples_per_s": _ok(epochs["yat"], "samples_per_s"),
+                "relu_s_per_epoch": _ok(epochs["relu"], "steady_s"),
+                "nmn_s_per_epoch": _ok(epochs["nmn"], "steady_s"),
+                "epoch_x_relu": epoch_ratio(results, backend, device, network="cnn"),
+                "epoch_nmn_over_yat": epoch_nmn_over_yat,
+                "nmn_applies": nmn_applies,
+                "meets_step_limit": None if step_x_relu is None else step_x_relu <= CNN_STEP_LIMIT,
+                "faster_than_nmn": None if epoch_nmn_over_yat is None else epoch_nmn_over_yat > 1.0,
+                "meets": _meets(step_x_relu, epoch_nmn_over_yat, nmn_applies),
+                "extrapolated": bool(epochs["yat"] and epochs["yat"].get("extrapolated")),
+                "yat_status": _status(epochs["yat"]),
+                "relu_status": _status(epochs["relu"]),
+                "nmn_status": _status(epochs["nmn"]),
+            }
+        )
+    return rows
+
+
 def derive(results: Results, comparison: dict[str, Any] | None = None) -> Results:
-    """``results`` with ``summary``, ``targets`` (and ``comparison`` when given) filled in."""
+    """``results`` with ``summary``, ``cnn_summary``, ``targets`` (and ``comparison`` when given) filled in."""
     out = dict(results)
     out["summary"] = summarise(results)
+    out["cnn_summary"] = summarise_cnn(results)
     out["targets"] = evaluate_targets(results)
     if comparison is not None:
         out["comparison"] = comparison
@@ -135,10 +241,18 @@ def _md_header(results: Results) -> list[str]:
             f"- note: other processes were using the CPU when the run started "
             f"(load {start:.2f} on {cores} cores); times include their interference"
         )
-    if prof.get("train_limit"):
+    networks = _networks(results)
+    if prof.get("train_limit") and "mlp" in networks:
         lines.append(
             f"- quick profile: epochs of {prof['train_limit']:,} images; seconds per MNIST epoch are "
             "extrapolated from the measured samples/s and are indicative only"
+        )
+    cnn = prof.get("cnn") or {}
+    if "cnn" in networks and cnn.get("train_limit"):
+        test = f", evaluated on {cnn['test_limit']:,} test images" if cnn.get("test_limit") else ""
+        lines.append(
+            f"- Yat CNN: {cnn.get('epochs', '?')} epochs of {cnn['train_limit']:,} training images each{test}; "
+            "seconds per MNIST epoch are extrapolated from the measured samples/s"
         )
     return lines
 
@@ -173,7 +287,7 @@ def _md_epochs(results: Results, summary: list[dict[str, Any]]) -> list[str]:
     )
     epochs = results.get("profile", {}).get("epochs", "?")
     return [
-        "## Epoch timing: MNIST, batch 128, steady state",
+        "## Epoch timing: MNIST, batch 128, steady state (seed MLP)",
         "",
         f"Each row is a fresh `yat-core train` process of {epochs} epochs; the first epoch "
         "(compilation) is the warm-up and s/epoch is the median of the others. Ratios are "
@@ -188,12 +302,29 @@ def _md_epochs(results: Results, summary: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+#: How the "every run" and step tables name each (network, model).
+_MODEL_NAMES = {
+    ("mlp", "yat"): "yat-core (Yat)",
+    ("mlp", "relu"): "Linear + ReLU",
+    ("mlp", "nmn"): "nmn YatNMN",
+    ("cnn", "yat"): "CNN: yat-core (Yat)",
+    ("cnn", "relu"): "CNN: Conv + ReLU",
+    ("cnn", "nmn"): "CNN: nmn YatConv2D + YatNMN",
+}
+
+
+def _model_name(rec: dict[str, Any]) -> str:
+    name = _MODEL_NAMES.get((network_of(rec), rec["model"]), f"{network_of(rec)} {rec['model']}")
+    if rec["model"] == "nmn" and "backend" in rec and "kind" not in rec:
+        name += f" ({rec.get('nmn_module') or 'none for this framework'})"
+    return name
+
+
 def _md_runs(results: Results) -> list[str]:
     rows = []
-    impl = {"yat": "yat-core (Yat)", "relu": "Linear + ReLU"}
     for rec in results.get("epochs", []):
         label = f"{rec['backend']}/{rec['device']}"
-        name = impl.get(rec["model"]) or f"nmn YatNMN ({rec.get('nmn_module') or 'none for this framework'})"
+        name = _model_name(rec)
         if rec.get("status") != "ok":
             rows.append([label, name, rec.get("status", "?"), NA, NA, NA, NA, NA, (rec.get("reason") or "")[:80]])
             continue
@@ -237,11 +368,15 @@ def _md_runs(results: Results) -> list[str]:
 
 def _md_targets(results: Results, targets: list[dict[str, Any]]) -> list[str]:
     rows = []
+    networks = _networks(results)
     for t in targets:
+        if t.get("network", "mlp") not in networks:
+            continue  # a network this run did not time
         met = "not measured" if t["met"] is None else ("met" if t["met"] else "**not met**")
         measured = NA if t["measured"] is None else f"{_f(t['measured'])} {t['unit']}"
         best = NA if t.get("best_case") is None else f"{_f(t['best_case'])} {t['unit']}"
-        rows.append([t["name"], f"<= {t['limit']:g} {t['unit']}", measured, met, best, t["basis"]])
+        sign = ">=" if t.get("at_least") else "<="
+        rows.append([t["name"], f"{sign} {t['limit']:g} {t['unit']}", measured, met, best, t["basis"]])
     return [
         "## Targets",
         "",
@@ -259,9 +394,10 @@ def _md_wall(results: Results) -> list[str]:
         if rec["model"] != "yat" or rec.get("status") != "ok" or rec.get("outside_train_s") is None:
             continue
         set_up = rec["total_s"] - rec["train_epochs_s"] - rec["eval_s"]
+        cnn = " (CNN)" if network_of(rec) == "cnn" else ""
         rows.append(
             [
-                f"{rec['backend']}/{rec['device']}",
+                f"{rec['backend']}/{rec['device']}{cnn}",
                 _f(rec["wall_s"]),
                 _f(rec["outside_train_s"]),
                 _f(rec.get("load_s")),
@@ -273,7 +409,7 @@ def _md_wall(results: Results) -> list[str]:
     if not rows:
         return []
     return [
-        "## Where the end-to-end time goes (`yat-core train`, Yat model)",
+        "## Where the end-to-end time goes (`yat-core train`, Yat models)",
         "",
         "*outside train()*: interpreter start, imports before training, writing the receipt, exit. "
         "*set-up*: inside train() but outside the epochs and evaluations: framework import, "
@@ -331,28 +467,43 @@ def _md_steps(results: Results) -> list[str]:
     steps = results.get("steps", [])
     if not steps:
         return []
-    batches = sorted({s["batch"] for s in steps})
-    by_key = {(s["backend"], s["device"], s["model"], s["kind"], s["batch"]): s for s in steps}
-    groups = sorted(
-        {(s["backend"], s["device"], s["model"], s["kind"]) for s in steps},
-        key=lambda k: (_rank(k[0]), k[1], k[2] != "yat", KINDS.index(k[3])),
-    )
-    median_rows, first_rows = [], []
-    for g in groups:
-        cells = [by_key.get((*g, b)) for b in batches]
-        label = [f"{g[0]}/{g[1]}", g[2], g[3]]
-        median_rows.append(
-            label + [NA if c is None else f"{_f(1e3 * c['median_s'])} ({_f(1e3 * c['min_s'])})" for c in cells]
-        )
-        first_rows.append(label + [NA if c is None else _f(c["first_call_s"]) for c in cells])
-    head = ["backend/device", "model", "step"]
-    return [
+    lines = [
         "## Step timing (pytest-benchmark)",
         "",
         "Milliseconds per step after warm-up, median (fastest round in brackets); every call waits for its result "
         "(device synchronised, MLX graph evaluated) before the clock is read. *forward*: "
         "logits of a float batch; *forward_backward*: loss and all gradients; *train_step*: "
-        "batch gather, loss, gradients and the AdamW update (what one training step costs).",
+        "batch gather, loss, gradients and the AdamW update (what one training step costs). "
+        "nmn's layers are timed on the training step only, in the runner of the epoch timings.",
+    ]
+    for network in _networks(results):
+        lines += ["", *_step_tables(network, [s for s in steps if network_of(s) == network])]
+    return lines
+
+
+def _step_tables(network: str, steps: list[dict[str, Any]]) -> list[str]:
+    if not steps:
+        return []
+    batches = sorted({s["batch"] for s in steps})
+    by_key = {(s["backend"], s["device"], s["model"], s["kind"], s["batch"]): s for s in steps}
+    model_rank = {m: i for i, m in enumerate(MODELS)}
+    groups = sorted(
+        {(s["backend"], s["device"], s["model"], s["kind"]) for s in steps},
+        key=lambda k: (_rank(k[0]), k[1], model_rank.get(k[2], len(model_rank)), KINDS.index(k[3])),
+    )
+    median_rows, first_rows = [], []
+    for g in groups:
+        cells = [by_key.get((*g, b)) for b in batches]
+        name = _MODEL_NAMES.get((network, g[2]), g[2])
+        label = [f"{g[0]}/{g[1]}", name, g[3]]
+        median_rows.append(
+            label + [NA if c is None else f"{_f(1e3 * c['median_s'])} ({_f(1e3 * c['min_s'])})" for c in cells]
+        )
+        first_rows.append(label + [NA if c is None else _f(c["first_call_s"]) for c in cells])
+    head = ["backend/device", "model", "step"]
+    title = {"mlp": "Seed MLP", "cnn": "Yat CNN"}.get(network, network)
+    return [
+        f"### {title}",
         "",
         *_table(head + [f"b={b} ms" for b in batches], median_rows),
         "",
@@ -364,6 +515,104 @@ def _md_steps(results: Results) -> list[str]:
 
 def _rank(backend: str) -> int:
     return BACKEND_ORDER.index(backend) if backend in BACKEND_ORDER else len(BACKEND_ORDER)
+
+
+def _meets_cell(r: dict[str, Any]) -> str:
+    if r["meets"] is None:
+        missing = "Yat/Conv+ReLU step" if r["step_x_relu"] is None else "nmn in the loop"
+        return f"not measured ({missing})"
+    if r["meets"]:
+        return "yes" if r["nmn_applies"] else "yes (no nmn layer here)"
+    why = []
+    if not r["meets_step_limit"]:
+        why.append(f"{r['step_x_relu']:.2f}x > {CNN_STEP_LIMIT:g}x")
+    if r["nmn_applies"] and not r["faster_than_nmn"]:
+        why.append("nmn faster in the loop")
+    return "**no**: " + "; ".join(why)
+
+
+def cnn_tables(cnn_summary: list[dict[str, Any]]) -> list[str]:
+    """The Yat CNN's two tables: the training step with issue 9's criterion, and the epoch."""
+    step_rows = [
+        [
+            f"{r['backend']}/{r['device']}",
+            _f(r["yat_step_ms"]),
+            _f(r["relu_step_ms"]),
+            _f(r["nmn_step_ms"]),
+            _x(r["step_x_relu"]),
+            _x(r["step_x_relu_best"]),
+            _x(r["step_nmn_over_yat"]),
+            _x(r["epoch_nmn_over_yat"]),
+            _meets_cell(r),
+        ]
+        for r in cnn_summary
+    ]
+    epoch_rows = [
+        [
+            f"{r['backend']}/{r['device']}",
+            _f(r["s_per_epoch"]),
+            _f(r["samples_per_s"], 4),
+            _f(r["relu_s_per_epoch"]),
+            _f(r["nmn_s_per_epoch"]) if r["nmn_applies"] else NA,
+            _x(r["epoch_x_relu"]),
+            _x(r["epoch_nmn_over_yat"]),
+        ]
+        for r in cnn_summary
+    ]
+    return [
+        *_table(
+            [
+                "backend/device",
+                "Yat step ms",
+                "Conv+ReLU step ms",
+                "nmn step ms",
+                "Yat / Conv+ReLU",
+                "(best case)",
+                "nmn / Yat (step)",
+                "nmn / Yat (same loop)",
+                f"meets (<= {CNN_STEP_LIMIT:g}x, faster than nmn)",
+            ],
+            step_rows,
+        ),
+        "",
+        *_table(
+            [
+                "backend/device",
+                "Yat s/epoch",
+                "samples/s",
+                "Conv+ReLU s/epoch",
+                "nmn s/epoch",
+                "Yat / Conv+ReLU",
+                "nmn / Yat",
+            ],
+            epoch_rows,
+        ),
+    ]
+
+
+def _md_cnn(cnn_summary: list[dict[str, Any]]) -> list[str]:
+    if not cnn_summary:
+        return []
+    judged = [r for r in cnn_summary if r["meets"] is not None]
+    met = sum(1 for r in judged if r["meets"])
+    verdict = f"Criterion met on {met} of {len(judged)} backend/device rows measured" + (
+        f" ({len(cnn_summary) - len(judged)} not measured)." if len(judged) < len(cnn_summary) else "."
+    )
+    return [
+        "## Yat CNN: against Conv + ReLU and nmn's conv layers",
+        "",
+        f"Issue 9's criterion: the Yat CNN's training step no more than {CNN_STEP_LIMIT:g}x the Conv + ReLU "
+        "CNN's step on the same backend (*Yat / Conv+ReLU*: full training step, batch 128, median; the "
+        "fastest rounds' ratio beside it), and faster than nmn's conv layers of the same framework in the "
+        "same training loop (*nmn / Yat (same loop)*: nmn's seconds per epoch over the Yat CNN's, above 1 "
+        "= Yat faster). The Conv + ReLU CNN is `cnn_relu_spec()` run by the same backend machinery; nmn's "
+        "model is nmn's `YatConv2D` and `YatNMN` layers with the framework's pooling, flatten and Linear, "
+        "nmn's initialisers, the framework's AdamW (nmn has no NumPy layers).",
+        "",
+        *cnn_tables(cnn_summary),
+        "",
+        verdict,
+    ]
 
 
 def _md_comparison(results: Results) -> list[str]:
@@ -378,10 +627,12 @@ def _md_comparison(results: Results) -> list[str]:
 def render_markdown(results: Results) -> str:
     """The Markdown report of a derived result (see :func:`derive`)."""
     summary = results.get("summary") or summarise(results)
+    cnn_summary = results.get("cnn_summary") or summarise_cnn(results)
     targets = results.get("targets") or evaluate_targets(results)
     sections = [
         _md_header(results),
-        _md_epochs(results, summary),
+        _md_epochs(results, summary) if summary else [],
+        _md_cnn(cnn_summary),
         _md_targets(results, targets),
         _md_runs(results),
         _md_wall(results),
@@ -486,6 +737,45 @@ def _chart_step_ratio(ax: Any, results: Results, rows: list[tuple[str, str]]) ->
     ax.grid(axis="y", alpha=0.3)
 
 
+def _chart_cnn(ax: Any, results: Results, rows: list[tuple[str, str]]) -> None:
+    series = (
+        ("Yat / Conv+ReLU, training step b128", "#1f77b4", lambda b, d: step_ratio(results, b, d, network="cnn")),
+        (
+            "nmn / Yat, training step b128",
+            "#ffbb78",
+            lambda b, d: step_ratio(results, b, d, network="cnn", numerator="nmn", denominator="yat"),
+        ),
+        (
+            "nmn / Yat, s/epoch (same loop)",
+            "#ff7f0e",
+            lambda b, d: epoch_ratio(results, b, d, network="cnn", numerator="nmn", denominator="yat"),
+        ),
+    )
+    width = 0.8 / len(series)
+    for i, (label, color, measure) in enumerate(series):
+        xs, ys = [], []
+        for j, (backend, device) in enumerate(rows):
+            value = measure(backend, device)
+            if value is not None:
+                xs.append(j - 0.4 + (i + 0.5) * width)
+                ys.append(value)
+        bars = ax.bar(
+            xs, [y - 1.0 for y in ys], width, bottom=1.0, label=label, color=color, edgecolor="black", linewidth=0.5
+        )
+        ax.bar_label(bars, labels=[f"{y:.3g}" for y in ys], fontsize=7, padding=1)
+    ax.axhline(CNN_STEP_LIMIT, color="red", linewidth=1.5, label=f"Yat / Conv+ReLU limit {CNN_STEP_LIMIT:g}x")
+    ax.axhline(1.0, color="grey", linewidth=0.8, label="parity (nmn / Yat must be above)")
+    ax.set_yscale("log", base=2)
+    low, high = ax.get_ylim()
+    ax.set_ylim(min(low, 0.5), max(high, 2.0) * 1.5)
+    ax.yaxis.set_major_formatter(matplotlib_ticker().FuncFormatter(lambda v, _: f"{v:.3g}x"))
+    ax.set_xticks(range(len(rows)), [f"{b}/{d}" for b, d in rows])
+    ax.set_ylabel("time ratio (log)")
+    ax.set_title("Yat CNN: against the Conv + ReLU CNN (same backend) and nmn's conv layers (same loop)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=3, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+
+
 def matplotlib_ticker() -> Any:
     """``matplotlib.ticker``, imported with the rest of matplotlib only when a chart is drawn."""
     import matplotlib.ticker
@@ -494,16 +784,26 @@ def matplotlib_ticker() -> Any:
 
 
 def render_chart(results: Results, path: str | Path) -> Path:
-    """Write the PNG bar chart: epoch times with floor and targets, and the Yat/ReLU step ratio."""
+    """Write the PNG bar chart: the seed MLP's epoch times with floor and targets and its Yat/ReLU step
+    ratio; the Yat CNN's ratios against Conv + ReLU and nmn. Panels of a network not timed are left out."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on CI
     import matplotlib.pyplot as plt
 
-    rows = _rows(results)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 10), gridspec_kw={"height_ratios": [3, 2]})
-    _chart_epochs(top, results, rows)
-    _chart_step_ratio(bottom, results, rows)
+    mlp_rows, cnn_rows = _rows(results, "mlp"), _rows(results, "cnn")
+    panels: list[tuple[float, Any]] = []
+    if mlp_rows or not cnn_rows:
+        panels += [(3.0, lambda ax: _chart_epochs(ax, results, mlp_rows))]
+        panels += [(2.0, lambda ax: _chart_step_ratio(ax, results, mlp_rows))]
+    if cnn_rows:
+        panels += [(2.0, lambda ax: _chart_cnn(ax, results, cnn_rows))]
+    ratios = [h for h, _ in panels]
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(10, 2 * sum(ratios)), gridspec_kw={"height_ratios": ratios}, squeeze=False
+    )
+    for ax, (_, draw) in zip(axes[:, 0], panels):
+        draw(ax)
     prof = results.get("profile", {}).get("name", "?")
     cpu = results.get("machine", {}).get("cpu", "")
     fig.suptitle(

@@ -2,15 +2,18 @@
 
 Schema (``bench.json``)::
 
-    suite, schema, profile{...}, started, finished, git_commit, machine{cpu, cores, ...},
-    versions{...}, load_avg{start, end}
+    suite, schema, profile{..., cnn{...}}, networks[], started, finished, git_commit,
+    machine{cpu, cores, ...}, versions{...}, load_avg{start, end}
     floor{flops_per_sample, flops_per_epoch, rates{device{library{model_gflops, square_gflops}}},
           floor{device{library, gflops, seconds, ...}}}
-    steps[{backend, device, model, kind, batch, first_call_s, median_s, min_s, mean_s,
+    steps[{backend, device, network, model, kind, batch, first_call_s, median_s, min_s, mean_s,
            stddev_s, rounds}]
-    epochs[{backend, device, model, status, steady_s, steady_min_s, samples_per_s, epoch_s[],
-            warmup_epoch_s, first_step_s, wall_s, peak_rss_mb, test_acc, ...}]
-    summary[...], targets[...], comparison{...}     (derived when the run is written)
+    epochs[{backend, device, network, model, status, steady_s, steady_min_s, samples_per_s,
+            epoch_s[], warmup_epoch_s, first_step_s, wall_s, peak_rss_mb, test_acc, ...}]
+    summary[...], cnn_summary[...], targets[...], comparison{...}   (derived when written)
+
+``network`` is ``"mlp"`` (the seed model) or ``"cnn"`` (the Yat CNN); a record
+without it (a run saved before the CNN was timed) is the seed model's.
 """
 
 from __future__ import annotations
@@ -54,11 +57,12 @@ def _load_avg() -> list[float] | None:
 class Collector:
     """Accumulates the measurements of one run; :meth:`document` gives the JSON."""
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, networks: tuple[str, ...] = ("mlp",)) -> None:
         self.data: dict[str, Any] = {
             "suite": "yat-core benchmarks",
             "schema": SCHEMA,
             "profile": profile.as_dict(),
+            "networks": list(networks),
             "started": _now(),
             "load_avg": {"start": _load_avg()},
             "floor": None,

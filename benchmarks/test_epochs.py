@@ -1,4 +1,4 @@
-"""Epoch timing: a fresh training process per backend/device and model.
+"""Epoch timing: a fresh training process per backend/device, network and model.
 
 The Yat rows run the user's own ``yat-core train`` command (so its wall time is
 the end-to-end time of a run); the ``Linear + ReLU`` baseline and the ``nmn``
@@ -22,15 +22,17 @@ from benchmarks.profiles import Profile
 MIN_TEST_ACC = 0.5
 
 
-def test_epochs(collector: Any, profile: Profile, mnist: Any, bench_target: Target, epoch_model: str) -> None:
-    target = bench_target
-    record = run_epoch_bench(target, epoch_model, profile)
+def test_epochs(
+    collector: Any, profile: Profile, mnist: Any, bench_target: Target, bench_network: str, epoch_model: str
+) -> None:
+    target, network = bench_target, bench_network
+    record = run_epoch_bench(target, epoch_model, profile, network=network)
     collector.add_epoch(record)
     if record["status"] == "n/a":
         pytest.skip(record["reason"])
-    assert record["status"] == "ok", f"{target.label} {epoch_model}: {record.get('reason')}"
-    if profile.train_limit is None:
+    assert record["status"] == "ok", f"{target.label} {network} {epoch_model}: {record.get('reason')}"
+    if profile.plan(network).train_limit is None:
         assert record["test_acc"] > MIN_TEST_ACC, (
-            f"{target.label} {epoch_model} reached only {record['test_acc']:.1%} test accuracy: "
+            f"{target.label} {network} {epoch_model} reached only {record['test_acc']:.1%} test accuracy: "
             "the timed run did not train"
         )

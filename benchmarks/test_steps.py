@@ -1,9 +1,10 @@
 """Step timing with pytest-benchmark: forward, forward+backward, full training step.
 
-One ``test_step`` per backend/device, model (the Yat seed model and its
-``Linear + ReLU`` twin), step kind and batch size. The first call (tracing,
-compilation, allocator warm-up) is timed on its own; pytest-benchmark then times
-the steady state, every call waiting for its result before the clock is read.
+One ``test_step`` per backend/device and step case: network (the seed MLP, the Yat
+CNN), model (the Yat network, its ReLU twin, and nmn's layers on the training step),
+step kind and batch size (:func:`benchmarks.steps.step_cases`). The first call
+(tracing, compilation, allocator warm-up) is timed on its own; pytest-benchmark then
+times the steady state, every call waiting for its result before the clock is read.
 
 Each backend is timed in a pytest process of its own (``test_steps_in_own_process``
 starts it), as a user's program would run it: frameworks loaded side by side in
@@ -21,29 +22,27 @@ from typing import Any
 import pytest
 
 from benchmarks.devices import Target
+from benchmarks.nmn_runners import NmnUnavailable
 from benchmarks.processes import run_measured, scratch_path
 from benchmarks.profiles import Profile
-from benchmarks.steps import StepBench, rounds_for, warm_up
+from benchmarks.steps import StepBench, StepCase, rounds_for, warm_up
 
 #: Seconds a backend's whole step suite may take before it is stopped.
 CHILD_TIMEOUT_S = 1800.0
 
 
-def test_step(
-    benchmark: Any,
-    collector: Any,
-    profile: Profile,
-    bench_target: Target,
-    step_model: str,
-    step_kind: str,
-    step_batch: int,
-) -> None:
-    target, kind, batch = bench_target, step_kind, step_batch
-    run = StepBench(target.backend, target.device, step_model, kind, batch).build()
+def test_step(benchmark: Any, collector: Any, profile: Profile, bench_target: Target, step_case: StepCase) -> None:
+    target, (network, model, kind, batch) = bench_target, step_case
+    try:
+        run = StepBench(target.backend, target.device, model, kind, batch, network=network).build()
+    except NmnUnavailable as exc:
+        pytest.skip(str(exc))
     first_s, typical_s = warm_up(run, profile.warmup_calls)
     rounds = rounds_for(typical_s, profile.step_budget_s, profile.min_rounds, profile.max_rounds)
-    benchmark.group = f"{kind} batch {batch}"
-    benchmark.extra_info.update(backend=target.backend, device=target.device, model=step_model, first_call_s=first_s)
+    benchmark.group = f"{network} {kind} batch {batch}"
+    benchmark.extra_info.update(
+        backend=target.backend, device=target.device, network=network, model=model, first_call_s=first_s
+    )
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
     stats = getattr(benchmark.stats, "stats", None) if benchmark.stats else None
     if stats is None:
@@ -52,7 +51,8 @@ def test_step(
         {
             "backend": target.backend,
             "device": target.device,
-            "model": step_model,
+            "network": network,
+            "model": model,
             "kind": kind,
             "batch": batch,
             "first_call_s": first_s,
@@ -66,7 +66,9 @@ def test_step(
     assert stats.min > 0
 
 
-def test_steps_in_own_process(collector: Any, profile: Profile, bench_target: Target, child_tables: list[str]) -> None:
+def test_steps_in_own_process(
+    collector: Any, profile: Profile, bench_target: Target, child_tables: list[str], pytestconfig: pytest.Config
+) -> None:
     """Run this backend's ``test_step`` cases in a fresh pytest process and collect their results."""
     out = scratch_path(f"steps-{bench_target.backend}-{bench_target.device}")
     cmd = [
@@ -81,6 +83,9 @@ def test_steps_in_own_process(collector: Any, profile: Profile, bench_target: Ta
         f"--bench-child={bench_target.label}",
         f"--bench-child-out={out}",
     ]
+    model = pytestconfig.getoption("--bench-model")
+    if model:  # otherwise the child reads $YAT_BENCH_MODEL, as this process did
+        cmd.append(f"--bench-model={model}")
     try:
         proc = run_measured(cmd, timeout_s=CHILD_TIMEOUT_S)
         records = json.loads(out.read_text()) if out.exists() else []

@@ -4,8 +4,12 @@ The Yat model is timed through the real command line (``yat-core train``); this
 worker runs the two baselines through the same :func:`yat_core.train.train` loop
 and writes the same receipt:
 
-- ``--model relu``: the seed model's shape with ``Linear + ReLU`` on the same backend;
-- ``--model nmn``: the published ``nmn`` package's layer for the backend's framework.
+- ``--model relu``: the network's shape with ``Linear + ReLU`` (the MLP) or
+  ``Conv + ReLU`` (the CNN) on the same backend;
+- ``--model nmn``: the published ``nmn`` package's layers for the backend's framework.
+
+``--network {mlp,cnn}`` picks the seed MLP or the Yat CNN (as ``yat-core train
+--model`` does), with that network's learning rate.
 
 Exit status 0 with a receipt, or 3 with ``{"status": "n/a", "reason": ...}`` when
 the model cannot run here (``nmn`` not installed); anything else is a failure.
@@ -26,10 +30,12 @@ UNAVAILABLE = 3
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.worker", description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=("relu", "nmn"), required=True)
+    p.add_argument("--network", choices=("mlp", "cnn"), default="mlp", help="the seed MLP or the Yat CNN")
     p.add_argument("--backend", required=True)
     p.add_argument("--device", default=None)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--test-limit", type=int, default=None)
     p.add_argument("--report", required=True, help="where to write the receipt (JSON)")
     return p
 
@@ -38,13 +44,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one baseline training and write its receipt; returns the exit status."""
     args = _parser().parse_args(argv)
     from yat_core.receipts import write_json_atomic
+    from yat_core.spec import MODELS
     from yat_core.train import TrainConfig, train
 
-    config = TrainConfig(backend=args.backend, device=args.device, epochs=args.epochs, train_limit=args.train_limit)
+    config = TrainConfig(
+        model=args.network,
+        backend=args.backend,
+        device=args.device,
+        epochs=args.epochs,
+        train_limit=args.train_limit,
+        test_limit=args.test_limit,
+    )
     if args.model == "relu":
-        from yat_core.mlp import relu_spec
-
-        receipt = train(config, spec=relu_spec(), progress=False, log=None)
+        receipt = train(config, spec=MODELS[args.network].relu(), progress=False, log=None)
     else:
         from benchmarks.nmn_runners import NmnUnavailable, make_nmn_runner
         from yat_core.backends import get_backend
