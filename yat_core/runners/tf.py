@@ -1,9 +1,11 @@
 """The TensorFlow runner (``yat-core train --framework tf``): :class:`~yat_core.nn.tf.YatModel` trained the TF way.
 
-A ``tf.function``-compiled step with ``tf.GradientTape`` and
-``tf.keras.optimizers.AdamW`` applied to the model's plain ``tf.Variable``
-objects, for any :class:`~yat_core.spec.ModelSpec` (the MLP, the CNN): the step
-flattens the uint8 images to floats and the model reshapes them to its layout. TensorFlow 2.16+ ships Keras 3 as ``tf.keras``, whose optimizers follow
+A ``tf.function``-compiled step with ``tf.GradientTape`` and a
+``tf.keras.optimizers.AdamW`` that steps as the core's AdamW
+(:class:`~yat_core.runners._keras_adamw.CoreAdamW`) applied to the model's plain
+``tf.Variable`` objects, for any :class:`~yat_core.spec.ModelSpec` (the MLP, the
+CNN): the step flattens the uint8 images to floats and the model reshapes them to
+its layout. TensorFlow 2.16+ ships Keras 3 as ``tf.keras``, whose optimizers follow
 ``KERAS_BACKEND``: the runner needs the tensorflow backend (the default when the
 variable is unset).
 """
@@ -39,7 +41,9 @@ def _adamw(config: AdamWConfig) -> Any:
             f"backend; Keras runs on {keras.backend.backend()!r} here (unset KERAS_BACKEND or set it "
             "to 'tensorflow' in a fresh process)"
         )
-    return tf.keras.optimizers.AdamW(
+    from yat_core.runners._keras_adamw import CoreAdamW  # imports Keras: only once its backend is checked
+
+    return CoreAdamW(
         learning_rate=config.lr,
         weight_decay=config.weight_decay,
         beta_1=config.b1,
@@ -70,11 +74,13 @@ class TFRunner(BaseRunner):
 
     Notes
     -----
-    tf.keras's AdamW is Keras's: the recipe's lr, betas, epsilon and weight
-    decay, bias correction, decay of every variable before the Adam step. Like
-    Keras it adds ``epsilon`` to ``sqrt(v)`` of the uncorrected second moment,
-    so a step equals a core step (:func:`~yat_core.optim.adamw_update`) with
-    epsilon ``epsilon / sqrt(1 - beta_2**t)`` at step ``t``.
+    The optimizer is :class:`~yat_core.runners._keras_adamw.CoreAdamW`, a
+    ``tf.keras.optimizers.AdamW`` whose update step is the core's
+    :func:`~yat_core.optim.adamw_update`, traced into the XLA step: the recipe's
+    lr, betas, epsilon and weight decay, epsilon added to the square root of the
+    *bias-corrected* second moment, every variable decayed by ``1 - lr * wd`` in
+    the same step. (tf.keras's stock AdamW adds epsilon to the uncorrected moment,
+    a core step with epsilon ``epsilon / sqrt(1 - beta_2**t)``.)
 
     Examples
     --------
