@@ -9,6 +9,13 @@ Written from the definition, independently of :mod:`yat_core.product`:
 - gradients come from a hand-derived backward pass in float64 whose distance terms
   use ``x - w`` directly.
 
+Convolutions (Yat, transposed, plain), pooling and every other layer kind of a
+:class:`~yat_core.spec.ModelSpec` are written here too, independently of
+:mod:`yat_core.conv` and :mod:`yat_core.mlp`: an unfold by a loop over kernel offsets,
+each group's patches through the dense product above, and the fold (the unfold's
+adjoint) for the input's gradient; :func:`mlp_forward64` and :func:`mlp_backward64` run
+any model.
+
 Inputs are float32 arrays read exactly in float64; constant options (a Python
 ``epsilon``, bias or alpha) are used at their float64 value, so the float32
 rounding of a constant is counted as part of a backend's error.
@@ -16,6 +23,8 @@ rounding of a constant is counted as part of a backend's error.
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,6 +45,20 @@ __all__ = [
     "mlp_backward64",
     "cross_entropy64",
     "MLPBackward",
+    "ConvOracle",
+    "conv_pads64",
+    "unfold64",
+    "fold64",
+    "transpose_as_direct64",
+    "yat_conv64",
+    "yat_conv_vjp64",
+    "conv64",
+    "conv_vjp64",
+    "pool_windows64",
+    "max_pool64",
+    "max_pool_vjp64",
+    "avg_pool64",
+    "avg_pool_vjp64",
 ]
 
 F64 = np.float64
@@ -207,6 +230,263 @@ def yat_oracle_vjp(inp: Any) -> dict[str, np.ndarray]:
     return yat_vjp64(yat_oracle(inp), inp.g)
 
 
+# -- convolutions and pooling --------------------------------------------------------------
+#
+# The unfold is a loop over kernel offsets on the padded (or, for the direct form of a
+# transposed convolution, cropped) input, one strided slice per offset; each group's
+# patches then go through the dense oracle above, and the gradient of the input is the
+# adjoint of the unfold (a fold: the same slices, added back). Nothing here calls
+# ``yat_core.conv``.
+
+Pads = list[tuple[int, int]]
+
+
+def conv_pads64(padding: Any, kernel: tuple[int, ...], dilation: tuple[int, ...]) -> Pads:
+    """``(lo, hi)`` per spatial dimension: ints, ``"valid"``, or ``"same"`` (the odd unit
+    of an odd total on the high side, as PyTorch and Keras place it)."""
+    if padding == "valid":
+        return [(0, 0)] * len(kernel)
+    if padding == "same":
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        return [(t // 2, t - t // 2) for t in totals]
+    return [(int(p), int(p)) for p in padding]
+
+
+def _reach(kernel: tuple[int, ...], dilation: tuple[int, ...]) -> list[int]:
+    return [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+
+
+def unfold64(
+    x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...], pads: Pads
+) -> np.ndarray:
+    """``(N, *out, C, prod(kernel))`` patches of ``x`` ``(N, C, *spatial)`` padded by ``pads``
+    (a negative entry crops), by a loop over kernel offsets; offsets in row-major order,
+    so ``patches[..., c, :]`` lines up with ``w[o, c].reshape(-1)``."""
+    x = np.asarray(x, dtype=F64)
+    for axis, (lo, hi) in enumerate(pads, start=2):
+        if lo < 0 or hi < 0:
+            x = np.take(x, range(max(-lo, 0), x.shape[axis] - max(-hi, 0)), axis=axis)
+        x = np.pad(x, [(0, 0)] * axis + [(max(lo, 0), max(hi, 0))] + [(0, 0)] * (x.ndim - axis - 1))
+    out = [(s - r) // t + 1 for s, r, t in zip(x.shape[2:], _reach(kernel, dilation), stride)]
+    cols = []
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        index = tuple(slice(o * d, o * d + (m - 1) * t + 1, t) for o, d, m, t in zip(offset, dilation, out, stride))
+        cols.append(x[(slice(None), slice(None), *index)])
+    return np.moveaxis(np.stack(cols, axis=-1), 1, -2)
+
+
+def fold64(
+    cols: np.ndarray,
+    x_shape: tuple[int, ...],
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    pads: Pads,
+) -> np.ndarray:
+    """The adjoint of :func:`unfold64`: patch gradients ``(N, *out, C, prod(kernel))`` added
+    back onto an input of shape ``x_shape``."""
+    spatial = [s - max(-lo, 0) - max(-hi, 0) + max(lo, 0) + max(hi, 0) for s, (lo, hi) in zip(x_shape[2:], pads)]
+    padded = np.zeros((*x_shape[:2], *spatial), dtype=F64)
+    cols = np.moveaxis(np.asarray(cols, dtype=F64), -2, 1)  # (N, C, *out, K)
+    out = cols.shape[2:-1]
+    for j, offset in enumerate(itertools.product(*[range(k) for k in kernel])):
+        index = tuple(slice(o * d, o * d + (m - 1) * t + 1, t) for o, d, m, t in zip(offset, dilation, out, stride))
+        padded[(slice(None), slice(None), *index)] += cols[..., j]
+    g = padded
+    for axis, (lo, hi) in reversed(list(enumerate(pads, start=2))):
+        g = np.take(g, range(max(lo, 0), g.shape[axis] - max(hi, 0)), axis=axis)
+        if lo < 0 or hi < 0:
+            width = [(0, 0)] * g.ndim
+            width[axis] = (max(-lo, 0), max(-hi, 0))
+            g = np.pad(g, width)
+    return g
+
+
+def transpose_as_direct64(
+    x: np.ndarray,
+    w: np.ndarray,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    output_padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+) -> tuple[np.ndarray, np.ndarray, Pads]:
+    """A transposed convolution as a direct one (DESIGN.md): the input with ``stride - 1``
+    zeros inserted, the kernel ``(in, out/groups, *k)`` regrouped to
+    ``(out, in/groups, *k)`` and flipped, padding ``d (k - 1) - p`` (plus
+    ``output_padding`` on the high side; negative: a crop), stride 1."""
+    x, w = np.asarray(x, dtype=F64), np.asarray(w, dtype=F64)
+    n = len(stride)
+    up = np.zeros((*x.shape[:2], *[(s - 1) * t + 1 for s, t in zip(x.shape[2:], stride)]))
+    up[(slice(None), slice(None), *[slice(None, None, t) for t in stride])] = x
+    cin, cout_g, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    w = (
+        w.reshape(groups, cin // groups, cout_g, *kernel)
+        .swapaxes(1, 2)
+        .reshape(groups * cout_g, cin // groups, *kernel)
+    )
+    w = np.flip(w, axis=tuple(range(2, 2 + n)))
+    pads = [(d * (k - 1) - p, d * (k - 1) - p + op) for d, k, p, op in zip(dilation, kernel, padding, output_padding)]
+    return up, np.ascontiguousarray(w), pads
+
+
+class ConvOracle(NamedTuple):
+    """A convolution in float64: its geometry and, per group, the :class:`YatOracle` of the
+    group's patches (Yat kinds) or the patches themselves (the plain convolution)."""
+
+    x_shape: tuple[int, ...]  # the direct convolution's input (zero-inserted for a transposed one)
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    pads: Pads
+    lead: tuple[int, ...]  # (N, *out)
+    groups: list[Any]  # YatOracle per group, or the group's patches (rows, C/groups * prod(k))
+    w: np.ndarray | None  # the plain convolution's kernel rows (out, C/groups * prod(k))
+
+
+def _group_patches(
+    x: np.ndarray, kernel: tuple[int, ...], stride: tuple, dilation: tuple, pads: Pads, groups: int
+) -> tuple[tuple[int, ...], list[np.ndarray]]:
+    cols = unfold64(x, kernel, stride, dilation, pads)
+    lead, per = cols.shape[:-2], cols.shape[-2] // groups
+    return lead, [cols[..., j * per : (j + 1) * per, :].reshape(math.prod(lead), -1) for j in range(groups)]
+
+
+def yat_conv64(
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    stride: tuple[int, ...],
+    pads: Pads,
+    dilation: tuple[int, ...],
+    groups: int,
+    bias: Any = None,
+    alpha: Any = None,
+    epsilon: float | None = 1e-5,
+    epsilon_raw: Any = None,
+    spherical: bool = False,
+) -> tuple[np.ndarray, ConvOracle]:
+    """The Yat convolution ``(N, out, *out_spatial)`` of ``x`` ``(N, C, *spatial)`` and ``w``
+    ``(out, C/groups, *k)`` padded by ``pads``: every patch through :func:`yat_forward64`."""
+    x, w = np.asarray(x, dtype=F64), np.asarray(w, dtype=F64)
+    kernel, cout = tuple(w.shape[2:]), w.shape[0]
+    lead, patches = _group_patches(x, kernel, stride, dilation, pads, groups)
+    per, bias64 = cout // groups, _as64(bias)
+    oracles = []
+    for j, p in enumerate(patches):
+        b = bias64[j * per : (j + 1) * per] if isinstance(bias64, np.ndarray) else bias
+        rows = w[j * per : (j + 1) * per].reshape(per, -1)
+        oracles.append(
+            yat_forward64(p, rows, bias=b, alpha=alpha, epsilon=epsilon, epsilon_raw=epsilon_raw, spherical=spherical)
+        )
+    y = np.concatenate([o.y.reshape(*lead, per) for o in oracles], axis=-1)
+    return np.moveaxis(y, -1, 1), ConvOracle(tuple(x.shape), kernel, stride, dilation, pads, lead, oracles, None)
+
+
+def yat_conv_vjp64(c: ConvOracle, g: np.ndarray) -> dict[str, np.ndarray]:
+    """Gradients of ``sum(g * y)`` of :func:`yat_conv64`: keys as :func:`yat_vjp64`'s,
+    ``"w"`` in the kernel's shape."""
+    g = np.moveaxis(np.asarray(g, dtype=F64), 1, -1).reshape(math.prod(c.lead), -1)
+    per = g.shape[1] // len(c.groups)
+    parts = [yat_vjp64(o, g[:, j * per : (j + 1) * per]) for j, o in enumerate(c.groups)]
+    cols = np.concatenate([p["x"].reshape(*c.lead, -1, math.prod(c.kernel)) for p in parts], axis=-2)
+    grads = {
+        "x": fold64(cols, c.x_shape, c.kernel, c.stride, c.dilation, c.pads),
+        "w": np.concatenate([p["w"] for p in parts]).reshape(-1, c.x_shape[1] // len(c.groups), *c.kernel),
+    }
+    for name in ("alpha", "epsilon_raw"):  # one scalar shared by every group
+        if name in parts[0]:
+            grads[name] = sum(p[name] for p in parts)
+    if "bias" in parts[0]:
+        grads["bias"] = np.concatenate([p["bias"] for p in parts])
+    return grads
+
+
+def conv64(
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    stride: tuple[int, ...],
+    pads: Pads,
+    dilation: tuple[int, ...],
+    groups: int,
+    bias: Any = None,
+) -> tuple[np.ndarray, ConvOracle]:
+    """The plain convolution (cross-correlation, as ``torch.nn.functional.conv2d``) plus bias."""
+    x, w = np.asarray(x, dtype=F64), np.asarray(w, dtype=F64)
+    kernel, cout = tuple(w.shape[2:]), w.shape[0]
+    lead, patches = _group_patches(x, kernel, stride, dilation, pads, groups)
+    per, rows = cout // groups, w.reshape(cout, -1)
+    y = np.concatenate([p @ rows[j * per : (j + 1) * per].T for j, p in enumerate(patches)], axis=-1)
+    if bias is not None:
+        y = y + _as64(bias)
+    y = np.moveaxis(y.reshape(*lead, cout), -1, 1)
+    return y, ConvOracle(tuple(x.shape), kernel, stride, dilation, pads, lead, patches, rows)
+
+
+def conv_vjp64(c: ConvOracle, g: np.ndarray) -> dict[str, np.ndarray]:
+    """Gradients of ``sum(g * y)`` of :func:`conv64` (``"x"``, ``"w"``, ``"bias"``)."""
+    g = np.moveaxis(np.asarray(g, dtype=F64), 1, -1).reshape(math.prod(c.lead), -1)
+    per = g.shape[1] // len(c.groups)
+    g_cols, g_rows = [], []
+    for j, p in enumerate(c.groups):
+        gj = g[:, j * per : (j + 1) * per]
+        g_rows.append(gj.T @ p)
+        g_cols.append((gj @ c.w[j * per : (j + 1) * per]).reshape(*c.lead, -1, math.prod(c.kernel)))
+    return {
+        "x": fold64(np.concatenate(g_cols, axis=-2), c.x_shape, c.kernel, c.stride, c.dilation, c.pads),
+        "w": np.concatenate(g_rows).reshape(-1, c.x_shape[1] // len(c.groups), *c.kernel),
+        "bias": g.sum(axis=0),
+    }
+
+
+def pool_windows64(x: np.ndarray, window: tuple[int, ...]) -> np.ndarray:
+    """``(N, C, *out, prod(window))``: each window's elements in row-major order, by a loop over
+    window offsets (the remainder that the window does not divide is dropped)."""
+    out = [s // k for s, k in zip(x.shape[2:], window)]
+    cols = []
+    for offset in itertools.product(*[range(k) for k in window]):
+        index = tuple(slice(o, o + m * k, k) for o, m, k in zip(offset, out, window))
+        cols.append(x[(slice(None), slice(None), *index)])
+    return np.stack(cols, axis=-1)
+
+
+def _unpool(spread: np.ndarray, x_shape: tuple[int, ...], window: tuple[int, ...]) -> np.ndarray:
+    """The adjoint of :func:`pool_windows64` (the remainder gets zero)."""
+    g = np.zeros(x_shape, dtype=F64)
+    out = spread.shape[2:-1]
+    for j, offset in enumerate(itertools.product(*[range(k) for k in window])):
+        index = tuple(slice(o, o + m * k, k) for o, m, k in zip(offset, out, window))
+        g[(slice(None), slice(None), *index)] = spread[..., j]
+    return g
+
+
+def max_pool64(x: np.ndarray, window: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Max over non-overlapping windows, and the index of each window's first maximum
+    (row-major: where PyTorch's and the core's gradient goes at a tie)."""
+    cols = pool_windows64(np.asarray(x, dtype=F64), window)
+    first = np.argmax(cols, axis=-1)
+    return np.take_along_axis(cols, first[..., None], axis=-1)[..., 0], first
+
+
+def max_pool_vjp64(x_shape: tuple[int, ...], first: np.ndarray, g: np.ndarray, window: tuple[int, ...]) -> np.ndarray:
+    """Gradient of ``sum(g * max_pool)``: each window's ``g`` on its first maximum."""
+    spread = (np.arange(math.prod(window)) == first[..., None]) * np.asarray(g, dtype=F64)[..., None]
+    return _unpool(spread, x_shape, window)
+
+
+def avg_pool64(x: np.ndarray, window: tuple[int, ...]) -> np.ndarray:
+    """Mean over non-overlapping windows."""
+    return pool_windows64(np.asarray(x, dtype=F64), window).mean(axis=-1)
+
+
+def avg_pool_vjp64(x_shape: tuple[int, ...], g: np.ndarray, window: tuple[int, ...]) -> np.ndarray:
+    """Gradient of ``sum(g * avg_pool)``: ``g / prod(window)`` on every element of the window."""
+    k = math.prod(window)
+    spread = np.repeat(np.asarray(g, dtype=F64)[..., None] / k, k, axis=-1)
+    return _unpool(spread, x_shape, window)
+
+
 # -- the MLP -----------------------------------------------------------------------------
 
 
@@ -229,29 +509,73 @@ def _linear64(layer: Any, params: dict[str, np.ndarray], prefix: str, h: np.ndar
     return np.maximum(out, 0.0) if layer.activation == "relu" else out
 
 
+def _conv_geometry(layer: Any) -> dict[str, Any]:
+    n = len(layer.kernel_size)
+    padding = layer.padding if layer.padding != () else (0,) * n
+    return {
+        "stride": layer.stride or (1,) * n,
+        "padding": padding,
+        "dilation": layer.dilation or (1,) * n,
+        "groups": layer.groups,
+        "output_padding": layer.output_padding or (0,) * n,
+    }
+
+
+def _layer_forward64(layer: Any, params: dict[str, np.ndarray], prefix: str, h: np.ndarray) -> tuple[np.ndarray, Any]:
+    """One layer's output and what its backward pass needs (see :class:`MLPBackward`)."""
+    if layer.kind == "yat":
+        o = yat_forward64(h, params[prefix + "kernel"], **_yat_options(layer, params, prefix))
+        return o.y, o
+    if layer.kind == "linear":
+        return _linear64(layer, params, prefix, h), None
+    if layer.kind in ("yat_conv", "yat_conv_transpose", "conv"):
+        geo, w = _conv_geometry(layer), params[prefix + "kernel"]
+        if layer.kind == "yat_conv_transpose":
+            h, w, pads = transpose_as_direct64(
+                h, w, geo["stride"], geo["padding"], geo["output_padding"], geo["dilation"], geo["groups"]
+            )
+            stride = (1,) * len(layer.kernel_size)
+        else:
+            pads, stride = conv_pads64(geo["padding"], layer.kernel_size, geo["dilation"]), geo["stride"]
+        common = {"stride": stride, "pads": pads, "dilation": geo["dilation"], "groups": geo["groups"]}
+        if layer.kind != "conv":
+            return yat_conv64(h, w, **common, **_yat_options(layer, params, prefix))
+        bias = params[prefix + "bias"] if layer.bias == "learnable" else layer.bias
+        y, c = conv64(h, w, **common, bias=bias)
+        return (np.maximum(y, 0.0) if layer.activation == "relu" else y), c
+    if layer.kind == "max_pool":
+        return max_pool64(h, layer.kernel_size)
+    if layer.kind == "avg_pool":
+        return avg_pool64(h, layer.kernel_size), None
+    if layer.kind == "flatten":
+        return h.reshape(h.shape[0], -1), None
+    raise ValueError(f"the oracle has no layer kind {layer.kind!r}")
+
+
 def mlp_forward64(params: dict[str, np.ndarray], x: np.ndarray, spec: MLPSpec) -> tuple[list[np.ndarray], list[Any]]:
-    """Every layer's input and the logits (``acts``), and each Yat layer's :class:`YatOracle`."""
+    """Every layer's input and the logits (``acts``), and what each layer's backward pass
+    needs (``saved``: see :class:`MLPBackward`), for any :class:`~yat_core.spec.ModelSpec`
+    (``x`` of shape ``(n, *spec.input_shape)``)."""
     acts = [np.asarray(x, dtype=F64)]
     saved: list[Any] = []
     for i, layer in enumerate(spec.layers):
-        prefix = f"{i}."
-        if layer.kind == "yat":
-            o = yat_forward64(acts[-1], params[prefix + "kernel"], **_yat_options(layer, params, prefix))
-            saved.append(o)
-            acts.append(o.y)
-        else:
-            saved.append(None)
-            acts.append(_linear64(layer, params, prefix, acts[-1]))
+        out, keep = _layer_forward64(layer, params, f"{i}.", acts[-1])
+        acts.append(out)
+        saved.append(keep)
     return acts, saved
 
 
 class MLPBackward(NamedTuple):
-    """The oracle's forward and backward pass of the MLP."""
+    """The oracle's forward and backward pass of a model.
+
+    ``saved[i]`` is a :class:`YatOracle` for a ``"yat"`` layer, a :class:`ConvOracle` for a
+    convolution, each window's first-maximum index for ``"max_pool"``, None otherwise.
+    """
 
     loss: float
     grads: dict[str, np.ndarray]
     acts: list[np.ndarray]  # every layer's input, then the logits
-    saved: list[Any]  # each Yat layer's YatOracle (None for linear layers)
+    saved: list[Any]
     upstream: list[np.ndarray]  # gradient of the loss with respect to each layer's output
 
 
@@ -265,6 +589,55 @@ def cross_entropy64(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.n
     return float(-log_p[rows, labels].mean()), g / len(labels)
 
 
+def _store(grads: dict[str, np.ndarray], prefix: str, parts: dict[str, np.ndarray]) -> None:
+    grads[prefix + "kernel"] = parts["w"]
+    for name in ("bias", "alpha", "epsilon_raw"):
+        if name in parts:
+            grads[prefix + name] = parts[name]
+
+
+def _layer_backward64(
+    layer: Any, params: dict[str, np.ndarray], prefix: str, h: np.ndarray, out: np.ndarray, saved: Any, g: np.ndarray
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The gradient of the layer's input and of its parameters, for ``g`` on its output."""
+    grads: dict[str, np.ndarray] = {}
+    if layer.kind in ("linear", "conv") and layer.activation == "relu":
+        g = np.where(out > 0, g, 0.0)
+    if layer.kind == "linear":
+        grads[prefix + "kernel"] = g.T @ h
+        if layer.bias == "learnable":
+            grads[prefix + "bias"] = g.sum(axis=0)
+        return g @ np.asarray(params[prefix + "kernel"], dtype=F64), grads
+    if layer.kind == "yat":
+        parts = yat_vjp64(saved, g)
+        _store(grads, prefix, parts)
+        return parts["x"], grads
+    if layer.kind == "conv":
+        parts = conv_vjp64(saved, g)
+        if layer.bias != "learnable":
+            del parts["bias"]
+        _store(grads, prefix, parts)
+        return parts["x"], grads
+    if layer.kind == "yat_conv":
+        parts = yat_conv_vjp64(saved, g)
+        _store(grads, prefix, parts)
+        return parts["x"], grads
+    if layer.kind == "yat_conv_transpose":  # back through transpose_as_direct64
+        parts = yat_conv_vjp64(saved, g)
+        geo, n, groups = _conv_geometry(layer), len(layer.kernel_size), layer.groups
+        w = np.flip(parts["w"], axis=tuple(range(2, 2 + n)))
+        cout, cin_g = w.shape[:2]
+        w = w.reshape(groups, cout // groups, cin_g, *layer.kernel_size).swapaxes(1, 2)
+        parts["w"] = w.reshape(groups * cin_g, cout // groups, *layer.kernel_size)
+        _store(grads, prefix, parts)
+        return parts["x"][(slice(None), slice(None), *[slice(None, None, t) for t in geo["stride"]])], grads
+    if layer.kind == "max_pool":
+        return max_pool_vjp64(h.shape, saved, g, layer.kernel_size), grads
+    if layer.kind == "avg_pool":
+        return avg_pool_vjp64(h.shape, g, layer.kernel_size), grads
+    return g.reshape(h.shape), grads  # flatten
+
+
 def mlp_backward64(params: dict[str, np.ndarray], x: np.ndarray, labels: np.ndarray, spec: MLPSpec) -> MLPBackward:
     """Loss, every parameter gradient, and the intermediates the error model needs."""
     acts, saved = mlp_forward64(params, x, spec)
@@ -272,22 +645,9 @@ def mlp_backward64(params: dict[str, np.ndarray], x: np.ndarray, labels: np.ndar
     grads: dict[str, np.ndarray] = {}
     upstream: list[np.ndarray] = [np.empty(0)] * len(spec.layers)
     for i in reversed(range(len(spec.layers))):
-        layer, prefix = spec.layers[i], f"{i}."
         upstream[i] = g
-        if layer.kind == "linear":
-            if layer.activation == "relu":
-                g = np.where(acts[i + 1] > 0, g, 0.0)
-            grads[prefix + "kernel"] = g.T @ acts[i]
-            if layer.bias == "learnable":
-                grads[prefix + "bias"] = g.sum(axis=0)
-            g = g @ np.asarray(params[prefix + "kernel"], dtype=F64)
-            continue
-        parts = yat_vjp64(saved[i], g)
-        grads[prefix + "kernel"] = parts["w"]
-        for name in ("bias", "alpha", "epsilon_raw"):
-            if name in parts:
-                grads[prefix + name] = parts[name]
-        g = parts["x"]
+        g, layer_grads = _layer_backward64(spec.layers[i], params, f"{i}.", acts[i], acts[i + 1], saved[i], g)
+        grads.update(layer_grads)
     return MLPBackward(loss, {name: grads[name] for name in params}, acts, saved, upstream)
 
 

@@ -1,5 +1,6 @@
 """The two run profiles: ``ci`` (deterministic, about three minutes on two cores)
-and ``thorough`` (random, many more examples, full three-epoch training runs).
+and ``thorough`` (random, many more examples, full three-epoch training runs of the
+seed model, 100 steps of the CNN, and the Conv+ReLU baseline's headline too).
 
 ``verification/conftest.py`` selects one (``--parity-profile``, or the
 ``YAT_PARITY_PROFILE`` environment variable) before the test modules are imported,
@@ -29,11 +30,22 @@ class Profile:
     trajectory_steps: int | None  # training steps compared per backend; None: full epochs
     trajectory_epochs: int
     trajectory_test_limit: int | None  # test images evaluated after the run (None: all)
+    # The Yat CNN's trajectory (every backend and framework): steps of epoch 1, test images.
+    cnn_trajectory_steps: int
+    cnn_trajectory_test_limit: int | None
+    #: Models of the headline (verification.headline.MODELS).
+    headline_models: tuple[str, ...] = ("seed", "cnn")
+
+    def trajectory(self, model: str) -> tuple[int | None, int, int | None]:
+        """``(steps, epochs, test_limit)`` of ``model``'s trajectory runs (``"seed"``, ``"cnn"``)."""
+        if model == "cnn":
+            return self.cnn_trajectory_steps, 1, self.cnn_trajectory_test_limit
+        return self.trajectory_steps, self.trajectory_epochs, self.trajectory_test_limit
 
 
 PROFILES = {
-    "ci": Profile("ci", 1.0, True, 120, 1, 2000),
-    "thorough": Profile("thorough", 12.0, False, None, 3, None),
+    "ci": Profile("ci", 1.0, True, 120, 1, 2000, 3, 256),
+    "thorough": Profile("thorough", 12.0, False, None, 3, None, 100, 2000, ("seed", "cnn", "cnn-relu")),
 }
 
 _HEALTH = [

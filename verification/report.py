@@ -1,5 +1,6 @@
 """The parity report: ``parity.json`` (the receipt), ``parity.md`` (the tables) and
-``loss_curves.png`` (the training losses overlaid), written at the end of a session.
+``loss_curves.png`` / ``loss_curves_cnn.png`` (the training losses of the seed model and
+of the Yat CNN overlaid), written at the end of a session.
 
 ``python -m verification.report [FOLDER]`` re-renders the Markdown and the figure
 from an existing ``parity.json`` (default folder: ``results/parity``).
@@ -42,18 +43,35 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+#: Loss-curve figure per trajectory model (the seed model's keeps its name).
+FIGURES = {"seed": "loss_curves.png", "cnn": "loss_curves_cnn.png"}
+
+
+def _trajectories(traj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{model: trajectory}``; a report written before the CNN had the seed model's flat."""
+    if "comparisons" in traj or "runs" in traj:
+        return {"seed": traj}
+    return {name: t for name, t in traj.items() if isinstance(t, dict)}
+
+
+def _plot_all(traj: dict[str, Any], folder: Path) -> list[Path]:
+    paths = []
+    for name, t in _trajectories(traj).items():
+        if t.get("runs") and t.get("reference"):
+            paths.append(folder / FIGURES.get(name, f"loss_curves_{name}.png"))
+            plot_losses(t, paths[-1], title=_TRAJECTORY_TITLE.get(name))
+    return paths
+
+
 def write(store: Any, folder: Path) -> list[Path]:
-    """Write the three files of ``store`` (a :class:`~verification.results.Store`) to ``folder``."""
+    """Write ``parity.json``, ``parity.md`` and the loss curves of ``store`` (a
+    :class:`~verification.results.Store`) to ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     data = store.to_json()
-    paths = [folder / "parity.json", folder / "parity.md", folder / "loss_curves.png"]
+    paths = [folder / "parity.json", folder / "parity.md"]
     atomic_write_text(paths[0], json.dumps(data, indent=1, default=_json_default, allow_nan=True) + "\n")
     atomic_write_text(paths[1], render_markdown(data))
-    if data.get("trajectory", {}).get("runs"):
-        plot_losses(data["trajectory"], paths[2])
-    else:
-        paths.pop()
-    return paths
+    return paths + _plot_all(data.get("trajectory", {}), folder)
 
 
 # -- Markdown ---------------------------------------------------------------------------
@@ -75,17 +93,43 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines + [""]
 
 
-def _headline_section(head: dict[str, Any]) -> list[str]:
+#: Per headline model: title, inputs, what the forward compares, the first layer's name.
+_HEADLINE_TEXT = {
+    "seed": (
+        "the seed model's domain",
+        "First training batch of the seed recipe (128 MNIST images, pixels in [0, 1]), Xavier-initialised "
+        "weights of the seed model (seed 0).",
+        "both Yat layers and the logits",
+        "Yat layer 1 of the seed model",
+    ),
+    "cnn": (
+        "the Yat CNN's domain",
+        "The same first training batch, channels first (128 x 1 x 28 x 28), and the initial weights of the "
+        "Yat CNN (`cnn_spec()`, seed 0).",
+        "each Yat layer on identical inputs (both YatConv layers and the dense Yat layer; core backends) "
+        "and the logits (every backend and framework-native model)",
+        "YatConv layer 1 of the CNN",
+    ),
+    "cnn-relu": (
+        "the Conv+ReLU baseline of the CNN",
+        "The same batch and the initial weights of the CNN's same-shape Conv+ReLU baseline "
+        "(`cnn_relu_spec()`, seed 0).",
+        "the logits",
+        "",
+    ),
+}
+
+
+def _headline_model(name: str, head: dict[str, Any], target: float) -> list[str]:
     if not head.get("forward") and not head.get("gradient"):
         return []
-    target = head.get("target", 1e-6)
+    title, inputs, forward, first = _HEADLINE_TEXT.get(name, (f"the {name} model", "", "the logits", ""))
     out = [
-        "## Headline: the seed model's domain",
+        f"## Headline: {title}",
         "",
-        "First training batch of the seed recipe (128 MNIST images, pixels in [0, 1]), Xavier-initialised "
-        "weights of the seed model (seed 0). *headline* = max |a - b| / max(1, |oracle|); *max rel* = "
-        "max |a - b| / max |oracle| (per tensor, then the worst tensor). Forward: both Yat layers and the "
-        f"logits; gradient: every parameter of the loss. Target: headline < {target:g}.",
+        f"{inputs} *headline* = max |a - b| / max(1, |oracle|); *max rel* = "
+        "max |a - b| / max |oracle| (per tensor, then the worst tensor). Forward: "
+        f"{forward}; gradient: every parameter of the loss. Target: headline < {target:g}.",
         "",
     ]
     for kind in ("forward", "gradient"):
@@ -101,10 +145,11 @@ def _headline_section(head: dict[str, Any]) -> list[str]:
         rows = [[pair, v["max_abs"], v["max_rel"], v["headline"], v["worst_tensor"]] for pair, v in table.items()]
         out += _table(["pair", "max abs", "max rel", "headline", "worst tensor"], rows)
     ratios = head.get("forward_error_model_ratio_layer1")
-    if ratios:
+    if ratios and first:
+        k = head.get("first_layer_k", 784 if name == "seed" else None)
         out += [
-            "Observed error / error-model bound on Yat layer 1 of the seed model (k = 784): "
-            + ", ".join(f"{k} {_fmt(v)}" for k, v in ratios.items())
+            f"Observed error / error-model bound on {first} (k = {k}): "
+            + ", ".join(f"{b} {_fmt(v)}" for b, v in ratios.items())
             + ".",
             "",
         ]
@@ -113,6 +158,17 @@ def _headline_section(head: dict[str, Any]) -> list[str]:
             f"Core float64 analytic gradients vs the independent oracle: {_fmt(head['core_float64_vs_oracle'])}.",
             "",
         ]
+    return out
+
+
+def _headline_section(head: dict[str, Any]) -> list[str]:
+    """One section per model (``head[model]``); a report written before the CNN had the seed's flat."""
+    target = head.get("target", 1e-6)
+    models = {"seed": head} if "forward" in head or "gradient" in head else head
+    out: list[str] = []
+    for name, entry in models.items():
+        if isinstance(entry, dict):
+            out += _headline_model(name, entry, target)
     return out
 
 
@@ -210,18 +266,30 @@ def _model_checks_section(meta: dict[str, Any]) -> list[str]:
     return out
 
 
-def _trajectory_section(traj: dict[str, Any]) -> list[str]:
+_TRAJECTORY_TITLE = {
+    "seed": None,
+    "cnn": "Yat CNN, same init, same batches: per-step loss of every backend and framework",
+}
+
+
+def _trajectory_model(name: str, traj: dict[str, Any]) -> list[str]:
     comps = traj.get("comparisons") or {}
     if not comps:
         return []
     ref = traj.get("reference", {})
     steps = len(ref.get("step_loss", []))
-    out = [
-        "## Trajectory: same init, same batches",
-        "",
+    if name == "seed":
+        out = ["## Trajectory: same init, same batches", ""]
+        what = "Per-step training loss of each float32 backend against it."
+    else:
+        out = [f"## Trajectory: the {'Yat CNN' if name == 'cnn' else name}, same init, same batches", ""]
+        what = (
+            "Per-step training loss of each float32 backend, and of each framework's native model trained "
+            "with its own optimizer (`nn-*`) from the same initial weights, against it."
+        )
+    out += [
         f"Reference: NumPy float64, {steps} steps, final test accuracy "
-        f"{100 * ref.get('test_acc', [0])[-1]:.2f} %. Per-step training loss of each float32 backend "
-        "against it.",
+        f"{100 * ref.get('test_acc', [0])[-1]:.2f} %. {what}",
         "",
     ]
     rows = [
@@ -256,10 +324,28 @@ def _trajectory_section(traj: dict[str, Any]) -> list[str]:
     )
     pairs = traj.get("pairs") or {}
     if pairs:
-        out += [
-            "Between float32 runs: " + "; ".join(f"{k}: {_fmt(v['max_loss_diff'])}" for k, v in pairs.items()) + ".",
-            "",
-        ]
+        worst = max(pairs.items(), key=lambda kv: kv[1]["max_loss_diff"])
+        if name == "seed":
+            out += [
+                "Between float32 runs: "
+                + "; ".join(f"{k}: {_fmt(v['max_loss_diff'])}" for k, v in pairs.items())
+                + ".",
+                "",
+            ]
+        else:  # 45 pairs for the CNN: the worst, and the accuracy spread
+            spread = max(v["acc_diff_pp"] for v in pairs.values())
+            out += [
+                f"Between float32 runs ({len(pairs)} pairs): largest per-step loss difference "
+                f"{_fmt(worst[1]['max_loss_diff'])} ({worst[0]}); largest test-accuracy difference {spread:.2f} pp.",
+                "",
+            ]
+    return out
+
+
+def _trajectory_section(traj: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for name, t in _trajectories(traj).items():
+        out += _trajectory_model(name, t)
     return out
 
 
@@ -322,7 +408,7 @@ def render_markdown(data: dict[str, Any]) -> str:
 # -- the figure -------------------------------------------------------------------------
 
 
-def plot_losses(traj: dict[str, Any], path: Path) -> None:
+def plot_losses(traj: dict[str, Any], path: Path, title: str | None = None) -> None:
     """Top: the per-step losses overlaid; bottom: each run's distance from float64."""
     import matplotlib
 
@@ -340,7 +426,7 @@ def plot_losses(traj: dict[str, Any], path: Path) -> None:
         diff = np.abs(loss - ref[: loss.size])
         bottom.semilogy(steps[: loss.size], np.maximum(diff, 1e-12), lw=1.0, color=line.get_color(), label=label)
     top.set_ylabel("training loss (per step)")
-    top.set_title("Same init, same batches: per-step loss of every backend")
+    top.set_title(title or "Same init, same batches: per-step loss of every backend")
     top.legend(fontsize=8)
     top.grid(alpha=0.3)
     bottom.set_xlabel("training step")
@@ -359,8 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.folder)
     data = json.loads((folder / "parity.json").read_text())
     atomic_write_text(folder / "parity.md", render_markdown(data))
-    if data.get("trajectory", {}).get("runs"):
-        plot_losses(data["trajectory"], folder / "loss_curves.png")
+    _plot_all(data.get("trajectory", {}), folder)
     print(f"rendered {folder / 'parity.md'}")
     return 0
 

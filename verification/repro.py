@@ -4,18 +4,22 @@ that every failure message prints.
 Usage::
 
     python -m verification.repro CHECK BACKEND "CASE"
-    python -m verification.repro headline BACKEND
-    python -m verification.repro trajectory BACKEND [ci|thorough]
+    python -m verification.repro headline BACKEND [--model seed|cnn|cnn-relu]
+    python -m verification.repro trajectory BACKEND [ci|thorough] [--model seed|cnn]
 
 ``CHECK`` is one of yat, yat-grad, yat-fd, mlp, mlp-grad, mlp-fd (gradients take
 ``name-mode`` backends such as ``torch-autodiff``), nonneg, orthogonal, equal-rows,
 rows, permutation, dtype. ``CASE`` is the ``YatCase(...)`` / ``MLPCase(...)``
-printed in the failure message. Exit status 0: the check passes; 1: it fails.
+printed in the failure message. ``headline`` takes a backend (``torch``, ``nn-keras``) or
+a gradient id (``jax-autodiff``); ``trajectory`` a backend (``torch``, ``jax-analytic``) or,
+for the CNN, a framework's native model (``nn-tf``). Exit status 0: the check passes; 1: it
+fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -62,30 +66,31 @@ CHECKS = (
 )
 
 
-def _headline(backend: str) -> None:
+def _headline(backend: str, model: str) -> None:
     from verification import backends, headline
 
     if backend in backends.PROVIDERS:
-        out = headline.forward_outputs([backend])
+        out = headline.forward_outputs([backend], model)
     else:
-        out = headline.gradient_outputs([backend])
+        out = headline.gradient_outputs([backend], model)
     ref = out[headline.ORACLE]
     for key in out[backend]:
         m = headline.metrics(out[backend][key], ref[key], ref[key])
-        print(f"{key:>16}: headline {m['headline']:.3e}  max abs {m['max_abs']:.3e}  max rel {m['max_rel']:.3e}")
+        print(f"{key:>20}: headline {m['headline']:.3e}  max abs {m['max_abs']:.3e}  max rel {m['max_rel']:.3e}")
         assert m["headline"] < headline.TARGET, f"{key} above the target {headline.TARGET:g}"
 
 
-def _trajectory(backend: str, profile_name: str) -> None:
+def _trajectory(backend: str, profile_name: str, model: str) -> None:
     from verification import profiles, trajectory
 
-    profile = profiles.PROFILES[profile_name]
-    kwargs = dict(
-        steps=profile.trajectory_steps, epochs=profile.trajectory_epochs, test_limit=profile.trajectory_test_limit
-    )
-    name, _, mode = backend.partition("-")
+    steps, epochs, test_limit = profiles.PROFILES[profile_name].trajectory(model)
+    kwargs = dict(steps=steps, epochs=epochs, test_limit=test_limit, model=model)
     ref = trajectory.run("numpy", "float64", gradients=None, **kwargs)
-    other = trajectory.run(name, "float32", gradients=mode or None, **kwargs)
+    if backend.startswith("nn-"):
+        other = trajectory.run(None, "float32", gradients=None, framework=backend[3:], **kwargs)
+    else:
+        name, _, mode = backend.partition("-")
+        other = trajectory.run(name, "float32", gradients=mode or None, **kwargs)
     for key, value in trajectory.compare_runs(ref, other).items():
         print(f"{key:>20}: {value}")
 
@@ -107,16 +112,19 @@ def _domain_note(check: str, case: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # As the suite's conftest: one Keras backend, the one the TensorFlow runner needs.
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     parser = argparse.ArgumentParser(prog="python -m verification.repro", description=__doc__.split("\n\n")[0])
     parser.add_argument("check", choices=CHECKS)
     parser.add_argument("backend")
     parser.add_argument("case", nargs="?", default=None, help="YatCase(...) or MLPCase(...); profile for trajectory")
+    parser.add_argument("--model", default="seed", help="headline and trajectory: seed, cnn (headline: cnn-relu too)")
     args = parser.parse_args(argv)
     try:
         if args.check == "headline":
-            _headline(args.backend)
+            _headline(args.backend, args.model)
         elif args.check == "trajectory":
-            _trajectory(args.backend, args.case or "ci")
+            _trajectory(args.backend, args.case or "ci", args.model)
         else:
             from verification.cases import parse_case
 

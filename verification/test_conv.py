@@ -2,18 +2,18 @@
 array-API unfold, and the library's own convolution where it has one) against the float64
 oracle, under the dense product's error model applied per output element.
 
-The oracle unfolds the input here, independently of :mod:`yat_core.conv` (a loop over
-kernel offsets on the padded input), and runs each group's patches through the float64
-product of :mod:`verification.oracle`; the error model of that dense product, whose dot
-products have length ``in/groups * prod(kernel)``, bounds every output element. The
-transposed convolution is checked as the convolution of the zero-inserted input with the
-flipped, regrouped kernel, which is how DESIGN.md defines it; ``tests/test_conv.py``
-checks that equivalence against PyTorch's own ``conv_transpose``.
+The oracle (:func:`verification.oracle.unfold64`) unfolds the input independently of
+:mod:`yat_core.conv` (a loop over kernel offsets on the padded input), and runs each
+group's patches through the float64 product of :mod:`verification.oracle`; the error
+model of that dense product, whose dot products have length ``in/groups * prod(kernel)``,
+bounds every output element. The transposed convolution is checked as the convolution of
+the zero-inserted input with the flipped, regrouped kernel
+(:func:`verification.oracle.transpose_as_direct64`), which is how DESIGN.md defines it;
+``tests/test_conv.py`` checks that equivalence against PyTorch's own ``conv_transpose``.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from verification import backends
 from verification.checks import compare
 from verification.error_model import precision_for, total_bound, yat_bound
-from verification.oracle import yat_forward64
+from verification.oracle import transpose_as_direct64, unfold64, yat_forward64
 from verification.profiles import examples
 from yat_core.conv import conv_output_shape, conv_transpose_output_shape, yat_conv, yat_conv_transpose
 
@@ -103,42 +103,15 @@ def _values(case: ConvCase) -> dict[str, Any]:
     }
 
 
-def _direct_form(case: ConvCase, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
-    """The transposed convolution as a direct one: zero-inserted input, flipped regrouped kernel."""
-    if not case.transpose:
-        return x, w, [(p, p) for p in case.padding]
-    n, g = len(case.kernel), case.groups
-    up = np.zeros((*x.shape[:2], *[(s - 1) * t + 1 for s, t in zip(case.spatial, case.stride)]))
-    up[(slice(None), slice(None), *[slice(None, None, t) for t in case.stride])] = x
-    cin, cout_g = w.shape[0], w.shape[1]
-    w = w.reshape(g, cin // g, cout_g, *case.kernel).swapaxes(1, 2).reshape(g * cout_g, cin // g, *case.kernel)
-    w = np.flip(w, axis=tuple(range(2, 2 + n)))
-    pads = [(d * (k - 1) - p,) * 2 for d, k, p in zip(case.dilation, case.kernel, case.padding)]
-    return up, np.ascontiguousarray(w), pads
-
-
-def _patches(x: np.ndarray, case: ConvCase, pads: list[tuple], stride: tuple[int, ...]) -> np.ndarray:
-    """``(N, *out, C, prod(k))`` patches of the padded (or cropped) input, by a loop over kernel offsets."""
-    for axis, (lo, hi) in enumerate(pads, start=2):
-        if lo < 0 or hi < 0:
-            x = np.take(x, range(max(-lo, 0), x.shape[axis] - max(-hi, 0)), axis=axis)
-        x = np.pad(x, [(0, 0)] * axis + [(max(lo, 0), max(hi, 0))] + [(0, 0)] * (x.ndim - axis - 1))
-    reach = [d * (k - 1) + 1 for d, k in zip(case.dilation, case.kernel)]
-    out = [(s - r) // t + 1 for s, r, t in zip(x.shape[2:], reach, stride)]
-    cols = []
-    for offset in itertools.product(*[range(k) for k in case.kernel]):
-        index = tuple(
-            slice(o * d, o * d + (m - 1) * t + 1, t) for o, d, m, t in zip(offset, case.dilation, out, stride)
-        )
-        cols.append(x[(slice(None), slice(None), *index)])
-    return np.moveaxis(np.stack(cols, axis=-1), 1, -2)  # (N, *out, C, K)
-
-
 def oracle_and_bound(case: ConvCase, values: dict[str, Any], backend: str) -> tuple[np.ndarray, np.ndarray]:
     x64, w64 = (np.asarray(values[k], np.float64) for k in ("x", "w"))
-    x64, w64, pads = _direct_form(case, x64, w64)
+    if case.transpose:
+        zeros = (0,) * len(case.kernel)
+        x64, w64, pads = transpose_as_direct64(x64, w64, case.stride, case.padding, zeros, case.dilation, case.groups)
+    else:
+        pads = [(p, p) for p in case.padding]
     stride = (1,) * len(case.kernel) if case.transpose else case.stride
-    cols = _patches(x64, case, pads, stride)
+    cols = unfold64(x64, case.kernel, stride, case.dilation, pads)
     g, cout = case.groups, w64.shape[0]
     prec = precision_for(backend, np.float32)
     outs, bounds = [], []

@@ -1,32 +1,70 @@
-"""Trajectory parity: the same training run on every backend, step by step.
+"""Trajectory parity: the same training run on every backend and framework, step by step.
 
 Every run starts from the same float32 weights (:func:`yat_core.mlp.init_mlp_numpy`)
 and sees the same batches in the same order (:func:`yat_core.train.batch_order`);
 the reference is the NumPy backend in float64. Each backend runs its default
-training step, compiled as users run it.
+training step, compiled as users run it; each framework (``TrainConfig(framework=...)``)
+trains its own native model with its own optimizer, built from the same weights.
+
+Two models: ``"seed"`` (the seed MLP, ``--model mlp``) and ``"cnn"`` (the Yat CNN,
+``--model cnn``).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from verification.error_model import Precision, loss_bound, yat_bound
+from verification.oracle import (
+    ConvOracle,
+    avg_pool64,
+    mlp_forward64,
+    pool_windows64,
+    unfold64,
+)
 from yat_core.backends import get_backend
 from yat_core.mlp import MLPSpec, init_mlp_numpy
 from yat_core.optim import adamw_init
 from yat_core.runners.core import CoreRunner
-from yat_core.train import TrainConfig, train
+from yat_core.spec import MODELS as RECIPES
+from yat_core.spec import ModelSpec
+from yat_core.train import TrainConfig, batch_order, train
 
-__all__ = ["Run", "REFERENCE", "TRAINING_BACKENDS", "mnist", "run", "compare_runs", "seed_batch"]
+__all__ = [
+    "Run",
+    "REFERENCE",
+    "TRAINING_BACKENDS",
+    "FRAMEWORKS",
+    "MODELS",
+    "model_spec",
+    "mnist",
+    "run",
+    "compare_runs",
+    "seed_batch",
+    "first_batch",
+    "conv_front_bounds",
+    "model_loss_bound",
+]
 
 #: The float64 reference run.
 REFERENCE = ("numpy", "float64")
 #: The float32 runs compared with it (backend, gradients; None: the backend's default).
 TRAINING_BACKENDS = (("numpy", None), ("torch", None), ("jax", None), ("mlx", None))
+#: Frameworks whose native model trains from the same weights (``TrainConfig(framework=...)``).
+FRAMEWORKS = ("torch", "nnx", "linen", "mlx", "keras", "tf")
+#: The parity suite's model names and the ``--model`` each one is.
+MODELS = {"seed": "mlp", "cnn": "cnn"}
 BATCH = 128
+
+
+def model_spec(model: str) -> ModelSpec:
+    """The Yat spec of a parity model name (``"seed"``, ``"cnn"``)."""
+    return RECIPES[MODELS[model]].yat()
 
 
 class Run(NamedTuple):
@@ -52,12 +90,19 @@ def mnist() -> Any:
 def seed_batch(n: int = BATCH, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The first training batch of the seed recipe: pixels in [0, 1] (float32, as the
     core flattens them) and labels."""
-    from yat_core.train import batch_order
-
     data = mnist()
     idx = batch_order(seed, 1, len(data.train_labels))[:n]
     images = data.train_images[idx].reshape(n, -1)
     return images.astype(np.float32) / 255.0, data.train_labels[idx].astype(np.int64)
+
+
+def first_batch(n_train: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first batch of a run on the first ``n_train`` training images: pixels in [0, 1]
+    in float64 (as the float64 reference reads them) and labels."""
+    data = mnist()
+    idx = batch_order(0, 1, n_train)[:BATCH]
+    x = data.train_images[:n_train][idx].reshape(BATCH, -1) / 255.0
+    return x, data.train_labels[:n_train][idx].astype(np.int64)
 
 
 def _float32_init_runner(spec: MLPSpec, config: TrainConfig) -> CoreRunner:
@@ -72,12 +117,31 @@ def _float32_init_runner(spec: MLPSpec, config: TrainConfig) -> CoreRunner:
 
 
 def run(
-    backend: str, dtype: str, *, gradients: str | None, steps: int | None, epochs: int, test_limit: int | None
+    backend: str | None,
+    dtype: str,
+    *,
+    gradients: str | None,
+    steps: int | None,
+    epochs: int,
+    test_limit: int | None,
+    model: str = "seed",
+    framework: str | None = None,
 ) -> Run:
-    """Train the seed model on the first ``steps * 128`` training images (all when None),
-    from the float32 initial weights."""
+    """Train ``model`` on the first ``steps * 128`` training images (all when None), from
+    the float32 initial weights: on the core's ``backend``, or (``backend=None``) as
+    ``framework``'s native model with its own optimizer (labelled ``nn-<framework>``)."""
+    from yat_core.runners import make_runner
+
+    keras_backend = None
+    if framework == "keras":
+        import keras
+
+        keras_backend = keras.config.backend()  # the session's (conftest: tensorflow)
     config = TrainConfig(
+        model=MODELS[model],
         backend=backend,
+        framework=framework,
+        keras_backend=keras_backend,
         dtype=dtype,
         gradients=gradients,
         epochs=epochs,
@@ -85,15 +149,20 @@ def run(
         train_limit=None if steps is None else steps * BATCH,
         test_limit=test_limit,
     )
+    factory = make_runner if framework is not None else _float32_init_runner
     t0 = time.perf_counter()
-    receipt = train(config, data=mnist(), runner_factory=_float32_init_runner, progress=False, log=None)
+    receipt = train(config, data=mnist(), runner_factory=factory, progress=False, log=None)
     losses = [v for record in receipt["history"] for v in record["step_loss"]]
-    label = f"{backend}-{dtype}" + ("" if dtype == "float64" else f"-{receipt['gradients']}")
+    grads = receipt.get("gradients") or "autodiff"
+    if framework is not None:
+        label = f"nn-{framework}-{dtype}"
+    else:
+        label = f"{backend}-{dtype}" + ("" if dtype == "float64" else f"-{grads}")
     return Run(
         label,
-        backend,
+        backend or f"nn-{framework}",
         dtype,
-        receipt["gradients"],
+        grads,
         losses,
         [record["test_acc"] for record in receipt["history"]],
         time.perf_counter() - t0,
@@ -115,3 +184,95 @@ def compare_runs(reference: Run, other: Run) -> dict[str, Any]:
         "acc_diff_pp": 100.0 * abs(other.test_acc[-1] - reference.test_acc[-1]),
         "seconds": other.seconds,
     }
+
+
+# -- the step-1 bound of a model with convolutions ---------------------------------------------
+
+
+def conv_front_bounds(
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    spec: ModelSpec,
+    prec: Precision,
+    x_err: np.ndarray,
+    *,
+    forward: tuple[list[np.ndarray], list[Any]] | None = None,
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """The error model through the layers before a model's first dense layer.
+
+    Returns ``(i, h, e)``: the index of the first dense layer, its exact (float64) input
+    and a bound on the error of that input as computed in ``prec``. Per layer:
+
+    - ``yat_conv``: the dense product's bound (:func:`~verification.error_model.yat_bound`)
+      on each group's patches, the input error unfolded with them (padding is exact);
+    - ``conv``: the dense linear bound on the patches, then the ReLU (1-Lipschitz);
+    - ``max_pool``: max is exact and 1-Lipschitz in each element, so the window's
+      largest error; ``avg_pool``: the mean of the errors plus ``gamma_K`` of the mean
+      magnitude (a sum of ``K`` terms and a division);
+    - ``flatten``: a reshape.
+
+    ``forward`` is the oracle's ``mlp_forward64(params, x, spec)`` when already computed.
+    """
+    from verification.error_model import gamma, linear_bound
+
+    acts, saved = mlp_forward64(params, x, spec) if forward is None else forward
+    err = np.asarray(x_err, dtype=np.float64).reshape(acts[0].shape)
+    for i, layer in enumerate(spec.layers):
+        if layer.kind in ("yat", "linear"):
+            return i, acts[i], err
+        if layer.kind in ("yat_conv", "conv"):
+            c: ConvOracle = saved[i]
+            cols = unfold64(err, c.kernel, c.stride, c.dilation, c.pads)
+            per = cols.shape[-2] // len(c.groups)
+            outs = []
+            for j, group in enumerate(c.groups):
+                e = cols[..., j * per : (j + 1) * per, :].reshape(math.prod(c.lead), -1)
+                if layer.kind == "yat_conv":
+                    outs.append(yat_bound(group, prec, x_err=e).y)
+                else:
+                    bias = params[f"{i}.bias"] if layer.bias == "learnable" else layer.bias
+                    n_out = c.w.shape[0] // len(c.groups)
+                    rows = c.w[j * n_out : (j + 1) * n_out]
+                    b = bias[j * n_out : (j + 1) * n_out] if isinstance(bias, np.ndarray) else bias
+                    outs.append(linear_bound(group, rows, b, e, prec))
+            bound = np.concatenate([o.reshape(*c.lead, -1) for o in outs], axis=-1)
+            err = np.moveaxis(bound, -1, 1)
+        elif layer.kind == "max_pool":
+            err = pool_windows64(err, layer.kernel_size).max(axis=-1)
+        elif layer.kind == "avg_pool":
+            k = math.prod(layer.kernel_size)
+            err = avg_pool64(err, layer.kernel_size) + gamma(k + 1, prec.u) * avg_pool64(
+                np.abs(acts[i]) + err, layer.kernel_size
+            )
+        elif layer.kind == "flatten":
+            err = err.reshape(err.shape[0], -1)
+        else:
+            raise NotImplementedError(f"no step-1 error bound through a {layer.kind} layer")
+    raise ValueError("the model has no dense layer")
+
+
+def model_loss_bound(
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    labels: np.ndarray,
+    spec: ModelSpec,
+    prec: Precision,
+    x_err: np.ndarray | None = None,
+    *,
+    forward: tuple[list[np.ndarray], list[Any]] | None = None,
+) -> float:
+    """:func:`~verification.error_model.loss_bound` of any model: the convolutional front
+    by :func:`conv_front_bounds`, then the dense tail (a Yat MLP on the front's output,
+    carrying its error) by ``loss_bound``. ``forward``: as :func:`conv_front_bounds`."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), *spec.input_shape)
+    x_err = np.zeros_like(x) if x_err is None else x_err
+    i, h, err = conv_front_bounds(params, x, spec, prec, x_err, forward=forward)
+    if i == 0:
+        return loss_bound(params, x, labels, spec, prec, err)
+    tail = ModelSpec(spec.layers[i:])
+    tail_params = {
+        f"{int(name.split('.')[0]) - i}.{name.split('.', 1)[1]}": value
+        for name, value in params.items()
+        if int(name.split(".")[0]) >= i
+    }
+    return loss_bound(tail_params, h, labels, tail, prec, err)
