@@ -23,7 +23,7 @@ from yat_core.nn.options import layer_option, linear_layer_spec, native_option, 
 from yat_core.optim import AdamWConfig
 from yat_core.product import softplus
 from yat_core.runners import make_runner
-from yat_core.spec import MODELS, count_params
+from yat_core.spec import MODELS, ModelSpec, count_params
 from yat_core.train import TrainConfig, train
 
 # ================================================================ shared helpers
@@ -201,6 +201,56 @@ def assert_trains_like_the_core(name: str, model: str = "mlp", *, atol: float = 
     for param, value in theirs.items():
         np.testing.assert_allclose(ours[param], value, rtol=0, atol=atol, err_msg=f"{name}: {param}")
     return native
+
+
+# Convolutional models for the framework tests (tests/test_nn_cnn_*.py).
+#: Every layer kind, in 2-D, with the geometry that a layout or order slip would break: groups, a
+#: stride, "same" with an even kernel (its odd unit on the right, which MLX pads apart), a grouped transposed convolution
+#: with output_padding, both poolings, and a flatten of several channels and positions.
+EVERY_KIND = ModelSpec(
+    (
+        LayerSpec("yat_conv", 2, 4, kernel_size=(3, 3), padding="same", groups=2),  # (4, 9, 9)
+        LayerSpec("yat_conv", 4, 4, kernel_size=(2, 3), stride=(2, 2), learnable_epsilon=True),  # (4, 4, 4)
+        LayerSpec(
+            "yat_conv_transpose",
+            4,
+            6,
+            kernel_size=(3, 3),
+            stride=(2, 2),
+            padding=(1, 1),
+            output_padding=(1, 1),
+            groups=2,
+        ),  # (6, 8, 8)
+        LayerSpec("avg_pool", 6, 6, kernel_size=(2, 2)),  # (6, 4, 4)
+        LayerSpec("conv", 6, 8, kernel_size=(2, 2), padding="same", groups=2, activation="relu"),  # (8, 4, 4)
+        LayerSpec("max_pool", 8, 8, kernel_size=(2, 2)),  # (8, 2, 2)
+        LayerSpec("flatten", 8, 32),
+        LayerSpec("yat", 32, 16),
+        LayerSpec("linear", 16, 5),
+    ),
+    input_shape=(2, 9, 9),
+)
+#: The plain convolution in 1-D (nn.Conv1d takes ints) and 3-D: stride, dilation, "same", a constant bias, no ReLU.
+CONV_1D = ModelSpec(
+    (
+        LayerSpec("conv", 3, 4, kernel_size=(3,), stride=(2,), dilation=(2,), padding=(1,), bias=0.25),  # (4, 5)
+        LayerSpec("max_pool", 4, 4, kernel_size=(2,)),  # (4, 2): the odd position dropped
+        LayerSpec("flatten", 4, 8),
+        LayerSpec("linear", 8, 6, activation="relu"),
+        LayerSpec("linear", 6, 3),
+    ),
+    input_shape=(3, 11),
+)
+CONV_3D = ModelSpec(
+    (
+        LayerSpec("conv", 2, 4, kernel_size=(2, 2, 2), padding="same", activation="relu"),  # (4, 4, 4, 4)
+        LayerSpec("avg_pool", 4, 4, kernel_size=(2, 2, 2)),  # (4, 2, 2, 2)
+        LayerSpec("flatten", 4, 32),
+        LayerSpec("yat", 32, 3),
+    ),
+    input_shape=(2, 4, 4, 4),
+)
+MODEL_SPECS = {"every-kind-2d": EVERY_KIND, "conv-1d": CONV_1D, "conv-3d": CONV_3D}
 
 
 # ================================================================ save / load

@@ -12,61 +12,20 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_interchange import assert_matches_core, assert_trains_like_the_core, core_logits, random_params  # noqa: E402
+from test_interchange import (  # noqa: E402
+    EVERY_KIND,
+    MODEL_SPECS,
+    assert_matches_core,
+    assert_trains_like_the_core,
+    core_logits,
+    random_params,
+)
 
 from yat_core.config import TrainConfig  # noqa: E402
 from yat_core.mlp import init_mlp_numpy  # noqa: E402
 from yat_core.nn import torch as ynn  # noqa: E402
 from yat_core.runners import make_runner  # noqa: E402
 from yat_core.spec import LayerSpec, ModelSpec, cnn_relu_spec, cnn_spec, count_params  # noqa: E402
-
-#: Every layer kind, in 2-D, with the geometry that a layout or order slip would break: groups, a
-#: stride, "same" with an even kernel (its odd unit on the right), a grouped transposed convolution
-#: with output_padding, both poolings, and a flatten of several channels and positions.
-EVERY_KIND = ModelSpec(
-    (
-        LayerSpec("yat_conv", 2, 4, kernel_size=(3, 3), padding="same", groups=2),  # (4, 9, 9)
-        LayerSpec("yat_conv", 4, 4, kernel_size=(2, 3), stride=(2, 2), learnable_epsilon=True),  # (4, 4, 4)
-        LayerSpec(
-            "yat_conv_transpose",
-            4,
-            6,
-            kernel_size=(3, 3),
-            stride=(2, 2),
-            padding=(1, 1),
-            output_padding=(1, 1),
-            groups=2,
-        ),  # (6, 8, 8)
-        LayerSpec("avg_pool", 6, 6, kernel_size=(2, 2)),  # (6, 4, 4)
-        LayerSpec("conv", 6, 8, kernel_size=(2, 2), padding="same", groups=2, activation="relu"),  # (8, 4, 4)
-        LayerSpec("max_pool", 8, 8, kernel_size=(2, 2)),  # (8, 2, 2)
-        LayerSpec("flatten", 8, 32),
-        LayerSpec("yat", 32, 16),
-        LayerSpec("linear", 16, 5),
-    ),
-    input_shape=(2, 9, 9),
-)
-#: The plain convolution in 1-D and 3-D: stride, dilation, "same", a constant bias, no ReLU.
-CONV_1D = ModelSpec(
-    (
-        LayerSpec("conv", 3, 4, kernel_size=(3,), stride=(2,), dilation=(2,), padding=(1,), bias=0.25),  # (4, 5)
-        LayerSpec("max_pool", 4, 4, kernel_size=(2,)),  # (4, 2): the odd position dropped
-        LayerSpec("flatten", 4, 8),
-        LayerSpec("linear", 8, 6, activation="relu"),
-        LayerSpec("linear", 6, 3),
-    ),
-    input_shape=(3, 11),
-)
-CONV_3D = ModelSpec(
-    (
-        LayerSpec("conv", 2, 4, kernel_size=(2, 2, 2), padding="same", activation="relu"),  # (4, 4, 4, 4)
-        LayerSpec("avg_pool", 4, 4, kernel_size=(2, 2, 2)),  # (4, 2, 2, 2)
-        LayerSpec("flatten", 4, 32),
-        LayerSpec("yat", 32, 3),
-    ),
-    input_shape=(2, 4, 4, 4),
-)
-SPECS = {"every-kind-2d": EVERY_KIND, "conv-1d": CONV_1D, "conv-3d": CONV_3D}
 
 
 def torch_loss_and_grads(model: torch.nn.Module, x: np.ndarray, y: np.ndarray):
@@ -147,9 +106,9 @@ def test_cnn_children_parameter_names_and_layouts():
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")  # PyTorch's note on a copy
-@pytest.mark.parametrize("case", SPECS)
+@pytest.mark.parametrize("case", MODEL_SPECS)
 def test_every_layer_kind_matches_the_core_values_and_gradients(case):
-    spec = SPECS[case]
+    spec = MODEL_SPECS[case]
     params = random_params(spec, 1)
     model = ynn.import_params(ynn.YatModel(spec), params)
     assert ynn.count_params(model) == count_params(spec)
