@@ -571,6 +571,68 @@ def test_native_path_gradients_equal_the_unfold_under_torch_autograd():
         )
 
 
+NATIVE_VJP_KINDS = ["bias-array-alpha-array-eps-learnable", "bias-float-alpha-float", "plain", "spherical-bias-array"]
+
+
+@pytest.mark.parametrize("kind", NATIVE_VJP_KINDS)
+@pytest.mark.parametrize("case", NATIVE_CASES, ids=[c[0] for c in NATIVE_CASES])
+@pytest.mark.parametrize("framework", ["torch", "jax", "mlx"])
+def test_native_vjp_equals_the_unfold_vjp(framework, case, kind):
+    # The native backward (one backward convolution pair fed by the formula's gradient of dot,
+    # the patch norm's gradient by the window spread) against the unfold's analytic VJP.
+    from yat_core.namespaces.native import native_conv_vjp
+
+    xp = namespace_for(framework)
+    assert native_conv_vjp(xp) is not None, f"{framework}: no native convolution gradient registered"
+    dtype = "float64" if framework == "torch" else "float32"
+    name, transpose, x_shape, w_shape, geometry = case
+    n_out = _n_out_transpose(w_shape, geometry) if transpose else w_shape[0]
+    x, w, _ = _data(x_shape, w_shape, seed=23)
+    kw, _ = _options(kind, n_out, lambda a: _to(xp, framework, a, dtype))
+    out_shape = (conv_transpose_output_shape if transpose else conv_output_shape)(x_shape, w_shape, **geometry)
+    g = np.random.default_rng(24).normal(size=out_shape)
+    vjp = yat_conv_transpose_vjp if transpose else yat_conv_vjp
+    args = [_to(xp, framework, a, dtype) for a in (x, w, g)]
+    fast, slow = vjp(*args, native=True, **geometry, **kw), vjp(*args, **geometry, **kw)
+    rtol = 1e-9 if dtype == "float64" else 2e-4
+    for field in ConvGrads._fields:
+        a, b = getattr(fast, field), getattr(slow, field)
+        assert (a is None) == (b is None), f"{framework} {name} {kind}: d/d{field} present in one path only"
+        if a is not None:
+            what = f"{framework}-{dtype} native vjp {name} {kind} d/d{field}"
+            assert tuple(a.shape) == tuple(b.shape), what
+            _rel_close(to_numpy(a), to_numpy(b), rtol, what)
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax", "mlx"])
+def test_native_linear_conv_vjp_equals_the_unfold(framework):
+    xp = namespace_for(framework)
+    x, w, _ = _data((2, 4, 7, 6), (6, 2, 3, 2), seed=25)
+    geometry = {"stride": (2, 1), "padding": (1, 2), "dilation": (1, 2), "groups": 2}
+    g = np.random.default_rng(26).normal(size=conv_output_shape(x.shape, w.shape, **geometry))
+    bias = np.linspace(-1.0, 1.0, 6)
+    args = [_to(xp, framework, a) for a in (x, w, g)]
+    fast = linear_conv_vjp(*args, bias=_to(xp, framework, bias), native=True, **geometry)
+    slow = linear_conv_vjp(*args, bias=_to(xp, framework, bias), **geometry)
+    for field in ("x", "w", "bias"):
+        _rel_close(to_numpy(getattr(fast, field)), to_numpy(getattr(slow, field)), 2e-4, f"{framework} d/d{field}")
+    assert fast.alpha is None and fast.epsilon is None
+
+
+def test_native_vjp_falls_back_to_the_unfold_without_a_native_convolution():
+    x, w, bias = _data((2, 4, 5, 6), (6, 2, 3, 2), seed=27)
+    geometry = {"stride": (1, 2), "padding": (2, 1), "groups": 2}
+    g = np.random.default_rng(28).normal(size=conv_output_shape(x.shape, w.shape, **geometry))
+    fast = yat_conv_vjp(x, w, g, bias=bias, epsilon=0.1, native=True, **geometry)
+    slow = yat_conv_vjp(x, w, g, bias=bias, epsilon=0.1, **geometry)
+    for a, b in zip(fast, slow):
+        assert (a is None and b is None) or np.array_equal(a, b)
+    with pytest.raises(TypeError, match="native must be a bool"):
+        yat_conv_vjp(x, w, g, native="yes", **geometry)
+    with pytest.raises(TypeError, match="native must be a bool"):
+        linear_conv_vjp(x, w, g, native=1, **geometry)
+
+
 def test_registered_native_conv_is_used_and_numpy_falls_back_to_the_unfold():
     from yat_core.namespaces.native import native_conv, register_native_conv
 

@@ -227,5 +227,5 @@ def test_bad_import_is_refused_and_leaves_the_model_unchanged(api, mutate, match
 
 
 def test_runner_trains_the_cnn_like_the_core(api):
-    receipt = assert_trains_like_the_core(api, model="cnn", atol=1e-6)
+    receipt = assert_trains_like_the_core(api, model="cnn")
     assert receipt["framework"] == api and receipt["params"] == 225037

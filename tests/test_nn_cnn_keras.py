@@ -170,7 +170,7 @@ CNN_SHAPES = {
 
 
 def trains_like_the_core(framework: str) -> Any:
-    """``assert_trains_like_the_core(framework, model="cnn")`` at its default 1e-6; the native runner it trained.
+    """``assert_trains_like_the_core(framework, model="cnn")`` at its default bound; the native runner it trained.
 
     The CNN's gradients are ~1e-9 to 1e-5, below AdamW's epsilon, where the place of
     epsilon matters: Keras's stock AdamW (epsilon on the uncorrected second moment)

@@ -192,7 +192,7 @@ def test_import_refuses_a_bad_mapping_and_changes_nothing(mutate, error, match):
 
 def test_runner_trains_the_cnn_like_the_core():
     # The step runs under mx.compile, the CNN's as the MLP's.
-    receipt = assert_trains_like_the_core("mlx", model="cnn", atol=1e-6)
+    receipt = assert_trains_like_the_core("mlx", model="cnn")
     assert receipt["framework"] == "mlx" and receipt["params"] == 225037
 
 

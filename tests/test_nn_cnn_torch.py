@@ -179,7 +179,7 @@ def test_import_refuses_a_bad_mapping_and_changes_nothing(mutate, error, match):
 
 
 def test_runner_trains_the_cnn_like_the_core():
-    receipt = assert_trains_like_the_core("torch", model="cnn", atol=1e-6)
+    receipt = assert_trains_like_the_core("torch", model="cnn")
     assert receipt["framework"] == "torch" and receipt["params"] == 225037
 
 

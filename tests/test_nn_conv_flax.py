@@ -568,7 +568,7 @@ def test_precision_reaches_the_convolutions_as_in_flax_conv(api, precision):
         precision = jax.lax.DotAlgorithmPreset.F32_F32_F32
     ours = _conv_precisions(api, lambda: api.layer(False, 4, 3, (3, 3), precision=precision), x)
     theirs = _conv_precisions(api, lambda: _flax_conv(api, 4, 3, (3, 3), precision=precision), x)
-    assert len(ours) >= 4 and set(ours) == set(theirs), (precision, ours, theirs)  # dot, |patch|^2, their VJPs
+    assert len(ours) >= 3 and set(ours) == set(theirs), (precision, ours, theirs)  # the dot and its VJPs
     transposed = _conv_precisions(api, lambda: api.layer(True, 4, 3, (3, 3), strides=2, precision=precision), x)
     assert set(transposed) == set(theirs)
 

@@ -244,7 +244,7 @@ def keras_config(**fields: Any) -> TrainConfig:
     return TrainConfig(framework="keras", keras_backend=keras.backend.backend() if keras else None, **fields)
 
 
-def trains_like_the_core(name: str, model: str = "mlp", *, atol: float = 1e-6) -> tuple[dict[str, Any], Any]:
+def trains_like_the_core(name: str, model: str = "mlp", *, atol: float | None = None) -> tuple[dict[str, Any], Any]:
     """``assert_trains_like_the_core(name, model, atol=atol)``; the native receipt and the runner it trained.
 
     For ``"keras"``, Keras trains on the backend this process imported it with

@@ -51,7 +51,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from yat_core.namespaces import array_namespace, device_of
-from yat_core.namespaces.native import native_conv
+from yat_core.namespaces.native import native_conv, native_conv_last, native_conv_vjp
 from yat_core.product import (
     DEFAULT_EPSILON,
     SPHERICAL_NORM_EPS,
@@ -480,6 +480,58 @@ def _linear_product(cols: Array, rows: Array, bias: Any) -> Array:
     return y if bias is None else y + bias
 
 
+def _box_sum(s: Array, plan: _Conv, xp: Any) -> Array:
+    """Sum of ``s`` ``(N, G, *padded)`` over every (strided, dilated) kernel window: ``(N, G, *out)``.
+
+    The patch norm's window sum, one axis at a time (``k`` strided slices per axis):
+    the convolution with a ones kernel, on the few channels of the channel sum.
+    """
+    d = len(plan.kernel)
+    for i, (k, dl, m, st) in enumerate(zip(plan.kernel, plan.dilation, plan.out, plan.stride)):
+        axis = s.ndim - d + i
+        total = None
+        for j in range(k):
+            piece = _take(s, axis, j * dl, j * dl + (m - 1) * st + 1, st)
+            total = piece if total is None else total + piece
+        s = total
+    return s
+
+
+def _patch_sq(x: Array, plan: _Conv, xp: Any) -> Array:
+    """``|patch|^2`` per group, channels first: ``(N, groups, *out)``.
+
+    The channel sum of ``x*x`` within each group, zero-padded, then :func:`_box_sum`:
+    cheaper than a convolution of ``x*x`` with a ones kernel (one channel per group
+    instead of ``C/groups``), and the same sums.
+    """
+    shape = tuple(x.shape)  # not int(): a symbolic batch size (torch.export) must stay symbolic
+    sq = xp.reshape(x * x, (shape[0], plan.groups, int(shape[1]) // plan.groups, *shape[2:]))
+    return _box_sum(_pad(xp.sum(sq, axis=2), plan.pads, xp), plan, xp)
+
+
+def _combine(
+    dot: Array, psq: Array, wsq: Array, bias: Any, alpha: Any, epsilon: Any, spherical: bool, xp: Any
+) -> Array:
+    """The Yat formula on ``dot``, ``|patch|^2`` and ``|w|^2`` already shaped to broadcast together.
+
+    The same formula as :func:`yat_core.product.yat_product` (and the same floors and
+    clamp), written on the convolution's outputs; ``bias`` is a number, ``None`` or an
+    array shaped to broadcast against ``dot``.
+    """
+    floor = SPHERICAL_NORM_EPS**2
+    if spherical:
+        # as the product's _row_norm: the square floored before the root
+        norms = xp.sqrt(xp.where(psq > floor, psq, floor)) * xp.sqrt(xp.where(wsq > floor, wsq, floor))
+        dot = dot / norms
+        raw_dist = 2.0 - 2.0 * dot
+    else:
+        raw_dist = psq + wsq - 2.0 * dot
+    dist = xp.where(raw_dist > 0, raw_dist, 0.0)
+    numer = dot if bias is None else dot + bias
+    ratio = (numer * numer) / (dist + epsilon)
+    return ratio if alpha is None else alpha * ratio
+
+
 def _native_forward(
     x: Array,
     w: Array,
@@ -490,39 +542,153 @@ def _native_forward(
     epsilon: Any,
     spherical: bool,
     xp: Any,
+    conv_last: Any = None,
 ) -> Array:
-    """The fast path: ``dot`` and ``|patch|^2`` from the library's own convolution.
+    """The fast path: ``dot`` from the library's own convolution, ``|patch|^2`` from :func:`_patch_sq`.
 
-    The same formula as :func:`yat_core.product.yat_product` (and the same floors and
-    clamp), written on the convolution's outputs; the tests hold it to the unfold path.
+    With ``conv_last`` (:func:`yat_core.namespaces.native.native_conv_last`) the
+    convolution and the elementwise formula run channels last, the library's own
+    layout, and only the input and the result are transposed; otherwise channels
+    first with ``conv``. The tests hold both to the unfold path.
     """
     if any(lo < 0 or hi < 0 for lo, hi in plan.pads):  # crops (transposed convolution)
         x = _pad(x, tuple((min(lo, 0), min(hi, 0)) for lo, hi in plan.pads), xp)
     pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in plan.pads)
+    plan = plan._replace(pads=pads)
     geometry = {"stride": plan.stride, "padding": pads, "dilation": plan.dilation, "groups": plan.groups}
     d = len(plan.kernel)
     n_out = int(w.shape[0])
-    dot = conv(x, w, **geometry)  # (N, out, *out)
-    # |patch|^2 once per group, then repeated for the group's output channels.
-    psq = conv(x * x, xp.ones_like(w[: plan.groups, ...]), **geometry)  # (N, groups, *out)
-    shape = tuple(psq.shape)  # not int(): a symbolic batch size (torch.export) must stay symbolic
-    psq = xp.reshape(psq, (shape[0], plan.groups, 1, *shape[2:]))
-    psq = xp.broadcast_to(psq, (shape[0], plan.groups, n_out // plan.groups, *shape[2:]))
-    psq = xp.reshape(psq, (shape[0], n_out, *shape[2:]))
-    per_channel = (1, n_out) + (1,) * d
+    g = plan.groups
+    wsq = xp.sum(w * w, axis=tuple(range(1, d + 2)))  # (out,)
+    psq = _patch_sq(x, plan, xp)  # (N, groups, *out): small, one channel per group
+    b = xp.reshape(bias, (n_out,)) if hasattr(bias, "shape") else bias
+    if conv_last is None:
+        dot = conv(x, w, **geometry)  # (N, out, *out)
+        shape = tuple(dot.shape)
+        per_channel = (g, n_out // g) + (1,) * d
+        if hasattr(b, "shape"):
+            b = xp.reshape(b, per_channel)
+        # groups split off the channel axis, so the group's |patch|^2 broadcasts without a copy
+        dot = xp.reshape(dot, (shape[0], g, n_out // g, *shape[2:]))
+        psq = xp.reshape(psq, (shape[0], g, 1, *shape[2:]))
+        y = _combine(dot, psq, xp.reshape(wsq, per_channel), b, alpha, epsilon, spherical, xp)
+        return xp.reshape(y, shape)
+    last = (0, *range(2, 2 + d), 1)
+    dot = conv_last(xp.permute_dims(x, last), w, **geometry)  # (N, *out, out)
+    shape = tuple(dot.shape)
+    per_channel = (g, n_out // g)
+    if hasattr(b, "shape"):
+        b = xp.reshape(b, per_channel)
+    dot = xp.reshape(dot, (*shape[:-1], g, n_out // g))
+    psq = xp.reshape(xp.permute_dims(psq, last), (*shape[:-1], g, 1))
+    y = _combine(dot, psq, xp.reshape(wsq, per_channel), b, alpha, epsilon, spherical, xp)
+    return xp.permute_dims(xp.reshape(y, shape), (0, d + 1, *range(1, d + 1)))
+
+
+def _box_sum_adjoint(gs: Array, plan: _Conv, padded: tuple[int, ...], xp: Any) -> Array:
+    """Adjoint of :func:`_box_sum`: ``(N, G, *out)`` -> ``(N, G, *padded)``, each window's gradient spread."""
+    d = len(plan.kernel)
+    for i in reversed(range(d)):
+        k, dl, st = plan.kernel[i], plan.dilation[i], plan.stride[i]
+        axis = gs.ndim - d + i
+        spread = _insert_zeros(gs, tuple(st if j == i else 1 for j in range(d)), xp)
+        m = int(spread.shape[axis])
+        total = None
+        for j in range(k):
+            pads = tuple((j * dl, padded[i] - j * dl - m) if a == i else (0, 0) for a in range(d))
+            piece = _pad(spread, pads, xp)
+            total = piece if total is None else total + piece
+        gs = total
+    return gs
+
+
+def _native_backward(
+    x: Array,
+    w: Array,
+    g: Array,
+    plan: _Conv,
+    conv: Any,
+    conv_vjp: Any,
+    bias: Any,
+    alpha: Any,
+    epsilon: Any,
+    xp: Any,
+) -> ConvGrads:
+    """Analytic gradients of :func:`_native_forward` (not spherical) with the library's convolution gradient.
+
+    With ``q = (dot + bias) / (dist + epsilon)`` and the upstream gradient ``g``: the
+    numerator's gradient ``2 alpha g q``, the distance's ``-alpha g q^2`` (zero where
+    the clamp holds), and ``dot``'s their combination ``g_numer - 2 g_dist``, which
+    feeds ONE backward convolution pair (``conv_vjp``) for ``x`` and ``w``. The patch
+    norm adds ``2 x`` times the window spread of ``sum_out g_dist``, the kernel norm
+    ``2 w`` times ``sum g_dist``.
+    """
+    crop = tuple((min(lo, 0), min(hi, 0)) for lo, hi in plan.pads)
+    if any(lo or hi for lo, hi in crop):  # crops (transposed convolution)
+        x = _pad(x, crop, xp)
+    pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in plan.pads)
+    plan = plan._replace(pads=pads)
+    geometry = {"stride": plan.stride, "padding": pads, "dilation": plan.dilation, "groups": plan.groups}
+    d = len(plan.kernel)
+    n_out, grp = int(w.shape[0]), plan.groups
+    shape = tuple(x.shape)
+    expected = (int(shape[0]), n_out, *plan.out)
+    if tuple(int(v) for v in g.shape) != expected:
+        raise ValueError(f"upstream gradient g must have the output's shape {expected}, got {tuple(g.shape)}")
+    split = (int(shape[0]), grp, n_out // grp, *plan.out)
+    per_channel = (grp, n_out // grp) + (1,) * d
+    dot = xp.reshape(conv(x, w, **geometry), split)
+    psq = xp.expand_dims(_patch_sq(x, plan, xp), axis=2)  # (N, G, 1, *out)
     wsq = xp.reshape(xp.sum(w * w, axis=tuple(range(1, d + 2))), per_channel)
-    floor = SPHERICAL_NORM_EPS**2
-    if spherical:
-        # as the product's _row_norm: the square floored before the root
-        norms = xp.sqrt(xp.where(psq > floor, psq, floor)) * xp.sqrt(xp.where(wsq > floor, wsq, floor))
-        dot = dot / norms
-        raw_dist = 2.0 - 2.0 * dot
-    else:
-        raw_dist = psq + wsq - 2.0 * dot
-    dist = xp.where(raw_dist > 0, raw_dist, 0.0)
-    numer = dot if bias is None else dot + (xp.reshape(bias, per_channel) if hasattr(bias, "shape") else bias)
-    ratio = (numer * numer) / (dist + epsilon)
-    return ratio if alpha is None else alpha * ratio
+    raw_dist = psq + wsq - 2.0 * dot
+    on = raw_dist > 0
+    numer = dot + xp.reshape(bias, per_channel) if hasattr(bias, "shape") else (dot if bias is None else dot + bias)
+    q = numer / (xp.where(on, raw_dist, 0.0) + epsilon)
+    g = xp.reshape(g, split)
+    g_ratio = g if alpha is None else g * alpha
+    g_numer = 2.0 * g_ratio * q
+    g_denom = -g_ratio * q * q  # d/d(dist + epsilon)
+    g_dist = xp.where(on, g_denom, 0.0)
+    g_dot = xp.reshape(g_numer - 2.0 * g_dist, expected)
+    g_x, g_w = conv_vjp(x, w, g_dot, **geometry)
+    # |patch|^2: 2 x times the windows' spread of sum over the group's outputs of g_dist
+    padded = tuple(int(n) + lo + hi for n, (lo, hi) in zip(shape[2:], pads))
+    g_psq = _box_sum_adjoint(xp.sum(g_dist, axis=2), plan, padded, xp)
+    g_psq = _pad(g_psq, tuple((-lo, -hi) for lo, hi in pads), xp)  # (N, G, *spatial)
+    x_split = xp.reshape(x, (int(shape[0]), grp, int(shape[1]) // grp, *shape[2:]))
+    g_x = g_x + xp.reshape(2.0 * x_split * xp.expand_dims(g_psq, axis=2), shape)
+    if any(lo or hi for lo, hi in crop):
+        g_x = _pad(g_x, tuple((-lo, -hi) for lo, hi in crop), xp)
+    spatial_axes = (0, *range(3, 3 + d))
+    g_wsq = xp.reshape(xp.sum(g_dist, axis=spatial_axes), (n_out,) + (1,) * (d + 1))
+    g_w = g_w + 2.0 * w * g_wsq
+    g_bias = xp.reshape(xp.sum(g_numer, axis=spatial_axes), (n_out,)) if hasattr(bias, "shape") else None
+    g_alpha = None
+    if hasattr(alpha, "shape"):
+        g_alpha = xp.reshape(xp.sum(g * (numer * q)), tuple(alpha.shape))
+    g_eps = xp.reshape(xp.sum(g_denom), tuple(epsilon.shape)) if hasattr(epsilon, "shape") else None
+    return ConvGrads(g_x, g_w, g_bias, g_alpha, g_eps)
+
+
+def _backward(
+    x: Array,
+    w: Array,
+    g: Array,
+    plan: _Conv,
+    bias: Any,
+    alpha: Any,
+    epsilon: Any,
+    spherical: bool,
+    native: bool,
+    xp: Any,
+) -> ConvGrads:
+    if not isinstance(native, bool):
+        raise TypeError(f"native must be a bool, got {native!r}")
+    conv = native_conv(xp) if native and not spherical else None
+    conv_vjp = native_conv_vjp(xp) if conv is not None else None
+    if conv_vjp is None:
+        return _conv_backward(x, w, g, plan, bias, alpha, epsilon, spherical, xp)
+    return _native_backward(x, w, g, plan, conv, conv_vjp, bias, alpha, epsilon, xp)
 
 
 def _forward(
@@ -533,7 +699,7 @@ def _forward(
     conv = native_conv(xp) if native else None
     if conv is None:
         return _conv_forward(x, w, plan, bias, alpha, epsilon, spherical, xp)
-    return _native_forward(x, w, plan, conv, bias, alpha, epsilon, spherical, xp)
+    return _native_forward(x, w, plan, conv, bias, alpha, epsilon, spherical, xp, native_conv_last(xp))
 
 
 def _unfold_backward(x: Array, w: Array, g: Array, plan: _Conv, bias: Any, vjp: Any, xp: Any) -> ConvGrads:
@@ -750,6 +916,7 @@ def yat_conv_vjp(
     alpha: Array | float | None = None,
     epsilon: Array | float = DEFAULT_EPSILON,
     spherical: bool = False,
+    native: bool = False,
     xp: Any = None,
 ) -> ConvGrads:
     """Analytic vector-Jacobian product of :func:`yat_conv`.
@@ -757,6 +924,10 @@ def yat_conv_vjp(
     Gradients of ``sum(g * yat_conv(x, w, ...))`` with respect to ``x``, ``w`` and every
     array option (``None`` for constants): :func:`yat_core.product.yat_product_vjp` on
     the patches, then the fold (the unfold's adjoint: overlapping patches summed).
+    With ``native=True`` (and not ``spherical``) the library's own convolution and its
+    gradient (:func:`yat_core.namespaces.native.native_conv_vjp`) instead: the
+    elementwise gradient of the formula feeds one backward convolution pair; the
+    unfold where the library has none.
 
     Examples
     --------
@@ -770,7 +941,7 @@ def yat_conv_vjp(
     plan = _plan_conv(x, w, stride, padding, dilation, groups)
     _check_dtypes(x, w, xp)
     _check_options(bias, alpha, epsilon, spherical, int(w.shape[0]))
-    return _conv_backward(x, w, g, plan, bias, alpha, epsilon, spherical, xp)
+    return _backward(x, w, g, plan, bias, alpha, epsilon, spherical, native, xp)
 
 
 def yat_conv_transpose_vjp(
@@ -788,12 +959,14 @@ def yat_conv_transpose_vjp(
     alpha: Array | float | None = None,
     epsilon: Array | float = DEFAULT_EPSILON,
     spherical: bool = False,
+    native: bool = False,
     xp: Any = None,
 ) -> ConvGrads:
     """Analytic vector-Jacobian product of :func:`yat_conv_transpose`.
 
-    Through its equivalence to a direct convolution: the direct VJP, then the adjoints
-    of the zero insertion (a strided slice) and of the kernel's flip and regrouping.
+    Through its equivalence to a direct convolution: the direct VJP (``native`` as in
+    :func:`yat_conv_vjp`), then the adjoints of the zero insertion (a strided slice)
+    and of the kernel's flip and regrouping.
 
     Examples
     --------
@@ -810,7 +983,7 @@ def yat_conv_transpose_vjp(
     strides = _per_dim(stride, len(plan.kernel), "stride", 1)
     xz = _insert_zeros(x, strides, xp)
     wc = _transpose_kernel(w, plan.groups, xp)
-    grads = _conv_backward(xz, wc, g, plan, bias, alpha, epsilon, spherical, xp)
+    grads = _backward(xz, wc, g, plan, bias, alpha, epsilon, spherical, native, xp)
     g_x = grads.x[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)]
     g_w = _transpose_kernel(grads.w, plan.groups, xp)
     return ConvGrads(g_x, g_w, grads.bias, grads.alpha, grads.epsilon)
@@ -874,9 +1047,13 @@ def linear_conv_vjp(
     dilation: IntOrTuple = 1,
     groups: int = 1,
     bias: Array | float | None = None,
+    native: bool = False,
     xp: Any = None,
 ) -> ConvGrads:
     """Analytic vector-Jacobian product of :func:`linear_conv` (``alpha`` and ``epsilon`` are None).
+
+    ``native=True``: the library's own convolution gradient
+    (:func:`yat_core.namespaces.native.native_conv_vjp`) where it has one.
 
     Examples
     --------
@@ -890,7 +1067,18 @@ def linear_conv_vjp(
     plan = _plan_conv(x, w, stride, padding, dilation, groups)
     _check_dtypes(x, w, xp)
     _check_linear_bias(bias, int(w.shape[0]))
-    return _unfold_backward(x, w, g, plan, bias, _linear_vjp(xp), xp)
+    if not isinstance(native, bool):
+        raise TypeError(f"native must be a bool, got {native!r}")
+    conv_vjp = native_conv_vjp(xp) if native and native_conv(xp) is not None else None
+    if conv_vjp is None:
+        return _unfold_backward(x, w, g, plan, bias, _linear_vjp(xp), xp)
+    expected = (int(x.shape[0]), int(w.shape[0]), *plan.out)
+    if tuple(int(v) for v in g.shape) != expected:
+        raise ValueError(f"upstream gradient g must have the output's shape {expected}, got {tuple(g.shape)}")
+    geometry = {"stride": plan.stride, "padding": plan.pads, "dilation": plan.dilation, "groups": plan.groups}
+    g_x, g_w = conv_vjp(x, w, g, **geometry)
+    g_bias = xp.sum(g, axis=(0, *range(2, g.ndim))) if hasattr(bias, "shape") else None
+    return ConvGrads(g_x, g_w, g_bias, None, None)
 
 
 # ---------------------------------------------------------------- pooling

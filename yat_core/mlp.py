@@ -308,14 +308,26 @@ def _layer_backward(
     if layer.kind == "yat_conv":
         param = functools.partial(_param, params, prefix)
         conv_parts = yat_conv_vjp(
-            h_in, params[prefix + "kernel"], g, xp=xp, **layer.conv_options, **forward_options(layer, param, xp)
+            h_in,
+            params[prefix + "kernel"],
+            g,
+            xp=xp,
+            native=True,
+            **layer.conv_options,
+            **forward_options(layer, param, xp),
         )
         _store_yat_grads(conv_parts, params, prefix, grads, xp)
         return conv_parts.x
     if layer.kind == "yat_conv_transpose":
         param = functools.partial(_param, params, prefix)
         t_parts = yat_conv_transpose_vjp(
-            h_in, params[prefix + "kernel"], g, xp=xp, **layer.conv_options, **forward_options(layer, param, xp)
+            h_in,
+            params[prefix + "kernel"],
+            g,
+            xp=xp,
+            native=True,
+            **layer.conv_options,
+            **forward_options(layer, param, xp),
         )
         _store_yat_grads(t_parts, params, prefix, grads, xp)
         return t_parts.x
@@ -329,7 +341,7 @@ def _layer_backward(
         g = xp.where(out > 0, g, 0.0)
     if layer.kind == "conv":
         bias = params[prefix + "bias"] if layer.bias == LEARNABLE else layer.bias
-        lin = linear_conv_vjp(h_in, params[prefix + "kernel"], g, bias=bias, xp=xp, **layer.conv_options)
+        lin = linear_conv_vjp(h_in, params[prefix + "kernel"], g, bias=bias, xp=xp, native=True, **layer.conv_options)
         grads[prefix + "kernel"] = lin.w
         if lin.bias is not None:
             grads[prefix + "bias"] = lin.bias

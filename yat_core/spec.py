@@ -41,6 +41,7 @@ __all__ = [
     "LEARNABLE",
     "YAT_KINDS",
     "PARAM_KINDS",
+    "CONV_KINDS",
     "seed_spec",
     "relu_spec",
     "cnn_spec",
@@ -58,7 +59,8 @@ Kind = Literal["yat", "linear", "yat_conv", "yat_conv_transpose", "conv", "max_p
 YAT_KINDS = ("yat", "yat_conv", "yat_conv_transpose")
 #: Kinds with learnable parameters.
 PARAM_KINDS = ("yat", "linear", "yat_conv", "yat_conv_transpose", "conv")
-_CONV_KINDS = ("yat_conv", "yat_conv_transpose", "conv")
+#: Kinds with a convolution kernel.
+CONV_KINDS = ("yat_conv", "yat_conv_transpose", "conv")
 _POOL_KINDS = ("max_pool", "avg_pool")
 
 
@@ -119,7 +121,7 @@ class LayerSpec:
     output_padding: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in ("yat", "linear", *_CONV_KINDS, *_POOL_KINDS, "flatten"):
+        if self.kind not in ("yat", "linear", *CONV_KINDS, *_POOL_KINDS, "flatten"):
             raise ValueError(f"unknown layer kind {self.kind!r}")
         if self.in_features < 1 or self.out_features < 1:
             raise ValueError(f"layer sizes must be >= 1, got {self.in_features} -> {self.out_features}")
@@ -136,7 +138,7 @@ class LayerSpec:
             raise ValueError(f"activation must be None or 'relu', got {self.activation!r}")
         if self.activation is not None and self.kind not in ("linear", "conv"):
             raise ValueError(f"a {self.kind} layer takes no activation (Yat layers: the product is the non-linearity)")
-        spatial = self.kind in _CONV_KINDS or self.kind in _POOL_KINDS
+        spatial = self.kind in CONV_KINDS or self.kind in _POOL_KINDS
         if spatial and (not self.kernel_size or any(k < 1 for k in self.kernel_size)):
             raise ValueError(f"a {self.kind} layer needs a kernel_size of ints >= 1, got {self.kernel_size!r}")
         if not spatial and (self.kernel_size or self.stride or self.padding or self.dilation):
@@ -147,9 +149,9 @@ class LayerSpec:
             raise ValueError(f"pooling keeps the channels: in_features {self.in_features} != {self.out_features}")
         if self.output_padding and self.kind != "yat_conv_transpose":
             raise ValueError(f"output_padding applies to transposed convolutions, not {self.kind}")
-        if self.kind in _CONV_KINDS:
+        if self.kind in CONV_KINDS:
             self._check_geometry()
-        if self.kind in _CONV_KINDS and (self.in_features % self.groups or self.out_features % self.groups):
+        if self.kind in CONV_KINDS and (self.in_features % self.groups or self.out_features % self.groups):
             raise ValueError(f"groups={self.groups} must divide {self.in_features} and {self.out_features} channels")
 
     def _check_geometry(self) -> None:
@@ -195,7 +197,7 @@ class LayerSpec:
             return {}
         if self.kind == "yat_conv_transpose":
             kernel = (self.in_features, self.out_features // self.groups, *self.kernel_size)
-        elif self.kind in _CONV_KINDS:
+        elif self.kind in CONV_KINDS:
             kernel = (self.out_features, self.in_features // self.groups, *self.kernel_size)
         else:
             kernel = (self.out_features, self.in_features)
@@ -212,7 +214,7 @@ class LayerSpec:
     @property
     def fans(self) -> tuple[int, int]:
         """``(fan_in, fan_out)`` of the kernel, as PyTorch's initialisers count them."""
-        receptive = math.prod(self.kernel_size) if self.kind in _CONV_KINDS else 1
+        receptive = math.prod(self.kernel_size) if self.kind in CONV_KINDS else 1
         if self.kind == "yat_conv_transpose":  # kernel (in, out/groups, *k): PyTorch reads dims 1 and 0
             return self.out_features // self.groups * receptive, self.in_features * receptive
         return self.in_features // self.groups * receptive, self.out_features // self.groups * receptive

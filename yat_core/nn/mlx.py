@@ -54,6 +54,7 @@ from yat_core.nn.options import (
     yat_layer_spec,
 )
 from yat_core.product import DEFAULT_EPSILON, softplus_inverse, yat_product
+from yat_core.spec import CONV_KINDS
 
 __all__ = [
     "YatNMN",
@@ -215,18 +216,17 @@ def kernel_from_core(spec: LayerSpec, kernel: Any) -> Any:
 
 
 #: Core kinds whose kernel MLX keeps in its convolution layout.
-_CONV_KINDS = ("yat_conv", "yat_conv_transpose", "conv")
 
 
 def _to_core(spec: LayerSpec, name: str, value: np.ndarray) -> np.ndarray:
     # Convolution kernels change layout; dense kernels and the other parameters are the core's already.
     # (np.ascontiguousarray would turn a 0-d alpha into shape (1,): kernels only.)
-    return np.ascontiguousarray(kernel_to_core(spec, value)) if name == "kernel" and spec.kind in _CONV_KINDS else value
+    return np.ascontiguousarray(kernel_to_core(spec, value)) if name == "kernel" and spec.kind in CONV_KINDS else value
 
 
 def _from_core(spec: LayerSpec, name: str, value: np.ndarray) -> np.ndarray:
     return (
-        np.ascontiguousarray(kernel_from_core(spec, value)) if name == "kernel" and spec.kind in _CONV_KINDS else value
+        np.ascontiguousarray(kernel_from_core(spec, value)) if name == "kernel" and spec.kind in CONV_KINDS else value
     )
 
 
