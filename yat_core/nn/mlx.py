@@ -47,6 +47,7 @@ from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.namespaces.mlx import namespace
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
+    conv_class,
     conv_layer_spec,
     conv_spec_options,
     forward_options,
@@ -578,11 +579,7 @@ def conv_from_spec(spec: LayerSpec) -> _YatConvNd:
     >>> type(conv_from_spec(LayerSpec("yat_conv_transpose", 4, 2, kernel_size=(2,), stride=(2,)))).__name__
     'YatConvTranspose1d'
     """
-    if spec.kind not in ("yat_conv", "yat_conv_transpose"):
-        raise ValueError(
-            f"a Yat convolution is built from a 'yat_conv' or 'yat_conv_transpose' spec, not {spec.kind!r}"
-        )
-    return _CONV_CLASSES[(spec.kind == "yat_conv_transpose", len(spec.kernel_size))].from_spec(spec)
+    return conv_class(spec, _CONV_CLASSES).from_spec(spec)
 
 
 class _Baseline(nn.Module):

@@ -12,8 +12,8 @@ learnable parameter or the constant) for the forward pass.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from yat_core.mlp import LEARNABLE, LayerSpec, Option, forward_options
 from yat_core.product import DEFAULT_EPSILON
 
 __all__ = [
+    "conv_class",
     "layer_option",
     "native_option",
     "yat_layer_spec",
@@ -221,6 +222,28 @@ def conv_layer_spec(
         groups=check_size(groups, "groups"),
         output_padding=per_dim(output_padding, n_spatial, "output_padding", 0) if transpose else (),
     )
+
+
+_Cls = TypeVar("_Cls")
+
+
+def conv_class(spec: LayerSpec, classes: Mapping[tuple[bool, int], _Cls]) -> _Cls:
+    """The framework's Yat convolution class for ``spec``, from ``classes`` keyed by ``(transposed, spatial dims)``.
+
+    Examples
+    --------
+    >>> conv_class(conv_layer_spec(2, 4, 3, n_spatial=1), {(False, 1): "Conv1d", (True, 1): "ConvTranspose1d"})
+    'Conv1d'
+    >>> conv_class(LayerSpec("yat", 2, 4), {})
+    Traceback (most recent call last):
+    ...
+    ValueError: a Yat convolution is built from a 'yat_conv' or 'yat_conv_transpose' spec, not 'yat'
+    """
+    if spec.kind not in ("yat_conv", "yat_conv_transpose"):
+        raise ValueError(
+            f"a Yat convolution is built from a 'yat_conv' or 'yat_conv_transpose' spec, not {spec.kind!r}"
+        )
+    return classes[(spec.kind == "yat_conv_transpose", len(spec.kernel_size))]
 
 
 def conv_spec_options(spec: LayerSpec) -> dict[str, Any]:

@@ -80,6 +80,7 @@ from yat_core.nn._keras_style import (
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
     check_size,
+    conv_class,
     conv_layer_spec,
     forward_options,
     kernel_from_core,
@@ -606,11 +607,7 @@ def conv_from_spec(spec: LayerSpec, **kwargs: Any) -> _YatConv:
     >>> type(layer).__name__, tuple(layer.kernel.shape), layer.spec.output_padding
     ('YatConv1DTranspose', (2, 2, 4), (1,))
     """
-    if spec.kind not in ("yat_conv", "yat_conv_transpose"):
-        raise ValueError(
-            f"a Yat convolution is built from a 'yat_conv' or 'yat_conv_transpose' spec, not {spec.kind!r}"
-        )
-    return _CONV_CLASSES[(spec.kind == "yat_conv_transpose", len(spec.kernel_size))].from_spec(spec, **kwargs)
+    return conv_class(spec, _CONV_CLASSES).from_spec(spec, **kwargs)
 
 
 # ------------------------------------------------------------ the model's other layers and the model
