@@ -30,6 +30,8 @@ from yat_core.conv import (
     max_pool,
     max_pool_vjp,
     yat_conv,
+    yat_conv_backward,
+    yat_conv_forward,
     yat_conv_transpose,
     yat_conv_transpose_vjp,
     yat_conv_vjp,
@@ -604,6 +606,38 @@ def test_native_vjp_equals_the_unfold_vjp(framework, case, kind):
             _rel_close(to_numpy(a), to_numpy(b), rtol, what)
 
 
+DIRECT_NATIVE_CASES = [c for c in NATIVE_CASES if not c[1]]
+
+
+@pytest.mark.parametrize("kind", NATIVE_VJP_KINDS)
+@pytest.mark.parametrize("case", DIRECT_NATIVE_CASES, ids=[c[0] for c in DIRECT_NATIVE_CASES])
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+def test_forward_backward_split_equals_the_conv_and_its_vjp(framework, case, kind):
+    # yat_conv_forward keeps the formula's intermediates where the native convolution runs
+    # channels first (torch, not spherical); the backward from them is the VJP's.
+    from yat_core.namespaces import array_namespace
+
+    name, _, x_shape, w_shape, geometry = case
+    x, w, _ = _data(x_shape, w_shape, seed=29)
+    dtype = "float32" if framework == "jax" else "float64"
+    conv = (lambda a: a) if framework == "numpy" else (lambda a: _to(namespace_for(framework), framework, a, dtype))
+    kw, _ = _options(kind, w_shape[0], conv)
+    g = conv(np.random.default_rng(30).normal(size=conv_output_shape(x_shape, w_shape, **geometry)))
+    xa, wa = conv(x), conv(w)
+    y, res = yat_conv_forward(xa, wa, native=True, **geometry, **kw)
+    assert (res.parts is not None) == (framework == "torch" and "spherical" not in kind), f"{framework} {kind}"
+    rtol = 1e-12 if dtype == "float64" else 1e-6
+    what = f"{framework} {name} {kind}"
+    _rel_close(to_numpy(y), to_numpy(yat_conv(xa, wa, native=True, **geometry, **kw)), rtol, f"{what} y")
+    split = yat_conv_backward(res, g, xp=array_namespace(xa))
+    whole = yat_conv_vjp(xa, wa, g, native=True, **geometry, **kw)
+    for field in ConvGrads._fields:
+        a, b = getattr(split, field), getattr(whole, field)
+        assert (a is None) == (b is None), f"{what}: d/d{field} present in one path only"
+        if a is not None:
+            _rel_close(to_numpy(a), to_numpy(b), rtol, f"{what} d/d{field}")
+
+
 @pytest.mark.parametrize("framework", ["torch", "jax", "mlx"])
 def test_native_linear_conv_vjp_equals_the_unfold(framework):
     xp = namespace_for(framework)
@@ -869,6 +903,25 @@ def test_max_pool_vjp_sends_ties_to_the_first_maximum_like_torch():
     got = max_pool_vjp(x, g, 2)
     np.testing.assert_array_equal(got, tx.grad.numpy())
     np.testing.assert_array_equal(got, [[[[3.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 0.0]]]])
+
+
+@pytest.mark.parametrize(("shape", "window"), [c[1:] for c in POOL_CASES], ids=[c[0] for c in POOL_CASES])
+def test_native_max_pool_equals_the_array_api_windows(shape, window):
+    torch = pytest.importorskip("torch")
+    import array_api_compat.torch as txp
+
+    # integer values: many ties, so the first-maximum rule is exercised in every window
+    x = torch.asarray(np.random.default_rng(17).integers(0, 3, size=shape).astype("float32"))
+    ours = max_pool(x, window, xp=txp)
+    native = max_pool(x, window, native=True, xp=txp)
+    torch.testing.assert_close(native, ours, rtol=0, atol=0)
+    g = torch.asarray(np.random.default_rng(18).normal(size=tuple(ours.shape)).astype("float32"))
+    want = max_pool_vjp(x, g, window, xp=txp)
+    torch.testing.assert_close(max_pool_vjp(x, g, window, native=True, xp=txp), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="g must have the pooled shape"):
+        max_pool_vjp(x, g[:1, :, :1], window, native=True, xp=txp)
+    with pytest.raises(TypeError, match="native must be a bool"):
+        max_pool(x, window, native="yes", xp=txp)
 
 
 @pytest.mark.parametrize("namespace", NAMESPACES)

@@ -36,7 +36,10 @@ output element.
 :func:`yat_conv_vjp` and :func:`yat_conv_transpose_vjp` are the analytic gradients
 (the NumPy reference backend's): :func:`yat_core.product.yat_product_vjp` on the
 patches, then the adjoint of the unfold (a fold, written with zero insertion, zero
-padding and a sum). Everything here runs on any array-API namespace and traces under
+padding and a sum). :func:`yat_conv_forward` and :func:`yat_conv_backward` split
+:func:`yat_conv_vjp` in two, so that a training step's backward pass reuses the forward
+pass's convolution (as :func:`yat_core.product.yat_forward` does for the dense
+product). Everything here runs on any array-API namespace and traces under
 ``jax.jit``, ``torch.compile`` and ``mx.compile``: shapes drive every Python branch,
 never array values; no host conversion, no in-place mutation.
 """
@@ -51,13 +54,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from yat_core.namespaces import array_namespace, device_of
-from yat_core.namespaces.native import native_conv, native_conv_last, native_conv_vjp
+from yat_core.namespaces.native import native_conv, native_conv_last, native_conv_vjp, native_max_pool
 from yat_core.product import (
     DEFAULT_EPSILON,
     SPHERICAL_NORM_EPS,
+    RatioParts,
     validate_epsilon,
     yat_product,
     yat_product_vjp,
+    yat_ratio,
+    yat_ratio_vjp,
 )
 
 __all__ = [
@@ -65,6 +71,9 @@ __all__ = [
     "yat_conv_transpose",
     "yat_conv_vjp",
     "yat_conv_transpose_vjp",
+    "yat_conv_forward",
+    "yat_conv_backward",
+    "ConvResiduals",
     "linear_conv",
     "linear_conv_vjp",
     "ConvGrads",
@@ -511,25 +520,68 @@ def _patch_sq(x: Array, plan: _Conv, xp: Any) -> Array:
 
 def _combine(
     dot: Array, psq: Array, wsq: Array, bias: Any, alpha: Any, epsilon: Any, spherical: bool, xp: Any
-) -> Array:
+) -> RatioParts:
     """The Yat formula on ``dot``, ``|patch|^2`` and ``|w|^2`` already shaped to broadcast together.
 
-    The same formula as :func:`yat_core.product.yat_product` (and the same floors and
-    clamp), written on the convolution's outputs; ``bias`` is a number, ``None`` or an
-    array shaped to broadcast against ``dot``.
+    The squared distance from the three terms (with :func:`yat_core.product.yat_product`'s
+    floors in spherical mode), then :func:`yat_core.product.yat_ratio`, the one
+    implementation of the rest; ``bias`` is a number, ``None`` or an array shaped to
+    broadcast against ``dot``.
     """
-    floor = SPHERICAL_NORM_EPS**2
     if spherical:
+        floor = SPHERICAL_NORM_EPS**2
         # as the product's _row_norm: the square floored before the root
         norms = xp.sqrt(xp.where(psq > floor, psq, floor)) * xp.sqrt(xp.where(wsq > floor, wsq, floor))
         dot = dot / norms
         raw_dist = 2.0 - 2.0 * dot
     else:
         raw_dist = psq + wsq - 2.0 * dot
-    dist = xp.where(raw_dist > 0, raw_dist, 0.0)
-    numer = dot if bias is None else dot + bias
-    ratio = (numer * numer) / (dist + epsilon)
-    return ratio if alpha is None else alpha * ratio
+    return yat_ratio(dot, raw_dist, bias, alpha, epsilon, xp=xp)
+
+
+class _Native(NamedTuple):
+    """A direct convolution as the library's own convolution takes it."""
+
+    x: Array  # the input, any negative padding (a transposed convolution's crop) applied
+    crop: Pads  # that crop, for the gradient's adjoint
+    plan: _Conv  # with the non-negative padding only
+    geometry: dict[str, Any]  # the convolution's keywords
+
+
+def _native_setup(x: Array, plan: _Conv, xp: Any) -> _Native:
+    crop = tuple((min(lo, 0), min(hi, 0)) for lo, hi in plan.pads)
+    if any(lo or hi for lo, hi in crop):
+        x = _pad(x, crop, xp)
+    pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in plan.pads)
+    geometry = {"stride": plan.stride, "padding": pads, "dilation": plan.dilation, "groups": plan.groups}
+    return _Native(x, crop, plan._replace(pads=pads), geometry)
+
+
+def _native_parts(
+    nat: _Native, w: Array, conv: Any, bias: Any, alpha: Any, epsilon: Any, spherical: bool, xp: Any
+) -> RatioParts:
+    """Channels first: the formula's intermediates, shaped ``(N, groups, out/groups, *out)``.
+
+    ``dot`` from the library's convolution, ``|patch|^2`` from :func:`_patch_sq`;
+    splitting the groups off the channel axis lets each group's patch norm broadcast
+    without a copy.
+    """
+    plan = nat.plan
+    d, n_out, g = len(plan.kernel), int(w.shape[0]), plan.groups
+    dot = conv(nat.x, w, **nat.geometry)  # (N, out, *out)
+    shape = tuple(dot.shape)  # not int(): a symbolic batch size (torch.export) must stay symbolic
+    per_channel = (g, n_out // g) + (1,) * d
+    b = xp.reshape(bias, per_channel) if hasattr(bias, "shape") else bias
+    dot = xp.reshape(dot, (shape[0], g, n_out // g, *shape[2:]))
+    psq = xp.reshape(_patch_sq(nat.x, plan, xp), (shape[0], g, 1, *shape[2:]))
+    wsq = xp.reshape(xp.sum(w * w, axis=tuple(range(1, d + 2))), per_channel)
+    return _combine(dot, psq, wsq, b, alpha, epsilon, spherical, xp)
+
+
+def _merge_groups(y: Array, xp: Any) -> Array:
+    """``(N, groups, out/groups, *out)`` -> ``(N, out, *out)``."""
+    shape = tuple(y.shape)
+    return xp.reshape(y, (shape[0], int(shape[1]) * int(shape[2]), *shape[3:]))
 
 
 def _native_forward(
@@ -549,39 +601,22 @@ def _native_forward(
     With ``conv_last`` (:func:`yat_core.namespaces.native.native_conv_last`) the
     convolution and the elementwise formula run channels last, the library's own
     layout, and only the input and the result are transposed; otherwise channels
-    first with ``conv``. The tests hold both to the unfold path.
+    first with ``conv`` (:func:`_native_parts`). The tests hold both to the unfold path.
     """
-    if any(lo < 0 or hi < 0 for lo, hi in plan.pads):  # crops (transposed convolution)
-        x = _pad(x, tuple((min(lo, 0), min(hi, 0)) for lo, hi in plan.pads), xp)
-    pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in plan.pads)
-    plan = plan._replace(pads=pads)
-    geometry = {"stride": plan.stride, "padding": pads, "dilation": plan.dilation, "groups": plan.groups}
-    d = len(plan.kernel)
-    n_out = int(w.shape[0])
-    g = plan.groups
-    wsq = xp.sum(w * w, axis=tuple(range(1, d + 2)))  # (out,)
-    psq = _patch_sq(x, plan, xp)  # (N, groups, *out): small, one channel per group
-    b = xp.reshape(bias, (n_out,)) if hasattr(bias, "shape") else bias
+    nat = _native_setup(x, plan, xp)
     if conv_last is None:
-        dot = conv(x, w, **geometry)  # (N, out, *out)
-        shape = tuple(dot.shape)
-        per_channel = (g, n_out // g) + (1,) * d
-        if hasattr(b, "shape"):
-            b = xp.reshape(b, per_channel)
-        # groups split off the channel axis, so the group's |patch|^2 broadcasts without a copy
-        dot = xp.reshape(dot, (shape[0], g, n_out // g, *shape[2:]))
-        psq = xp.reshape(psq, (shape[0], g, 1, *shape[2:]))
-        y = _combine(dot, psq, xp.reshape(wsq, per_channel), b, alpha, epsilon, spherical, xp)
-        return xp.reshape(y, shape)
+        return _merge_groups(_native_parts(nat, w, conv, bias, alpha, epsilon, spherical, xp).y, xp)
+    plan = nat.plan
+    d, n_out, g = len(plan.kernel), int(w.shape[0]), plan.groups
+    wsq = xp.sum(w * w, axis=tuple(range(1, d + 2)))  # (out,)
+    psq = _patch_sq(nat.x, plan, xp)  # (N, groups, *out): small, one channel per group
+    b = xp.reshape(bias, (g, n_out // g)) if hasattr(bias, "shape") else bias
     last = (0, *range(2, 2 + d), 1)
-    dot = conv_last(xp.permute_dims(x, last), w, **geometry)  # (N, *out, out)
+    dot = conv_last(xp.permute_dims(nat.x, last), w, **nat.geometry)  # (N, *out, out)
     shape = tuple(dot.shape)
-    per_channel = (g, n_out // g)
-    if hasattr(b, "shape"):
-        b = xp.reshape(b, per_channel)
     dot = xp.reshape(dot, (*shape[:-1], g, n_out // g))
     psq = xp.reshape(xp.permute_dims(psq, last), (*shape[:-1], g, 1))
-    y = _combine(dot, psq, xp.reshape(wsq, per_channel), b, alpha, epsilon, spherical, xp)
+    y = _combine(dot, psq, xp.reshape(wsq, (g, n_out // g)), b, alpha, epsilon, spherical, xp).y
     return xp.permute_dims(xp.reshape(y, shape), (0, d + 1, *range(1, d + 1)))
 
 
@@ -602,71 +637,41 @@ def _box_sum_adjoint(gs: Array, plan: _Conv, padded: tuple[int, ...], xp: Any) -
     return gs
 
 
-def _native_backward(
-    x: Array,
-    w: Array,
-    g: Array,
-    plan: _Conv,
-    conv: Any,
-    conv_vjp: Any,
-    bias: Any,
-    alpha: Any,
-    epsilon: Any,
-    xp: Any,
+def _native_grads(
+    nat: _Native, w: Array, parts: RatioParts, g: Array, conv_vjp: Any, bias: Any, alpha: Any, epsilon: Any, xp: Any
 ) -> ConvGrads:
-    """Analytic gradients of :func:`_native_forward` (not spherical) with the library's convolution gradient.
+    """Analytic gradients of :func:`_native_parts` (not spherical) with the library's convolution gradient.
 
-    With ``q = (dot + bias) / (dist + epsilon)`` and the upstream gradient ``g``: the
-    numerator's gradient ``2 alpha g q``, the distance's ``-alpha g q^2`` (zero where
-    the clamp holds), and ``dot``'s their combination ``g_numer - 2 g_dist``, which
-    feeds ONE backward convolution pair (``conv_vjp``) for ``x`` and ``w``. The patch
-    norm adds ``2 x`` times the window spread of ``sum_out g_dist``, the kernel norm
-    ``2 w`` times ``sum g_dist``.
+    :func:`yat_core.product.yat_ratio_vjp` gives the gradients of the numerator, the
+    distance and ``dot`` (with the distance's dot term folded in), which feeds ONE
+    backward convolution pair (``conv_vjp``) for ``x`` and ``w``. The patch norm adds
+    ``2 x`` times the window spread of ``sum_out g_dist``, the kernel norm ``2 w``
+    times ``sum g_dist``.
     """
-    crop = tuple((min(lo, 0), min(hi, 0)) for lo, hi in plan.pads)
-    if any(lo or hi for lo, hi in crop):  # crops (transposed convolution)
-        x = _pad(x, crop, xp)
-    pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in plan.pads)
-    plan = plan._replace(pads=pads)
-    geometry = {"stride": plan.stride, "padding": pads, "dilation": plan.dilation, "groups": plan.groups}
-    d = len(plan.kernel)
-    n_out, grp = int(w.shape[0]), plan.groups
+    x, plan = nat.x, nat.plan
+    d, n_out, grp = len(plan.kernel), int(w.shape[0]), plan.groups
     shape = tuple(x.shape)
     expected = (int(shape[0]), n_out, *plan.out)
     if tuple(int(v) for v in g.shape) != expected:
         raise ValueError(f"upstream gradient g must have the output's shape {expected}, got {tuple(g.shape)}")
-    split = (int(shape[0]), grp, n_out // grp, *plan.out)
-    per_channel = (grp, n_out // grp) + (1,) * d
-    dot = xp.reshape(conv(x, w, **geometry), split)
-    psq = xp.expand_dims(_patch_sq(x, plan, xp), axis=2)  # (N, G, 1, *out)
-    wsq = xp.reshape(xp.sum(w * w, axis=tuple(range(1, d + 2))), per_channel)
-    raw_dist = psq + wsq - 2.0 * dot
-    on = raw_dist > 0
-    numer = dot + xp.reshape(bias, per_channel) if hasattr(bias, "shape") else (dot if bias is None else dot + bias)
-    q = numer / (xp.where(on, raw_dist, 0.0) + epsilon)
-    g = xp.reshape(g, split)
-    g_ratio = g if alpha is None else g * alpha
-    g_numer = 2.0 * g_ratio * q
-    g_denom = -g_ratio * q * q  # d/d(dist + epsilon)
-    g_dist = xp.where(on, g_denom, 0.0)
-    g_dot = xp.reshape(g_numer - 2.0 * g_dist, expected)
-    g_x, g_w = conv_vjp(x, w, g_dot, **geometry)
+    g = xp.reshape(g, (int(shape[0]), grp, n_out // grp, *plan.out))
+    grads = yat_ratio_vjp(parts, g, alpha, xp=xp)
+    g_x, g_w = conv_vjp(x, w, xp.reshape(grads.dot, expected), **nat.geometry)
     # |patch|^2: 2 x times the windows' spread of sum over the group's outputs of g_dist
+    pads = plan.pads
     padded = tuple(int(n) + lo + hi for n, (lo, hi) in zip(shape[2:], pads))
-    g_psq = _box_sum_adjoint(xp.sum(g_dist, axis=2), plan, padded, xp)
+    g_psq = _box_sum_adjoint(xp.sum(grads.dist, axis=2), plan, padded, xp)
     g_psq = _pad(g_psq, tuple((-lo, -hi) for lo, hi in pads), xp)  # (N, G, *spatial)
     x_split = xp.reshape(x, (int(shape[0]), grp, int(shape[1]) // grp, *shape[2:]))
     g_x = g_x + xp.reshape(2.0 * x_split * xp.expand_dims(g_psq, axis=2), shape)
-    if any(lo or hi for lo, hi in crop):
-        g_x = _pad(g_x, tuple((-lo, -hi) for lo, hi in crop), xp)
+    if any(lo or hi for lo, hi in nat.crop):
+        g_x = _pad(g_x, tuple((-lo, -hi) for lo, hi in nat.crop), xp)
     spatial_axes = (0, *range(3, 3 + d))
-    g_wsq = xp.reshape(xp.sum(g_dist, axis=spatial_axes), (n_out,) + (1,) * (d + 1))
+    g_wsq = xp.reshape(xp.sum(grads.dist, axis=spatial_axes), (n_out,) + (1,) * (d + 1))
     g_w = g_w + 2.0 * w * g_wsq
-    g_bias = xp.reshape(xp.sum(g_numer, axis=spatial_axes), (n_out,)) if hasattr(bias, "shape") else None
-    g_alpha = None
-    if hasattr(alpha, "shape"):
-        g_alpha = xp.reshape(xp.sum(g * (numer * q)), tuple(alpha.shape))
-    g_eps = xp.reshape(xp.sum(g_denom), tuple(epsilon.shape)) if hasattr(epsilon, "shape") else None
+    g_bias = xp.reshape(xp.sum(grads.numer, axis=spatial_axes), (n_out,)) if hasattr(bias, "shape") else None
+    g_alpha = xp.reshape(xp.sum(g * parts.ratio), tuple(alpha.shape)) if hasattr(alpha, "shape") else None
+    g_eps = xp.reshape(xp.sum(grads.denom), tuple(epsilon.shape)) if hasattr(epsilon, "shape") else None
     return ConvGrads(g_x, g_w, g_bias, g_alpha, g_eps)
 
 
@@ -688,7 +693,9 @@ def _backward(
     conv_vjp = native_conv_vjp(xp) if conv is not None else None
     if conv_vjp is None:
         return _conv_backward(x, w, g, plan, bias, alpha, epsilon, spherical, xp)
-    return _native_backward(x, w, g, plan, conv, conv_vjp, bias, alpha, epsilon, xp)
+    nat = _native_setup(x, plan, xp)
+    parts = _native_parts(nat, w, conv, bias, alpha, epsilon, False, xp)
+    return _native_grads(nat, w, parts, g, conv_vjp, bias, alpha, epsilon, xp)
 
 
 def _forward(
@@ -944,6 +951,87 @@ def yat_conv_vjp(
     return _backward(x, w, g, plan, bias, alpha, epsilon, spherical, native, xp)
 
 
+class ConvResiduals(NamedTuple):
+    """What :func:`yat_conv_backward` needs from :func:`yat_conv_forward`.
+
+    The inputs and options and, where the forward ran channels first on the library's
+    own convolution (and not spherical), the formula's intermediates, so that the
+    backward pass never recomputes the convolution; ``parts`` is ``None`` otherwise
+    and the backward recomputes as :func:`yat_conv_vjp` does.
+    """
+
+    x: Array
+    w: Array
+    plan: Any  # the checked geometry
+    bias: Any  # the options, as given (arrays or constants)
+    alpha: Any
+    epsilon: Any
+    spherical: bool
+    native: bool
+    parts: RatioParts | None
+
+
+def yat_conv_forward(
+    x: Array,
+    w: Array,
+    /,
+    *,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple | str = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    bias: Array | float | None = None,
+    alpha: Array | float | None = None,
+    epsilon: Array | float = DEFAULT_EPSILON,
+    spherical: bool = False,
+    native: bool = False,
+    xp: Any = None,
+) -> tuple[Array, ConvResiduals]:
+    """:func:`yat_conv` that also returns what :func:`yat_conv_backward` needs.
+
+    The same arguments and output as :func:`yat_conv`. With ``native=True`` on a
+    library whose own convolution runs channels first and has a gradient (PyTorch),
+    the residuals keep the formula's intermediates and the backward pass skips the
+    forward convolution; elsewhere they keep the inputs and the backward recomputes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(5.0).reshape(1, 1, 5); w = np.array([[[1.0, 2.0]]])
+    >>> y, res = yat_conv_forward(x, w, epsilon=1.0)
+    >>> bool(np.array_equal(y, yat_conv(x, w, epsilon=1.0))), res.parts is None  # NumPy: no native convolution
+    (True, True)
+    >>> yat_conv_backward(res, np.ones_like(y)).w.shape
+    (1, 1, 2)
+    """
+    xp = array_namespace(x, w) if xp is None else xp
+    plan = _plan_conv(x, w, stride, padding, dilation, groups)
+    _check_dtypes(x, w, xp)
+    _check_options(bias, alpha, epsilon, spherical, int(w.shape[0]))
+    if not isinstance(native, bool):
+        raise TypeError(f"native must be a bool, got {native!r}")
+    conv = native_conv(xp) if native and not spherical and native_conv_last(xp) is None else None
+    parts = None
+    if conv is not None and native_conv_vjp(xp) is not None:
+        parts = _native_parts(_native_setup(x, plan, xp), w, conv, bias, alpha, epsilon, False, xp)
+        y = _merge_groups(parts.y, xp)
+    else:
+        y = _forward(x, w, plan, bias, alpha, epsilon, spherical, native, xp)
+    return y, ConvResiduals(x, w, plan, bias, alpha, epsilon, spherical, native, parts)
+
+
+def yat_conv_backward(res: ConvResiduals, g: Array, /, *, xp: Any = None) -> ConvGrads:
+    """Gradients of ``sum(g * y)`` from the residuals of :func:`yat_conv_forward`.
+
+    The same gradients as :func:`yat_conv_vjp` with the same options.
+    """
+    xp = array_namespace(res.x, res.w, g) if xp is None else xp
+    if res.parts is None:
+        return _backward(res.x, res.w, g, res.plan, res.bias, res.alpha, res.epsilon, res.spherical, res.native, xp)
+    nat = _native_setup(res.x, res.plan, xp)
+    return _native_grads(nat, res.w, res.parts, g, native_conv_vjp(xp), res.bias, res.alpha, res.epsilon, xp)
+
+
 def yat_conv_transpose_vjp(
     x: Array,
     w: Array,
@@ -1123,7 +1211,13 @@ def _unwindow(a: Array, spatial: tuple[int, ...], win: tuple[int, ...], out: tup
     return _pad(a, tuple((0, s - o * k) for s, o, k in zip(spatial, out, win)), xp)
 
 
-def max_pool(x: Array, window: IntOrTuple, /, *, xp: Any = None) -> Array:
+def _native_pool(native: bool, xp: Any) -> Any:
+    if not isinstance(native, bool):
+        raise TypeError(f"native must be a bool, got {native!r}")
+    return native_max_pool(xp) if native else None
+
+
+def max_pool(x: Array, window: IntOrTuple, /, *, native: bool = False, xp: Any = None) -> Array:
     """Maximum over non-overlapping windows (stride = window), channels first.
 
     Spatial sizes that the window does not divide lose their remainder (the last
@@ -1135,6 +1229,9 @@ def max_pool(x: Array, window: IntOrTuple, /, *, xp: Any = None) -> Array:
         1, 2 or 3 spatial dimensions.
     window : int or tuple of ints
         Window size, one for all spatial dimensions or one per dimension.
+    native : bool
+        Use the library's own pooling (:func:`yat_core.namespaces.native.native_max_pool`:
+        torch) where it has one; the same numbers.
 
     Returns
     -------
@@ -1148,6 +1245,9 @@ def max_pool(x: Array, window: IntOrTuple, /, *, xp: Any = None) -> Array:
     """
     xp = array_namespace(x) if xp is None else xp
     win, out = _pool_plan(x, window, "max_pool")
+    pool = _native_pool(native, xp)
+    if pool is not None:
+        return pool[0](x, win)
     return xp.max(_windows(x, win, out, xp), axis=-1)
 
 
@@ -1168,11 +1268,11 @@ def avg_pool(x: Array, window: IntOrTuple, /, *, xp: Any = None) -> Array:
     return xp.mean(_windows(x, win, out, xp), axis=-1)
 
 
-def max_pool_vjp(x: Array, g: Array, window: IntOrTuple, /, *, xp: Any = None) -> Array:
+def max_pool_vjp(x: Array, g: Array, window: IntOrTuple, /, *, native: bool = False, xp: Any = None) -> Array:
     """Gradient of ``sum(g * max_pool(x, window))`` with respect to ``x``.
 
     Each window's gradient goes to its first maximum (row-major order), as torch's
-    ``max_pool`` does; the dropped remainder gets zero.
+    ``max_pool`` does; the dropped remainder gets zero. ``native`` as in :func:`max_pool`.
 
     Examples
     --------
@@ -1182,6 +1282,12 @@ def max_pool_vjp(x: Array, g: Array, window: IntOrTuple, /, *, xp: Any = None) -
     """
     xp = array_namespace(x, g) if xp is None else xp
     win, out = _pool_plan(x, window, "max_pool_vjp")
+    expected = (*tuple(int(v) for v in x.shape[:2]), *out)
+    if tuple(int(v) for v in g.shape) != expected:
+        raise ValueError(f"max_pool_vjp: g must have the pooled shape {expected}, got {tuple(g.shape)}")
+    pool = _native_pool(native, xp)
+    if pool is not None:
+        return pool[1](x, g, win)
     xw = _windows(x, win, out, xp)
     top = xp.max(xw, axis=-1)
     taken = None

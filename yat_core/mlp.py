@@ -23,9 +23,10 @@ from yat_core.conv import (
     max_pool,
     max_pool_vjp,
     yat_conv,
+    yat_conv_backward,
+    yat_conv_forward,
     yat_conv_transpose,
     yat_conv_transpose_vjp,
-    yat_conv_vjp,
 )
 from yat_core.losses import cross_entropy_grad, softmax_cross_entropy
 from yat_core.namespaces import array_namespace
@@ -180,8 +181,10 @@ def _layer_forward(layer: LayerSpec, params: Params, prefix: str, h: Array, xp: 
         return yat_conv_transpose(
             h, param("kernel"), xp=xp, native=True, **layer.conv_options, **forward_options(layer, param, xp)
         )
-    if layer.kind in ("max_pool", "avg_pool"):
-        return (max_pool if layer.kind == "max_pool" else avg_pool)(h, layer.kernel_size, xp=xp)
+    if layer.kind == "max_pool":
+        return max_pool(h, layer.kernel_size, native=True, xp=xp)
+    if layer.kind == "avg_pool":
+        return avg_pool(h, layer.kernel_size, xp=xp)
     if layer.kind == "flatten":
         return xp.reshape(h, (h.shape[0], -1))
     bias = params[prefix + "bias"] if layer.bias == LEARNABLE else layer.bias
@@ -265,10 +268,15 @@ def mlp_value_and_grad(
     saved: list[Any] = []
     for i, layer in enumerate(spec.layers):
         prefix = f"{i}."
+        param = functools.partial(_param, params, prefix)
         if layer.kind == "yat":
-            param = functools.partial(_param, params, prefix)
             h, res = yat_forward(h, params[prefix + "kernel"], xp=xp, **forward_options(layer, param, xp))
             saved.append(res)
+        elif layer.kind == "yat_conv":
+            h, conv_res = yat_conv_forward(
+                h, param("kernel"), xp=xp, native=True, **layer.conv_options, **forward_options(layer, param, xp)
+            )
+            saved.append(conv_res)
         else:
             h_in, h = h, _layer_forward(layer, params, prefix, h, xp)
             saved.append((h_in, h))
@@ -304,20 +312,11 @@ def _layer_backward(
         parts = yat_backward(saved, g, xp=xp)
         _store_yat_grads(parts, params, prefix, grads, xp)
         return parts.x
-    h_in, out = saved
     if layer.kind == "yat_conv":
-        param = functools.partial(_param, params, prefix)
-        conv_parts = yat_conv_vjp(
-            h_in,
-            params[prefix + "kernel"],
-            g,
-            xp=xp,
-            native=True,
-            **layer.conv_options,
-            **forward_options(layer, param, xp),
-        )
+        conv_parts = yat_conv_backward(saved, g, xp=xp)
         _store_yat_grads(conv_parts, params, prefix, grads, xp)
         return conv_parts.x
+    h_in, out = saved
     if layer.kind == "yat_conv_transpose":
         param = functools.partial(_param, params, prefix)
         t_parts = yat_conv_transpose_vjp(
@@ -332,7 +331,7 @@ def _layer_backward(
         _store_yat_grads(t_parts, params, prefix, grads, xp)
         return t_parts.x
     if layer.kind == "max_pool":
-        return max_pool_vjp(h_in, g, layer.kernel_size, xp=xp)
+        return max_pool_vjp(h_in, g, layer.kernel_size, native=True, xp=xp)
     if layer.kind == "avg_pool":
         return avg_pool_vjp(h_in, g, layer.kernel_size, xp=xp)
     if layer.kind == "flatten":

@@ -32,6 +32,10 @@ __all__ = [
     "yat_backward",
     "YatResiduals",
     "YatGrads",
+    "RatioParts",
+    "RatioGrads",
+    "yat_ratio",
+    "yat_ratio_vjp",
     "dense",
     "softplus",
     "softplus_inverse",
@@ -79,6 +83,65 @@ class YatResiduals(NamedTuple):
     alpha: Any
     epsilon: Any
     spherical: bool
+
+
+class RatioParts(NamedTuple):
+    """The ⵟ-product's elementwise half, from the dot product and the raw distance to ``y``."""
+
+    numer_base: Array  # dot + bias
+    raw_dist: Array  # distance before the clamp
+    denom: Array  # clamped distance + epsilon
+    ratio: Array  # (dot + bias)^2 / denom
+    y: Array
+
+
+class RatioGrads(NamedTuple):
+    """Gradients of ``sum(g * y)`` through :func:`yat_ratio` (``dot`` has the distance's dot term folded in)."""
+
+    numer: Array  # of dot + bias
+    denom: Array  # of the clamped distance + epsilon
+    dist: Array  # of the raw distance (zero where the clamp holds)
+    dot: Array  # of the dot product: numer - 2 dist
+
+
+def yat_ratio(dot: Array, raw_dist: Array, bias: Any, alpha: Any, epsilon: Any, /, *, xp: Any) -> RatioParts:
+    """``alpha * (dot + bias)^2 / (max(raw_dist, 0) + epsilon)``, keeping the intermediates.
+
+    The one implementation of the formula once ``dot`` and the squared distance are
+    known: the dense product (:func:`yat_forward`) and the convolutions
+    (:mod:`yat_core.conv`) both end here. ``bias`` broadcasts against ``dot``.
+
+    Examples
+    --------
+    >>> import array_api_compat.numpy as xp
+    >>> yat_ratio(xp.asarray([2.0]), xp.asarray([-1e-9]), 1.0, 0.5, 1.0, xp=xp).y  # the clamp: distance 0
+    array([4.5])
+    """
+    # The expansion cancels when x is close to a kernel row and can dip below 0;
+    # `where` (not `maximum`) so every framework agrees on the gradient at the tie.
+    dist = xp.where(raw_dist > 0, raw_dist, 0.0)
+    numer_base = dot if bias is None else dot + bias
+    denom = dist + epsilon
+    ratio = (numer_base * numer_base) / denom
+    return RatioParts(numer_base, raw_dist, denom, ratio, ratio if alpha is None else alpha * ratio)
+
+
+def yat_ratio_vjp(parts: RatioParts, g: Array, alpha: Any, /, *, xp: Any) -> RatioGrads:
+    """Gradients of ``sum(g * y)`` through :func:`yat_ratio`, from its intermediates.
+
+    Examples
+    --------
+    >>> import array_api_compat.numpy as xp
+    >>> parts = yat_ratio(xp.asarray([2.0]), xp.asarray([1.0]), None, None, 1.0, xp=xp)  # y = dot^2 / (dist + 1)
+    >>> grads = yat_ratio_vjp(parts, xp.asarray([1.0]), None, xp=xp)
+    >>> grads.numer, grads.dist  # 2 dot / 2, -dot^2 / 2^2
+    (array([2.]), array([-1.]))
+    """
+    g_ratio = g if alpha is None else g * alpha
+    g_numer = g_ratio * 2.0 * parts.numer_base / parts.denom
+    g_denom = -g_ratio * parts.ratio / parts.denom
+    g_dist = xp.where(parts.raw_dist > 0, g_denom, 0.0)
+    return RatioGrads(g_numer, g_denom, g_dist, g_numer - 2.0 * g_dist)
 
 
 def _is_number(v: Any) -> bool:
@@ -156,16 +219,8 @@ def _parts(x: Array, w: Array, bias: Any, alpha: Any, epsilon: Any, spherical: b
         x_sq = xp.sum(x_unit * x_unit, axis=-1, keepdims=True)
         w_sq = xp.sum(w_unit * w_unit, axis=-1)
         raw_dist = x_sq + w_sq - 2.0 * dot
-    # The expansion cancels when x is close to a kernel row and can dip below 0;
-    # `where` (not `maximum`) so every framework agrees on the gradient at the tie.
-    dist = xp.where(raw_dist > 0, raw_dist, 0.0)
-    numer_base = dot if bias is None else dot + bias
-    denom = dist + epsilon
-    ratio = (numer_base * numer_base) / denom
-    y = ratio if alpha is None else alpha * ratio
-    return YatResiduals(
-        x_unit, w_unit, x_norm, w_norm, numer_base, raw_dist, denom, ratio, y, bias, alpha, epsilon, spherical
-    )
+    parts = yat_ratio(dot, raw_dist, bias, alpha, epsilon, xp=xp)
+    return YatResiduals(x_unit, w_unit, x_norm, w_norm, *parts, bias, alpha, epsilon, spherical)
 
 
 def yat_product(
@@ -266,10 +321,9 @@ def yat_backward(res: YatResiduals, g: Array, /, *, xp: Any = None) -> YatGrads:
     """
     xp = array_namespace(g) if xp is None else xp
     alpha, bias, epsilon = res.alpha, res.bias, res.epsilon
-    g_ratio = g if alpha is None else g * alpha
-    g_numer = g_ratio * 2.0 * res.numer_base / res.denom
-    g_denom = -g_ratio * res.ratio / res.denom
-    g_dist = xp.where(res.raw_dist > 0, g_denom, 0.0)
+    parts = RatioParts(res.numer_base, res.raw_dist, res.denom, res.ratio, res.y)
+    # dist = |x|^2 + |w|^2 - 2 dot (or 2 - 2 dot): g_dot has its dot term folded in.
+    g_numer, g_denom, g_dist, g_dot = yat_ratio_vjp(parts, g, alpha, xp=xp)
     batch_axes = tuple(range(g.ndim - 1))
 
     def _over_batch(a: Array) -> Array:
@@ -281,8 +335,6 @@ def yat_backward(res: YatResiduals, g: Array, /, *, xp: Any = None) -> YatGrads:
         g_alpha = xp.reshape(xp.sum(g * res.ratio), alpha.shape)
     g_eps = None if _is_number(epsilon) else xp.reshape(xp.sum(g_denom), epsilon.shape)
 
-    # dist = |x|^2 + |w|^2 - 2 dot (or 2 - 2 dot): fold its dot term into g_dot.
-    g_dot = g_numer - 2.0 * g_dist
     n_in, n_out = res.x_unit.shape[-1], res.w_unit.shape[0]
     x2d = xp.reshape(res.x_unit, (-1, n_in))
     g_dot2d = xp.reshape(g_dot, (-1, n_out))

@@ -1,4 +1,4 @@
-"""Native convolutions: the fast path of :mod:`yat_core.conv`, one per library that has one.
+"""Native convolutions and pooling: the fast path of :mod:`yat_core.conv`, one per library that has one.
 
 The array-API unfold in :mod:`yat_core.conv` is the reference; a library's own
 convolution may compute the ``dot`` and patch-norm terms instead (``native=True``),
@@ -16,6 +16,7 @@ __all__ = [
     "native_conv",
     "native_conv_last",
     "native_conv_vjp",
+    "native_max_pool",
     "register_native_conv",
     "register_native_conv_last",
     "register_native_conv_vjp",
@@ -274,6 +275,31 @@ def _keras_conv(x: Any, w: Any, *, stride: Any, padding: Any, dilation: Any, gro
     return ops.transpose(y, (0, d + 1, *range(1, d + 1)))
 
 
+def _torch_max_pool(x: Any, window: tuple[int, ...]) -> Any:
+    import torch.nn.functional as F
+
+    return getattr(F, f"max_pool{len(window)}d")(x, window)
+
+
+def _torch_max_pool_vjp(x: Any, g: Any, window: tuple[int, ...]) -> Any:
+    """Gradient of ``sum(g * _torch_max_pool(x, window))``: ATen's own, to each window's first maximum."""
+    import torch
+    import torch.nn.functional as F
+
+    if len(window) == 1:  # ATen has no 1-D pooling backward: a 2-D pool of height 1
+        g_x = _torch_max_pool_vjp(x[:, :, None, :], g[:, :, None, :], (1, *window))
+        return g_x[:, :, 0, :]
+    d = len(window)
+    _, indices = getattr(F, f"max_pool{d}d")(x, window, return_indices=True)
+    backward = getattr(torch.ops.aten, f"max_pool{d}d_with_indices_backward")
+    return backward(g, x, list(window), list(window), [0] * d, [1] * d, False, indices)
+
+
+_BUILTIN_NATIVE_MAX_POOLS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+    "torch": (_torch_max_pool, _torch_max_pool_vjp),
+}
+
+
 _BUILTIN_NATIVE_CONVS: dict[str, Callable[..., Any]] = {
     "torch": _torch_conv,
     "jax": _jax_conv,
@@ -407,3 +433,21 @@ def native_conv_vjp(xp: Any) -> Callable[..., Any] | None:
     """
     library = _namespace_library(xp)
     return _NATIVE_CONV_VJPS.get(library) or _BUILTIN_NATIVE_CONV_VJPS.get(library)
+
+
+def native_max_pool(xp: Any) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    """``(pool, pool_vjp)``: the native max-pooling of namespace ``xp``'s library, or ``None``.
+
+    ``pool(x, window)`` and ``pool_vjp(x, g, window)`` pool channels-first ``x`` over
+    non-overlapping windows (a tuple per spatial dimension) as
+    :func:`yat_core.conv.max_pool` does: the remainder dropped, the gradient to each
+    window's first maximum. Built in for torch, whose compiled autodiff and analytic
+    steps both run its pooling kernels far faster than the array-API windows.
+
+    Examples
+    --------
+    >>> import array_api_compat.numpy as xp
+    >>> native_max_pool(xp) is None
+    True
+    """
+    return _BUILTIN_NATIVE_MAX_POOLS.get(_namespace_library(xp))
