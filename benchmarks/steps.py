@@ -160,7 +160,7 @@ class StepBench:
             if self.kind not in NMN_KINDS:
                 raise ValueError(f"nmn's layers are timed on the {', '.join(NMN_KINDS)} only, not {self.kind!r}")
             return self._nmn_train_step(spec)
-        b = get_backend(self.backend, self.device)
+        b = get_backend(self.backend, self.device, spec=spec)
         params = {k: b.asarray(v) for k, v in init_mlp_numpy(spec, self.seed).items()}
         builder = {
             "forward": self._forward,

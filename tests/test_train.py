@@ -240,19 +240,40 @@ def test_chunk_length_is_the_largest_divisor_up_to_64(full_steps, chunk):
 # ---------------------------------------------------------------- torch.compile
 
 
-def test_torch_compiled_training_gives_the_eager_losses(monkeypatch):
+TINY_CNN = MLPSpec(
+    (
+        LayerSpec("yat_conv", 1, 2, kernel_size=(3, 3)),
+        LayerSpec("max_pool", 2, 2, kernel_size=(2, 2)),
+        LayerSpec("flatten", 2, 2 * 13 * 13),
+        LayerSpec("linear", 2 * 13 * 13, 10),
+    ),
+    input_shape=(1, 28, 28),
+)
+
+
+@pytest.mark.parametrize(
+    ("spec", "gradients"),
+    [(MLPSpec((LayerSpec("yat", 784, 8), LayerSpec("linear", 8, 10))), "analytic"), (TINY_CNN, "autodiff")],
+    ids=["mlp-analytic-whole-step", "cnn-autodiff-compiled-loss"],
+)
+def test_torch_compiled_training_gives_the_eager_losses(monkeypatch, spec, gradients):
     require_backend("torch")
+    import torch._dynamo
+
     data = make_tiny_mnist(100, 20, seed=4)  # 3 compiled steps of 32 and one eager step of 4 per epoch
-    spec = MLPSpec((LayerSpec("yat", 784, 8), LayerSpec("linear", 8, 10)))
-    cfg = TrainConfig(backend="torch", epochs=2, batch_size=32, gradients="analytic")
+    cfg = TrainConfig(backend="torch", epochs=2, batch_size=32)  # the model's default gradient mode
     monkeypatch.setenv("YAT_CORE_TORCH_COMPILE", "0")
     eager, eager_runner = run(cfg, data, spec)
-    assert not eager_runner.backend.use_compile
+    assert not eager_runner.backend.use_compile and eager["gradients"] == gradients
     monkeypatch.setenv("YAT_CORE_TORCH_COMPILE", "1")
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     compiled, runner = run(cfg, data, spec)
-    step = runner._step
-    assert runner.backend.use_compile and getattr(step, "compiled", None) is not None, "torch.compile was not used"
-    assert step.shape_key is not None
+    assert runner.backend.use_compile and torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, (
+        "torch.compile was not used"
+    )
+    if gradients == "analytic":
+        assert runner._step.shape_key is not None
     for epoch in range(2):
         np.testing.assert_allclose(
             compiled["history"][epoch]["step_loss"],

@@ -108,7 +108,7 @@ def first_batch(n_train: int) -> tuple[np.ndarray, np.ndarray]:
 def _float32_init_runner(spec: MLPSpec, config: TrainConfig) -> CoreRunner:
     """The core's runner, started from the float32 initial weights whatever its dtype:
     the float64 reference then differs from the float32 runs by arithmetic only."""
-    backend = get_backend(config.backend, config.device, config.gradients)
+    backend = get_backend(config.backend, config.device, config.gradients, spec)
     runner = CoreRunner(backend, spec, config)
     init = init_mlp_numpy(spec, config.seed, np.float32)
     runner.params = {k: backend.asarray(v.astype(config.dtype)) for k, v in init.items()}

@@ -21,6 +21,7 @@ import importlib
 
 from yat_core._lazy import LazyEntry, load_entry
 from yat_core.backends._base import GRADIENT_MODES, Backend
+from yat_core.spec import ModelSpec as MLPSpec
 
 __all__ = ["Backend", "GRADIENT_MODES", "BACKENDS", "get_backend", "available_backends"]
 
@@ -34,11 +35,14 @@ BACKENDS: dict[str, LazyEntry] = {
 }
 
 
-def get_backend(name: str, device: str | None = None, gradients: str | None = None) -> Backend:
+def get_backend(
+    name: str, device: str | None = None, gradients: str | None = None, spec: MLPSpec | None = None
+) -> Backend:
     """Instantiate backend ``name`` on ``device`` (the framework's default when None).
 
     ``gradients`` is ``"autodiff"`` or ``"analytic"`` (see
-    :data:`~yat_core.backends._base.GRADIENT_MODES`); None picks the backend's faster one.
+    :data:`~yat_core.backends._base.GRADIENT_MODES`); None picks the backend's faster one
+    for the model ``spec`` (:meth:`Backend.gradients_for`).
 
     Raises
     ------
@@ -46,7 +50,7 @@ def get_backend(name: str, device: str | None = None, gradients: str | None = No
         For an unknown name, or a framework that is not installed (the message names
         the extra to install), or a device the framework cannot use.
     """
-    backend: Backend = load_entry(BACKENDS, name, "backend").BACKEND_CLASS(device, gradients)
+    backend: Backend = load_entry(BACKENDS, name, "backend").BACKEND_CLASS(device, gradients, spec)
     return backend
 
 

@@ -40,7 +40,7 @@ class Backend:
     Subclasses set :attr:`name`, :attr:`framework` and :attr:`xp`, and implement
     :meth:`value_and_grad` and, where the framework compiles, :meth:`compile`.
     :attr:`default_gradients` is the faster of the two gradient modes on that
-    framework (measured by the benchmarks).
+    framework (measured by the benchmarks); :meth:`gradients_for` may pick per model.
     """
 
     name: str = ""
@@ -48,13 +48,18 @@ class Backend:
     xp: Any = None
     default_gradients: str = "autodiff"
 
-    def __init__(self, device: str | None = None, gradients: str | None = None) -> None:
+    def __init__(self, device: str | None = None, gradients: str | None = None, spec: MLPSpec | None = None) -> None:
         self.device = device
-        self.gradients = self.default_gradients if gradients is None else gradients
+        self.gradients = self.gradients_for(spec) if gradients is None else gradients
         if self.gradients not in GRADIENT_MODES:
             raise BackendUnavailableError(
                 f"gradients must be one of {', '.join(GRADIENT_MODES)}, got {self.gradients!r}"
             )
+
+    @classmethod
+    def gradients_for(cls, spec: MLPSpec | None) -> str:
+        """The faster gradient mode for model ``spec`` (:attr:`default_gradients` when None or alike)."""
+        return cls.default_gradients
 
     # -- framework facts ----------------------------------------------------
     def device_name(self) -> str:

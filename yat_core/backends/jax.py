@@ -38,9 +38,9 @@ class JaxBackend(Backend):
     framework = "jax"
     xp = jnp
 
-    def __init__(self, device: str | None = None, gradients: str | None = None) -> None:
+    def __init__(self, device: str | None = None, gradients: str | None = None, spec: Any = None) -> None:
         self.jax_device = _resolve_device(device)
-        super().__init__(f"{self.jax_device.platform}:{self.jax_device.id}", gradients)
+        super().__init__(f"{self.jax_device.platform}:{self.jax_device.id}", gradients, spec)
 
     def device_name(self) -> str:
         kind = getattr(self.jax_device, "device_kind", "")

@@ -36,11 +36,11 @@ class MLXBackend(Backend):
     name = "mlx"
     framework = "mlx"
 
-    def __init__(self, device: str | None = None, gradients: str | None = None) -> None:
+    def __init__(self, device: str | None = None, gradients: str | None = None, spec: Any = None) -> None:
         self.mlx_device = _resolve_device(device)
         mx.set_default_device(self.mlx_device)
         self.xp = namespace()
-        super().__init__(str(self.mlx_device.type).rsplit(".", 1)[-1], gradients)
+        super().__init__(str(self.mlx_device.type).rsplit(".", 1)[-1], gradients, spec)
 
     def device_name(self) -> str:
         kind = str(self.mlx_device.type).rsplit(".", 1)[-1]

@@ -20,12 +20,12 @@ class NumpyBackend(Backend):
 
     default_gradients = "analytic"
 
-    def __init__(self, device: str | None = None, gradients: str | None = None) -> None:
+    def __init__(self, device: str | None = None, gradients: str | None = None, spec: Any = None) -> None:
         if device not in (None, "cpu"):
             raise BackendUnavailableError(f"the numpy backend runs on the cpu only, not {device!r}")
         if gradients == "autodiff":
             raise BackendUnavailableError("NumPy has no autodiff: the numpy backend's gradients are analytic")
-        super().__init__("cpu", gradients)
+        super().__init__("cpu", gradients, spec)
 
     def value_and_grad(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         raise BackendUnavailableError(

@@ -1,9 +1,10 @@
 """PyTorch backend: tensors on the chosen device, the training step under ``torch.compile``.
 
-Gradients: ``"analytic"`` (default) runs the core's hand-derived backward pass as
-plain tensor code, which ``torch.compile`` fuses into a few kernels around the
-matrix products; ``"autodiff"`` uses ``torch.autograd``. The parity suite holds
-both to the same numbers.
+Gradients: ``"analytic"`` runs the core's hand-derived backward pass as plain tensor
+code, the whole step under ``torch.compile``; ``"autodiff"`` compiles the loss alone and
+differentiates it with ``torch.autograd``, whose compiled backward (AOTAutograd) picks
+what to save and what to recompute. The parity suite holds both to the same numbers.
+The default is the faster one for the model (:meth:`TorchBackend.gradients_for`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from yat_core.backends._base import Backend, Params
 from yat_core.errors import BackendUnavailableError
+from yat_core.mlp import MLPSpec
 
 #: Set to "0" to run every step eagerly (no compilation, e.g. for quick tests).
 COMPILE_ENV = "YAT_CORE_TORCH_COMPILE"
@@ -46,11 +48,14 @@ class _CompiledStep:
 
     The last batch of an epoch is smaller; compiling a second graph for one step
     per epoch costs more than it saves. A compiler failure (no C++ toolchain, an
-    unsupported platform) falls back to eager with one warning.
+    unsupported platform) falls back to eager with one warning. ``grad=False`` runs
+    ``fn`` under ``torch.no_grad`` (a whole step); ``grad=True`` leaves autograd on, so
+    a loss compiled this way is differentiated by AOTAutograd's compiled backward.
     """
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.eager = torch.no_grad()(fn)
+    def __init__(self, fn: Callable[..., Any], *, grad: bool = False) -> None:
+        self.grad = grad
+        self.eager = fn if grad else torch.no_grad()(fn)
         self.compiled: Callable[..., Any] | None = torch.compile(fn, dynamic=False)
         self.shape_key: tuple | None = None
 
@@ -61,7 +66,7 @@ class _CompiledStep:
         if self.compiled is None or key != self.shape_key:
             return self.eager(*args)
         try:
-            with torch.no_grad():
+            with torch.enable_grad() if self.grad else torch.no_grad():
                 return self.compiled(*args)
         except Exception as exc:  # noqa: BLE001 - any compiler fault means: run eagerly
             warnings.warn(
@@ -81,10 +86,29 @@ class TorchBackend(Backend):
     xp = torch_xp
     default_gradients = "analytic"
 
-    def __init__(self, device: str | None = None, gradients: str | None = None) -> None:
+    def __init__(self, device: str | None = None, gradients: str | None = None, spec: MLPSpec | None = None) -> None:
         self.torch_device = _resolve_device(device)
         self.use_compile = os.environ.get(COMPILE_ENV, "1") != "0"
-        super().__init__(str(self.torch_device), gradients)
+        super().__init__(str(self.torch_device), gradients, spec)
+
+    @classmethod
+    def gradients_for(cls, spec: MLPSpec | None) -> str:
+        """``"autodiff"`` for models with Yat convolutions, ``"analytic"`` otherwise.
+
+        Measured on CPU (2 cores, batch 128): the seed MLP's step 1.4 ms analytic,
+        2.5 ms autodiff; the Yat CNN's 58 ms analytic, 43 ms autodiff (the compiled
+        backward fuses the Yat formula's gradient with fewer passes); its Conv+ReLU
+        baseline 37 ms analytic, 46 ms autodiff.
+
+        Examples
+        --------
+        >>> from yat_core.spec import cnn_spec, cnn_relu_spec, seed_spec
+        >>> [TorchBackend.gradients_for(s) for s in (seed_spec(), cnn_spec(), cnn_relu_spec())]
+        ['analytic', 'autodiff', 'analytic']
+        """
+        if spec is not None and any(layer.kind in ("yat_conv", "yat_conv_transpose") for layer in spec.layers):
+            return "autodiff"
+        return cls.default_gradients
 
     def device_name(self) -> str:
         if self.torch_device.type == "cuda":
@@ -104,10 +128,14 @@ class TorchBackend(Backend):
             torch.cuda.synchronize(self.torch_device)
 
     def value_and_grad(self, fn: Callable[..., Any]) -> Callable[..., tuple[Any, Params]]:
+        # The loss is compiled on its own and differentiated outside the compiled region:
+        # AOTAutograd compiles the backward too, and chooses what to save and what to recompute.
+        loss = _CompiledStep(fn, grad=True) if self.use_compile else fn
+
         def value_and_grad_fn(params: Params, *args: Any) -> tuple[Any, Params]:
             leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
             with torch.enable_grad():
-                value = fn(leaves, *args)
+                value = loss(leaves, *args)
                 grads = torch.autograd.grad(value, list(leaves.values()))
             return value.detach(), dict(zip(leaves, grads))
 
@@ -116,7 +144,8 @@ class TorchBackend(Backend):
     def compile(
         self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = (), *, hot: bool = True
     ) -> Callable[..., Any]:
-        # torch.compile traces autograd.grad poorly; the analytic step is plain tensor code.
+        # torch.compile traces autograd.grad poorly: the analytic step is compiled whole,
+        # the autodiff step eagerly around its compiled loss (value_and_grad).
         if hot and self.use_compile and self.gradients == "analytic":
             return _CompiledStep(fn)
         return torch.no_grad()(fn)

@@ -96,7 +96,7 @@ def make_runner(spec: MLPSpec, config: TrainConfig) -> Runner:
         from yat_core.backends import get_backend
         from yat_core.runners.core import CoreRunner
 
-        return CoreRunner(get_backend(config.resolved_backend(), config.device, config.gradients), spec, config)
+        return CoreRunner(get_backend(config.resolved_backend(), config.device, config.gradients, spec), spec, config)
     if config.framework == "keras":
         select_keras_backend(config.keras_backend or DEFAULT_KERAS_BACKEND)
     runner: Runner = load_entry(FRAMEWORK_RUNNERS, config.framework, "framework").RUNNER_CLASS(spec, config)
