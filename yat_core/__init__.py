@@ -10,6 +10,13 @@ Training backends live in :mod:`yat_core.backends`, framework-native layers in
 :mod:`yat_core.nn`, data loading in :mod:`yat_core.data`.
 """
 
+from yat_core.attention import (
+    yat_attention,
+    yat_attention_vjp,
+    yat_attention_weights,
+    yat_embed,
+    yat_embed_attend,
+)
 from yat_core.conv import (
     avg_pool,
     linear_conv,
@@ -40,6 +47,11 @@ __all__ = [
     "__version__",
     "yat_product",
     "yat_product_vjp",
+    "yat_attention",
+    "yat_attention_weights",
+    "yat_attention_vjp",
+    "yat_embed",
+    "yat_embed_attend",
     "yat_conv",
     "yat_conv_transpose",
     "yat_conv_vjp",

@@ -51,6 +51,13 @@ def _zeros(shape: Any, *, dtype: Any = None, device: Any = None) -> mx.array:
     return mx.zeros(shape, dtype=dtype or mx.float32)
 
 
+def _arange(start: Any, /, stop: Any = None, step: Any = 1, *, dtype: Any = None, device: Any = None) -> mx.array:
+    # The standard's signature; MLX arrays live in unified memory, so `device` is not needed.
+    if stop is None:
+        start, stop = 0, start
+    return mx.arange(start, stop, step, dtype=dtype) if dtype is not None else mx.arange(start, stop, step)
+
+
 def _matrix_transpose(x: mx.array, /) -> mx.array:
     return mx.swapaxes(x, -1, -2)
 
@@ -70,6 +77,7 @@ def namespace() -> types.SimpleNamespace:
         isdtype=_isdtype,
         asarray=asarray,
         zeros=_zeros,
+        arange=_arange,
         matrix_transpose=_matrix_transpose,
         __name__="yat_core.namespaces.mlx",
     )
