@@ -10,6 +10,7 @@ more.
 
 from __future__ import annotations
 
+import math
 import types
 from collections.abc import Callable
 from typing import Any
@@ -124,6 +125,7 @@ def build_namespace(
 
     return types.SimpleNamespace(
         __name__=name,
+        inf=math.inf,
         isdtype=isdtype,
         astype=astype,
         **{key: reduction(fn) for key, fn in reduce.items()},

@@ -87,6 +87,7 @@ def namespace() -> types.SimpleNamespace:
         zeros=_zeros,
         zeros_like=_zeros_like,
         sqrt=ops.sqrt,
+        isfinite=ops.isfinite,
         exp=ops.exp,
         log=ops.log,
         log1p=ops.log1p,

@@ -116,6 +116,7 @@ def namespace() -> types.SimpleNamespace:
         zeros=_zeros,
         zeros_like=_zeros_like,
         sqrt=tf.sqrt,
+        isfinite=tf.math.is_finite,
         exp=tf.exp,
         log=tf.math.log,
         log1p=tf.math.log1p,
