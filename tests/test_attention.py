@@ -12,6 +12,8 @@ from conftest import namespace_for, to_numpy
 
 from yat_core.attention import (
     AttentionGrads,
+    softmax_attention,
+    softmax_attention_vjp,
     yat_attention,
     yat_attention_vjp,
     yat_attention_weights,
@@ -324,3 +326,32 @@ def test_embedding_on_every_namespace(namespace):
 def test_embedding_bad_ids_are_a_clear_error(table, ids, error, match):
     with pytest.raises(error, match=match):
         yat_embed(table, ids)
+
+
+# ---------------------------------------------------------------- the softmax baseline
+
+
+@pytest.mark.parametrize("case", ["plain", "causal", "mask-full-and-causal"])
+def test_softmax_attention_and_its_vjp_equal_torch(case):
+    torch = pytest.importorskip("torch")
+    import array_api_compat.torch as txp
+
+    q, k, v = _qkv(seed=12)
+    opts = {key: val for key, val in OPTION_CASES[case].items()}
+    g = np.random.default_rng(13).normal(size=(*q.shape[:-1], v.shape[-1]))
+    leaves = [torch.tensor(a, requires_grad=True) for a in (q, k, v)]
+    mask = opts.get("mask")
+    topts = {**opts, "mask": torch.asarray(mask)} if mask is not None else opts
+    out = softmax_attention(*leaves, xp=txp, **topts)
+    torch.sum(out * torch.tensor(g)).backward()
+    # torch's own attention where every query sees a key (it gives NaN on a fully masked row)
+    if mask is None:
+        heads_first = [t.detach().transpose(-3, -2) for t in leaves]
+        want = torch.nn.functional.scaled_dot_product_attention(*heads_first, is_causal=opts.get("causal", False))
+        np.testing.assert_allclose(out.detach().numpy(), want.transpose(-3, -2).numpy(), rtol=1e-12, atol=1e-14)
+    else:
+        assert np.all(out.detach().numpy()[:, 1] == 0.0)  # the fully masked query
+    got = softmax_attention_vjp(q, k, v, g, **opts)
+    assert got.alpha is None and got.epsilon is None
+    for name, a, leaf in zip("qkv", got, leaves):
+        np.testing.assert_allclose(a, leaf.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=f"{case} d/d{name}")

@@ -44,6 +44,8 @@ __all__ = [
     "yat_attention",
     "yat_attention_weights",
     "yat_attention_vjp",
+    "softmax_attention",
+    "softmax_attention_vjp",
     "yat_embed",
     "yat_embed_attend",
 ]
@@ -147,6 +149,11 @@ def _scores(q: Array, k: Array, mask: Any, causal: bool, alpha: Any, epsilon: An
     scale = 1.0 / root if alpha is None else alpha / root
     s = parts.ratio * scale
     allowed = _allowed(mask, causal, int(q.shape[-3]), int(k.shape[-3]), q, xp)
+    return _Scores(qh, kh, q_norm, k_norm, parts, scale, allowed, _softmax(s, allowed, xp))
+
+
+def _softmax(s: Array, allowed: Array | None, xp: Any) -> Array:
+    """Softmax over the last axis among the allowed entries; zero where masked and on rows with none allowed."""
     if allowed is None:
         top = xp.max(s, axis=-1, keepdims=True)
         e = xp.exp(s - top)
@@ -158,8 +165,14 @@ def _scores(q: Array, k: Array, mask: Any, causal: bool, alpha: Any, epsilon: An
         top = xp.where(xp.isfinite(top), top, 0.0)
         e = xp.where(allowed, xp.exp(xp.where(allowed, s, top) - top), 0.0)
     total = xp.sum(e, axis=-1, keepdims=True)
-    weights = e / xp.where(total > 0, total, 1.0)
-    return _Scores(qh, kh, q_norm, k_norm, parts, scale, allowed, weights)
+    return e / xp.where(total > 0, total, 1.0)
+
+
+def _weights_vjp(a: Array, vh: Array, gh: Array, xp: Any) -> tuple[Array, Array]:
+    """Through ``out = a @ v`` and the softmax: the gradients of the scores and of ``v`` (heads first)."""
+    g_v = xp.matrix_transpose(a) @ gh
+    g_a = gh @ xp.matrix_transpose(vh)
+    return a * (g_a - xp.sum(g_a * a, axis=-1, keepdims=True)), g_v  # zero where masked (a = 0)
 
 
 def yat_attention_weights(
@@ -283,14 +296,9 @@ def yat_attention_vjp(
     """
     xp = array_namespace(q, k, v, g) if xp is None else xp
     _check(q, k, v, mask, alpha, epsilon, xp)
-    expected = (*tuple(q.shape[:-1]), int(v.shape[-1]))
-    if tuple(g.shape) != expected:
-        raise ValueError(f"upstream gradient g must have the output's shape {expected}, got {tuple(g.shape)}")
+    _check_g(q, v, g)
     sc = _scores(q, k, mask, causal, alpha, epsilon, spherical, xp)
-    a, vh, gh = sc.weights, _heads_first(v, xp), _heads_first(g, xp)
-    g_v = xp.matrix_transpose(a) @ gh
-    g_a = gh @ xp.matrix_transpose(vh)
-    g_s = a * (g_a - xp.sum(g_a * a, axis=-1, keepdims=True))  # softmax adjoint; 0 where masked
+    g_s, g_v = _weights_vjp(sc.weights, _heads_first(v, xp), _heads_first(g, xp), xp)
     g_alpha = None
     alpha_shape = getattr(alpha, "shape", None)  # an array alpha is learnable; a number is not
     if alpha_shape is not None:
@@ -308,6 +316,72 @@ def yat_attention_vjp(
         g_qh = g_qh + 2.0 * sc.qh * xp.sum(g_dist, axis=-1, keepdims=True)
         g_kh = g_kh + 2.0 * sc.kh * xp.matrix_transpose(xp.sum(g_dist, axis=-2, keepdims=True))
     return AttentionGrads(_heads_first(g_qh, xp), _heads_first(g_kh, xp), _heads_first(g_v, xp), g_alpha, g_eps)
+
+
+def _check_g(q: Array, v: Array, g: Array) -> None:
+    expected = (*tuple(q.shape[:-1]), int(v.shape[-1]))
+    if tuple(g.shape) != expected:
+        raise ValueError(f"upstream gradient g must have the output's shape {expected}, got {tuple(g.shape)}")
+
+
+def _dot_weights(q: Array, k: Array, mask: Any, causal: bool, xp: Any) -> tuple[Array, Array, Array]:
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {causal!r}")
+    qh, kh = _heads_first(q, xp), _heads_first(k, xp)
+    s = (qh @ xp.matrix_transpose(kh)) / math.sqrt(int(q.shape[-1]))
+    allowed = _allowed(mask, causal, int(q.shape[-3]), int(k.shape[-3]), q, xp)
+    return qh, kh, _softmax(s, allowed, xp)
+
+
+def softmax_attention(
+    q: Array, k: Array, v: Array, /, *, mask: Array | None = None, causal: bool = False, xp: Any = None
+) -> Array:
+    """Scaled dot-product attention, ``softmax(q.k / sqrt(d)) v``: the baseline Yat attention replaces.
+
+    The same layouts, mask, causal and fully-masked-row rules as :func:`yat_attention`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> q = np.zeros((1, 1, 2)); k = np.ones((2, 1, 2)); v = np.array([[[1.0]], [[3.0]]])
+    >>> softmax_attention(q, k, v)  # equal scores: the mean of the values
+    array([[[2.]]])
+    """
+    xp = array_namespace(q, k, v) if xp is None else xp
+    _check(q, k, v, mask, None, DEFAULT_EPSILON, xp)
+    _, _, weights = _dot_weights(q, k, mask, causal, xp)
+    return _heads_first(weights @ _heads_first(v, xp), xp)
+
+
+def softmax_attention_vjp(
+    q: Array,
+    k: Array,
+    v: Array,
+    g: Array,
+    /,
+    *,
+    mask: Array | None = None,
+    causal: bool = False,
+    xp: Any = None,
+) -> AttentionGrads:
+    """Analytic gradients of ``sum(g * softmax_attention(q, k, v, ...))`` (``alpha`` and ``epsilon`` None).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> grads = softmax_attention_vjp(np.ones((2, 1, 3)), np.ones((4, 1, 3)), np.ones((4, 1, 5)), np.ones((2, 1, 5)))
+    >>> grads.q.shape, grads.v.shape, grads.alpha
+    ((2, 1, 3), (4, 1, 5), None)
+    """
+    xp = array_namespace(q, k, v, g) if xp is None else xp
+    _check(q, k, v, mask, None, DEFAULT_EPSILON, xp)
+    _check_g(q, v, g)
+    qh, kh, weights = _dot_weights(q, k, mask, causal, xp)
+    g_s, g_v = _weights_vjp(weights, _heads_first(v, xp), _heads_first(g, xp), xp)
+    g_dot = g_s / math.sqrt(int(q.shape[-1]))
+    g_q = _heads_first(g_dot @ kh, xp)
+    g_k = _heads_first(xp.matrix_transpose(g_dot) @ qh, xp)
+    return AttentionGrads(g_q, g_k, _heads_first(g_v, xp), None, None)
 
 
 def yat_embed(table: Array, ids: Array, /, *, xp: Any = None) -> Array:

@@ -8,6 +8,7 @@ generator and converted, so every backend starts from bit-identical weights.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from yat_core.attention import softmax_attention, softmax_attention_vjp, yat_attention, yat_attention_vjp
 from yat_core.conv import (
     avg_pool,
     avg_pool_vjp,
@@ -32,7 +34,9 @@ from yat_core.losses import cross_entropy_grad, softmax_cross_entropy
 from yat_core.namespaces import array_namespace
 from yat_core.product import dense, softplus, softplus_inverse, yat_backward, yat_forward, yat_product
 from yat_core.spec import (
+    ATTENTION_KINDS,
     LEARNABLE,
+    PROJECTIONS,
     YAT_KINDS,
     LayerSpec,
     MLPSpec,
@@ -72,9 +76,10 @@ def init_layer_numpy(layer: LayerSpec, rng: np.random.Generator) -> dict[str, np
     """One layer's initial parameters (float64), drawn from ``rng`` in the order of ``param_shapes``.
 
     Kernels: Xavier-normal for Yat layers, PyTorch's ``nn.Linear`` / ``nn.Conv2d``
-    default (uniform ``±1/sqrt(fan_in)``) for the others; biases uniform
-    ``±1/sqrt(fan_in)`` (fans count the kernel's receptive field, as PyTorch's do);
-    alpha 1.0; learnable epsilon at its configured value. Every framework's layer
+    default (uniform ``±1/sqrt(fan_in)``) for the others and for attention's
+    projections; biases uniform ``±1/sqrt(fan_in)`` (fans count the kernel's receptive
+    field, as PyTorch's do); position tables normal with deviation 0.02; alpha 1.0;
+    learnable epsilon at its configured value. Every framework's layer
     starts from these values when built from a spec.
 
     Examples
@@ -89,7 +94,9 @@ def init_layer_numpy(layer: LayerSpec, rng: np.random.Generator) -> dict[str, np
     for name, shape in layer.param_shapes.items():
         if name == "kernel" and layer.kind in YAT_KINDS:
             value = rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), shape)
-        elif name in ("kernel", "bias"):
+        elif name == "table":  # position embedding: small, as ViTs start them
+            value = rng.normal(0.0, 0.02, shape)
+        elif name.endswith(("kernel", "bias")):  # dense kernels, and attention's projections
             value = rng.uniform(-bound, bound, shape)
         elif name == "alpha":
             value = np.ones(shape)
@@ -169,7 +176,60 @@ def forward_options(layer: LayerSpec, param: Callable[[str], Any], xp: Any) -> d
 
 
 def _layer_forward(layer: LayerSpec, params: Params, prefix: str, h: Array, xp: Any) -> Array:
+    out = _layer_output(layer, params, prefix, h, xp)
+    return h + out if layer.residual else out
+
+
+def _patches(h: Array, layer: LayerSpec, xp: Any) -> Array:
+    """``(N, C, H, W) -> (N, tokens, C * ph * pw)``: row-major patches, each flattened channels first."""
+    (ph, pw), shape = layer.kernel_size, tuple(h.shape)
+    n, c, rows, cols = shape[0], int(shape[1]), int(shape[2]) // ph, int(shape[3]) // pw
+    h = xp.reshape(h, (n, c, rows, ph, cols, pw))
+    h = xp.permute_dims(h, (0, 2, 4, 1, 3, 5))
+    return xp.reshape(h, (n, rows * cols, c * ph * pw))
+
+
+def _unpatch(g: Array, layer: LayerSpec, image: tuple[int, ...], xp: Any) -> Array:
+    """Adjoint of :func:`_patches` (it is a permutation): tokens back to ``(N, C, H, W)``."""
+    (ph, pw), (n, c, height, width) = layer.kernel_size, image
+    g = xp.reshape(g, (n, height // ph, width // pw, c, ph, pw))
+    return xp.reshape(xp.permute_dims(g, (0, 3, 1, 4, 2, 5)), image)
+
+
+def _project(h: Array, params: Params, prefix: str, p: str, layer: LayerSpec, xp: Any) -> Array:
+    out = dense(h, params[f"{prefix}{p}_kernel"], xp=xp)
+    return out + params[f"{prefix}{p}_bias"] if layer.bias == LEARNABLE else out
+
+
+def _attention_inputs(layer: LayerSpec, params: Params, prefix: str, h: Array, xp: Any) -> list[Array]:
+    """Queries, keys and values of the token sequence ``h (N, T, D)``, split into heads ``(N, T, H, D/H)``."""
+    shape = tuple(h.shape)
+    heads = (*shape[:-1], layer.heads, int(shape[-1]) // layer.heads)
+    return [xp.reshape(_project(h, params, prefix, p, layer, xp), heads) for p in PROJECTIONS[:3]]
+
+
+def _attention_options(layer: LayerSpec, params: Params, prefix: str, xp: Any) -> dict[str, Any]:
+    if layer.kind != "yat_attention":
+        return {}
+    # The projections own the bias; the score takes alpha, epsilon and spherical.
+    options = forward_options(dataclasses.replace(layer, bias=None), functools.partial(_param, params, prefix), xp)
+    del options["bias"]
+    return options
+
+
+def _layer_output(layer: LayerSpec, params: Params, prefix: str, h: Array, xp: Any) -> Array:
     param = lambda name: params[prefix + name]  # noqa: E731
+    if layer.kind in ATTENTION_KINDS:
+        q, k, v = _attention_inputs(layer, params, prefix, h, xp)
+        attend = yat_attention if layer.kind == "yat_attention" else softmax_attention
+        a = attend(q, k, v, xp=xp, **_attention_options(layer, params, prefix, xp))
+        return _project(xp.reshape(a, tuple(h.shape)), params, prefix, "o", layer, xp)
+    if layer.kind == "patches":
+        return _patches(h, layer, xp)
+    if layer.kind == "pos_embed":
+        return h + param("table")
+    if layer.kind == "token_mean":
+        return xp.mean(h, axis=1)
     if layer.kind == "yat":
         return yat_product(h, param("kernel"), xp=xp, **forward_options(layer, param, xp))
     if layer.kind == "yat_conv":
@@ -270,16 +330,18 @@ def mlp_value_and_grad(
         prefix = f"{i}."
         param = functools.partial(_param, params, prefix)
         if layer.kind == "yat":
-            h, res = yat_forward(h, params[prefix + "kernel"], xp=xp, **forward_options(layer, param, xp))
+            y, res = yat_forward(h, params[prefix + "kernel"], xp=xp, **forward_options(layer, param, xp))
+            h = h + y if layer.residual else y
             saved.append(res)
         elif layer.kind == "yat_conv":
             h, conv_res = yat_conv_forward(
                 h, param("kernel"), xp=xp, native=True, **layer.conv_options, **forward_options(layer, param, xp)
             )
             saved.append(conv_res)
-        else:
-            h_in, h = h, _layer_forward(layer, params, prefix, h, xp)
-            saved.append((h_in, h))
+        else:  # the input, and the layer's own output (before any residual)
+            own = _layer_output(layer, params, prefix, h, xp)
+            saved.append((h, own))
+            h = h + own if layer.residual else own
     logits = h
     loss = softmax_cross_entropy(logits, labels, xp=xp)
     g = cross_entropy_grad(logits, labels, xp=xp)
@@ -308,6 +370,55 @@ def _layer_backward(
     layer: LayerSpec, params: Params, prefix: str, saved: Any, g: Array, grads: Params, xp: Any
 ) -> Array:
     """Store the layer's parameter gradients in ``grads``; return the gradient of its input."""
+    g_in = _output_backward(layer, params, prefix, saved, g, grads, xp)
+    return g_in + g if layer.residual else g_in
+
+
+def _dense_grads(g: Array, h: Array, xp: Any) -> Array:
+    """``g^T h`` summed over every leading axis: a dense kernel's gradient for ``(..., out)`` and ``(..., in)``."""
+    return xp.matrix_transpose(xp.reshape(g, (-1, int(g.shape[-1])))) @ xp.reshape(h, (-1, int(h.shape[-1])))
+
+
+def _over_leading(g: Array, xp: Any) -> Array:
+    return xp.sum(xp.reshape(g, (-1, int(g.shape[-1]))), axis=0)
+
+
+def _attention_backward(
+    layer: LayerSpec, params: Params, prefix: str, h: Array, g: Array, grads: Params, xp: Any
+) -> Array:
+    """Through the output projection, the attention (its analytic VJP) and the input projections."""
+    q, k, v = _attention_inputs(layer, params, prefix, h, xp)
+    options = _attention_options(layer, params, prefix, xp)
+    attend = yat_attention if layer.kind == "yat_attention" else softmax_attention
+    a = xp.reshape(attend(q, k, v, xp=xp, **options), tuple(h.shape))
+    grads[prefix + "o_kernel"] = _dense_grads(g, a, xp)
+    if layer.bias == LEARNABLE:
+        grads[prefix + "o_bias"] = _over_leading(g, xp)
+    g_a = xp.reshape(g @ params[prefix + "o_kernel"], tuple(q.shape))
+    if layer.kind == "yat_attention":
+        parts = yat_attention_vjp(q, k, v, g_a, xp=xp, **options)
+        if parts.alpha is not None:
+            grads[prefix + "alpha"] = parts.alpha
+        if parts.epsilon is not None:
+            raw = params[prefix + "epsilon_raw"]
+            grads[prefix + "epsilon_raw"] = parts.epsilon / (1.0 + xp.exp(-raw))  # d softplus = sigmoid
+    else:
+        parts = softmax_attention_vjp(q, k, v, g_a, xp=xp)
+    g_h = None
+    for p, g_p in zip(PROJECTIONS, (parts.q, parts.k, parts.v)):
+        g_p = xp.reshape(g_p, tuple(h.shape))
+        grads[f"{prefix}{p}_kernel"] = _dense_grads(g_p, h, xp)
+        if layer.bias == LEARNABLE:
+            grads[f"{prefix}{p}_bias"] = _over_leading(g_p, xp)
+        g_p = g_p @ params[f"{prefix}{p}_kernel"]
+        g_h = g_p if g_h is None else g_h + g_p
+    return g_h
+
+
+def _output_backward(
+    layer: LayerSpec, params: Params, prefix: str, saved: Any, g: Array, grads: Params, xp: Any
+) -> Array:
+    # The gradient of the layer's own output (before any residual) with respect to its input.
     if layer.kind == "yat":
         parts = yat_backward(saved, g, xp=xp)
         _store_yat_grads(parts, params, prefix, grads, xp)
@@ -336,6 +447,16 @@ def _layer_backward(
         return avg_pool_vjp(h_in, g, layer.kernel_size, xp=xp)
     if layer.kind == "flatten":
         return xp.reshape(g, tuple(h_in.shape))
+    if layer.kind in ATTENTION_KINDS:
+        return _attention_backward(layer, params, prefix, h_in, g, grads, xp)
+    if layer.kind == "patches":
+        return _unpatch(g, layer, tuple(h_in.shape), xp)
+    if layer.kind == "pos_embed":
+        grads[prefix + "table"] = xp.sum(g, axis=0)
+        return g
+    if layer.kind == "token_mean":
+        shape = tuple(h_in.shape)
+        return xp.broadcast_to(xp.expand_dims(g, axis=1), shape) / shape[1]
     if layer.activation == "relu":  # out = relu(pre): positive exactly where pre is
         g = xp.where(out > 0, g, 0.0)
     if layer.kind == "conv":
@@ -345,7 +466,7 @@ def _layer_backward(
         if lin.bias is not None:
             grads[prefix + "bias"] = lin.bias
         return lin.x
-    grads[prefix + "kernel"] = xp.matrix_transpose(g) @ h_in
+    grads[prefix + "kernel"] = _dense_grads(g, h_in, xp)
     if layer.bias == LEARNABLE:
-        grads[prefix + "bias"] = xp.sum(g, axis=0)
+        grads[prefix + "bias"] = _over_leading(g, xp)
     return g @ params[prefix + "kernel"]

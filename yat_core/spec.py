@@ -17,8 +17,22 @@ Layer kinds:
 ``"max_pool"`` / ``"avg_pool"``
     non-overlapping windows of ``kernel_size`` (channels unchanged);
 ``"flatten"``
-    ``(channels, *spatial) -> (channels * prod(spatial),)``.
+    ``(channels, *spatial) -> (channels * prod(spatial),)``;
+``"patches"``
+    ``(channels, H, W) -> (tokens, channels * ph * pw)``: non-overlapping ``kernel_size``
+    patches in row-major order, each flattened channels first;
+``"pos_embed"``
+    adds a learnable ``(tokens, features)`` table to a token sequence;
+``"yat_attention"`` / ``"attention"``
+    multi-head self-attention on ``(tokens, features)`` with query, key, value and
+    output projections (``features -> features``, ``heads`` heads): Yat scores
+    (:func:`yat_core.attention.yat_attention`) or scaled dot-product softmax scores;
+``"token_mean"``
+    ``(tokens, features) -> (features,)``, the mean over the tokens.
 
+Dense layers (``"yat"``, ``"linear"``) act on the last axis, so they also map a token
+sequence ``(tokens, in) -> (tokens, out)``. ``residual=True`` (dense and attention
+kinds, ``in_features == out_features``) adds the layer's input to its output.
 ``"linear"`` and ``"conv"`` may carry a ReLU (the conventional baselines); Yat layers
 never do: the product is the non-linearity.
 """
@@ -42,10 +56,14 @@ __all__ = [
     "YAT_KINDS",
     "PARAM_KINDS",
     "CONV_KINDS",
+    "ATTENTION_KINDS",
+    "TOKEN_KINDS",
     "seed_spec",
     "relu_spec",
     "cnn_spec",
     "cnn_relu_spec",
+    "vit_spec",
+    "vit_softmax_spec",
     "MODELS",
     "ModelRecipe",
     "count_params",
@@ -54,14 +72,35 @@ __all__ = [
 #: "learnable", a constant float, or None (absent).
 Option = Union[Literal["learnable"], float, None]
 LEARNABLE: Literal["learnable"] = "learnable"
-Kind = Literal["yat", "linear", "yat_conv", "yat_conv_transpose", "conv", "max_pool", "avg_pool", "flatten"]
+Kind = Literal[
+    "yat",
+    "linear",
+    "yat_conv",
+    "yat_conv_transpose",
+    "conv",
+    "max_pool",
+    "avg_pool",
+    "flatten",
+    "patches",
+    "pos_embed",
+    "yat_attention",
+    "attention",
+    "token_mean",
+]
 #: Kinds computed by the ⵟ-product (they take alpha, epsilon, spherical).
-YAT_KINDS = ("yat", "yat_conv", "yat_conv_transpose")
+YAT_KINDS = ("yat", "yat_conv", "yat_conv_transpose", "yat_attention")
+#: Multi-head self-attention kinds (query, key, value and output projections).
+ATTENTION_KINDS = ("yat_attention", "attention")
 #: Kinds with learnable parameters.
-PARAM_KINDS = ("yat", "linear", "yat_conv", "yat_conv_transpose", "conv")
+PARAM_KINDS = ("yat", "linear", "yat_conv", "yat_conv_transpose", "conv", "pos_embed", *ATTENTION_KINDS)
 #: Kinds with a convolution kernel.
 CONV_KINDS = ("yat_conv", "yat_conv_transpose", "conv")
+#: Kinds that make, change or reduce a token sequence ``(tokens, features)``.
+TOKEN_KINDS = ("patches", "pos_embed", *ATTENTION_KINDS, "token_mean")
+#: The projections of an attention layer, each ``features -> features``.
+PROJECTIONS = ("q", "k", "v", "o")
 _POOL_KINDS = ("max_pool", "avg_pool")
+_ALL_KINDS = ("yat", "linear", *CONV_KINDS, *_POOL_KINDS, "flatten", *TOKEN_KINDS)
 
 
 @dataclass(frozen=True)
@@ -95,6 +134,12 @@ class LayerSpec:
         Convolutions only.
     output_padding : tuple of int
         ``"yat_conv_transpose"`` only.
+    heads : int
+        Attention kinds only: the number of heads (dividing ``in_features``).
+    tokens : int
+        ``"pos_embed"`` only: the sequence length of its table.
+    residual : bool
+        Dense and attention kinds with ``in_features == out_features``: add the input.
 
     Examples
     --------
@@ -119,10 +164,14 @@ class LayerSpec:
     dilation: tuple[int, ...] = ()
     groups: int = 1
     output_padding: tuple[int, ...] = ()
+    heads: int = 0
+    tokens: int = 0
+    residual: bool = False
 
     def __post_init__(self) -> None:
-        if self.kind not in ("yat", "linear", *CONV_KINDS, *_POOL_KINDS, "flatten"):
-            raise ValueError(f"unknown layer kind {self.kind!r}")
+        if self.kind not in _ALL_KINDS:
+            raise ValueError(f"unknown layer kind {self.kind!r}; choose one of: {', '.join(_ALL_KINDS)}")
+        self._check_tokens()
         if self.in_features < 1 or self.out_features < 1:
             raise ValueError(f"layer sizes must be >= 1, got {self.in_features} -> {self.out_features}")
         for name in ("bias", "alpha"):
@@ -138,7 +187,7 @@ class LayerSpec:
             raise ValueError(f"activation must be None or 'relu', got {self.activation!r}")
         if self.activation is not None and self.kind not in ("linear", "conv"):
             raise ValueError(f"a {self.kind} layer takes no activation (Yat layers: the product is the non-linearity)")
-        spatial = self.kind in CONV_KINDS or self.kind in _POOL_KINDS
+        spatial = self.kind in CONV_KINDS or self.kind in _POOL_KINDS or self.kind == "patches"
         if spatial and (not self.kernel_size or any(k < 1 for k in self.kernel_size)):
             raise ValueError(f"a {self.kind} layer needs a kernel_size of ints >= 1, got {self.kernel_size!r}")
         if not spatial and (self.kernel_size or self.stride or self.padding or self.dilation):
@@ -153,6 +202,28 @@ class LayerSpec:
             self._check_geometry()
         if self.kind in CONV_KINDS and (self.in_features % self.groups or self.out_features % self.groups):
             raise ValueError(f"groups={self.groups} must divide {self.in_features} and {self.out_features} channels")
+
+    def _check_tokens(self) -> None:
+        # The options of the token kinds, refused on any other kind.
+        attention = self.kind in ATTENTION_KINDS
+        if attention and (self.heads < 1 or self.in_features % self.heads):
+            raise ValueError(f"heads must be >= 1 and divide the {self.in_features} features, got {self.heads}")
+        if self.heads and not attention:
+            raise ValueError(f"heads applies to attention layers, not {self.kind}")
+        if (self.kind == "pos_embed") != (self.tokens > 0):
+            raise ValueError(f"tokens (>= 1) is the pos_embed table's length and applies to it only, got {self.tokens}")
+        if attention or self.kind in ("pos_embed", "token_mean"):
+            if self.in_features != self.out_features:
+                raise ValueError(f"a {self.kind} layer keeps the features: {self.in_features} != {self.out_features}")
+        if self.residual and (
+            self.kind not in ("yat", "linear", *ATTENTION_KINDS) or self.in_features != self.out_features
+        ):
+            raise ValueError(
+                f"residual needs a dense or attention layer with in_features == out_features, got {self.kind} "
+                f"{self.in_features} -> {self.out_features}"
+            )
+        if self.kind == "patches" and len(self.kernel_size) != 2:
+            raise ValueError(f"patches take a 2-D kernel_size (ph, pw), got {self.kernel_size!r}")
 
     def _check_geometry(self) -> None:
         # What the convolution would refuse at its first call, refused when the layer is described.
@@ -195,6 +266,20 @@ class LayerSpec:
         """Names (without the layer prefix) and shapes of the learnable parameters."""
         if self.kind not in PARAM_KINDS:
             return {}
+        if self.kind == "pos_embed":
+            return {"table": (self.tokens, self.in_features)}
+        if self.kind in ATTENTION_KINDS:
+            d = self.in_features
+            projections: dict[str, tuple[int, ...]] = {}
+            for p in PROJECTIONS:
+                projections[f"{p}_kernel"] = (d, d)
+                if self.bias == LEARNABLE:
+                    projections[f"{p}_bias"] = (d,)
+            if self.kind == "yat_attention" and self.alpha == LEARNABLE:
+                projections["alpha"] = ()
+            if self.learnable_epsilon:
+                projections["epsilon_raw"] = ()
+            return projections
         if self.kind == "yat_conv_transpose":
             kernel = (self.in_features, self.out_features // self.groups, *self.kernel_size)
         elif self.kind in CONV_KINDS:
@@ -227,9 +312,31 @@ class LayerSpec:
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The shape of one sample after this layer, for one of shape ``shape`` (no batch axis)."""
         if self.kind in ("yat", "linear"):
-            if shape != (self.in_features,):
-                raise ValueError(f"a {self.kind} layer takes ({self.in_features},) features, got {shape}")
-            return (self.out_features,)
+            if not shape or shape[-1] != self.in_features or len(shape) > 2:
+                raise ValueError(
+                    f"a {self.kind} layer takes ({self.in_features},) features or (tokens, {self.in_features}), "
+                    f"got {shape}"
+                )
+            return (*shape[:-1], self.out_features)
+        if self.kind in TOKEN_KINDS and self.kind != "patches":
+            if len(shape) != 2 or shape[1] != self.in_features:
+                raise ValueError(f"a {self.kind} layer takes (tokens, {self.in_features}), got {shape}")
+            if self.kind == "pos_embed" and shape[0] != self.tokens:
+                raise ValueError(f"a pos_embed table of {self.tokens} tokens cannot be added to {shape[0]} tokens")
+            return (self.out_features,) if self.kind == "token_mean" else shape
+        if self.kind == "patches":
+            ph, pw = self.kernel_size
+            if len(shape) != 3 or shape[0] != self.in_features or shape[1] % ph or shape[2] % pw:
+                raise ValueError(
+                    f"patches of {self.kernel_size} take ({self.in_features}, H, W) with H, W multiples of the "
+                    f"patch, got {shape}"
+                )
+            if self.out_features != self.in_features * ph * pw:
+                raise ValueError(
+                    f"a patch of {self.in_features} x {ph} x {pw} has {self.in_features * ph * pw} values, "
+                    f"not {self.out_features}"
+                )
+            return ((shape[1] // ph) * (shape[2] // pw), self.out_features)
         if len(shape) != len(self.kernel_size) + 1 and self.kind != "flatten":
             raise ValueError(
                 f"a {self.kind} layer with kernel {self.kernel_size} takes (channels, {len(self.kernel_size)} "
@@ -400,6 +507,57 @@ def cnn_relu_spec() -> ModelSpec:
     return _cnn("conv", "linear")
 
 
+def _vit(attention: Kind, mlp: Kind, **yat_options: Any) -> ModelSpec:
+    d, tokens = 64, 16
+    mlp_options: dict[str, Any] = {"activation": "relu"} if mlp == "linear" else dict(yat_options)
+    attention_options = {} if attention == "attention" else dict(yat_options)
+    block = (
+        LayerSpec(attention, d, d, heads=4, residual=True, **attention_options),
+        LayerSpec(mlp, d, d, residual=True, **mlp_options),
+    )
+    return ModelSpec(
+        (
+            LayerSpec("patches", 1, 49, kernel_size=(7, 7)),
+            LayerSpec("linear", 49, d),
+            LayerSpec("pos_embed", d, d, tokens=tokens),
+            *block,
+            *block,
+            LayerSpec("token_mean", d, d),
+            LayerSpec("linear", d, 10),
+        ),
+        input_shape=(1, 28, 28),
+    )
+
+
+def vit_spec(**yat_options: Any) -> ModelSpec:
+    """The Yat vision transformer for MNIST.
+
+    ``7x7`` patches as 16 tokens, ``Linear 49->64``, a learned position table, two
+    blocks of ``YatAttention(64, 4 heads) + x`` and ``Yat(64->64) + x``, the mean over
+    the tokens, ``Linear 64->10``. No normalisation layers: the Yat product is the
+    non-linearity and keeps its outputs non-negative.
+
+    Examples
+    --------
+    >>> count_params(vit_spec())
+    46478
+    >>> vit_spec().shapes()[1], vit_spec().shapes()[-2]
+    ((16, 49), (64,))
+    """
+    return _vit("yat_attention", "yat", **yat_options)
+
+
+def vit_softmax_spec() -> ModelSpec:
+    """:func:`vit_spec`'s shape with softmax attention and ``Linear + ReLU`` blocks (the baseline).
+
+    Examples
+    --------
+    >>> count_params(vit_softmax_spec())  # no alpha: four scalars fewer
+    46474
+    """
+    return _vit("attention", "linear")
+
+
 class ModelRecipe(NamedTuple):
     """A ``--model`` choice: the Yat model, its same-shape ReLU baseline, and AdamW's default learning rate.
 
@@ -414,4 +572,8 @@ class ModelRecipe(NamedTuple):
 
 
 #: ``--model`` choices.
-MODELS = {"mlp": ModelRecipe(seed_spec, relu_spec, 3e-4), "cnn": ModelRecipe(cnn_spec, cnn_relu_spec, 1e-3)}
+MODELS = {
+    "mlp": ModelRecipe(seed_spec, relu_spec, 3e-4),
+    "cnn": ModelRecipe(cnn_spec, cnn_relu_spec, 1e-3),
+    "vit": ModelRecipe(vit_spec, vit_softmax_spec, 2e-3),
+}

@@ -58,6 +58,7 @@ from yat_core.nn._keras_style import (
 )
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
+    check_native_kinds,
     check_size,
     conv_class,
     conv_layer_spec,
@@ -901,6 +902,7 @@ def build_model(spec: ModelSpec, seed: int = 0, *, dtype: str = "float32") -> Ya
     >>> tuple(cnn(np.zeros((2, 784), "float32")).shape), tuple(cnn(np.zeros((2, 28, 28, 1), "float32")).shape)
     ((2, 10), (2, 10))
     """
+    check_native_kinds(spec, "keras")
     data_format = keras.config.image_data_format()
     layers: list[Any] = [keras.Input(shape=input_layout(spec.input_shape, data_format == "channels_last"), dtype=dtype)]
     for i, layer in enumerate(spec.layers):

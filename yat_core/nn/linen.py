@@ -62,7 +62,7 @@ from yat_core.nn._flax import (
     yat_initializers,
 )
 from yat_core.nn.interchange import export_arrays, import_arrays
-from yat_core.nn.options import yat_layer_spec
+from yat_core.nn.options import check_native_kinds, yat_layer_spec
 from yat_core.product import DEFAULT_EPSILON
 
 __all__ = [
@@ -509,6 +509,7 @@ def build_model(
     >>> count_params(model), model(jnp.zeros((2, 784))).shape, count_params(build_model(cnn_spec(), 0))
     (235148, (2, 10), 225037)
     """
+    check_native_kinds(spec, "linen")
     module = YatModel(spec, dtype=dtype, param_dtype=param_dtype, precision=precision)
     # Drawn in the parameters' dtype, as the core draws them.
     init = init_mlp_numpy(spec, seed, np.dtype(param_dtype))

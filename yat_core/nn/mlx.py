@@ -47,6 +47,7 @@ from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.namespaces.mlx import namespace
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
+    check_native_kinds,
     conv_class,
     conv_layer_spec,
     conv_spec_options,
@@ -767,6 +768,7 @@ def build_model(spec: ModelSpec, seed: int, *, dtype: mx.Dtype = mx.float32) -> 
     >>> count_params(build_model(seed_spec(), seed=0)), count_params(build_model(cnn_spec(), seed=0))
     (235148, 225037)
     """
+    check_native_kinds(spec, "mlx")
     model = YatModel(spec)
     if dtype != mx.float32:
         model.set_dtype(dtype)

@@ -56,7 +56,7 @@ from yat_core.nn._flax import (
     yat_initializers,
 )
 from yat_core.nn.interchange import export_arrays, import_arrays
-from yat_core.nn.options import yat_layer_spec
+from yat_core.nn.options import check_native_kinds, yat_layer_spec
 from yat_core.product import DEFAULT_EPSILON
 
 __all__ = [
@@ -593,6 +593,7 @@ def build_model(
     >>> count_params(build_model(seed_spec(), seed=0)), count_params(build_model(cnn_relu_spec(), seed=0))
     (235148, 225034)
     """
+    check_native_kinds(spec, "nnx")
     # Abstract (shapes and dtypes only): the layers' own initialisers would draw values that the
     # import replaces, compiling a random draw per shape on the way (seconds for the CNN).
     model = nnx.eval_shape(

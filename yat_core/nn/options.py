@@ -17,10 +17,12 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from yat_core.mlp import LEARNABLE, LayerSpec, Option, forward_options
+from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, Option, forward_options
 from yat_core.product import DEFAULT_EPSILON
 
 __all__ = [
+    "NATIVE_KINDS",
+    "check_native_kinds",
     "conv_class",
     "layer_option",
     "native_option",
@@ -334,3 +336,31 @@ def kernel_from_core(kernel: np.ndarray) -> np.ndarray:
     """The inverse of :func:`kernel_to_core`."""
     d = kernel.ndim - 2
     return np.ascontiguousarray(np.transpose(kernel, (*range(2, d + 2), 1, 0)))
+
+
+#: The layer kinds every framework's native model builds (:func:`check_native_kinds`).
+NATIVE_KINDS = ("yat", "linear", "yat_conv", "yat_conv_transpose", "conv", "max_pool", "avg_pool", "flatten")
+
+
+def check_native_kinds(spec: ModelSpec, framework: str, supported: Sequence[str] = NATIVE_KINDS) -> None:
+    """Refuse, naming them, layer kinds outside ``supported``: those ``framework``'s native models do not build.
+
+    The token kinds of the vision transformer (patches, position table, attention,
+    token mean) run in the core on every backend; a framework builds them once it has
+    native layers for them.
+
+    Examples
+    --------
+    >>> from yat_core.spec import seed_spec, vit_spec
+    >>> check_native_kinds(seed_spec(), "torch")
+    >>> check_native_kinds(vit_spec(), "torch")
+    Traceback (most recent call last):
+    ...
+    ValueError: torch has no native layers for patches, pos_embed, token_mean, yat_attention yet: train this model with --backend (numpy, torch, jax or mlx), where the core runs every layer kind
+    """
+    missing = sorted({layer.kind for layer in spec.layers} - set(supported))
+    if missing:
+        raise ValueError(
+            f"{framework} has no native layers for {', '.join(missing)} yet: train this model with --backend "
+            "(numpy, torch, jax or mlx), where the core runs every layer kind"
+        )

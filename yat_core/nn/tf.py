@@ -79,6 +79,7 @@ from yat_core.nn._keras_style import (
 )
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
+    check_native_kinds,
     check_size,
     conv_class,
     conv_layer_spec,
@@ -742,6 +743,7 @@ def build_model(spec: ModelSpec, seed: int = 0, *, dtype: Any = tf.float32) -> Y
     >>> count_params(build_model(seed_spec(), seed=0)), count_params(build_model(cnn_relu_spec()))
     (235148, 225034)
     """
+    check_native_kinds(spec, "tf")
     return YatModel(spec, seed=seed, dtype=dtype)
 
 

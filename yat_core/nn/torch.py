@@ -45,6 +45,7 @@ from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
+    check_native_kinds,
     conv_class,
     conv_layer_spec,
     conv_spec_options,
@@ -680,6 +681,7 @@ def build_model(spec: ModelSpec, seed: int, *, device: Any = None, dtype: torch.
     >>> count_params(build_model(seed_spec(), seed=0)), count_params(build_model(cnn_spec(), seed=0))
     (235148, 225037)
     """
+    check_native_kinds(spec, "torch")
     model = YatModel(spec, device=device, dtype=dtype)
     # Drawn in the model's dtype, as the core draws them (float32 values are not float64 ones).
     return import_params(model, init_mlp_numpy(spec, seed, np.dtype(str(dtype).removeprefix("torch."))))

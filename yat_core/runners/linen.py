@@ -12,6 +12,7 @@ from flax.training.train_state import TrainState
 
 from yat_core.mlp import ModelSpec, flatten_images, init_mlp_numpy
 from yat_core.nn.linen import YatModel, count_params, params_to_tree, tree_to_params
+from yat_core.nn.options import check_native_kinds
 from yat_core.runners._jax import FlaxRunner, batch, eval_sums, mean_loss
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class LinenRunner(FlaxRunner):
 
     def __init__(self, spec: ModelSpec, config: TrainConfig) -> None:
         super().__init__(spec, config)
+        check_native_kinds(spec, "linen")
         self.module = YatModel(spec, param_dtype=self.dtype)
         init = init_mlp_numpy(spec, config.seed, np.dtype(self.dtype))
         state = TrainState.create(apply_fn=self.module.apply, params=params_to_tree(spec, init, self.dtype), tx=self.tx)
