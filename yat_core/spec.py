@@ -208,6 +208,8 @@ class LayerSpec:
         attention = self.kind in ATTENTION_KINDS
         if attention and (self.heads < 1 or self.in_features % self.heads):
             raise ValueError(f"heads must be >= 1 and divide the {self.in_features} features, got {self.heads}")
+        if attention and self.bias not in (LEARNABLE, None):
+            raise ValueError(f"an attention layer's projections take a learnable bias or none, got {self.bias!r}")
         if self.heads and not attention:
             raise ValueError(f"heads applies to attention layers, not {self.kind}")
         if (self.kind == "pos_embed") != (self.tokens > 0):

@@ -15,7 +15,12 @@ A model (:class:`YatModel`, :func:`build_model`) is built from any
 channels first so the flattened order, and with it the next dense kernel, is the
 core's. :func:`predict` takes the core's layout. Every convolution kernel (Yat or
 plain) is exported and imported through :func:`kernel_to_core` /
-:func:`kernel_from_core`.
+:func:`kernel_from_core`. The vision transformer's kinds build too: patches (channels
+last in, tokens flattened channels first out), a position table (``weight``, the
+core's ``table``), :class:`YatMultiHeadAttention` for ``"yat_attention"``, MLX's own
+``nn.MultiHeadAttention(bias=True)`` for the softmax ``"attention"`` (its projections
+hold the core's exactly: ``q_kernel`` is ``query_proj.weight``, ``o_bias``
+``out_proj.bias``), the token mean; ``residual`` layers add their input.
 
 The Yat convolutions :class:`YatConv1d`, :class:`YatConv2d`, :class:`YatConv3d` and
 :class:`YatConvTranspose1d` ... :class:`YatConvTranspose3d` are channels last as
@@ -25,14 +30,21 @@ shape ``(out, *k, in/groups)`` for both kinds; :func:`kernel_to_core` /
 transposed ``(in, out/groups, *k)``), and their ``export_params()`` /
 ``import_params()`` speak the core's unprefixed names and layout.
 
-The layers are array code over :func:`yat_core.product.yat_product` and
-:func:`yat_core.conv.yat_conv` / :func:`~yat_core.conv.yat_conv_transpose`, so
+:class:`YatMultiHeadAttention` is argued, named and called as ``nn.MultiHeadAttention``
+(MLX's masks: ``"causal"``, boolean, or additive ``0`` / ``-inf``); :class:`YatEmbed`
+as ``nn.Embedding``, with ``attend`` for a tied Yat output layer.
+
+The layers are array code over :func:`yat_core.product.yat_product`,
+:func:`yat_core.conv.yat_conv` / :func:`~yat_core.conv.yat_conv_transpose` and
+:func:`yat_core.attention.yat_attention`, so
 ``save_weights`` / ``load_weights``, ``nn.value_and_grad`` and ``mx.compile``
 work as for MLX's own layers. Training lives in :mod:`yat_core.runners.mlx`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
@@ -42,21 +54,26 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_reduce
 
+from yat_core.attention import yat_attention, yat_embed, yat_embed_attend
 from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.namespaces.mlx import namespace
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
+    NATIVE_KINDS,
     check_native_kinds,
+    check_size,
     conv_class,
     conv_layer_spec,
     conv_spec_options,
     forward_options,
+    layer_option,
+    native_option,
     spec_options,
     yat_layer_spec,
 )
 from yat_core.product import DEFAULT_EPSILON, softplus_inverse, yat_product
-from yat_core.spec import CONV_KINDS
+from yat_core.spec import ATTENTION_KINDS, CONV_KINDS, TOKEN_KINDS
 
 __all__ = [
     "YatNMN",
@@ -66,6 +83,8 @@ __all__ = [
     "YatConvTranspose1d",
     "YatConvTranspose2d",
     "YatConvTranspose3d",
+    "YatMultiHeadAttention",
+    "YatEmbed",
     "conv_from_spec",
     "kernel_to_core",
     "kernel_from_core",
@@ -79,8 +98,11 @@ __all__ = [
     "predict",
 ]
 
-#: Core parameter name -> MLX attribute, where they differ (``nn.Linear`` calls the kernel ``weight``).
-_ATTR = {"kernel": "weight"}
+#: Core parameter name -> MLX attribute, where they differ (``nn.Linear`` calls the kernel ``weight``,
+#: ``nn.Embedding`` its table ``weight``).
+_ATTR = {"kernel": "weight", "table": "weight"}
+#: An attention layer's projection (the core's prefix of ``q_kernel``, ...) -> ``nn.MultiHeadAttention``'s name.
+_PROJECTIONS = {"q": "query_proj", "k": "key_proj", "v": "value_proj", "o": "out_proj"}
 
 
 class YatNMN(nn.Module):
@@ -583,6 +605,366 @@ def conv_from_spec(spec: LayerSpec) -> _YatConvNd:
     return conv_class(spec, _CONV_CLASSES).from_spec(spec)
 
 
+# ---------------------------------------------------------------- attention and embedding
+
+#: An additive mask value at or below this masks its key: ``-inf``, and the most negative finite value of every
+#: float type (``create_additive_causal_mask`` fills with ``mx.finfo(dtype).min``; float16's is the largest).
+_MASKED = -65504.0
+
+
+def _read_flag(flag: mx.array) -> bool | None:
+    """The value of a boolean scalar, or None inside ``mx.compile`` / ``vmap``, where values cannot be read."""
+    try:
+        return bool(flag.item())
+    except ValueError as exc:
+        if "[eval]" in str(exc):
+            return None
+        raise
+
+
+def _attention_mask(mask: Any, tq: int, tk: int) -> tuple[mx.array | None, mx.array | None]:
+    """MLX's attention ``mask`` as the core's boolean one (True: may attend) and a flag of refused values.
+
+    ``None``; ``"causal"`` (MLX's rule: query ``i`` of ``tq`` sees keys ``j <= i + tk - tq``,
+    the core's ``j <= i`` when ``tq == tk``); a boolean array (True: may attend, as
+    ``mx.fast.scaled_dot_product_attention`` takes it); or an additive float array, ``0``
+    where the query may attend and ``-inf`` (or ``<= -65504``) where it may not. The Yat
+    score is a ratio, not a sum, so any other additive value has no meaning here: it is
+    refused with a ValueError, or, inside ``mx.compile`` where values cannot be read,
+    returned as a flag that turns the output into NaN.
+    """
+    if mask is None:
+        return None, None
+    if isinstance(mask, str):
+        if mask != "causal":
+            raise ValueError(
+                f"a string mask must be 'causal' (as mx.fast.scaled_dot_product_attention takes), got {mask!r}"
+            )
+        return mx.arange(tq)[:, None] + (tk - tq) >= mx.arange(tk)[None, :], None
+    if not isinstance(mask, mx.array):
+        raise TypeError(f"mask must be None, 'causal' or an mx.array (boolean or additive), got {type(mask).__name__}")
+    if mask.dtype == mx.bool_:
+        return mask, None
+    if not mx.issubdtype(mask.dtype, mx.floating):
+        raise TypeError(
+            f"mask must be boolean (True: may attend) or additive floats (0 / -inf), got dtype {mask.dtype}"
+        )
+    allowed = mask == 0
+    refused = mx.any(mx.logical_not(mx.logical_or(allowed, mask <= _MASKED)))
+    flag = _read_flag(refused)
+    if flag:
+        values = np.array(mask)
+        bad = values[(values != 0) & ~(values <= _MASKED)]
+        raise ValueError(
+            "an additive mask for Yat attention holds 0 (attend) and -inf or a large negative number such as "
+            "mx.finfo(dtype).min (masked) only: the Yat score is a ratio, so other values have no meaning; "
+            f"got {bad.flat[0]}"
+        )
+    return allowed, (refused if flag is None else None)
+
+
+class YatMultiHeadAttention(nn.Module):
+    """Multi-head attention with Yat scores, named, argued and laid out as :class:`mlx.nn.MultiHeadAttention`.
+
+    The queries, keys and values are projected (``query_proj``, ``key_proj``,
+    ``value_proj``: ``nn.Linear``, ``weight`` of shape ``(out, in)``), split into
+    ``num_heads`` heads by reshaping the last axis, attended by
+    :func:`yat_core.attention.yat_attention` (score
+    ``alpha * (q.k)**2 / ((|q - k|**2 + epsilon) * sqrt(head_dims))``, softmax over the
+    keys), merged back and projected by ``out_proj``.
+
+    Parameters
+    ----------
+    dims, num_heads, query_input_dims, key_input_dims, value_input_dims, value_dims, value_output_dims
+        As for :class:`mlx.nn.MultiHeadAttention` (``num_heads`` divides ``dims`` and ``value_dims``).
+    bias : bool
+        Learnable biases in the four projections. True by default (``nn.MultiHeadAttention``'s
+        default is False): the Yat transformer's projections have them.
+    alpha : bool or float
+        ``True``: a learnable score scale ``alpha`` initialised to 1.0; ``False``: none (1);
+        a number: that constant.
+    epsilon : float
+        Added to the squared distance (> 0); the initial value when learnable.
+    learnable_epsilon : bool
+        Learn epsilon as ``softplus(epsilon_raw)``.
+    spherical : bool
+        Normalise each query and key head first (distance ``2 - 2 q.k``).
+
+    Notes
+    -----
+    ``__call__(queries, keys, values, mask=None)`` takes ``(..., tokens, features)`` inputs and
+    MLX's masks, broadcast to ``(..., num_heads, queries, keys)``: ``"causal"``, a boolean
+    array (True: may attend) or an additive one (``0`` attends; ``-inf`` or a large negative
+    number, as :meth:`mlx.nn.MultiHeadAttention.create_additive_causal_mask` gives, masks).
+    Other additive values (a learned bias such as ALiBi) are refused: the Yat score is a
+    ratio, not a sum. A query whose keys are all masked gives zero attention (then
+    ``out_proj``'s bias) and finite gradients. The projections start as ``nn.Linear`` does
+    (uniform ``±1/sqrt(in)``, the core's distribution); :func:`build_model` loads
+    :func:`yat_core.mlp.init_mlp_numpy` instead.
+
+    Examples
+    --------
+    >>> from mlx.utils import tree_flatten
+    >>> layer = YatMultiHeadAttention(8, 2)
+    >>> [(name, v.shape) for name, v in tree_flatten(layer.parameters())][:2]
+    [('query_proj.weight', (8, 8)), ('query_proj.bias', (8,))]
+    >>> x = mx.zeros((3, 5, 8))
+    >>> layer(x, x, x, mask="causal").shape
+    (3, 5, 8)
+    >>> YatMultiHeadAttention(8, 2, bias=False, alpha=2.0, spherical=True)
+    YatMultiHeadAttention(dims=8, num_heads=2, bias=False, alpha=2.0, epsilon=1e-05, learnable_epsilon=False, spherical=True
+      (query_proj): Linear(input_dims=8, output_dims=8, bias=False)
+      (key_proj): Linear(input_dims=8, output_dims=8, bias=False)
+      (value_proj): Linear(input_dims=8, output_dims=8, bias=False)
+      (out_proj): Linear(input_dims=8, output_dims=8, bias=False)
+    )
+    """
+
+    def __init__(
+        self,
+        dims: int,
+        num_heads: int,
+        query_input_dims: int | None = None,
+        key_input_dims: int | None = None,
+        value_input_dims: int | None = None,
+        value_dims: int | None = None,
+        value_output_dims: int | None = None,
+        bias: bool = True,
+        *,
+        alpha: bool | float = True,
+        epsilon: float = DEFAULT_EPSILON,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"bias must be True or False (learnable projection biases or none), got {bias!r}")
+        dims = check_size(dims, "dims")
+        # A dataclass, not a container: MLX keeps it as a plain attribute, not a parameter.
+        self.spec = LayerSpec(
+            "yat_attention",
+            dims,
+            dims,
+            heads=check_size(num_heads, "num_heads"),
+            bias=LEARNABLE if bias else None,
+            alpha=layer_option(alpha, "alpha"),
+            epsilon=float(epsilon),
+            learnable_epsilon=bool(learnable_epsilon),
+            spherical=bool(spherical),
+        )
+        query_input_dims = check_size(query_input_dims or dims, "query_input_dims")
+        key_input_dims = check_size(key_input_dims or dims, "key_input_dims")
+        value_input_dims = check_size(value_input_dims or key_input_dims, "value_input_dims")
+        value_dims = check_size(value_dims or dims, "value_dims")
+        value_output_dims = check_size(value_output_dims or dims, "value_output_dims")
+        if value_dims % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide value_dims={value_dims}")
+        self.num_heads = int(num_heads)
+        self.query_proj = nn.Linear(query_input_dims, dims, bias=bool(bias))
+        self.key_proj = nn.Linear(key_input_dims, dims, bias=bool(bias))
+        self.value_proj = nn.Linear(value_input_dims, value_dims, bias=bool(bias))
+        self.out_proj = nn.Linear(value_dims, value_output_dims, bias=bool(bias))
+        if self.spec.alpha == LEARNABLE:
+            self.alpha = mx.array(1.0)
+        if self.spec.learnable_epsilon:
+            self.epsilon_raw = mx.array(softplus_inverse(self.spec.epsilon))
+
+    @classmethod
+    def from_spec(cls, spec: LayerSpec) -> YatMultiHeadAttention:
+        """The layer of a core ``"yat_attention"`` :class:`~yat_core.spec.LayerSpec` (its ``residual`` is the model's).
+
+        Examples
+        --------
+        >>> YatMultiHeadAttention.from_spec(LayerSpec("yat_attention", 64, 64, heads=4)).num_heads
+        4
+        """
+        if spec.kind != "yat_attention":
+            raise ValueError(f"YatMultiHeadAttention is built from a 'yat_attention' spec, not {spec.kind!r}")
+        return cls(spec.in_features, spec.heads, bias=_projection_bias(spec), **_yat_score_options(spec))
+
+    def __call__(self, queries: mx.array, keys: mx.array, values: mx.array, mask: Any = None) -> mx.array:
+        q, k, v = self.query_proj(queries), self.key_proj(keys), self.value_proj(values)
+        # (..., T, features) -> (..., T, heads, head_dims): the core's layout, head j = features j*d .. (j+1)*d.
+        q, k, v = (mx.unflatten(a, -1, (self.num_heads, -1)) for a in (q, k, v))
+        allowed, refused = _attention_mask(mask, q.shape[-3], k.shape[-3])
+        xp = namespace()
+        # The projections own the bias; the score takes alpha, epsilon and spherical.
+        options = forward_options(dataclasses.replace(self.spec, bias=None), lambda name: getattr(self, name), xp)
+        del options["bias"]
+        out = yat_attention(q, k, v, mask=allowed, **options, xp=xp)
+        out = mx.flatten(out, -2, -1)
+        if refused is not None:  # values that could not be read (mx.compile): refused as NaN
+            out = mx.where(refused, mx.array(math.nan, out.dtype), out)
+        return self.out_proj(out)
+
+    def _extra_repr(self) -> str:
+        sizes = {"dims": self.spec.in_features, "num_heads": self.num_heads}
+        defaults = {
+            "query_input_dims": self.spec.in_features,
+            "key_input_dims": self.spec.in_features,
+            "value_input_dims": self.key_proj.weight.shape[1],
+            "value_dims": self.spec.in_features,
+            "value_output_dims": self.spec.in_features,
+        }
+        actual = {
+            "query_input_dims": self.query_proj.weight.shape[1],
+            "key_input_dims": self.key_proj.weight.shape[1],
+            "value_input_dims": self.value_proj.weight.shape[1],
+            "value_dims": self.value_proj.weight.shape[0],
+            "value_output_dims": self.out_proj.weight.shape[0],
+        }
+        sizes.update({name: value for name, value in actual.items() if value != defaults[name]})
+        options = {"bias": self.spec.bias == LEARNABLE, **_yat_score_options(self.spec)}
+        return ", ".join(f"{k}={v}" for k, v in {**sizes, **options}.items())
+
+    def _check_square(self) -> None:
+        d = self.spec.in_features
+        shapes = {p.weight.shape for p in (self.query_proj, self.key_proj, self.value_proj, self.out_proj)}
+        if shapes != {(d, d)}:
+            raise ValueError(
+                f"the core's attention layer has {d} -> {d} projections; this layer's are {sorted(shapes)}, "
+                "so it has no core names"
+            )
+
+    def export_params(self) -> dict[str, np.ndarray]:
+        """The parameters as ``{core name: numpy array}`` (``q_kernel`` ``(out, in)``, ``q_bias``, ..., ``alpha``).
+
+        Only for the core's shape: every projection ``dims -> dims``.
+
+        Examples
+        --------
+        >>> list(YatMultiHeadAttention(8, 2, bias=False, learnable_epsilon=True).export_params())
+        ['q_kernel', 'k_kernel', 'v_kernel', 'o_kernel', 'alpha', 'epsilon_raw']
+        """
+        self._check_square()
+        return {name: np.array(_read_param(self, self.spec, name)) for name in self.spec.param_shapes}
+
+    def import_params(self, params: Mapping[str, Any]) -> YatMultiHeadAttention:
+        """Set the parameters from ``params`` (core names without a prefix) in place; return the layer.
+
+        Names, shapes and dtypes are checked first, so a bad mapping changes nothing.
+        """
+        self._check_square()
+        for name, value in check_params(params, self.spec).items():
+            _write_param(self, self.spec, name, value)
+        mx.eval(self.parameters())
+        return self
+
+
+def _projection_bias(spec: LayerSpec) -> bool:
+    """An attention spec's projection bias as ``bias=``: learnable or none (the spec refuses a constant)."""
+    return spec.bias == LEARNABLE
+
+
+def _yat_score_options(spec: LayerSpec) -> dict[str, Any]:
+    return {
+        "alpha": native_option(spec.alpha),
+        "epsilon": spec.epsilon,
+        "learnable_epsilon": spec.learnable_epsilon,
+        "spherical": spec.spherical,
+    }
+
+
+def _param_path(spec: LayerSpec, name: str) -> tuple[str, ...]:
+    """Where a layer keeps the core parameter ``name``: ``q_kernel`` is ``query_proj.weight``, ``kernel`` ``weight``."""
+    prefix, _, rest = name.partition("_")
+    if spec.kind in ATTENTION_KINDS and prefix in _PROJECTIONS and rest in ("kernel", "bias"):
+        return _PROJECTIONS[prefix], _ATTR.get(rest, rest)
+    return (_ATTR.get(name, name),)
+
+
+def _read_param(layer: nn.Module, spec: LayerSpec, name: str) -> Any:
+    return functools.reduce(getattr, _param_path(spec, name), layer)
+
+
+def _write_param(layer: nn.Module, spec: LayerSpec, name: str, value: np.ndarray) -> None:
+    *parents, attr = _param_path(spec, name)
+    owner = functools.reduce(getattr, parents, layer)
+    setattr(owner, attr, mx.array(_from_core(spec, name, value), dtype=getattr(owner, attr).dtype))
+
+
+class YatEmbed(nn.Module):
+    """A Yat embedding, named and argued as :class:`mlx.nn.Embedding`: a table looked up by ids, and ``attend``.
+
+    ``layer(ids)`` gives the rows of ``weight`` (``(num_embeddings, dims)``) for integer ids
+    of any shape (:func:`yat_core.attention.yat_embed`); ``layer.attend(query)`` scores
+    queries ``(..., dims)`` against every row, ``alpha * (q.E_j)**2 / (|q - E_j|**2 + epsilon)``
+    (:func:`yat_core.attention.yat_embed_attend`): a tied output layer, where
+    ``nn.Embedding`` has ``as_linear``.
+
+    Parameters
+    ----------
+    num_embeddings, dims : int
+        As for :class:`mlx.nn.Embedding`: vocabulary size and row size.
+    alpha : bool or float
+        ``attend``'s scale: ``True`` learnable (initialised to 1.0), ``False`` none, a number a constant.
+    epsilon, learnable_epsilon, spherical
+        ``attend``'s options, as for :class:`YatNMN`.
+
+    Notes
+    -----
+    The table starts as ``nn.Embedding``'s (normal, std ``sqrt(1 / dims)``). Ids are not
+    range-checked on the device (as ``nn.Embedding``'s are not).
+
+    Examples
+    --------
+    >>> layer = YatEmbed(10, 4)
+    >>> layer(mx.array([[1, 2, 3]])).shape, layer.attend(mx.zeros((2, 4))).shape
+    ((1, 3, 4), (2, 10))
+    >>> layer(mx.array([1.0]))
+    Traceback (most recent call last):
+    ...
+    TypeError: embedding ids must be an integer array, got mlx.core.float32
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        dims: int,
+        *,
+        alpha: bool | float = True,
+        epsilon: float = DEFAULT_EPSILON,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+    ) -> None:
+        super().__init__()
+        # attend is the dense Yat product with the table as its kernel (vocab, dims), without bias.
+        self.spec = yat_layer_spec(
+            dims,
+            num_embeddings,
+            bias=False,
+            alpha=alpha,
+            epsilon=epsilon,
+            learnable_epsilon=learnable_epsilon,
+            spherical=spherical,
+            names=("dims", "num_embeddings"),
+        )
+        self.weight = mx.random.normal((num_embeddings, dims), scale=math.sqrt(1.0 / dims))
+        if self.spec.alpha == LEARNABLE:
+            self.alpha = mx.array(1.0)
+        if self.spec.learnable_epsilon:
+            self.epsilon_raw = mx.array(softplus_inverse(self.spec.epsilon))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return yat_embed(self.weight, x, xp=namespace())
+
+    def attend(self, query: mx.array) -> mx.array:
+        """Yat scores of ``query`` ``(..., dims)`` against every row of the table: ``(..., num_embeddings)``."""
+        xp = namespace()
+        options = forward_options(self.spec, lambda name: getattr(self, name), xp)
+        del options["bias"]
+        return yat_embed_attend(query, self.weight, **options, xp=xp)
+
+    def _extra_repr(self) -> str:
+        options = spec_options(self.spec)
+        del options["bias"]
+        sizes = f"{self.spec.out_features}, {self.spec.in_features}"
+        return ", ".join([sizes, *(f"{k}={v}" for k, v in options.items())])
+
+
+# ---------------------------------------------------------------- the model
+
+
 class _Baseline(nn.Module):
     """What a core ``"linear"`` or ``"conv"`` layer adds to MLX's own: a constant bias and a ReLU.
 
@@ -636,6 +1018,52 @@ class _Flatten(nn.Module):
         return mx.transpose(x, (0, x.ndim - 1, *range(1, x.ndim - 1))).reshape(x.shape[0], -1)
 
 
+class _Patches(nn.Module):
+    """``"patches"``: channels-last images ``(n, H, W, C)`` to tokens ``(n, tokens, C * ph * pw)``.
+
+    Tokens in row-major order over the patch grid, each patch flattened channels first
+    (``c, i, j``), the core's order, so the embedding kernel after it is the core's array.
+    """
+
+    def __init__(self, kernel_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.kernel_size = tuple(kernel_size)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        (ph, pw), (n, height, width, c) = self.kernel_size, x.shape
+        rows, cols = height // ph, width // pw
+        x = x.reshape(n, rows, ph, cols, pw, c).transpose(0, 1, 3, 5, 2, 4)
+        return x.reshape(n, rows * cols, c * ph * pw)
+
+    def _extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}"
+
+
+class _PosEmbed(nn.Module):
+    """``"pos_embed"``: adds the learnable table ``weight`` ``(tokens, dims)`` to a token sequence.
+
+    The core calls it ``table``; ``weight``, as ``nn.Embedding`` calls its table (started
+    normal with deviation 0.02, the core's distribution).
+    """
+
+    def __init__(self, tokens: int, dims: int) -> None:
+        super().__init__()
+        self.weight = mx.random.normal((tokens, dims), scale=0.02)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x + self.weight
+
+    def _extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, {self.weight.shape[1]}"
+
+
+class _TokenMean(nn.Module):
+    """``"token_mean"``: ``(n, tokens, dims)`` to ``(n, dims)``, the mean over the tokens."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.mean(x, axis=1)
+
+
 #: MLX's own layers by spatial dimensions - 1.
 _CONVS = (_Conv1d, _Conv2d, _Conv3d)
 _POOLS: dict[str, tuple[Any, ...]] = {
@@ -683,6 +1111,16 @@ def layer_from_spec(spec: LayerSpec) -> nn.Module:
         return conv_from_spec(spec)
     if spec.kind == "flatten":
         return _Flatten()
+    if spec.kind == "yat_attention":
+        return YatMultiHeadAttention.from_spec(spec)
+    if spec.kind == "attention":  # MLX's own; bias=True holds the core's projection biases exactly
+        return nn.MultiHeadAttention(spec.in_features, spec.heads, bias=_projection_bias(spec))
+    if spec.kind == "patches":
+        return _Patches((spec.kernel_size[0], spec.kernel_size[1]))
+    if spec.kind == "pos_embed":
+        return _PosEmbed(spec.tokens, spec.in_features)
+    if spec.kind == "token_mean":
+        return _TokenMean()
     n, bias = len(spec.kernel_size), spec.bias == LEARNABLE
     if spec.kind in _POOLS:  # non-overlapping windows: the stride defaults to the window
         return _POOLS[spec.kind][n - 1](spec.kernel_size)
@@ -731,6 +1169,9 @@ class YatModel(nn.Module):
     ['YatConv2d', 'MaxPool2d', 'YatConv2d', 'MaxPool2d', '_Flatten', 'YatNMN', '_Linear']
     >>> cnn(mx.zeros((2, 28, 28, 1))).shape, cnn(mx.zeros((2, 784))).shape
     ((2, 10), (2, 10))
+    >>> from yat_core.spec import vit_spec
+    >>> [type(layer).__name__ for layer in YatModel(vit_spec()).layers][:5]
+    ['_Patches', '_Linear', '_PosEmbed', 'YatMultiHeadAttention', 'YatNMN']
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -748,8 +1189,9 @@ class YatModel(nn.Module):
                     f"{math.prod(shape)} values per sample in the core's order, got {tuple(x.shape)}"
                 )
             x = _channels_last(x.reshape(x.shape[0], *shape))
-        for layer in self.layers:
-            x = layer(x)
+        for spec, layer in zip(self.spec.layers, self.layers):
+            out = layer(x, x, x) if spec.kind in ATTENTION_KINDS else layer(x)  # the spec's attention is self-attention
+            x = x + out if spec.residual else out
         return x
 
 
@@ -768,7 +1210,7 @@ def build_model(spec: ModelSpec, seed: int, *, dtype: mx.Dtype = mx.float32) -> 
     >>> count_params(build_model(seed_spec(), seed=0)), count_params(build_model(cnn_spec(), seed=0))
     (235148, 225037)
     """
-    check_native_kinds(spec, "mlx")
+    check_native_kinds(spec, "mlx", NATIVE_KINDS + TOKEN_KINDS)
     model = YatModel(spec)
     if dtype != mx.float32:
         model.set_dtype(dtype)
@@ -795,7 +1237,7 @@ def export_params(model: YatModel | _YatConvNd) -> dict[str, np.ndarray]:
         return model.export_params()
     spec, layers = model.spec, model.layers
     return export_arrays(
-        spec, lambda i, name: _to_core(spec.layers[i], name, np.array(getattr(layers[i], _ATTR.get(name, name))))
+        spec, lambda i, name: _to_core(spec.layers[i], name, np.array(_read_param(layers[i], spec.layers[i], name)))
     )
 
 
@@ -822,8 +1264,7 @@ def import_params(model: _M, params: Mapping[str, Any]) -> _M:
     spec, layers = model.spec, model.layers
 
     def write(index: int, name: str, value: np.ndarray) -> None:
-        layer, attr = layers[index], _ATTR.get(name, name)
-        setattr(layer, attr, mx.array(_from_core(spec.layers[index], name, value), dtype=getattr(layer, attr).dtype))
+        _write_param(layers[index], spec.layers[index], name, value)
 
     import_arrays(spec, params, write)
     mx.eval(model.parameters())
