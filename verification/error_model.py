@@ -47,6 +47,10 @@ __all__ = [
     "cross_entropy_grad_bound",
     "mlp_grad_bounds",
     "loss_bound",
+    "AttentionBound",
+    "softmax_interval",
+    "attention_bound",
+    "attention_vjp_bound",
 ]
 
 
@@ -558,3 +562,159 @@ def mlp_grad_bounds(
                 bounds[prefix + name] = parts[name]
         g_err = parts["x"]
     return {name: bounds[name] for name in params}
+
+
+# -- attention ------------------------------------------------------------------------------
+
+
+class AttentionBound(NamedTuple):
+    """Bounds of one :func:`yat_core.attention.yat_attention` evaluation (ERROR_MODEL.md, "Attention").
+
+    Score-shaped arrays are heads first, ``(*batch, heads, Tq, Tk)``; ``*_lo``/``*_hi``
+    are intervals that hold the computed value.
+    """
+
+    out: np.ndarray  # |out_computed - out_exact|, (..., Tq, H, dv)
+    weights: np.ndarray  # |a_computed - a_exact|
+    w_lo: np.ndarray
+    w_hi: np.ndarray
+    s_lo: np.ndarray  # the scores as computed
+    s_hi: np.ndarray
+    scores: list[YatBound]  # each (batch, head) slice's score bound, as AttentionOracle.scores
+
+
+def _score_intervals(o: Any, prec: Precision) -> tuple[list[YatBound], np.ndarray, np.ndarray]:
+    """Each slice's :func:`yat_bound` (the score is a Yat ratio scaled by ``alpha / sqrt(d)``)
+    and the interval of the computed scores: ``|s|`` lies in ``[y_lo, y_hi]``, with the
+    sign of ``alpha``, and ``y_lo >= 0`` because the clamp keeps the denominator >= eps."""
+    fbs = [yat_bound(so, prec) for so in o.scores]
+    shape = o.s.shape
+    lo = np.stack([fb.y_lo for fb in fbs]).reshape(shape)
+    hi = np.stack([fb.y_hi for fb in fbs]).reshape(shape)
+    return (fbs, lo, hi) if o.scale >= 0 else (fbs, -hi, -lo)
+
+
+def _exp_tiny(prec: Precision) -> float:
+    """Absolute error of an ``exp`` that underflows: an ``exp`` only float32-accurate flushes
+    below float32's smallest normal number whatever the dtype (MLX: its float64
+    ``exp(-88)`` is 0)."""
+    return max(prec.tiny, FLOAT32.tiny) if prec.fn_rel >= FLOAT32.u else prec.tiny
+
+
+def softmax_interval(
+    s_lo: np.ndarray, s_hi: np.ndarray, allowed: np.ndarray, prec: Precision
+) -> tuple[np.ndarray, np.ndarray]:
+    """An interval holding every weight of ``softmax(s)`` over the ``allowed`` entries of the
+    last axis, as computed in ``prec`` (``exp(s - max)``, its sum, one division) from scores
+    known only to lie in ``[s_lo, s_hi]``; zero where not allowed.
+
+    The computed shift ``fl(s_j - m)`` is off by ``u |s_j - m|``, at most ``u`` times the
+    row's largest ``s_hi`` minus ``s_lo_j``: the larger the scores' spread, the larger the
+    error of ``exp``'s argument. ``exp`` adds ``fn_rel`` (``log(1 + fn_rel)`` in the exponent).
+    A weight ``p_j`` increases with its own exponent and decreases with every other, so
+    ``[1 / (1 + sum_{l != j} exp(hi_l - lo_j)), 1 / (1 + sum_{l != j} exp(lo_l - hi_j))]`` holds
+    it exactly; the sum of the ``n`` exponentials adds ``gamma_n``, the division two roundings,
+    underflow ``tiny`` per term; a computed weight is never outside ``[0, 1]`` (up to those
+    roundings).
+    """
+    u, tiny = prec.u, _exp_tiny(prec)
+    n = np.sum(allowed, axis=-1, keepdims=True).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        top = np.max(np.where(allowed, s_hi, -np.inf), axis=-1, keepdims=True)
+        spread = np.where(allowed, np.maximum(top - s_lo, 0.0), 0.0)  # bounds |s_j - max| as computed
+    fn = -np.log1p(-prec.fn_rel)
+    lo = np.where(allowed, s_lo - u * spread - fn, 0.0)
+    hi = np.where(allowed, s_hi + u * spread + fn, 0.0)
+    tk = allowed.shape[-1]
+    others = allowed[..., None, :] & ~np.eye(tk, dtype=bool)  # [..., j, l]: l != j, l allowed
+    worst = np.where(others, np.exp(np.minimum(hi[..., None, :] - lo[..., :, None], 700.0)), 0.0)
+    best = np.where(others, np.exp(np.minimum(lo[..., None, :] - hi[..., :, None], 700.0)), 0.0)
+    p_lo = 1.0 / (1.0 + np.sum(worst, axis=-1))
+    p_hi = 1.0 / (1.0 + np.sum(best, axis=-1))
+    g_n = np.where(n * u < 0.5, n * u / (1.0 - n * u), np.inf)
+    slack = (n + 2.0) * tiny
+    w_hi = np.minimum(p_hi, 1.0) * (1.0 + u) ** 2 / (1.0 - g_n) + slack
+    w_lo = np.maximum(p_lo * (1.0 - u) ** 2 / (1.0 + g_n) - slack, 0.0)
+    return np.where(allowed, w_lo, 0.0), np.where(allowed, w_hi, 0.0)
+
+
+def attention_bound(o: Any, prec: Precision = FLOAT32) -> AttentionBound:
+    """Per-element bound of a backend's ``yat_attention`` output and weights in ``prec``.
+
+    ``o`` is the :class:`~verification.oracle.AttentionOracle` of the inputs. The scores
+    carry the dense product's bound (:func:`yat_bound`, contraction length ``d``), the
+    weights the interval of :func:`softmax_interval`, and the output, a contraction of
+    length ``Tk``, ``sum_j e_a,j |v_j| + gamma_Tk sum_j (a_j + e_a,j) |v_j|``.
+    """
+    u, tiny = prec.u, prec.tiny
+    fbs, s_lo, s_hi = _score_intervals(o, prec)
+    w_lo, w_hi = softmax_interval(s_lo, s_hi, o.allowed, prec)
+    a = o.weights
+    # Masked weights are exactly 0; tiny keeps every bound positive (error / bound is defined).
+    e_a = np.where(o.allowed, np.maximum(w_hi - a, a - w_lo), 0.0) + tiny
+    v_abs = np.abs(np.swapaxes(o.v, -3, -2))
+    tk = a.shape[-1]
+    e_out = e_a @ v_abs + gamma(tk, u) * ((a + e_a) @ v_abs) + tk * tiny
+    return AttentionBound(np.swapaxes(e_out, -3, -2), e_a, w_lo, w_hi, s_lo, s_hi, fbs)
+
+
+def attention_vjp_bound(o: Any, fb: AttentionBound, g: np.ndarray, prec: Precision = FLOAT32) -> dict[str, np.ndarray]:
+    """Per-element bounds of a backend's gradients of ``sum(g * yat_attention(...))``.
+
+    Keys as :func:`verification.oracle.yat_attention_vjp64`. The values' gradient
+    ``a^T g`` and the weights' gradient ``g_a = g . v`` are contractions; the softmax
+    adjoint ``g_s = a (g_a - sum_l a_l g_a,l)`` is bounded through the weights' intervals
+    with six roundings per term, in any grouping (the analytic form, or autodiff's
+    ``e_j g_a,j / S - e_j sum_l g_a,l e_l / S^2``). Autodiff also sends
+    ``-sum_j g_s,j`` (zero in exact arithmetic) into the row's maximum, through the shift
+    ``s - max``; its computed value is added to every entry's bound. The scores' gradient
+    then goes through :func:`yat_vjp_bound` of each slice with that upstream error, the
+    scale ``alpha / sqrt(d)`` given one more rounding (it is computed).
+    """
+    from verification.oracle import attention_score_grad64
+
+    u, tiny = prec.u, prec.tiny
+    g_s, g_a, _ = attention_score_grad64(o, g)
+    a, e_a, allowed = o.weights, fb.weights, o.allowed
+    a_hi = a + e_a
+    g_abs = np.abs(np.swapaxes(np.asarray(g, dtype=np.float64), -3, -2))
+    v_abs = np.abs(np.swapaxes(o.v, -3, -2))
+    *lead, tq, tk = a.shape
+    dv = v_abs.shape[-1]
+    e_gv = np.swapaxes(e_a, -1, -2) @ g_abs + gamma(tq, u) * (np.swapaxes(a_hi, -1, -2) @ g_abs) + tq * tiny
+    e_ga = gamma(dv, u) * (g_abs @ np.swapaxes(v_abs, -1, -2)) + dv * tiny
+    ga_hi = np.abs(g_a) + e_ga
+    r = np.sum(a * g_a, axis=-1, keepdims=True)
+    e_r = np.sum(e_a * ga_hi + a * e_ga, axis=-1, keepdims=True)
+    e_r = e_r + gamma(tk + 2, u) * np.sum(a_hi * ga_hi, axis=-1, keepdims=True) + tk * tiny
+    r_hi = np.abs(r) + e_r
+    e_gs = e_a * (ga_hi + r_hi) + a * (e_ga + e_r) + gamma(6, u) * a_hi * (ga_hi + r_hi) + tiny
+    through_max = np.sum(np.where(allowed, e_gs + gamma(tk, u) * (np.abs(g_s) + e_gs), 0.0), axis=-1, keepdims=True)
+    e_gs = np.where(allowed, e_gs + through_max + tk * tiny, 0.0)
+
+    d = o.head_size
+    flat_gs, flat_err = g_s.reshape(-1, tq, tk), e_gs.reshape(-1, tq, tk)
+    widened = [fs._replace(alpha_lo=fs.alpha_lo * (1.0 - u), alpha_hi=fs.alpha_hi * (1.0 + u)) for fs in fb.scores]
+    parts = [yat_vjp_bound(so, fs, gs, prec, g_err=ge) for so, fs, gs, ge in zip(o.scores, widened, flat_gs, flat_err)]
+    bounds = {
+        "q": np.swapaxes(np.stack([p["x"] for p in parts]).reshape(*lead, tq, d), -3, -2),
+        "k": np.swapaxes(np.stack([p["w"] for p in parts]).reshape(*lead, tk, d), -3, -2),
+        "v": np.swapaxes(e_gv, -3, -2),
+    }
+    terms = g_s.size
+    if o.alpha_is_array:  # sum(g_s * ratio) / sqrt(d)
+        ratio = np.stack([so.ratio for so in o.scores])
+        r_lo = np.stack([fs.r_lo for fs in fb.scores])
+        r_up = np.stack([fs.r_hi for fs in fb.scores])
+        e_ratio = np.maximum(r_up - ratio, ratio - r_lo)
+        gs_hi = np.abs(flat_gs) + flat_err
+        summed = np.sum(flat_err * r_up + np.abs(flat_gs) * e_ratio) + gamma(terms, u) * np.sum(gs_hi * r_up)
+        summed = summed + terms * tiny
+        value = (summed + 2.0 * u * (np.sum(gs_hi * r_up) + summed)) / np.sqrt(d) + tiny
+        bounds["alpha"] = np.reshape(value, np.shape(o.alpha))
+    if o.epsilon_is_array:  # sum of g_denom = -g_s scale n^2 / d^2 over every entry
+        el = [_elementwise_grads(so, fs, gs, ge, prec) for so, fs, gs, ge in zip(o.scores, widened, flat_gs, flat_err)]
+        summed = sum(float(np.sum(e["e_gden"])) for e in el)
+        summed += gamma(terms, u) * sum(float(np.sum(e["gden_hi"])) for e in el) + terms * tiny
+        bounds["epsilon"] = np.reshape(np.asarray(summed, dtype=np.float64), o.epsilon_shape)
+    return bounds

@@ -16,6 +16,11 @@ each group's patches through the dense product above, and the fold (the unfold's
 adjoint) for the input's gradient; :func:`mlp_forward64` and :func:`mlp_backward64` run
 any model.
 
+Yat attention (:func:`yat_attention64`) runs each (batch, head) slice of its scores
+through the same dense product, then the masked softmax and the weighted sum;
+:func:`yat_attention_vjp64` is its backward pass. Nothing there calls
+:mod:`yat_core.attention`.
+
 Inputs are float32 arrays read exactly in float64; constant options (a Python
 ``epsilon``, bias or alpha) are used at their float64 value, so the float32
 rounding of a constant is counted as part of a backend's error.
@@ -59,6 +64,11 @@ __all__ = [
     "max_pool_vjp64",
     "avg_pool64",
     "avg_pool_vjp64",
+    "AttentionOracle",
+    "attention_allowed64",
+    "yat_attention64",
+    "attention_score_grad64",
+    "yat_attention_vjp64",
 ]
 
 F64 = np.float64
@@ -657,3 +667,158 @@ def mlp_loss_grad64(
     """Mean softmax cross-entropy, its gradient for every parameter, and the activations."""
     out = mlp_backward64(params, x, labels, spec)
     return out.loss, out.grads, out.acts
+
+
+# -- attention -----------------------------------------------------------------------------
+#
+# Each (batch, head) slice of the scores is the dense product above with the slice's
+# queries as rows of ``x`` and its keys as rows of ``w`` (so the distance is again a direct
+# sum of squared differences), ``alpha / sqrt(d)`` as its scale; the softmax, the weighted
+# sum and their backward pass are written out here. Nothing here calls
+# ``yat_core.attention``.
+
+
+class AttentionOracle(NamedTuple):
+    """Yat attention in float64 with its intermediates.
+
+    Arrays named ``*h`` and the score-shaped ones are heads first: ``lead = (*batch, heads)``,
+    scores ``(*lead, Tq, Tk)``. ``scores[i]`` is the :class:`YatOracle` of the ``i``-th
+    slice of ``lead`` (row-major), whose ``y`` is the score ``scale * (q.k)^2 / (dist + eps)``.
+    """
+
+    q: np.ndarray  # (..., Tq, H, d) as given
+    k: np.ndarray
+    v: np.ndarray  # (..., Tk, H, dv)
+    allowed: np.ndarray  # (*lead, Tq, Tk): True where the query attends to the key
+    scores: list[YatOracle]
+    s: np.ndarray  # (*lead, Tq, Tk): the scores (masked entries too)
+    weights: np.ndarray  # (*lead, Tq, Tk): softmax over the allowed keys, 0 elsewhere
+    out: np.ndarray  # (..., Tq, H, dv)
+    scale: float  # alpha / sqrt(d)
+    alpha: np.ndarray | float  # as given (1.0 when None)
+    alpha_is_array: bool
+    epsilon: float
+    epsilon_is_array: bool
+    epsilon_shape: tuple[int, ...]
+    head_size: int
+    spherical: bool
+
+
+def _heads_first64(a: np.ndarray) -> np.ndarray:
+    """``(..., T, H, d)`` -> ``(..., H, T, d)`` (its own inverse)."""
+    return np.swapaxes(a, -3, -2)
+
+
+def attention_allowed64(mask: Any, causal: bool, batch: tuple[int, ...], heads: int, tq: int, tk: int) -> np.ndarray:
+    """The boolean ``(*batch, heads, Tq, Tk)`` of the (query, key) pairs that count: ``mask``
+    broadcast (True: may attend) and, when ``causal``, key ``j <= i`` for query ``i``."""
+    allowed = np.ones((*batch, heads, tq, tk), dtype=bool)
+    if mask is not None:
+        allowed = allowed & np.broadcast_to(np.asarray(mask, dtype=bool), allowed.shape)
+    if causal:
+        allowed = allowed & (np.arange(tq)[:, None] >= np.arange(tk)[None, :])
+    return allowed
+
+
+def _softmax_rows64(s: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis restricted to ``allowed``; a row with nothing allowed is 0."""
+    top = np.max(np.where(allowed, s, -np.inf), axis=-1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    e = np.where(allowed, np.exp(np.where(allowed, s, top) - top), 0.0)
+    total = np.sum(e, axis=-1, keepdims=True)
+    return e / np.where(total > 0, total, 1.0)
+
+
+def yat_attention64(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: Any = None,
+    causal: bool = False,
+    alpha: Any = None,
+    epsilon: Any = 1e-5,
+    spherical: bool = False,
+) -> AttentionOracle:
+    """Yat attention in float64: ``q (..., Tq, H, d)``, ``k (..., Tk, H, d)``,
+    ``v (..., Tk, H, dv)`` -> ``out (..., Tq, H, dv)`` (``.out``) and the weights
+    ``(..., H, Tq, Tk)`` (``.weights``).
+
+    The score of query ``i`` and key ``j`` is ``alpha (q_i.k_j)^2 / ((|q_i - k_j|^2 + eps) sqrt(d))``
+    (the distance summed directly; in spherical mode ``2 - 2 q.k`` of the normalised rows,
+    clamped at 0), the weights its softmax over the keys the mask and ``causal`` allow,
+    and a query with no key allowed gets zero weights. ``alpha`` and ``epsilon`` may be
+    scalar arrays (their gradients are then part of :func:`yat_attention_vjp64`).
+    """
+    q64, k64, v64 = (np.asarray(a, dtype=F64) for a in (q, k, v))
+    *batch, tq, heads, d = q64.shape
+    tk = k64.shape[-3]
+    alpha64 = _as64(alpha)
+    alpha_value = 1.0 if alpha64 is None else float(np.reshape(alpha64, -1)[0])
+    eps64 = _as64(epsilon)
+    eps_value = float(np.reshape(eps64, -1)[0])
+    scale = alpha_value / math.sqrt(d)
+    qh = _heads_first64(q64).reshape(-1, tq, d)
+    kh = _heads_first64(k64).reshape(-1, tk, d)
+    scores = [yat_forward64(qs, ks, alpha=scale, epsilon=eps_value, spherical=spherical) for qs, ks in zip(qh, kh)]
+    lead = (*batch, heads)
+    s = np.stack([o.y for o in scores]).reshape(*lead, tq, tk)
+    allowed = attention_allowed64(mask, causal, tuple(batch), heads, tq, tk)
+    weights = _softmax_rows64(s, allowed)
+    out = _heads_first64(weights @ _heads_first64(v64))
+    return AttentionOracle(
+        q64,
+        k64,
+        v64,
+        allowed,
+        scores,
+        s,
+        weights,
+        out,
+        scale,
+        1.0 if alpha64 is None else alpha64,
+        isinstance(alpha64, np.ndarray),
+        eps_value,
+        isinstance(eps64, np.ndarray),
+        tuple(np.shape(eps64)),
+        d,
+        spherical,
+    )
+
+
+def attention_score_grad64(o: AttentionOracle, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The backward pass down to the scores, for ``g`` on the output ``(..., Tq, H, dv)``:
+    ``(g_s, g_a, g_v)`` with ``g_s`` and ``g_a = g . v`` (the weights' gradient) heads first
+    ``(*lead, Tq, Tk)`` and ``g_v`` in ``v``'s layout."""
+    gh, vh = _heads_first64(np.asarray(g, dtype=F64)), _heads_first64(o.v)
+    g_v = _heads_first64(np.swapaxes(o.weights, -1, -2) @ gh)
+    g_a = gh @ np.swapaxes(vh, -1, -2)
+    # Softmax adjoint; zero wherever the weight is (masked keys, fully masked rows).
+    g_s = o.weights * (g_a - np.sum(o.weights * g_a, axis=-1, keepdims=True))
+    return g_s, g_a, g_v
+
+
+def yat_attention_vjp64(o: AttentionOracle, g: np.ndarray) -> dict[str, np.ndarray]:
+    """Gradients of ``sum(g * out)`` of :func:`yat_attention64`.
+
+    Keys ``"q"``, ``"k"``, ``"v"`` (the inputs' shapes), and ``"alpha"``, ``"epsilon"``
+    where those were arrays. Each slice's score gradient goes through :func:`yat_vjp64`
+    (the distance's gradient kept as a difference of the rows).
+    """
+    g_s, _, g_v = attention_score_grad64(o, g)
+    *batch, tq, heads, d = o.q.shape
+    tk = o.k.shape[-3]
+    flat = g_s.reshape(-1, tq, tk)
+    parts = [yat_vjp64(so, gs) for so, gs in zip(o.scores, flat)]
+    lead = (*batch, heads)
+    grads = {
+        "q": _heads_first64(np.stack([p["x"] for p in parts]).reshape(*lead, tq, d)),
+        "k": _heads_first64(np.stack([p["w"] for p in parts]).reshape(*lead, tk, d)),
+        "v": g_v,
+    }
+    if o.alpha_is_array:  # s = alpha * ratio / sqrt(d)
+        ratio = np.stack([so.ratio for so in o.scores])
+        grads["alpha"] = np.reshape(np.sum(flat * ratio) / math.sqrt(d), np.shape(o.alpha))
+    if o.epsilon_is_array:  # d s / d eps = -scale * ratio / (dist + eps)
+        g_eps = sum(float(np.sum(-gs * so.alpha * so.ratio / so.d)) for so, gs in zip(o.scores, flat))
+        grads["epsilon"] = np.reshape(np.asarray(g_eps, dtype=F64), o.epsilon_shape)
+    return grads
