@@ -104,7 +104,7 @@ def test_every_backend_takes_the_same_first_steps():
         np.testing.assert_allclose(steps, losses["numpy"], rtol=0, atol=2e-5, err_msg=f"{backend} vs numpy")
 
 
-@pytest.mark.parametrize("framework", ["torch", "nnx", "linen", "keras", "tf"])
+@pytest.mark.parametrize("framework", ["nnx", "linen", "keras", "tf"])
 def test_frameworks_without_attention_layers_refuse_the_vit_clearly(framework):
     with pytest.raises(ValueError, match=rf"{framework} has no native layers for patches, pos_embed, .* --backend"):
         make_runner(vit_spec(), TrainConfig(model="vit", framework=framework))
