@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from yat_core.namespaces import array_namespace
+from yat_core.namespaces import array_namespace, device_of
 
 __all__ = ["log_softmax", "one_hot", "softmax_cross_entropy", "cross_entropy_grad", "count_correct"]
 
@@ -28,7 +28,7 @@ def log_softmax(logits: Array, /, *, xp: Any = None) -> Array:
 def one_hot(labels: Array, num_classes: int, dtype: Any, /, *, xp: Any = None) -> Array:
     """One-hot rows of ``labels`` (any integer dtype), as ``dtype``."""
     xp = array_namespace(labels) if xp is None else xp
-    classes = xp.arange(num_classes, dtype=labels.dtype)
+    classes = xp.arange(num_classes, dtype=labels.dtype, device=device_of(labels))  # on the labels' device (GPU)
     return xp.astype(xp.expand_dims(labels, axis=-1) == classes, dtype)
 
 

@@ -56,10 +56,9 @@ class Backend:
                 f"gradients must be one of {', '.join(GRADIENT_MODES)}, got {self.gradients!r}"
             )
 
-    @classmethod
-    def gradients_for(cls, spec: MLPSpec | None) -> str:
-        """The faster gradient mode for model ``spec`` (:attr:`default_gradients` when None or alike)."""
-        return cls.default_gradients
+    def gradients_for(self, spec: MLPSpec | None) -> str:
+        """The faster gradient mode for model ``spec`` on this backend's device (:attr:`default_gradients` here)."""
+        return self.default_gradients
 
     # -- framework facts ----------------------------------------------------
     def device_name(self) -> str:
