@@ -121,7 +121,9 @@ def test_linear_layer_accepts_relu_and_no_alpha():
 
 
 def test_mlp_spec_rejects_sizes_that_do_not_chain():
-    with pytest.raises(ValueError, match=r"layer 1 \(linear\): a linear layer takes \(4,\) features or \(tokens, 4\), got \(5,\)"):
+    with pytest.raises(
+        ValueError, match=r"layer 1 \(linear\): a linear layer takes \(4,\) features or \(tokens, 4\), got \(5,\)"
+    ):
         MLPSpec((LayerSpec("yat", 6, 5), LayerSpec("linear", 4, 3)))
 
 

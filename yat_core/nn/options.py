@@ -19,10 +19,12 @@ import numpy as np
 
 from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, Option, forward_options
 from yat_core.product import DEFAULT_EPSILON
+from yat_core.spec import CONV_KINDS, TOKEN_KINDS
 
 __all__ = [
     "NATIVE_KINDS",
     "check_native_kinds",
+    "attention_spec_options",
     "conv_class",
     "layer_option",
     "native_option",
@@ -157,6 +159,23 @@ def spec_options(spec: LayerSpec) -> dict[str, Any]:
     if spec.kind != "yat":
         raise ValueError(f"a Yat layer is built from a spec of kind 'yat', not {spec.kind!r}")
     return _yat_options(spec)
+
+
+def attention_spec_options(spec: LayerSpec) -> dict[str, Any]:
+    """A Yat attention spec's options as native arguments (for ``from_spec``).
+
+    ``bias`` is the projections' (learnable or none: the spec refuses a constant), the
+    rest are the score's.
+
+    Examples
+    --------
+    >>> from yat_core.spec import LayerSpec
+    >>> attention_spec_options(LayerSpec("yat_attention", 8, 8, heads=2, alpha=2.0))
+    {'bias': True, 'alpha': 2.0, 'epsilon': 1e-05, 'learnable_epsilon': False, 'spherical': False}
+    """
+    if spec.kind != "yat_attention":
+        raise ValueError(f"a Yat attention layer is built from a spec of kind 'yat_attention', not {spec.kind!r}")
+    return {**_yat_options(spec), "bias": spec.bias == LEARNABLE}
 
 
 def _yat_options(spec: LayerSpec) -> dict[str, Any]:
@@ -338,25 +357,25 @@ def kernel_from_core(kernel: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(kernel, (*range(2, d + 2), 1, 0)))
 
 
-#: The layer kinds every framework's native model builds (:func:`check_native_kinds`).
-NATIVE_KINDS = ("yat", "linear", "yat_conv", "yat_conv_transpose", "conv", "max_pool", "avg_pool", "flatten")
+#: The layer kinds every framework's native model builds (:func:`check_native_kinds`): all of them.
+NATIVE_KINDS = ("yat", "linear", *CONV_KINDS, "max_pool", "avg_pool", "flatten", *TOKEN_KINDS)
 
 
 def check_native_kinds(spec: ModelSpec, framework: str, supported: Sequence[str] = NATIVE_KINDS) -> None:
     """Refuse, naming them, layer kinds outside ``supported``: those ``framework``'s native models do not build.
 
-    The token kinds of the vision transformer (patches, position table, attention,
-    token mean) run in the core on every backend; a framework builds them once it has
-    native layers for them.
+    Every framework builds every kind today; a framework that gains a model before it
+    has a native layer for each kind states what it supports, and its users are sent to
+    the backends, where the core runs every layer kind.
 
     Examples
     --------
     >>> from yat_core.spec import seed_spec, vit_spec
-    >>> check_native_kinds(seed_spec(), "torch")
     >>> check_native_kinds(vit_spec(), "torch")
+    >>> check_native_kinds(vit_spec(), "newframework", supported=("yat", "linear"))
     Traceback (most recent call last):
     ...
-    ValueError: torch has no native layers for patches, pos_embed, token_mean, yat_attention yet: train this model with --backend (numpy, torch, jax or mlx), where the core runs every layer kind
+    ValueError: newframework has no native layers for patches, pos_embed, token_mean, yat_attention yet: train this model with --backend (numpy, torch, jax or mlx), where the core runs every layer kind
     """
     missing = sorted({layer.kind for layer in spec.layers} - set(supported))
     if missing:
