@@ -6,13 +6,20 @@ out)`` and take the arguments ``nnx.Conv`` / ``linen.Conv`` take; only how a
 parameter is created differs between them, so everything else about the layers is
 here, once: the options, the initialisers, the kernel layout, Flax's padding in the
 core's terms, the forward passes and the interchange checks, and the model of any
-:class:`~yat_core.spec.ModelSpec` (its input layout, pooling, flatten order and
-parameter layouts: :func:`run_model`, :func:`to_flax_param`).
+:class:`~yat_core.spec.ModelSpec` (its input layout, pooling, flatten order, token
+layers and parameter layouts: :func:`run_model`, :func:`to_flax_param`).
+
+Multi-head attention is laid out as Flax's own (``nnx.MultiHeadAttention`` /
+``linen.MultiHeadDotProductAttention``): submodules ``query``, ``key``, ``value``
+(kernel ``(in, heads, head_dim)``, bias ``(heads, head_dim)``) and ``out`` (kernel
+``(heads, head_dim, out)``, bias ``(out,)``), the core's ``(out, in)`` projections
+transposed and split into heads by reshape (:func:`to_flax_param`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import numbers
 import types
@@ -26,11 +33,22 @@ from flax.linen.pooling import avg_pool, max_pool
 from flax.nnx.nn.dtypes import promote_dtype
 from flax.nnx.nn.linear import canonicalize_padding
 
+from yat_core.attention import yat_attention, yat_embed, yat_embed_attend
 from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec
 from yat_core.namespaces.native import register_native_conv
-from yat_core.nn.options import check_size, conv_layer_spec, conv_spec_options, forward_options, per_dim, spec_options
-from yat_core.product import softplus_inverse, yat_product
+from yat_core.nn.options import (
+    attention_spec_options,
+    check_size,
+    conv_layer_spec,
+    conv_spec_options,
+    forward_options,
+    layer_option,
+    per_dim,
+    spec_options,
+)
+from yat_core.product import DEFAULT_EPSILON, softplus_inverse, yat_product
+from yat_core.spec import ATTENTION_KINDS
 
 __all__ = [
     "Initializer",
@@ -56,6 +74,19 @@ __all__ = [
     "import_layer",
     "linear_tail",
     "CONV_KINDS",
+    "PROJECTION_MODULES",
+    "attention_spec",
+    "flax_attention_options",
+    "attention_initializers",
+    "attention_mask",
+    "yat_attention_forward",
+    "softmax_attention_options",
+    "position_init",
+    "patches",
+    "flax_param_path",
+    "embed_spec",
+    "embed_lookup",
+    "embed_attend",
     "plain_layer_options",
     "to_flax_param",
     "to_core_param",
@@ -706,11 +737,312 @@ def import_layer(spec: LayerSpec, params: Mapping[str, Any]) -> dict[str, np.nda
     }
 
 
+# ---------------------------------------------------------------- attention
+#
+# The core projects with ``(out, in)`` matrices and splits the heads by reshape (head j
+# is features ``j*d .. (j+1)*d``); Flax's LinearGeneral / DenseGeneral keep the same
+# numbers as ``(in, heads, head_dim)`` and ``(heads, head_dim, out)``. The Yat layer and
+# Flax's own multi-head attention share that layout, so both load the core's weights.
+
+#: The core's projection prefix (``"q_kernel"`` ...) -> the Flax submodule that holds it.
+PROJECTION_MODULES = {"q": "query", "k": "key", "v": "value", "o": "out"}
+
+#: The position table's distribution (the core's): normal, std 0.02.
+position_init: Initializer = jax.nn.initializers.normal(0.02)
+
+
+def attention_spec(
+    num_heads: int,
+    qkv_features: int,
+    *,
+    use_bias: bool = True,
+    use_alpha: bool | float = True,
+    epsilon: float = DEFAULT_EPSILON,
+    learnable_epsilon: bool = False,
+    spherical: bool = False,
+) -> LayerSpec:
+    """The core's description of a Yat multi-head attention on ``qkv_features`` (runs the core's checks).
+
+    ``use_bias`` is a bool, as in Flax's attention (the core's projections have a
+    learnable bias or none); ``use_alpha`` is ``True`` (learnable), ``False`` (none) or
+    a constant.
+
+    Examples
+    --------
+    >>> spec = attention_spec(4, 64, learnable_epsilon=True)
+    >>> spec.kind, spec.heads, list(spec.param_shapes)[-3:]
+    ('yat_attention', 4, ['o_bias', 'alpha', 'epsilon_raw'])
+    >>> attention_spec(3, 64)
+    Traceback (most recent call last):
+    ...
+    ValueError: num_heads=3 must divide qkv_features=64
+    """
+    if not isinstance(use_bias, (bool, np.bool_)):
+        raise TypeError(f"use_bias must be a bool (a learnable bias or none), got {use_bias!r}")
+    heads, features = check_size(num_heads, "num_heads"), check_size(qkv_features, "qkv_features")
+    if features % heads:
+        raise ValueError(f"num_heads={heads} must divide qkv_features={features}")
+    return LayerSpec(
+        "yat_attention",
+        features,
+        features,
+        heads=heads,
+        bias=LEARNABLE if use_bias else None,
+        alpha=layer_option(use_alpha, "use_alpha"),
+        epsilon=float(epsilon),
+        learnable_epsilon=bool(learnable_epsilon),
+        spherical=bool(spherical),
+    )
+
+
+def flax_attention_options(spec: LayerSpec) -> dict[str, Any]:
+    """An attention spec's options as the Yat attention's arguments, for ``from_spec``.
+
+    A constant bias is no parameter of the core's projections (it is not added), so it
+    reads ``use_bias=False``.
+
+    Examples
+    --------
+    >>> from yat_core.spec import LayerSpec
+    >>> flax_attention_options(LayerSpec("yat_attention", 8, 8, heads=2, alpha=2.0))
+    {'num_heads': 2, 'use_bias': True, 'use_alpha': 2.0, 'epsilon': 1e-05, 'learnable_epsilon': False, 'spherical': False}
+    """
+    options = attention_spec_options(spec)
+    return {"num_heads": spec.heads, "use_bias": options.pop("bias"), "use_alpha": options.pop("alpha"), **options}
+
+
+def softmax_attention_options(spec: LayerSpec) -> dict[str, Any]:
+    """An ``"attention"`` spec as the arguments of Flax's own multi-head attention.
+
+    No dropout, no query/key normalisation; kernels and biases uniform on
+    ``±1/sqrt(features)``, the core's distribution (:func:`build_model` replaces them
+    by the core's values anyway).
+
+    Examples
+    --------
+    >>> from yat_core.spec import LayerSpec
+    >>> {k: v for k, v in softmax_attention_options(LayerSpec("attention", 8, 8, heads=2)).items() if "init" not in k}
+    {'num_heads': 2, 'use_bias': True, 'dropout_rate': 0.0, 'normalize_qk': False}
+    """
+    if spec.kind != "attention":
+        raise ValueError(f"Flax's multi-head attention is built from an 'attention' spec, not {spec.kind!r}")
+    init = fan_in_uniform(spec.in_features)
+    return {
+        "num_heads": spec.heads,
+        "use_bias": spec.bias == LEARNABLE,
+        "dropout_rate": 0.0,
+        "normalize_qk": False,
+        "kernel_init": init,
+        "bias_init": init,
+    }
+
+
+def attention_initializers(
+    in_features: int,
+    qkv_features: int,
+    kernel_init: Initializer | None,
+    out_kernel_init: Initializer | None,
+    bias_init: Initializer | None,
+    out_bias_init: Initializer | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``kernel_init`` / ``bias_init`` of the query/key/value projections and of the output projection.
+
+    None is the core's distribution, uniform on ``±1/sqrt(fan_in)`` (``in_features``
+    for query, key and value, ``qkv_features`` for the output); ``out_*_init`` default
+    to the given ``*_init``, as in Flax's attention.
+
+    Examples
+    --------
+    >>> qkv, out = attention_initializers(16, 64, None, None, None, None)
+    >>> float(jnp.max(jnp.abs(qkv["kernel_init"](jax.random.key(0), (1000,))))) <= 0.25
+    True
+    """
+    qkv_kernel = fan_in_uniform(in_features) if kernel_init is None else kernel_init
+    qkv_bias = fan_in_uniform(in_features) if bias_init is None else bias_init
+    out_kernel = out_kernel_init or (fan_in_uniform(qkv_features) if kernel_init is None else kernel_init)
+    out_bias = out_bias_init or (fan_in_uniform(qkv_features) if bias_init is None else bias_init)
+    return {"kernel_init": qkv_kernel, "bias_init": qkv_bias}, {"kernel_init": out_kernel, "bias_init": out_bias}
+
+
+def attention_mask(mask: Any) -> jax.Array | None:
+    """A Flax attention mask (nonzero or True: may attend) as the core's boolean mask.
+
+    ``nnx.make_causal_mask`` / ``make_attention_mask`` build float masks by default;
+    Flax's attention reads any nonzero entry as "attend", and so does this.
+
+    Examples
+    --------
+    >>> attention_mask(jnp.array([1.0, 0.0]))
+    Array([ True, False], dtype=bool)
+    """
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask)
+    return mask if mask.dtype == jnp.bool_ else mask != 0
+
+
+def yat_attention_forward(
+    spec: LayerSpec,
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    params: Mapping[str, jax.Array],
+    *,
+    mask: Any,
+    is_causal: bool,
+    precision: Any,
+) -> jax.Array:
+    """Projected ``query (..., Tq, H, d)``, ``key``, ``value`` through :func:`yat_core.attention.yat_attention`.
+
+    ``params`` holds the learnable scalars (``alpha``, ``epsilon_raw``) the spec has,
+    cast to the queries' dtype; the mask is Flax's (:func:`attention_mask`);
+    ``is_causal`` is the core's ``causal``. The products run under ``precision``.
+
+    Examples
+    --------
+    >>> q = jnp.ones((2, 5, 2, 4))
+    >>> yat_attention_forward(attention_spec(2, 8), q, q, q, {"alpha": jnp.ones(())}, mask=None, is_causal=True,
+    ...                       precision=None).shape
+    (2, 5, 2, 4)
+    """
+    scalars = {name: jnp.asarray(v, dtype=query.dtype) for name, v in params.items()}
+    options = forward_options(dataclasses.replace(spec, bias=None), scalars.__getitem__, jnp)
+    del options["bias"]  # the projections own the bias
+    name = matmul_precision(precision)
+    with jax.default_matmul_precision(name) if name else contextlib.nullcontext():
+        return yat_attention(query, key, value, mask=attention_mask(mask), causal=bool(is_causal), xp=jnp, **options)
+
+
+def patches(h: jax.Array, kernel_size: Sequence[int]) -> jax.Array:
+    """Channels-last images ``(N, H, W, C)`` as the core's tokens ``(N, T, C * ph * pw)``.
+
+    Patches in row-major order, each flattened channels first, as :mod:`yat_core.mlp`
+    cuts them from ``(N, C, H, W)``: the dense layer after them is the core's array.
+
+    Examples
+    --------
+    >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    >>> patches(x, (2, 2))[0, 1]  # the second patch: rows 0-1, columns 2-3
+    Array([2., 3., 6., 7.], dtype=float32)
+    """
+    ph, pw = kernel_size
+    n, height, width, c = h.shape
+    h = h.reshape(n, height // ph, ph, width // pw, pw, c).transpose(0, 1, 3, 5, 2, 4)
+    return h.reshape(n, (height // ph) * (width // pw), c * ph * pw)
+
+
+def flax_param_path(layer: LayerSpec, name: str) -> tuple[str, ...]:
+    """Where a core parameter lives in the Flax layer of ``layer``: its attribute (or submodule) path.
+
+    Examples
+    --------
+    >>> from yat_core.spec import LayerSpec
+    >>> flax_param_path(LayerSpec("attention", 8, 8, heads=2), "q_kernel"), flax_param_path(LayerSpec("yat", 2, 3), "kernel")
+    (('query', 'kernel'), ('kernel',))
+    """
+    prefix, _, rest = name.partition("_")
+    if layer.kind in ATTENTION_KINDS and prefix in PROJECTION_MODULES:
+        return (PROJECTION_MODULES[prefix], rest)
+    return (name,)
+
+
+def _to_flax_projection(layer: LayerSpec, name: str, value: Any) -> Any:
+    prefix, _, what = name.partition("_")
+    heads = (layer.heads, layer.in_features // layer.heads)
+    if what == "kernel":  # the core's (out, in) -> (in, H, d), or (H, d, out) for the output
+        return value.T.reshape((value.shape[1], *heads) if prefix != "o" else (*heads, value.shape[0]))
+    return value if prefix == "o" else value.reshape(heads)
+
+
+def _to_core_projection(layer: LayerSpec, name: str, value: np.ndarray) -> np.ndarray:
+    prefix, _, what = name.partition("_")
+    d = layer.in_features
+    if what == "kernel":
+        return np.ascontiguousarray(value.reshape((value.shape[0], d) if prefix != "o" else (d, value.shape[-1])).T)
+    return value.reshape(-1)
+
+
+# ---------------------------------------------------------------- embedding
+
+
+def embed_spec(
+    num_embeddings: int,
+    features: int,
+    *,
+    use_alpha: bool | float = True,
+    epsilon: float = DEFAULT_EPSILON,
+    learnable_epsilon: bool = False,
+    spherical: bool = False,
+) -> LayerSpec:
+    """The core's description of a Yat embedding's ``attend``: a bias-free Yat layer ``features -> num_embeddings``.
+
+    The table ``(num_embeddings, features)`` is that layer's kernel in the core's
+    ``(out, in)`` layout, so ``attend`` is :func:`yat_core.attention.yat_embed_attend`.
+
+    Examples
+    --------
+    >>> spec = embed_spec(10, 4, learnable_epsilon=True)
+    >>> spec.param_shapes
+    {'kernel': (10, 4), 'alpha': (), 'epsilon_raw': ()}
+    """
+    return LayerSpec(
+        "yat",
+        check_size(features, "features"),
+        check_size(num_embeddings, "num_embeddings"),
+        bias=None,
+        alpha=layer_option(use_alpha, "use_alpha"),
+        epsilon=float(epsilon),
+        learnable_epsilon=bool(learnable_epsilon),
+        spherical=bool(spherical),
+    )
+
+
+def embed_lookup(table: jax.Array, inputs: Any, *, dtype: Any) -> jax.Array:
+    """Rows of ``table`` for integer ``inputs`` (:func:`yat_core.attention.yat_embed`), in ``dtype`` if given.
+
+    Examples
+    --------
+    >>> embed_lookup(jnp.eye(3), jnp.array([2, 0]), dtype=None)
+    Array([[0., 0., 1.],
+           [1., 0., 0.]], dtype=float32)
+    >>> embed_lookup(jnp.eye(3), jnp.array([2.0]), dtype=None)
+    Traceback (most recent call last):
+    ...
+    TypeError: embedding ids must be an integer array, got float32
+    """
+    (table,) = promote_dtype((table,), dtype=dtype, inexact=False)
+    return yat_embed(table, inputs if isinstance(inputs, (jax.Array, np.ndarray)) else jnp.asarray(inputs), xp=jnp)
+
+
+def embed_attend(
+    spec: LayerSpec, query: jax.Array, table: jax.Array, params: Mapping[str, jax.Array], *, dtype: Any, precision: Any
+) -> jax.Array:
+    """Yat scores of ``query (..., features)`` against every row of ``table``: ``(..., num_embeddings)``.
+
+    ``params`` holds the learnable scalars (``alpha``, ``epsilon_raw``) ``spec`` has;
+    query, table and scalars are promoted as ``nnx.Embed.attend`` promotes them.
+
+    Examples
+    --------
+    >>> spec = embed_spec(2, 2, epsilon=1.0)
+    >>> embed_attend(spec, jnp.array([[1.0, 0.0]]), jnp.eye(2), {"alpha": jnp.ones(())}, dtype=None, precision=None)
+    Array([[1., 0.]], dtype=float32)
+    """
+    names = tuple(params)
+    query, table, *values = promote_dtype((query, table, *params.values()), dtype=dtype)
+    options = forward_options(spec, dict(zip(names, values)).__getitem__, jnp)
+    del options["bias"]
+    name = matmul_precision(precision)
+    with jax.default_matmul_precision(name) if name else contextlib.nullcontext():
+        return yat_embed_attend(query, table, xp=jnp, **options)
+
+
 # ---------------------------------------------------------------- models
 #
-# A model of a ModelSpec holds one layer per spec layer (None for pooling and flatten,
-# which have no parameters) and runs them through run_model, so NNX and Linen share the
-# input layout, the pooling, the flatten order and the parameter layouts.
+# A model of a ModelSpec holds one layer per spec layer (None for pooling, flatten, patches
+# and the token mean, which have no parameters) and runs them through run_model, so NNX and
+# Linen share the input layout, the pooling, the flatten and patch orders and the parameter
+# layouts.
 
 #: Kinds whose kernel is a convolution's: ``(A, B, *k)`` in the core, ``(*k, B, A)`` in Flax.
 CONV_KINDS = ("yat_conv", "yat_conv_transpose", "conv")
@@ -755,14 +1087,23 @@ def to_flax_param(layer: LayerSpec, name: str, value: Any) -> Any:
 
     Dense kernels arrive ``(in, out)`` already (``kernel_in_out=True``); convolution
     kernels arrive in the core's layout and go through :func:`to_flax_kernel`, the
-    conversion the Yat convolutions use.
+    conversion the Yat convolutions use. An attention's projections arrive ``(out,
+    in)`` and leave as Flax's attention keeps them: ``"q_kernel"`` ``(in, heads,
+    head_dim)``, ``"q_bias"`` ``(heads, head_dim)`` (also key and value),
+    ``"o_kernel"`` ``(heads, head_dim, out)`` (the head of feature ``f`` is ``f //
+    head_dim``, as the core splits them); the place of each is :func:`flax_param_path`.
 
     Examples
     --------
     >>> from yat_core.spec import LayerSpec
     >>> to_flax_param(LayerSpec("conv", 2, 8, kernel_size=(5, 4)), "kernel", np.zeros((8, 2, 5, 4))).shape
     (5, 4, 2, 8)
+    >>> attention = LayerSpec("yat_attention", 8, 8, heads=2)
+    >>> to_flax_param(attention, "q_kernel", np.zeros((8, 8))).shape, to_flax_param(attention, "o_kernel", np.zeros((8, 8))).shape
+    ((8, 2, 4), (2, 4, 8))
     """
+    if layer.kind in ATTENTION_KINDS and flax_param_path(layer, name) != (name,):
+        return _to_flax_projection(layer, name, value)
     return to_flax_kernel(value) if name == "kernel" and layer.kind in CONV_KINDS else value
 
 
@@ -776,6 +1117,8 @@ def to_core_param(layer: LayerSpec, name: str, value: Any) -> np.ndarray:
     (8, 2, 5, 4)
     """
     value = np.asarray(value)
+    if layer.kind in ATTENTION_KINDS and flax_param_path(layer, name) != (name,):
+        return _to_core_projection(layer, name, value)
     return np.ascontiguousarray(to_core_kernel(value)) if name == "kernel" and layer.kind in CONV_KINDS else value
 
 
@@ -838,12 +1181,14 @@ def model_input(x: jax.Array, spec: ModelSpec) -> jax.Array:
 
 
 def run_model(spec: ModelSpec, layers: Sequence[Callable[[jax.Array], jax.Array] | None], x: jax.Array) -> jax.Array:
-    """A model's forward: ``layers[i]`` is spec layer ``i``'s module (None for pooling and flatten).
+    """A model's forward: ``layers[i]`` is spec layer ``i``'s module (None for the kinds without parameters).
 
     Pooling is Flax's (``max_pool`` / ``avg_pool``, window = stride = ``kernel_size``,
     ``"VALID"``: a remainder is dropped, as in the core). Flatten reads the
     channels-last ``(n, *spatial, C)`` in the core's order ``(C, *spatial)``, so the
-    dense kernel after it is the core's array in every framework.
+    dense kernel after it is the core's array in every framework; so do the patches
+    (:func:`patches`). ``"token_mean"`` averages the tokens (axis 1); a ``residual``
+    layer adds its input to its output (after a linear layer's ReLU).
 
     Examples
     --------
@@ -860,10 +1205,15 @@ def run_model(spec: ModelSpec, layers: Sequence[Callable[[jax.Array], jax.Array]
             h = pool(h, layer.kernel_size, strides=layer.kernel_size, padding="VALID")
         elif layer.kind == "flatten":
             h = jnp.moveaxis(h, -1, 1).reshape(h.shape[0], -1)
+        elif layer.kind == "patches":
+            h = patches(h, layer.kernel_size)
+        elif layer.kind == "token_mean":
+            h = jnp.mean(h, axis=1)
         else:
             if module is None:
                 raise TypeError(f"a {layer.kind} layer needs its module, got None")
-            h = module(h)
+            out = module(h)
             if layer.kind in ("linear", "conv"):
-                h = linear_tail(h, layer)
+                out = linear_tail(out, layer)
+            h = h + out if layer.residual else out
     return h

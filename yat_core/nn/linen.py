@@ -14,10 +14,17 @@ in ``{"params": {"kernel", "bias", "alpha", "epsilon_raw"}}``;
 ``layer.export_params(variables)`` / ``layer.import_params(mapping)`` speak the
 core's names and layouts.
 
+:class:`YatMultiHeadDotProductAttention` is Yat attention laid out as
+``linen.MultiHeadDotProductAttention`` (``query`` / ``key`` / ``value`` / ``out``
+``linen.DenseGeneral`` projections, Flax's masks, ``is_causal``); :class:`YatEmbed`
+is ``linen.Embed`` with a Yat ``attend``.
+
 :class:`YatModel` (also ``YatMLP``) is a spec's network, built as
 :class:`yat_core.nn.nnx.YatModel` is (``"linear"`` -> ``linen.Dense``, ``"conv"`` ->
 ``linen.Conv``, pooling ``linen.max_pool`` / ``avg_pool``, flatten in the core's
-channels-first order). Submodules are named after the spec's layer index, so the
+channels-first order; ``"yat_attention"`` -> :class:`YatMultiHeadDotProductAttention`,
+``"attention"`` -> ``linen.MultiHeadDotProductAttention``, ``"pos_embed"`` -> a
+``table`` param). Submodules are named after the spec's layer index, so the
 variables of :func:`~yat_core.spec.cnn_spec` read ``{"params": {"0": {"kernel",
 "bias", "alpha"}, "2": ..., "5": ..., "6": {"kernel", "bias"}}}`` (pooling and flatten
 have none). It takes channels-last inputs ``(n, *spatial, C)``; :func:`predict` takes
@@ -39,36 +46,50 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.linen.linear import default_embed_init
+from flax.nnx.nn.dtypes import promote_dtype
 
 from yat_core.mlp import LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.nn._flax import (
     Initializer,
+    attention_initializers,
+    attention_spec,
     channels_last,
     check_conv_input,
     conv_kernel_size,
+    embed_attend,
+    embed_lookup,
+    embed_spec,
     export_layer,
     fan_in_uniform,
+    flax_attention_options,
     flax_conv_options,
     flax_conv_spec,
     flax_options,
+    flax_param_path,
     import_layer,
     plain_layer_options,
+    position_init,
     run_model,
+    softmax_attention_options,
     to_core_param,
     to_flax_param,
     xavier_normal,
+    yat_attention_forward,
     yat_conv_forward,
     yat_dense,
     yat_initializers,
 )
 from yat_core.nn.interchange import export_arrays, import_arrays
 from yat_core.nn.options import check_native_kinds, yat_layer_spec
-from yat_core.product import DEFAULT_EPSILON
+from yat_core.product import DEFAULT_EPSILON, softplus_inverse
 
 __all__ = [
     "YatNMN",
     "YatConv",
     "YatConvTranspose",
+    "YatMultiHeadDotProductAttention",
+    "YatEmbed",
     "YatModel",
     "YatMLP",
     "build_model",
@@ -419,12 +440,261 @@ class YatConvTranspose(_YatConvBase):
     _kind = "yat_conv_transpose"
 
 
+def _scalar_params(module: nn.Module, spec: LayerSpec) -> dict[str, jax.Array]:
+    """``alpha`` (1.0) and ``epsilon_raw`` (``softplus_inverse(epsilon)``), the ones ``spec`` learns, as params of ``module``."""
+    inits = {
+        "alpha": jax.nn.initializers.ones,
+        "epsilon_raw": jax.nn.initializers.constant(softplus_inverse(spec.epsilon)),
+    }
+    param_dtype = module.param_dtype
+    return {
+        name: module.param(name, init, (), param_dtype) for name, init in inits.items() if name in spec.param_shapes
+    }
+
+
+class YatMultiHeadDotProductAttention(nn.Module):
+    """Multi-head Yat attention, as ``linen.MultiHeadDotProductAttention``: Yat scores in place of the scaled dot product.
+
+    Query, key and value are projected by ``linen.DenseGeneral`` submodules
+    ``query``, ``key``, ``value`` (kernel ``(in, num_heads, head_dim)``, bias
+    ``(num_heads, head_dim)``), attended by :func:`yat_core.attention.yat_attention`
+    and merged by ``out`` (kernel ``(num_heads, head_dim, out_features)``): the variables
+    of ``linen.MultiHeadDotProductAttention`` (plus ``alpha`` / ``epsilon_raw``), whose
+    attributes it takes without dropout (``dropout_rate``, ``broadcast_dropout``,
+    ``deterministic``), ``decode``, ``normalize_qk``, ``attention_fn`` and the
+    dot-general hooks, plus the Yat options. The input features come from the input.
+
+    Attributes
+    ----------
+    num_heads : int
+        Divides ``qkv_features``; ``head_dim = qkv_features // num_heads``.
+    qkv_features, out_features : int, optional
+        Features of the projections and of the output (default: the query's features).
+    use_bias : bool
+        Learnable biases in the four projections.
+    use_alpha : bool or float
+        ``True``: a learnable score scale ``alpha`` initialised to 1.0; ``False``: none
+        (1); a number: that constant.
+    epsilon : float
+        Added to the squared distance (> 0); the initial value when learnable.
+    learnable_epsilon : bool
+        Learn epsilon as ``softplus(epsilon_raw)``.
+    spherical : bool
+        Normalise every query and key first.
+    dtype : dtype, optional
+        Computation dtype, as in ``linen.MultiHeadDotProductAttention``.
+    param_dtype : dtype
+    precision : jax.lax.Precision, str or pair, optional
+        Of the projections and of the attention's products.
+    kernel_init, bias_init : initializer, optional
+        Of the query, key and value projections; default uniform on ``±1/sqrt(in)``, the
+        core's distribution.
+    out_kernel_init, out_bias_init : initializer, optional
+        Of the output projection; default ``kernel_init`` / ``bias_init`` when given,
+        else uniform on ``±1/sqrt(qkv_features)``.
+
+    Notes
+    -----
+    ``__call__(inputs_q, inputs_k=None, inputs_v=None, *, mask=None, is_causal=False)``:
+    ``inputs_k`` defaults to ``inputs_q``, ``inputs_v`` to ``inputs_k``; ``mask`` is
+    Flax's, broadcast to ``(*batch, num_heads, q_length, kv_length)``, True (or nonzero,
+    as ``linen.make_attention_mask`` / ``make_causal_mask`` build it) where the query may
+    attend; ``is_causal=True`` adds the causal mask. A query that may attend to nothing
+    gets zero weights and a zero attention output (the output bias remains), where
+    Flax's softmax attention spreads it uniformly.
+
+    Examples
+    --------
+    >>> x = jnp.ones((2, 5, 16))
+    >>> layer = YatMultiHeadDotProductAttention(num_heads=4)
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> variables["params"]["query"]["kernel"].shape, variables["params"]["out"]["kernel"].shape
+    ((16, 4, 4), (4, 4, 16))
+    >>> layer.apply(variables, x, mask=nn.make_causal_mask(jnp.ones((2, 5)))).shape
+    (2, 5, 16)
+    """
+
+    num_heads: int
+    qkv_features: int | None = None
+    out_features: int | None = None
+    use_bias: bool = True
+    use_alpha: bool | float = True
+    epsilon: float = DEFAULT_EPSILON
+    learnable_epsilon: bool = False
+    spherical: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Initializer | None = None
+    out_kernel_init: Initializer | None = None
+    bias_init: Initializer | None = None
+    out_bias_init: Initializer | None = None
+
+    @classmethod
+    def from_spec(cls, spec: LayerSpec, **kwargs: Any) -> YatMultiHeadDotProductAttention:
+        """The layer described by a core :class:`~yat_core.spec.LayerSpec` (kind ``"yat_attention"``).
+
+        Examples
+        --------
+        >>> from yat_core.spec import LayerSpec
+        >>> YatMultiHeadDotProductAttention.from_spec(LayerSpec("yat_attention", 8, 8, heads=2, alpha=2.0)).use_alpha
+        2.0
+        """
+        return cls(**flax_attention_options(spec), **kwargs)
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: jax.Array,
+        inputs_k: jax.Array | None = None,
+        inputs_v: jax.Array | None = None,
+        *,
+        mask: jax.Array | None = None,
+        is_causal: bool = False,
+    ) -> jax.Array:
+        if inputs_k is None:
+            if inputs_v is not None:
+                raise ValueError("inputs_k cannot be None when inputs_v is given")
+            inputs_k = inputs_q
+        inputs_v = inputs_k if inputs_v is None else inputs_v
+        in_features = inputs_q.shape[-1]
+        qkv = in_features if self.qkv_features is None else self.qkv_features
+        spec = attention_spec(
+            self.num_heads,
+            qkv,
+            use_bias=self.use_bias,
+            use_alpha=self.use_alpha,
+            epsilon=self.epsilon,
+            learnable_epsilon=self.learnable_epsilon,
+            spherical=self.spherical,
+        )
+        heads = (spec.heads, qkv // spec.heads)
+        common: dict[str, Any] = {
+            "use_bias": bool(self.use_bias),
+            "dtype": self.dtype,
+            "param_dtype": self.param_dtype,
+            "precision": self.precision,
+        }
+        projected = []
+        for name, inputs in (("query", inputs_q), ("key", inputs_k), ("value", inputs_v)):
+            inits, _ = attention_initializers(
+                inputs.shape[-1], qkv, self.kernel_init, self.out_kernel_init, self.bias_init, self.out_bias_init
+            )
+            projected.append(nn.DenseGeneral(heads, axis=-1, name=name, **inits, **common)(inputs))
+        _, out_inits = attention_initializers(
+            in_features, qkv, self.kernel_init, self.out_kernel_init, self.bias_init, self.out_bias_init
+        )
+        query, key, value = projected
+        scalars = _scalar_params(self, spec)
+        x = yat_attention_forward(
+            spec, query, key, value, scalars, mask=mask, is_causal=is_causal, precision=self.precision
+        )
+        out_features = in_features if self.out_features is None else self.out_features
+        return nn.DenseGeneral(out_features, axis=(-2, -1), name="out", **out_inits, **common)(x)
+
+
+class YatEmbed(nn.Module):
+    """A Yat embedding, as ``linen.Embed``: a table ``embedding (num_embeddings, features)`` looked up by integer ids.
+
+    ``layer(ids)`` is :func:`yat_core.attention.yat_embed` (``(*ids.shape,
+    features)``; non-integer ids are refused with a ``TypeError``);
+    ``layer.attend(query)`` (with ``method="attend"`` in ``apply``) scores queries
+    ``(..., features)`` against every row with the ⵟ-product,
+    :func:`yat_core.attention.yat_embed_attend`, where ``linen.Embed.attend`` takes the
+    dot product.
+
+    Attributes
+    ----------
+    num_embeddings, features : int
+    use_alpha : bool or float
+        Of ``attend``: ``True``, a learnable scale initialised to 1.0 (param
+        ``alpha``); ``False``: none; a number: that constant.
+    epsilon : float
+        Of ``attend``: added to the squared distance (> 0); the initial value when learnable.
+    learnable_epsilon : bool
+        Learn epsilon as ``softplus(epsilon_raw)``.
+    spherical : bool
+        Of ``attend``: normalise queries and rows first.
+    dtype : dtype, optional
+        Computation dtype, as in ``linen.Embed``.
+    param_dtype : dtype
+    precision : jax.lax.Precision, str or pair, optional
+        Of ``attend``'s products.
+    embedding_init : initializer
+        Default ``linen.Embed``'s (normal, variance ``1/features``).
+
+    Examples
+    --------
+    >>> embed = YatEmbed(10, 4)
+    >>> variables = embed.init(jax.random.key(0), jnp.array([1, 2]))
+    >>> jax.tree.map(jnp.shape, variables["params"])
+    {'alpha': (), 'embedding': (10, 4)}
+    >>> embed.apply(variables, jnp.ones((2, 4)), method="attend").shape
+    (2, 10)
+    """
+
+    num_embeddings: int
+    features: int
+    use_alpha: bool | float = True
+    epsilon: float = DEFAULT_EPSILON
+    learnable_epsilon: bool = False
+    spherical: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    embedding_init: Initializer = default_embed_init
+
+    def setup(self) -> None:
+        self.spec = embed_spec(
+            self.num_embeddings,
+            self.features,
+            use_alpha=self.use_alpha,
+            epsilon=self.epsilon,
+            learnable_epsilon=self.learnable_epsilon,
+            spherical=self.spherical,
+        )
+        shape = (self.spec.out_features, self.spec.in_features)
+        self.embedding = self.param("embedding", self.embedding_init, shape, self.param_dtype)
+        self.scalars = _scalar_params(self, self.spec)
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        return embed_lookup(self.embedding, inputs, dtype=self.dtype)
+
+    def attend(self, query: jax.Array) -> jax.Array:
+        """Yat scores of ``query (..., features)`` against every embedding: ``(..., num_embeddings)``."""
+        return embed_attend(self.spec, query, self.embedding, self.scalars, dtype=self.dtype, precision=self.precision)
+
+
+class _PositionTable(nn.Module):
+    """A ``"pos_embed"`` layer: adds a learnable ``table (tokens, features)`` to a token sequence."""
+
+    tokens: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None  # an addition: no product to set it on
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        table = self.param("table", position_init, (self.tokens, h.shape[-1]), self.param_dtype)
+        h, table = promote_dtype((h, table), dtype=self.dtype)
+        return h + table
+
+
 def _layer(spec: LayerSpec, **kwargs: Any) -> nn.Module | None:
-    """The Linen module of one spec layer; None for pooling and flatten (:func:`~yat_core.nn._flax.run_model` runs them)."""
+    """The Linen module of one spec layer; None for the kinds :func:`~yat_core.nn._flax.run_model` runs itself."""
     if spec.kind in ("linear", "conv"):
         cls = nn.Dense if spec.kind == "linear" else nn.Conv
         return cls(spec.out_features, **plain_layer_options(spec), **kwargs)
-    yat: Any = {"yat": YatNMN, "yat_conv": YatConv, "yat_conv_transpose": YatConvTranspose}.get(spec.kind)
+    if spec.kind == "attention":  # the softmax baseline: Flax's own attention holds the core's projections
+        return nn.MultiHeadDotProductAttention(**softmax_attention_options(spec), **kwargs)
+    if spec.kind == "pos_embed":
+        return _PositionTable(spec.tokens, **kwargs)
+    yat: Any = {
+        "yat": YatNMN,
+        "yat_conv": YatConv,
+        "yat_conv_transpose": YatConvTranspose,
+        "yat_attention": YatMultiHeadDotProductAttention,
+    }.get(spec.kind)
     return None if yat is None else yat.from_spec(spec, **kwargs)
 
 
@@ -477,7 +747,11 @@ def params_to_tree(spec: ModelSpec, params: Mapping[str, Any], dtype: Any = jnp.
     tree: Tree = {}
 
     def write(i: int, name: str, value: np.ndarray) -> None:
-        tree.setdefault(str(i), {})[name] = jnp.asarray(to_flax_param(spec.layers[i], name, value), dtype=dtype)
+        *modules, leaf = (str(i), *flax_param_path(spec.layers[i], name))
+        node = tree
+        for module in modules:
+            node = node.setdefault(module, {})
+        node[leaf] = jnp.asarray(to_flax_param(spec.layers[i], name, value), dtype=dtype)
 
     import_arrays(spec, params, write, kernel_in_out=True)
     return tree
@@ -492,9 +766,14 @@ def tree_to_params(spec: ModelSpec, tree: Mapping[str, Any]) -> dict[str, np.nda
     >>> tree_to_params(seed_spec(), params_to_tree(seed_spec(), init_mlp_numpy(seed_spec(), 0)))["0.kernel"].shape
     (256, 784)
     """
-    return export_arrays(
-        spec, lambda i, name: to_core_param(spec.layers[i], name, tree[str(i)][name]), kernel_in_out=True
-    )
+
+    def read(i: int, name: str) -> np.ndarray:
+        node = tree[str(i)]
+        for key in flax_param_path(spec.layers[i], name):
+            node = node[key]
+        return to_core_param(spec.layers[i], name, node)
+
+    return export_arrays(spec, read, kernel_in_out=True)
 
 
 def build_model(

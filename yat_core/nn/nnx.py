@@ -12,12 +12,19 @@ dimensions (``len(kernel_size)``), kernels ``(*kernel_size, in/groups, out)`` an
 ``(*kernel_size, out/groups, in)``; ``layer.export_params()`` /
 ``layer.import_params(mapping)`` speak the core's names and layouts.
 
+:class:`YatMultiHeadAttention` is Yat attention laid out as ``nnx.MultiHeadAttention``
+(``query`` / ``key`` / ``value`` / ``out`` ``nnx.LinearGeneral`` projections, Flax's
+masks, ``is_causal``); :class:`YatEmbed` is ``nnx.Embed`` with a Yat ``attend``.
+
 :class:`YatModel` (also ``YatMLP``) is a spec's network: ``"yat"`` -> :class:`YatNMN`,
 ``"linear"`` -> ``nnx.Linear``, ``"yat_conv"`` / ``"yat_conv_transpose"`` ->
 :class:`YatConv` / :class:`YatConvTranspose`, ``"conv"`` -> ``nnx.Conv`` (a ReLU
 after it and after ``"linear"`` where the spec says), ``"max_pool"`` / ``"avg_pool"``
 -> ``nnx.max_pool`` / ``nnx.avg_pool``, ``"flatten"`` in the core's (channels-first)
-order. It holds its layers in ``model.layers`` (an ``nnx.List``, one entry per spec
+order; the vision transformer's ``"yat_attention"`` -> :class:`YatMultiHeadAttention`,
+``"attention"`` (the softmax baseline) -> ``nnx.MultiHeadAttention``, ``"pos_embed"``
+-> a learnable ``table``, ``"patches"`` and ``"token_mean"`` as the core cuts and
+averages the tokens. It holds its layers in ``model.layers`` (an ``nnx.List``, one entry per spec
 layer, None for pooling and flatten), so ``model.layers[0].kernel`` is the
 interchange's ``"0.kernel"`` in Flax's layout. It takes channels-last inputs
 ``(n, *spatial, C)``; :func:`predict` takes the core's. Training lives in
@@ -34,35 +41,49 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from flax.nnx.nn.dtypes import promote_dtype
+from flax.nnx.nn.linear import default_embed_init
 
 from yat_core.mlp import LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.nn._flax import (
     Initializer,
+    attention_initializers,
+    attention_spec,
     channels_last,
+    embed_attend,
+    embed_lookup,
+    embed_spec,
     export_layer,
     fan_in_uniform,
+    flax_attention_options,
     flax_conv_options,
     flax_conv_spec,
     flax_options,
+    flax_param_path,
     import_layer,
     matmul_precision,
     plain_layer_options,
+    position_init,
     run_model,
+    softmax_attention_options,
     to_core_param,
     to_flax_param,
     xavier_normal,
+    yat_attention_forward,
     yat_conv_forward,
     yat_dense,
     yat_initializers,
 )
 from yat_core.nn.interchange import export_arrays, import_arrays
-from yat_core.nn.options import check_native_kinds, yat_layer_spec
-from yat_core.product import DEFAULT_EPSILON
+from yat_core.nn.options import check_native_kinds, check_size, yat_layer_spec
+from yat_core.product import DEFAULT_EPSILON, softplus_inverse
 
 __all__ = [
     "YatNMN",
     "YatConv",
     "YatConvTranspose",
+    "YatMultiHeadAttention",
+    "YatEmbed",
     "YatModel",
     "YatMLP",
     "build_model",
@@ -534,12 +555,309 @@ class YatConvTranspose(_YatConvBase):
         )
 
 
+def _scalar_params(module: nnx.Module, spec: LayerSpec, param_dtype: Any) -> None:
+    """Set ``module.alpha`` (1.0) and ``module.epsilon_raw`` (``softplus_inverse(epsilon)``) where ``spec`` learns them."""
+    inits = {"alpha": 1.0, "epsilon_raw": softplus_inverse(spec.epsilon)}
+    for name, value in inits.items():
+        learned = name in spec.param_shapes
+        setattr(module, name, nnx.Param(jnp.full((), value, param_dtype)) if learned else nnx.data(None))
+
+
+class YatMultiHeadAttention(nnx.Module):
+    """Multi-head Yat attention, as ``nnx.MultiHeadAttention``: Yat scores in place of the scaled dot product.
+
+    Query, key and value are projected by ``nnx.LinearGeneral`` submodules ``query``,
+    ``key``, ``value`` (kernel ``(in_features, num_heads, head_dim)``, bias
+    ``(num_heads, head_dim)``), attended by :func:`yat_core.attention.yat_attention`
+    (``alpha * (q.k)^2 / ((|q - k|^2 + epsilon) * sqrt(head_dim))``, softmax over the
+    keys) and merged by ``out`` (kernel ``(num_heads, head_dim, out_features)``): the
+    layout of ``nnx.MultiHeadAttention``, whose arguments it takes without dropout
+    (``dropout_rate``, ``broadcast_dropout``, ``deterministic``, ``keep_rngs``),
+    ``decode``, ``normalize_qk``, ``num_kv_heads``, ``in_kv_features``,
+    ``attention_fn`` and the dtype-promotion and dot-general hooks, plus the Yat
+    options.
+
+    Parameters
+    ----------
+    num_heads : int
+        Divides ``qkv_features``; ``head_dim = qkv_features // num_heads``.
+    in_features : int
+        Features of the inputs (query, key and value alike).
+    qkv_features, out_features : int, optional
+        Features of the projections and of the output (default ``in_features``).
+    use_bias : bool
+        Learnable biases in the four projections.
+    use_alpha : bool or float
+        ``True``: a learnable score scale ``alpha`` initialised to 1.0; ``False``: none
+        (1); a number: that constant.
+    epsilon : float
+        Added to the squared distance (> 0); the initial value when learnable.
+    learnable_epsilon : bool
+        Learn epsilon as ``softplus(epsilon_raw)``.
+    spherical : bool
+        Normalise every query and key first.
+    dtype : dtype, optional
+        Computation dtype (the projections' and so the attention's), as in
+        ``nnx.MultiHeadAttention``.
+    param_dtype : dtype
+    precision : jax.lax.Precision, str or pair, optional
+        Of the projections and of the attention's products.
+    kernel_init, bias_init : initializer, optional
+        Of the query, key and value projections; default uniform on
+        ``±1/sqrt(in_features)``, the core's distribution.
+    out_kernel_init, out_bias_init : initializer, optional
+        Of the output projection; default ``kernel_init`` / ``bias_init`` when given,
+        else uniform on ``±1/sqrt(qkv_features)``.
+    rngs : nnx.Rngs
+    kernel_metadata, bias_metadata, out_kernel_metadata, out_bias_metadata : mapping
+        Metadata of the projections' ``nnx.Param`` (e.g. ``out_sharding``).
+
+    Notes
+    -----
+    ``mask`` is Flax's: broadcast to ``(*batch, num_heads, q_length, kv_length)``,
+    True (or nonzero, as ``nnx.make_attention_mask`` and ``nnx.make_causal_mask``
+    build it) where the query may attend; ``is_causal=True`` adds the causal mask. A
+    query that may attend to nothing gets zero weights and a zero attention output (the
+    output projection's bias remains), where Flax's softmax attention spreads it
+    uniformly.
+
+    Examples
+    --------
+    >>> layer = YatMultiHeadAttention(4, 16, rngs=nnx.Rngs(0))
+    >>> layer.query.kernel.shape, layer.out.kernel.shape, layer.alpha[...].item()
+    ((16, 4, 4), (4, 4, 16), 1.0)
+    >>> x = jnp.ones((2, 5, 16))
+    >>> layer(x, mask=nnx.make_causal_mask(jnp.ones((2, 5)))).shape
+    (2, 5, 16)
+    """
+
+    alpha: nnx.Param | None
+    epsilon_raw: nnx.Param | None
+
+    def __init__(
+        self,
+        num_heads: int,
+        in_features: int,
+        qkv_features: int | None = None,
+        out_features: int | None = None,
+        *,
+        use_bias: bool = True,
+        use_alpha: bool | float = True,
+        epsilon: float = DEFAULT_EPSILON,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: Any = None,
+        kernel_init: Initializer | None = None,
+        out_kernel_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
+        out_bias_init: Initializer | None = None,
+        rngs: nnx.Rngs,
+        kernel_metadata: Mapping[str, Any] = _NO_METADATA,
+        out_kernel_metadata: Mapping[str, Any] = _NO_METADATA,
+        bias_metadata: Mapping[str, Any] = _NO_METADATA,
+        out_bias_metadata: Mapping[str, Any] = _NO_METADATA,
+    ) -> None:
+        self.in_features = check_size(in_features, "in_features")
+        self.qkv_features = self.in_features if qkv_features is None else check_size(qkv_features, "qkv_features")
+        self.out_features = self.in_features if out_features is None else check_size(out_features, "out_features")
+        self.spec = attention_spec(
+            num_heads,
+            self.qkv_features,
+            use_bias=use_bias,
+            use_alpha=use_alpha,
+            epsilon=epsilon,
+            learnable_epsilon=learnable_epsilon,
+            spherical=spherical,
+        )
+        self.num_heads = self.spec.heads
+        self.head_dim = self.qkv_features // self.num_heads
+        matmul_precision(precision)  # a bad precision fails here, not at the first call
+        self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
+        qkv_inits, out_inits = attention_initializers(
+            self.in_features, self.qkv_features, kernel_init, out_kernel_init, bias_init, out_bias_init
+        )
+        common: dict[str, Any] = {
+            "use_bias": bool(use_bias),
+            "dtype": dtype,
+            "param_dtype": param_dtype,
+            "precision": precision,
+            "rngs": rngs,
+        }
+        heads = (self.num_heads, self.head_dim)
+        qkv_metadata: dict[str, Any] = {"kernel_metadata": kernel_metadata, "bias_metadata": bias_metadata}
+        self.query = nnx.LinearGeneral(self.in_features, heads, **qkv_inits, **qkv_metadata, **common)
+        self.key = nnx.LinearGeneral(self.in_features, heads, **qkv_inits, **qkv_metadata, **common)
+        self.value = nnx.LinearGeneral(self.in_features, heads, **qkv_inits, **qkv_metadata, **common)
+        self.out = nnx.LinearGeneral(
+            heads,
+            self.out_features,
+            axis=(-2, -1),
+            **out_inits,
+            kernel_metadata=out_kernel_metadata,
+            bias_metadata=out_bias_metadata,
+            **common,
+        )
+        _scalar_params(self, self.spec, param_dtype)
+
+    @classmethod
+    def from_spec(cls, spec: LayerSpec, *, rngs: nnx.Rngs, **kwargs: Any) -> YatMultiHeadAttention:
+        """The layer described by a core :class:`~yat_core.spec.LayerSpec` (kind ``"yat_attention"``).
+
+        Examples
+        --------
+        >>> from yat_core.spec import LayerSpec
+        >>> YatMultiHeadAttention.from_spec(LayerSpec("yat_attention", 8, 8, heads=2, alpha=None), rngs=nnx.Rngs(0)).alpha is None
+        True
+        """
+        options = flax_attention_options(spec)
+        return cls(options.pop("num_heads"), spec.in_features, **options, rngs=rngs, **kwargs)
+
+    def __call__(
+        self,
+        inputs_q: jax.Array,
+        inputs_k: jax.Array | None = None,
+        inputs_v: jax.Array | None = None,
+        *,
+        mask: jax.Array | None = None,
+        is_causal: bool = False,
+    ) -> jax.Array:
+        """Attend ``inputs_q (..., q_length, in_features)`` to ``inputs_k`` (default: itself) and ``inputs_v``.
+
+        ``inputs_v`` defaults to ``inputs_k``; ``mask`` and ``is_causal`` as the class
+        describes. Returns ``(..., q_length, out_features)``.
+        """
+        if inputs_k is None:
+            if inputs_v is not None:
+                raise ValueError("inputs_k cannot be None when inputs_v is given")
+            inputs_k = inputs_q
+        inputs_v = inputs_k if inputs_v is None else inputs_v
+        if inputs_q.shape[-1] != self.in_features:
+            raise ValueError(f"the layer takes inputs with {self.in_features} features, got shape {inputs_q.shape}")
+        query, key, value = self.query(inputs_q), self.key(inputs_k), self.value(inputs_v)
+        scalars: dict[str, Any] = {
+            name: getattr(self, name)[...] for name in ("alpha", "epsilon_raw") if name in self.spec.param_shapes
+        }
+        x = yat_attention_forward(
+            self.spec, query, key, value, scalars, mask=mask, is_causal=is_causal, precision=self.precision
+        )
+        return self.out(x)
+
+
+class YatEmbed(nnx.Module):
+    """A Yat embedding, as ``nnx.Embed``: a table ``embedding (num_embeddings, features)`` looked up by integer ids.
+
+    ``layer(ids)`` is :func:`yat_core.attention.yat_embed` (ids of any shape ->
+    ``(*ids.shape, features)``; non-integer ids are refused with a ``TypeError``);
+    ``layer.attend(query)`` scores queries ``(..., features)`` against every row with the
+    ⵟ-product, :func:`yat_core.attention.yat_embed_attend` (``(..., num_embeddings)``):
+    the tied output layer, where ``nnx.Embed.attend`` takes the dot product.
+
+    Parameters
+    ----------
+    num_embeddings, features : int
+    use_alpha : bool or float
+        Of ``attend``: ``True``, a learnable scale initialised to 1.0; ``False``: none;
+        a number: that constant.
+    epsilon : float
+        Of ``attend``: added to the squared distance (> 0); the initial value when learnable.
+    learnable_epsilon : bool
+        Learn epsilon as ``softplus(epsilon_raw)``.
+    spherical : bool
+        Of ``attend``: normalise queries and rows first.
+    dtype : dtype, optional
+        Computation dtype, as in ``nnx.Embed``.
+    param_dtype : dtype
+    precision : jax.lax.Precision, str or pair, optional
+        Of ``attend``'s products.
+    embedding_init : initializer
+        Default ``nnx.Embed``'s (normal, variance ``1/features``).
+    rngs : nnx.Rngs
+    embedding_metadata : mapping
+
+    Examples
+    --------
+    >>> embed = YatEmbed(10, 4, rngs=nnx.Rngs(0))
+    >>> embed.embedding.shape, embed(jnp.array([[1, 2, 3]])).shape, embed.attend(jnp.ones((2, 4))).shape
+    ((10, 4), (1, 3, 4), (2, 10))
+    """
+
+    alpha: nnx.Param | None
+    epsilon_raw: nnx.Param | None
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        features: int,
+        *,
+        use_alpha: bool | float = True,
+        epsilon: float = DEFAULT_EPSILON,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: Any = None,
+        embedding_init: Initializer = default_embed_init,
+        rngs: nnx.Rngs,
+        embedding_metadata: Mapping[str, Any] = _NO_METADATA,
+    ) -> None:
+        self.spec = embed_spec(
+            num_embeddings,
+            features,
+            use_alpha=use_alpha,
+            epsilon=epsilon,
+            learnable_epsilon=learnable_epsilon,
+            spherical=spherical,
+        )
+        self.num_embeddings, self.features = self.spec.out_features, self.spec.in_features
+        matmul_precision(precision)
+        self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
+        table = embedding_init(rngs.params(), (self.num_embeddings, self.features), param_dtype)
+        self.embedding = nnx.Param(table, **embedding_metadata)
+        _scalar_params(self, self.spec, param_dtype)
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        return embed_lookup(self.embedding[...], inputs, dtype=self.dtype)
+
+    def attend(self, query: jax.Array) -> jax.Array:
+        """Yat scores of ``query (..., features)`` against every embedding: ``(..., num_embeddings)``."""
+        scalars: dict[str, Any] = {
+            name: getattr(self, name)[...] for name in ("alpha", "epsilon_raw") if name in self.spec.param_shapes
+        }
+        return embed_attend(self.spec, query, self.embedding[...], scalars, dtype=self.dtype, precision=self.precision)
+
+
+class _PositionTable(nnx.Module):
+    """A ``"pos_embed"`` layer: adds a learnable ``table (tokens, features)`` to a token sequence."""
+
+    def __init__(self, tokens: int, features: int, *, dtype: Any, param_dtype: Any, precision: Any, rngs: nnx.Rngs):
+        del precision  # an addition: no product to set it on
+        self.dtype = dtype
+        self.table = nnx.Param(position_init(rngs.params(), (tokens, features), param_dtype))
+
+    def __call__(self, h: jax.Array) -> jax.Array:
+        h, table = promote_dtype((h, self.table[...]), dtype=self.dtype)
+        return h + table
+
+
 def _layer(spec: LayerSpec, **kwargs: Any) -> nnx.Module | None:
-    """The NNX module of one spec layer; None for pooling and flatten (:func:`~yat_core.nn._flax.run_model` runs them)."""
+    """The NNX module of one spec layer; None for the kinds :func:`~yat_core.nn._flax.run_model` runs itself."""
     if spec.kind in ("linear", "conv"):
         cls = nnx.Linear if spec.kind == "linear" else nnx.Conv
         return cls(spec.in_features, spec.out_features, **plain_layer_options(spec), **kwargs)
-    yat: Any = {"yat": YatNMN, "yat_conv": YatConv, "yat_conv_transpose": YatConvTranspose}.get(spec.kind)
+    if spec.kind == "attention":  # the softmax baseline: Flax's own attention holds the core's projections
+        return nnx.MultiHeadAttention(
+            in_features=spec.in_features, **softmax_attention_options(spec), decode=False, keep_rngs=False, **kwargs
+        )
+    if spec.kind == "pos_embed":
+        return _PositionTable(spec.tokens, spec.in_features, **kwargs)
+    yat: Any = {
+        "yat": YatNMN,
+        "yat_conv": YatConv,
+        "yat_conv_transpose": YatConvTranspose,
+        "yat_attention": YatMultiHeadAttention,
+    }.get(spec.kind)
     return None if yat is None else yat.from_spec(spec, **kwargs)
 
 
@@ -603,6 +921,14 @@ def build_model(
     return import_params(model, init_mlp_numpy(spec, seed, np.dtype(param_dtype)))
 
 
+def _variable(module: Any, layer: LayerSpec, name: str) -> nnx.Variable:
+    """The ``nnx.Param`` of a core parameter (an attention's live in its projection submodules)."""
+    node = module
+    for attribute in flax_param_path(layer, name):
+        node = getattr(node, attribute)
+    return node
+
+
 def export_params(model: YatModel) -> dict[str, np.ndarray]:
     """The model's parameters as ``{core name: numpy array}`` in the core's layouts.
 
@@ -618,7 +944,8 @@ def export_params(model: YatModel) -> dict[str, np.ndarray]:
     """
 
     def read(i: int, name: str) -> np.ndarray:
-        return to_core_param(model.spec.layers[i], name, getattr(model.layers[i], name).get_value())
+        layer = model.spec.layers[i]
+        return to_core_param(layer, name, _variable(model.layers[i], layer, name).get_value())
 
     return export_arrays(model.spec, read, kernel_in_out=True)
 
@@ -639,7 +966,7 @@ def import_params(model: YatModel, params: Mapping[str, Any]) -> YatModel:
     """
 
     def write(i: int, name: str, value: np.ndarray) -> None:
-        variable = getattr(model.layers[i], name)
+        variable = _variable(model.layers[i], model.spec.layers[i], name)
         old = variable.get_value()  # an array, or a jax.ShapeDtypeStruct in build_model's abstract model
         value = to_flax_param(model.spec.layers[i], name, value)
         variable.set_value(jax.device_put(jnp.asarray(value, dtype=old.dtype), old.sharding))
