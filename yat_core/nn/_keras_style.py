@@ -12,8 +12,17 @@ NumPy values, for both:
   :func:`layout_reshape` (which inputs the model reshapes) and
   :func:`to_framework_layout` (the core's layout to the model's, for ``predict``);
 - :func:`to_core` / :func:`from_core`: a parameter between the model's layout and
-  the core's (convolution kernels; dense kernels are
-  :func:`~yat_core.nn.interchange.export_arrays`'s ``kernel_in_out``).
+  the core's (convolution kernels, attention's projections; dense kernels are
+  :func:`~yat_core.nn.interchange.export_arrays`'s ``kernel_in_out``);
+- :func:`native_variable`: where a layer keeps the parameter of a core name
+  (attention's projections in ``query_dense``, ``key_dense``, ``value_dense``,
+  ``output_dense``, as ``keras.layers.MultiHeadAttention`` keeps them).
+
+**Attention's layout.** ``keras.layers.MultiHeadAttention`` keeps each projection in
+an ``EinsumDense``: query, key and value kernels ``(dim, heads, head_size)`` with
+biases ``(heads, head_size)``, the output kernel ``(heads, head_size, dim)`` with a
+bias ``(dim,)``. The core's kernels are ``(out, in)`` with head ``j`` the features
+``j*d .. (j+1)*d`` of the output: the same numbers, transposed and reshaped.
 """
 
 from __future__ import annotations
@@ -36,11 +45,23 @@ from yat_core.nn.options import (
     same_padding,
 )
 
-__all__ = ["KerasConvArgs", "input_layout", "layout_reshape", "to_framework_layout", "to_core", "from_core"]
+__all__ = [
+    "KerasConvArgs",
+    "input_layout",
+    "layout_reshape",
+    "to_framework_layout",
+    "to_core",
+    "from_core",
+    "native_variable",
+    "patches_channels_last",
+]
 
 Array = Any
 #: Kinds whose kernel is a convolution's: ``(*k, in/groups, out)`` natively, ``(out, in/groups, *k)`` in the core.
 CONV_KINDS = ("yat_conv", "yat_conv_transpose", "conv")
+#: Attention kinds, and the attribute of the layer holding each of their projections (Keras's names).
+ATTENTION_KINDS = ("yat_attention", "attention")
+PROJECTION_LAYERS = {"q": "query_dense", "k": "key_dense", "v": "value_dense", "o": "output_dense"}
 
 
 class KerasConvArgs:
@@ -280,16 +301,76 @@ def to_framework_layout(x: Any, input_shape: tuple[int, ...], channels_last: boo
 
 
 def to_core(layer: LayerSpec, name: str, value: np.ndarray) -> np.ndarray:
-    """A parameter of ``layer`` read from the model, in the core's layout (convolution kernels converted).
+    """A parameter of ``layer`` read from the model, in the core's layout (convolution and attention kernels converted).
 
     Examples
     --------
     >>> to_core(LayerSpec("conv", 1, 32, kernel_size=(3, 3)), "kernel", np.zeros((3, 3, 1, 32))).shape
     (32, 1, 3, 3)
+    >>> attention = LayerSpec("yat_attention", 8, 8, heads=2)
+    >>> to_core(attention, "q_kernel", np.zeros((8, 2, 4))).shape, to_core(attention, "q_bias", np.zeros((2, 4))).shape
+    ((8, 8), (8,))
     """
+    if layer.kind in ATTENTION_KINDS and name[:2] in ("q_", "k_", "v_", "o_"):
+        if name == "o_kernel":  # (heads, head_size, dim) -> (dim, heads * head_size)
+            return np.ascontiguousarray(value.reshape(-1, value.shape[-1]).T)
+        if name.endswith("_kernel"):  # (dim, heads, head_size) -> (heads * head_size, dim)
+            return np.ascontiguousarray(value.reshape(value.shape[0], -1).T)
+        return np.ascontiguousarray(value.reshape(-1))  # biases: (heads, head_size) -> (dim,)
     return kernel_to_core(value) if name == "kernel" and layer.kind in CONV_KINDS else value
 
 
 def from_core(layer: LayerSpec, name: str, value: np.ndarray) -> np.ndarray:
-    """The inverse of :func:`to_core`: a core-layout value in the model's layout."""
+    """The inverse of :func:`to_core`: a core-layout value in the model's layout.
+
+    Examples
+    --------
+    >>> attention = LayerSpec("yat_attention", 8, 8, heads=2)
+    >>> from_core(attention, "o_kernel", np.zeros((8, 8))).shape, from_core(attention, "k_bias", np.zeros(8)).shape
+    ((2, 4, 8), (2, 4))
+    """
+    if layer.kind in ATTENTION_KINDS and name[:2] in ("q_", "k_", "v_", "o_"):
+        heads = layer.heads
+        if name == "o_kernel":
+            return np.ascontiguousarray(value.T.reshape(heads, -1, value.shape[0]))
+        if name.endswith("_kernel"):
+            return np.ascontiguousarray(value.T.reshape(value.shape[1], heads, -1))
+        return np.ascontiguousarray(value.reshape(heads, -1)) if name != "o_bias" else value
     return kernel_from_core(value) if name == "kernel" and layer.kind in CONV_KINDS else value
+
+
+def native_variable(holder: Any, layer: LayerSpec, name: str) -> Any:
+    """The variable of ``holder`` (a Keras layer or TensorFlow module of ``layer``) under core name ``name``.
+
+    Attention's projections live in ``holder.query_dense.kernel`` and so on (Keras's
+    ``MultiHeadAttention``), a position table in ``holder.embeddings``; every other
+    parameter is the attribute of its own name.
+    """
+    if layer.kind in ATTENTION_KINDS and name[:2] in ("q_", "k_", "v_", "o_"):
+        projection, _, part = name.partition("_")
+        return getattr(getattr(holder, PROJECTION_LAYERS[projection]), part)
+    if layer.kind == "pos_embed":
+        return holder.embeddings
+    return getattr(holder, name)
+
+
+def patches_channels_last(x: Any, patch_size: tuple[int, int], ops: Any) -> Any:
+    """``(n, H, W, C) -> (n, tokens, C * ph * pw)``: the core's ``"patches"`` of a channels-last image.
+
+    Tokens in row-major order over the patch grid, each patch flattened channels first
+    ``(c, i, j)`` as :func:`yat_core.mlp._patches` does, so the dense kernel after it is
+    the core's array. ``ops`` supplies ``reshape`` and ``transpose`` (``keras.ops``, or
+    TensorFlow's under the same names); ``H``, ``W`` and ``C`` must be known.
+
+    Examples
+    --------
+    >>> x = np.arange(2 * 4 * 4 * 3.0).reshape(2, 4, 4, 3)
+    >>> ops = type("ops", (), {"reshape": staticmethod(np.reshape), "transpose": staticmethod(np.transpose)})
+    >>> patches_channels_last(x, (2, 2), ops).shape
+    (2, 4, 12)
+    """
+    (ph, pw), (height, width, channels) = patch_size, (int(v) for v in x.shape[1:])
+    rows, cols = height // ph, width // pw
+    x = ops.reshape(x, (-1, rows, ph, cols, pw, channels))
+    x = ops.transpose(x, (0, 1, 3, 5, 2, 4))  # (n, rows, cols, C, ph, pw)
+    return ops.reshape(x, (-1, rows * cols, channels * ph * pw))

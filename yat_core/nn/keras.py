@@ -28,11 +28,18 @@ The core's convolution needs every size known; in a TensorFlow graph whose batch
 is unknown (Keras's ``fit`` steps on the tensorflow backend) a layer maps it over the
 examples with ``keras.ops.vectorized_map``, which TensorFlow batches again.
 
-:func:`build_model` builds any :class:`~yat_core.spec.ModelSpec` (the MLP, the CNN)
-from these layers and Keras's own (``Conv2D``, ``MaxPooling2D``, ...) as a
+:class:`YatMultiHeadAttention` is ``keras.layers.MultiHeadAttention`` with the Yat
+score: Keras's arguments, ``EinsumDense`` projections, masks and causal option, and
+:func:`yat_core.attention.yat_attention` in place of the scaled dot product.
+:class:`YatEmbed` is ``keras.layers.Embedding`` with :meth:`YatEmbed.attend`, the
+Yat score of queries against its table (:func:`yat_core.attention.yat_embed_attend`).
+
+:func:`build_model` builds any :class:`~yat_core.spec.ModelSpec` (the MLP, the CNN,
+the vision transformer) from these layers and Keras's own (``Conv2D``,
+``MaxPooling2D``, ``MultiHeadAttention``, ``GlobalAveragePooling1D``, ...) as a
 :class:`YatSequential` taking Keras's layout (channels last by default); its
-flatten is the core's channels-first order (:class:`ChannelsFirstFlatten`), so every
-kernel is the same array in every framework.
+flatten and its patches are the core's channels-first order (:class:`ChannelsFirstFlatten`,
+:class:`Patches`), so every kernel is the same array in every framework.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from yat_core.attention import yat_attention, yat_attention_weights, yat_embed, yat_embed_attend
 from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.namespaces.keras import dtype_name, namespace
 from yat_core.nn._keras_style import (
@@ -53,11 +61,14 @@ from yat_core.nn._keras_style import (
     from_core,
     input_layout,
     layout_reshape,
+    native_variable,
+    patches_channels_last,
     to_core,
     to_framework_layout,
 )
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
+    attention_spec_options,
     check_native_kinds,
     check_size,
     conv_class,
@@ -65,12 +76,14 @@ from yat_core.nn.options import (
     forward_options,
     kernel_from_core,
     kernel_to_core,
+    layer_option,
     linear_layer_spec,
     native_option,
     spec_options,
     yat_layer_spec,
 )
-from yat_core.product import DEFAULT_EPSILON, dense, softplus_inverse, yat_product
+from yat_core.product import DEFAULT_EPSILON, dense, softplus, softplus_inverse, validate_epsilon, yat_product
+from yat_core.spec import ATTENTION_KINDS, TOKEN_KINDS
 
 __all__ = [
     "YatNMN",
@@ -82,6 +95,12 @@ __all__ = [
     "YatConv2DTranspose",
     "YatConv3DTranspose",
     "conv_from_spec",
+    "YatMultiHeadAttention",
+    "YatEmbed",
+    "Patches",
+    "AddPositionEmbedding",
+    "SelfAttention",
+    "Residual",
     "ChannelsFirstFlatten",
     "YatSequential",
     "build_model",
@@ -719,6 +738,470 @@ def conv_from_spec(spec: LayerSpec, **kwargs: Any) -> _YatConv:
     return conv_class(spec, _CONV_CLASSES).from_spec(spec, **kwargs)
 
 
+# ------------------------------------------------------------ attention and embedding
+
+
+class _YatScore:
+    """The Yat options of a layer (alpha, epsilon, spherical) and their values in a forward pass.
+
+    Mixed into :class:`YatMultiHeadAttention` and :class:`YatEmbed`: ``use_alpha``
+    ``True`` (a learnable ``alpha`` weight, initialised to 1.0), ``False`` or a
+    constant; ``learnable_epsilon`` makes an ``epsilon_raw`` weight (``epsilon =
+    softplus(epsilon_raw)``, initialised at ``epsilon``).
+    """
+
+    use_alpha: Any
+    epsilon: float
+    learnable_epsilon: bool
+    spherical: bool
+    alpha: Any
+    epsilon_raw: Any
+
+    def _set_yat_options(self, use_alpha: Any, epsilon: float, learnable_epsilon: bool, spherical: bool) -> None:
+        validate_epsilon(epsilon)
+        self.use_alpha = layer_option(use_alpha, "use_alpha")  # the core's option: "learnable", a float or None
+        self.epsilon, self.learnable_epsilon, self.spherical = float(epsilon), bool(learnable_epsilon), bool(spherical)
+        self.alpha = self.epsilon_raw = None
+
+    def _add_yat_weights(self) -> None:
+        add_weight = self.add_weight  # type: ignore[attr-defined]
+        if self.use_alpha == LEARNABLE:
+            self.alpha = add_weight(name="alpha", shape=(), initializer=keras.initializers.Ones())
+        if self.learnable_epsilon:
+            initial = keras.initializers.Constant(softplus_inverse(self.epsilon))
+            self.epsilon_raw = add_weight(name="epsilon_raw", shape=(), initializer=initial)
+
+    def _yat_options(self, xp: Any) -> dict[str, Any]:
+        alpha = _read(self.alpha) if self.use_alpha == LEARNABLE else self.use_alpha
+        epsilon = softplus(_read(self.epsilon_raw), xp=xp) if self.learnable_epsilon else self.epsilon
+        return {"alpha": alpha, "epsilon": epsilon, "spherical": self.spherical}
+
+    def _yat_config(self) -> dict[str, Any]:
+        return {
+            "use_alpha": native_option(self.use_alpha),
+            "epsilon": self.epsilon,
+            "learnable_epsilon": self.learnable_epsilon,
+            "spherical": self.spherical,
+        }
+
+
+@keras.saving.register_keras_serializable(package="yat_core")
+class YatMultiHeadAttention(_YatScore, keras.layers.MultiHeadAttention):
+    """``keras.layers.MultiHeadAttention`` with the Yat score: :func:`yat_core.attention.yat_attention`.
+
+    Everything but the score is Keras's own (this is a subclass): the arguments,
+    the ``EinsumDense`` projections ``query_dense``, ``key_dense``, ``value_dense``
+    (kernels ``(dim, num_heads, key_dim)``, biases ``(num_heads, key_dim)``) and
+    ``output_dense`` (kernel ``(num_heads, value_dim, dim)``), ``call(query, value,
+    key=None, query_mask=None, value_mask=None, key_mask=None, attention_mask=None,
+    return_attention_scores=False, training=None, use_causal_mask=False)``, the masks
+    (``attention_mask (B, T, S)``, True or 1 where the query may attend; the Keras masks
+    of the inputs; ``use_causal_mask``), ``use_gate``, ``sliding_window``, ``get_config``
+    and ``.keras`` files. The score of query ``i`` and key ``j`` (per head, ``d =
+    key_dim``) is ``alpha * (q.k)^2 / ((|q - k|^2 + epsilon) * sqrt(d))``, softmax over
+    the allowed keys; a query whose keys are all masked gets zero weights and a zero
+    attention output (Keras's softmax would average every value instead).
+
+    Parameters
+    ----------
+    num_heads, key_dim, value_dim, dropout, use_bias, output_shape, attention_axes
+        As ``MultiHeadAttention``. ``dropout`` drops attention weights in training (the
+        weights are then :func:`yat_core.attention.yat_attention_weights`, applied to
+        the values here). The Yat score attends over one axis: ``attention_axes`` must be
+        None (inputs ``(B, T, dim)``) or the axis just before the features.
+    use_alpha : bool or float
+        ``True``: a learnable scale ``alpha`` initialised to 1.0 (default); ``False``:
+        none; a number: that constant.
+    epsilon : float
+        Added to the squared distance (> 0); the initial value when learnable.
+    learnable_epsilon : bool
+        Learn epsilon as ``softplus(epsilon_raw)``.
+    spherical : bool
+        Normalise each projected query and key first (the distance becomes ``2 - 2 q.k``).
+    **kwargs
+        ``MultiHeadAttention``'s others (``kernel_initializer``, default Glorot-uniform,
+        ``bias_initializer``, regularizers, constraints, ``use_gate``, ``sliding_window``,
+        ``seed``, ``name``, ``dtype``). ``flash_attention`` is refused: the score is not
+        a dot product.
+
+    Examples
+    --------
+    >>> layer = YatMultiHeadAttention(num_heads=2, key_dim=4, name="mha")
+    >>> x = np.ones((3, 5, 8), np.float32)
+    >>> out, scores = layer(x, x, return_attention_scores=True)
+    >>> tuple(out.shape), tuple(scores.shape), tuple(layer.query_dense.kernel.shape), layer.count_params()
+    ((3, 5, 8), (3, 2, 5, 5), (8, 2, 4), 289)
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        key_dim: int,
+        value_dim: int | None = None,
+        dropout: float = 0.0,
+        use_bias: bool = True,
+        output_shape: Any = None,
+        attention_axes: Any = None,
+        *,
+        use_alpha: bool | float = True,
+        epsilon: float = DEFAULT_EPSILON,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.pop("flash_attention", None):
+            raise ValueError("YatMultiHeadAttention has no flash attention: the Yat score is not a dot product")
+        super().__init__(
+            num_heads,
+            key_dim,
+            value_dim=value_dim,
+            dropout=dropout,
+            use_bias=use_bias,
+            output_shape=output_shape,
+            attention_axes=attention_axes,
+            flash_attention=False,
+            **kwargs,
+        )
+        self._set_yat_options(use_alpha, epsilon, learnable_epsilon, spherical)
+
+    @classmethod
+    def from_spec(cls, spec: LayerSpec, **kwargs: Any) -> YatMultiHeadAttention:
+        """The layer of a core ``"yat_attention"`` spec (``heads`` heads of ``in_features / heads``).
+
+        Its residual, if any, is the model's (:class:`SelfAttention`).
+        """
+        options = attention_spec_options(spec)
+        heads = spec.heads
+        return cls(
+            heads,
+            spec.in_features // heads,
+            use_bias=options.pop("bias"),
+            use_alpha=options.pop("alpha"),
+            **options,
+            **kwargs,
+        )
+
+    def build(self, query_shape: Any, value_shape: Any, key_shape: Any = None) -> None:
+        super().build(query_shape, value_shape, key_shape)
+        token_axis = len(query_shape) - 2  # of the projected (B, ..., T, heads, key_dim)
+        if tuple(self._attention_axes) != (token_axis,):
+            raise ValueError(
+                f"{self.name}: the Yat score attends over one axis, the one before the features "
+                f"(attention_axes=None for inputs (B, T, dim)); got attention_axes={self._attention_axes} "
+                f"for inputs of shape {tuple(query_shape)}"
+            )
+        self._add_yat_weights()
+
+    def _compute_attention(
+        self,
+        query: Array,
+        key: Array,
+        value: Array,
+        attention_mask: Array | None = None,
+        training: bool | None = None,
+        return_attention_scores: bool = False,
+    ) -> tuple[Array, Array | None]:
+        # query (B, T, heads, key_dim), key (B, S, heads, key_dim), value (B, S, heads, value_dim): the core's layout.
+        xp = namespace()
+        # Keras's mask (B, T, S), True: may attend; the core's broadcasts to (B, heads, T, S).
+        mask = None if attention_mask is None else ops.expand_dims(ops.cast(attention_mask, "bool"), -3)
+        options = self._yat_options(xp)
+        dropping = bool(training) and self._dropout > 0
+        if not (return_attention_scores or dropping):
+            return yat_attention(query, key, value, mask=mask, xp=xp, **options), None
+        weights = yat_attention_weights(query, key, mask=mask, xp=xp, **options)  # (B, heads, T, S)
+        kept = self._dropout_layer(weights, training=training) if dropping else weights
+        return ops.einsum(self._combine_equation, kept, value), weights
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self._yat_config()}
+
+
+@keras.saving.register_keras_serializable(package="yat_core")
+class YatEmbed(_YatScore, keras.layers.Layer):
+    """``keras.layers.Embedding`` whose table also scores queries: :meth:`attend`, the Yat tied output layer.
+
+    ``YatEmbed(input_dim, output_dim)`` keeps ``embeddings`` ``(input_dim, output_dim)``
+    (vocabulary, features) as ``Embedding`` does, looks integer ids up
+    (:func:`yat_core.attention.yat_embed`; ids of any other dtype are refused with a
+    ``TypeError``, where ``Embedding`` would cast them) and, with ``mask_zero``, masks
+    id 0. :meth:`attend` gives each query's Yat score against every row,
+    :func:`yat_core.attention.yat_embed_attend` (the dense ⵟ-product with the table as
+    kernel, no bias).
+
+    Parameters
+    ----------
+    input_dim, output_dim : int
+        Vocabulary size and embedding size.
+    embeddings_initializer, embeddings_regularizer, embeddings_constraint, mask_zero
+        As ``Embedding`` (initializer default ``"uniform"``, Keras's).
+    use_alpha : bool or float
+        :meth:`attend`'s scale: ``True`` a learnable ``alpha`` (1.0 at first), ``False``
+        none, a number a constant.
+    epsilon, learnable_epsilon, spherical
+        :meth:`attend`'s options, as :class:`YatNMN`'s.
+    **kwargs
+        Passed to :class:`keras.layers.Layer`.
+
+    Examples
+    --------
+    >>> embed = YatEmbed(10, 4, name="embed")
+    >>> h = embed(np.array([[1, 2, 3]]))
+    >>> tuple(h.shape), tuple(embed.embeddings.shape), tuple(embed.attend(h).shape)
+    ((1, 3, 4), (10, 4), (1, 3, 10))
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        embeddings_initializer: Any = "uniform",
+        embeddings_regularizer: Any = None,
+        embeddings_constraint: Any = None,
+        mask_zero: bool = False,
+        *,
+        use_alpha: bool | float = True,
+        epsilon: float = DEFAULT_EPSILON,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.input_dim = check_size(input_dim, "input_dim")
+        self.output_dim = check_size(output_dim, "output_dim")
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
+        self.embeddings_constraint = keras.constraints.get(embeddings_constraint)
+        self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero
+        self._set_yat_options(use_alpha, epsilon, learnable_epsilon, spherical)
+
+    def build(self, input_shape: Any = None) -> None:
+        self.embeddings = self.add_weight(
+            name="embeddings",
+            shape=(self.input_dim, self.output_dim),
+            initializer=self.embeddings_initializer,
+            regularizer=self.embeddings_regularizer,
+            constraint=self.embeddings_constraint,
+        )
+        self._add_yat_weights()
+
+    def call(self, inputs: Array) -> Array:
+        return yat_embed(_read(self.embeddings), inputs, xp=namespace())
+
+    def attend(self, query: Array) -> Array:
+        """The Yat score of each query ``(..., output_dim)`` against every row: ``(..., input_dim)``."""
+        if not self.built:
+            self.build()
+        xp = namespace()
+        query = ops.convert_to_tensor(query, dtype=self.compute_dtype)
+        return yat_embed_attend(query, _read(self.embeddings), xp=xp, **self._yat_options(xp))
+
+    def compute_mask(self, inputs: Array, mask: Any = None) -> Any:
+        return ops.not_equal(inputs, 0) if self.mask_zero else None
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (*input_shape, self.output_dim)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "input_dim": self.input_dim,
+            "output_dim": self.output_dim,
+            "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+            "embeddings_regularizer": keras.regularizers.serialize(self.embeddings_regularizer),
+            "embeddings_constraint": keras.constraints.serialize(self.embeddings_constraint),
+            "mask_zero": self.mask_zero,
+            **self._yat_config(),
+        }
+
+
+# ------------------------------------------------------------ the vision transformer's other layers
+
+
+@keras.saving.register_keras_serializable(package="yat_core")
+class Patches(keras.layers.Layer):
+    """Non-overlapping image patches as tokens: ``(n, H, W, C) -> (n, (H/ph) * (W/pw), C * ph * pw)``.
+
+    The core's ``"patches"``: tokens in row-major order over the patch grid, each patch
+    flattened channels first ``(c, i, j)`` (``keras.ops.image.extract_patches`` flattens
+    channels last), so the dense kernel after it is the core's array. ``data_format``
+    as Keras's image layers (default ``keras.config.image_data_format()``).
+
+    Examples
+    --------
+    >>> tuple(Patches((7, 7))(np.zeros((2, 28, 28, 1), "float32")).shape)
+    (2, 16, 49)
+    """
+
+    def __init__(self, patch_size: int | tuple[int, int], data_format: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+        self.patch_size = (check_size(size[0], "patch_size"), check_size(size[-1], "patch_size"))
+        self.data_format = keras.config.image_data_format() if data_format is None else str(data_format).lower()
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def _image_shape(self, input_shape: tuple[int | None, ...]) -> tuple[Any, Any, Any]:
+        shape = tuple(input_shape[1:])
+        height, width, channels = shape if self.data_format == "channels_last" else (*shape[1:], shape[0])
+        ph, pw = self.patch_size
+        if height is None or width is None or channels is None or height % ph or width % pw:
+            raise ValueError(
+                f"{self.name}: patches of {self.patch_size} need known image sizes that they divide, "
+                f"got input shape {tuple(input_shape)}"
+            )
+        return height, width, channels
+
+    def call(self, inputs: Array) -> Array:
+        if self.data_format == "channels_first":
+            inputs = ops.transpose(inputs, (0, 2, 3, 1))
+        self._image_shape((None, *inputs.shape[1:]) if self.data_format == "channels_last" else (None,) * 4)
+        return patches_channels_last(inputs, self.patch_size, ops)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        height, width, channels = self._image_shape(input_shape)
+        ph, pw = self.patch_size
+        return (input_shape[0], (height // ph) * (width // pw), channels * ph * pw)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "patch_size": self.patch_size, "data_format": self.data_format}
+
+
+@keras.saving.register_keras_serializable(package="yat_core")
+class AddPositionEmbedding(keras.layers.Layer):
+    """Adds a learned table ``embeddings (sequence_length, dim)`` to token sequences ``(n, sequence_length, dim)``.
+
+    The core's ``"pos_embed"``; the table starts normal with deviation 0.02 (the
+    core's draw) unless ``initializer`` says otherwise.
+
+    Examples
+    --------
+    >>> layer = AddPositionEmbedding(16)
+    >>> tuple(layer(np.zeros((2, 16, 8), "float32")).shape), tuple(layer.embeddings.shape)
+    ((2, 16, 8), (16, 8))
+    """
+
+    def __init__(
+        self,
+        sequence_length: int,
+        initializer: Any = None,
+        regularizer: Any = None,
+        constraint: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.sequence_length = check_size(sequence_length, "sequence_length")
+        self.initializer = keras.initializers.get(initializer) or keras.initializers.RandomNormal(0.0, 0.02)
+        self.regularizer = keras.regularizers.get(regularizer)
+        self.constraint = keras.constraints.get(constraint)
+        self.input_spec = keras.layers.InputSpec(ndim=3, axes={1: self.sequence_length})
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if input_shape[-1] is None:
+            raise ValueError(f"{self.name}: the feature dimension must be known, got input shape {input_shape}")
+        self.embeddings = self.add_weight(
+            name="embeddings",
+            shape=(self.sequence_length, int(input_shape[-1])),
+            initializer=self.initializer,
+            regularizer=self.regularizer,
+            constraint=self.constraint,
+        )
+
+    def call(self, inputs: Array) -> Array:
+        return inputs + _read(self.embeddings)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return tuple(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "sequence_length": self.sequence_length,
+            "initializer": keras.initializers.serialize(self.initializer),
+            "regularizer": keras.regularizers.serialize(self.regularizer),
+            "constraint": keras.constraints.serialize(self.constraint),
+        }
+
+
+class _Wrapper(keras.layers.Layer):
+    """A layer around one inner layer, kept (and saved) under ``attribute``; same output shape as input."""
+
+    attribute: str = "layer"
+
+    def __init__(self, inner: keras.layers.Layer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        setattr(self, self.attribute, inner)
+
+    @property
+    def inner(self) -> keras.layers.Layer:
+        return getattr(self, self.attribute)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return tuple(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), self.attribute: keras.saving.serialize_keras_object(self.inner)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Any:
+        config = dict(config)
+        config[cls.attribute] = keras.saving.deserialize_keras_object(config[cls.attribute])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="yat_core")
+class SelfAttention(_Wrapper):
+    """``attention(x, x)``, plus ``x`` when ``residual``: a multi-head attention layer in a ``Sequential``.
+
+    ``attention`` is a :class:`YatMultiHeadAttention` or ``keras.layers.MultiHeadAttention``
+    (both take ``(query, value)``); the model's ``"yat_attention"`` / ``"attention"`` layers.
+
+    Examples
+    --------
+    >>> block = SelfAttention(YatMultiHeadAttention(2, 4), residual=True)
+    >>> tuple(block(np.ones((3, 5, 8), "float32")).shape)
+    (3, 5, 8)
+    """
+
+    attribute = "attention"
+
+    def __init__(self, attention: keras.layers.Layer, residual: bool = False, **kwargs: Any) -> None:
+        super().__init__(attention, **kwargs)
+        self.residual = bool(residual)
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if not self.inner.built:  # a loaded model's inner layer is built from its own config
+            self.inner.build(input_shape, input_shape)
+
+    def call(self, inputs: Array) -> Array:
+        out = self.inner(inputs, inputs)
+        return inputs + out if self.residual else out
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "residual": self.residual}
+
+
+@keras.saving.register_keras_serializable(package="yat_core")
+class Residual(_Wrapper):
+    """``x + layer(x)``: the core's ``residual=True`` around a dense layer (:class:`YatNMN`, :class:`Linear`).
+
+    Examples
+    --------
+    >>> tuple(Residual(YatNMN(8))(np.ones((3, 5, 8), "float32")).shape)
+    (3, 5, 8)
+    """
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs: Any) -> None:
+        super().__init__(layer, **kwargs)
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if not self.inner.built:
+            self.inner.build(input_shape)
+
+    def call(self, inputs: Array) -> Array:
+        return inputs + self.inner(inputs)
+
+
 # ------------------------------------------------------------ model and interchange
 
 
@@ -862,11 +1345,29 @@ def _plain_conv(spec: LayerSpec, name: str, **kwargs: Any) -> list[keras.layers.
 
 def _keras_layers(spec: LayerSpec, index: int, dtype: str, data_format: str) -> list[keras.layers.Layer]:
     """The Keras layer(s) of one core layer."""
-    if spec.kind == "yat":
-        return [YatNMN.from_spec(spec, name=f"yat_nmn_{index}", dtype=dtype)]
-    if spec.kind == "linear":
-        return [Linear.from_spec(spec, name=f"linear_{index}", dtype=dtype)]
+    if spec.kind in ("yat", "linear"):
+        dense_layer = (YatNMN if spec.kind == "yat" else Linear).from_spec(
+            spec, name=f"{'yat_nmn' if spec.kind == 'yat' else 'linear'}_{index}", dtype=dtype
+        )
+        return [Residual(dense_layer, name=f"residual_{index}", dtype=dtype) if spec.residual else dense_layer]
+    if spec.kind in ATTENTION_KINDS:
+        name = f"{spec.kind}_{index}"
+        if spec.kind == "yat_attention":
+            attention: keras.layers.Layer = YatMultiHeadAttention.from_spec(spec, name=name, dtype=dtype)
+        else:  # Keras's own: the same projections, the scaled dot product
+            heads = spec.heads
+            attention = keras.layers.MultiHeadAttention(
+                heads, spec.in_features // heads, use_bias=spec.bias == LEARNABLE, name=name, dtype=dtype
+            )
+        return [SelfAttention(attention, residual=spec.residual, name=f"self_attention_{index}", dtype=dtype)]
     name, spatial = f"{spec.kind}_{index}", {"data_format": data_format, "dtype": dtype}
+    if spec.kind == "patches":
+        ph, pw = spec.kernel_size
+        return [Patches((ph, pw), name=name, **spatial)]
+    if spec.kind == "pos_embed":
+        return [AddPositionEmbedding(spec.tokens, name=name, dtype=dtype)]
+    if spec.kind == "token_mean":  # the mean over the tokens of (n, tokens, features)
+        return [keras.layers.GlobalAveragePooling1D(data_format="channels_last", name=name, dtype=dtype)]
     if spec.kind in ("yat_conv", "yat_conv_transpose"):
         return [conv_from_spec(spec, name=name, **spatial)]
     if spec.kind == "conv":
@@ -888,7 +1389,12 @@ def build_model(spec: ModelSpec, seed: int = 0, *, dtype: str = "float32") -> Ya
     convolutions (:func:`conv_from_spec`), ``"conv"`` ``keras.layers.Conv{1,2,3}D`` (with
     its ReLU; integer padding: a ``ZeroPadding{1,2,3}D`` before it), ``"max_pool"`` /
     ``"avg_pool"`` ``keras.layers.MaxPooling{1,2,3}D`` / ``AveragePooling{1,2,3}D``
-    (window = stride), ``"flatten"`` :class:`ChannelsFirstFlatten` (the core's order).
+    (window = stride), ``"flatten"`` :class:`ChannelsFirstFlatten` (the core's order);
+    the vision transformer's: ``"patches"`` :class:`Patches`, ``"pos_embed"``
+    :class:`AddPositionEmbedding`, ``"yat_attention"`` :class:`YatMultiHeadAttention`
+    and ``"attention"`` ``keras.layers.MultiHeadAttention`` (each in a
+    :class:`SelfAttention`), ``"token_mean"`` ``keras.layers.GlobalAveragePooling1D``,
+    and :class:`Residual` around a dense layer with ``residual=True``.
 
     Examples
     --------
@@ -907,7 +1413,10 @@ def build_model(spec: ModelSpec, seed: int = 0, *, dtype: str = "float32") -> Ya
     layers: list[Any] = [keras.Input(shape=input_layout(spec.input_shape, data_format == "channels_last"), dtype=dtype)]
     for i, layer in enumerate(spec.layers):
         layers += _keras_layers(layer, i, dtype, data_format)
-    name = "yat_mlp" if len(spec.input_shape) == 1 else "yat_cnn"
+    if any(layer.kind in TOKEN_KINDS for layer in spec.layers):
+        name = "yat_vit"
+    else:
+        name = "yat_mlp" if len(spec.input_shape) == 1 else "yat_cnn"
     model = YatSequential(layers, name=name, spec=spec, data_format=data_format)
     return import_params(model, init_mlp_numpy(spec, seed))
 
@@ -916,7 +1425,8 @@ def _model_layers(model: keras.Model) -> tuple[ModelSpec, list[Any]]:
     """The model's spec and, per core layer, the Keras layer holding its parameters."""
     if isinstance(model, YatSequential):
         padding = tuple(getattr(keras.layers, f"ZeroPadding{n}D") for n in (1, 2, 3))
-        return model.spec, [layer for layer in model.layers if not isinstance(layer, padding)]
+        layers = [layer for layer in model.layers if not isinstance(layer, padding)]
+        return model.spec, [layer.inner if isinstance(layer, _Wrapper) else layer for layer in layers]
     # A keras.Sequential of this module's dense layers (as build_model made them before the model spec).
     layers = list(model.layers)
     foreign = [type(layer).__name__ for layer in layers if not isinstance(layer, _CoreLayer)]
@@ -964,7 +1474,8 @@ def export_params(model: keras.Model | _YatConv) -> dict[str, np.ndarray]:
     spec, layers = _model_layers(model)
 
     def read(i: int, name: str) -> np.ndarray:
-        return to_core(spec.layers[i], name, np.asarray(ops.convert_to_numpy(getattr(layers[i], name).value)))
+        variable = native_variable(layers[i], spec.layers[i], name)
+        return to_core(spec.layers[i], name, np.asarray(ops.convert_to_numpy(variable.value)))
 
     return export_arrays(spec, read, kernel_in_out=True)
 
@@ -995,7 +1506,7 @@ def import_params(model: _M, params: Mapping[str, Any]) -> _M:
     spec, layers = _model_layers(model)
 
     def write(i: int, name: str, value: np.ndarray) -> None:
-        variable = getattr(layers[i], name)
+        variable = native_variable(layers[i], spec.layers[i], name)
         variable.assign(from_core(spec.layers[i], name, value).astype(dtype_name(variable.dtype)))
 
     import_arrays(spec, params, write, kernel_in_out=True)

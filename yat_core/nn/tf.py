@@ -49,36 +49,55 @@ the same outputs. Inside a caller's ``tf.function`` whose batch size is unknown,
 module maps the core over the examples with ``tf.vectorized_map``, which TensorFlow
 batches again.
 
+**Attention.** :class:`YatMultiHeadAttention` is multi-head attention with the Yat
+score (:func:`yat_core.attention.yat_attention`), laid out as
+``keras.layers.MultiHeadAttention`` and ``yat_core.nn.keras.YatMultiHeadAttention``:
+sub-modules ``query_dense``, ``key_dense``, ``value_dense`` with kernels ``(dim,
+num_heads, key_dim)`` and biases ``(num_heads, key_dim)``, ``output_dense`` with a
+kernel ``(num_heads, value_dim, dim)``; ``attention_mask`` ``(B, T, S)``, True where a
+query may attend; ``use_causal_mask``. :class:`MultiHeadAttention` is the same module
+with TensorFlow's scaled dot-product softmax (the baseline). Their ``__call__`` is a
+``tf.function`` traced per call signature, which ``tf.saved_model.save`` keeps.
+:class:`YatEmbed` is an embedding table ``(input_dim, output_dim)`` looked up by
+integer ids, whose :meth:`YatEmbed.attend` scores queries against every row.
+
 **Models.** :class:`YatModel` (:func:`build_model`) is the model of any
-:class:`~yat_core.spec.ModelSpec`, the MLP and the CNN: channels-last inputs
+:class:`~yat_core.spec.ModelSpec`, the MLP, the CNN and the vision transformer: channels-last inputs
 ``(n, *spatial, C)`` (flat ``(n, 784)`` and ``(n, 28, 28)`` are reshaped), TensorFlow's
 own convolution and pooling for the spec's ``"conv"`` and pooling layers, and a flatten
 in the core's channels-first order, so every kernel is the same array in every
 framework (:func:`export_params` converts convolution kernels to the core's
-``(out, in/groups, *k)``).
+``(out, in/groups, *k)``). The vision transformer's patches are the core's (each
+flattened channels first), attention layers are the modules above, ``residual=True``
+adds a layer's input to its output.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 import tensorflow as tf
 
+from yat_core.attention import yat_attention, yat_attention_weights, yat_embed, yat_embed_attend
 from yat_core.conv import linear_conv
-from yat_core.mlp import LayerSpec, ModelSpec, init_layer_numpy
+from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, init_layer_numpy
 from yat_core.namespaces.tf import namespace
 from yat_core.nn._keras_style import (
     KerasConvArgs,
     from_core,
     input_layout,
     layout_reshape,
+    native_variable,
+    patches_channels_last,
     to_core,
     to_framework_layout,
 )
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
+    attention_spec_options,
     check_native_kinds,
     check_size,
     conv_class,
@@ -86,12 +105,14 @@ from yat_core.nn.options import (
     forward_options,
     kernel_from_core,
     kernel_to_core,
+    layer_option,
     linear_layer_spec,
     native_option,
     spec_options,
     yat_layer_spec,
 )
-from yat_core.product import DEFAULT_EPSILON, dense, yat_product
+from yat_core.product import DEFAULT_EPSILON, dense, softplus, softplus_inverse, validate_epsilon, yat_product
+from yat_core.spec import ATTENTION_KINDS, TOKEN_KINDS
 
 __all__ = [
     "YatNMN",
@@ -105,6 +126,9 @@ __all__ = [
     "YatConv2DTranspose",
     "YatConv3DTranspose",
     "conv_from_spec",
+    "YatMultiHeadAttention",
+    "MultiHeadAttention",
+    "YatEmbed",
     "build_model",
     "export_params",
     "import_params",
@@ -611,6 +635,333 @@ def conv_from_spec(spec: LayerSpec, **kwargs: Any) -> _YatConv:
     return conv_class(spec, _CONV_CLASSES).from_spec(spec, **kwargs)
 
 
+# ------------------------------------------------------------ attention and embedding
+
+
+class _Projection(tf.Module):
+    """One ``EinsumDense`` of Keras's multi-head attention: ``einsum(equation, x, kernel) + bias``."""
+
+    def __init__(self, kernel: np.ndarray, bias: np.ndarray | None, equation: str, dtype: tf.DType, name: str) -> None:
+        super().__init__(name=name)
+        self.equation = equation
+        with self.name_scope:
+            self.kernel = tf.Variable(kernel.astype(dtype.as_numpy_dtype), name="kernel")
+            self.bias = None if bias is None else tf.Variable(bias.astype(dtype.as_numpy_dtype), name="bias")
+
+    def project(self, x: Array) -> Array:
+        out = tf.einsum(self.equation, x, tf.convert_to_tensor(self.kernel))
+        return out if self.bias is None else out + tf.convert_to_tensor(self.bias)
+
+
+class _Attention(_Module):
+    """Multi-head attention's projections, masks and ``__call__``; a subclass has the score (:meth:`_attend`).
+
+    Documented on :class:`YatMultiHeadAttention`.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        num_heads: int,
+        key_dim: int,
+        value_dim: int | None = None,
+        *,
+        value_input_dim: int | None = None,
+        key_input_dim: int | None = None,
+        output_shape: int | None = None,
+        use_bias: bool = True,
+        seed: Seed = None,
+        dtype: Any = tf.float32,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        self.dtype = _float_dtype(dtype)
+        self.query_dim = check_size(query_dim, "query_dim")
+        self.num_heads = check_size(num_heads, "num_heads")
+        self.key_dim = check_size(key_dim, "key_dim")
+        self.value_dim = self.key_dim if value_dim is None else check_size(value_dim, "value_dim")
+        self.value_input_dim = (
+            self.query_dim if value_input_dim is None else check_size(value_input_dim, "value_input_dim")
+        )
+        self.key_input_dim = (
+            self.value_input_dim if key_input_dim is None else check_size(key_input_dim, "key_input_dim")
+        )
+        self.output_shape = self.query_dim if output_shape is None else check_size(output_shape, "output_shape")
+        if not isinstance(use_bias, bool):
+            raise TypeError(
+                f"use_bias must be a bool (attention's projections have a learnable bias or none), got {use_bias!r}"
+            )
+        self.use_bias = use_bias
+        rng = _generator(seed)
+        heads = self.num_heads
+        # The core's draws, in its order (q, k, v, o; kernel (out, in) then bias), uniform in ±1/sqrt(fan_in).
+        projections = {
+            "query": (self.query_dim, heads * self.key_dim, "...d,dhk->...hk"),
+            "key": (self.key_input_dim, heads * self.key_dim, "...d,dhk->...hk"),
+            "value": (self.value_input_dim, heads * self.value_dim, "...d,dhk->...hk"),
+            "attention_output": (heads * self.value_dim, self.output_shape, "...hk,hko->...o"),
+        }
+        with self.name_scope:
+            for (attr, (fan_in, out, equation)), layer_name in zip(
+                zip(("query_dense", "key_dense", "value_dense", "output_dense"), projections.values()), projections
+            ):
+                bound = 1.0 / math.sqrt(fan_in)
+                kernel = rng.uniform(-bound, bound, (out, fan_in))
+                bias = rng.uniform(-bound, bound, (out,)) if use_bias else None
+                if attr == "output_dense":  # (heads, value_dim, out)
+                    kernel = kernel.T.reshape(heads, self.value_dim, out)
+                else:  # (in, heads, head_size), bias (heads, head_size)
+                    kernel = kernel.T.reshape(fan_in, heads, out // heads)
+                    bias = None if bias is None else bias.reshape(heads, out // heads)
+                setattr(self, attr, _Projection(kernel, bias, equation, self.dtype, layer_name))
+            self._create_score_variables()
+        # Traced per call signature (shapes, masks, flags): the module's inputs have no one shape.
+        self.__dict__["__call__"] = tf.function(self.call)
+
+    def _create_score_variables(self) -> None:
+        """The score's own variables (the Yat module's alpha and epsilon), created after the projections."""
+
+    @tf.Module.with_name_scope
+    def call(
+        self,
+        query: Array,
+        value: Array,
+        key: Array | None = None,
+        attention_mask: Array | None = None,
+        return_attention_scores: bool = False,
+        use_causal_mask: bool = False,
+    ) -> Array | tuple[Array, Array]:
+        """Attend from ``query (B, T, query_dim)`` to ``value (B, S, ...)`` (``key`` defaults to ``value``).
+
+        ``attention_mask (B, T, S)``: True (or 1) where the query may attend to the key;
+        ``use_causal_mask``: query ``i`` sees keys ``j <= i`` only. Returns ``(B, T,
+        output_shape)``, and the attention weights ``(B, num_heads, T, S)`` with
+        ``return_attention_scores``.
+        """
+        key = value if key is None else key
+        q = self.query_dense.project(tf.convert_to_tensor(query, self.dtype))  # (B, T, heads, key_dim)
+        k = self.key_dense.project(tf.convert_to_tensor(key, self.dtype))
+        v = self.value_dense.project(tf.convert_to_tensor(value, self.dtype))
+        mask = None if attention_mask is None else tf.expand_dims(tf.cast(attention_mask, tf.bool), -3)
+        out, weights = self._attend(q, k, v, mask, bool(use_causal_mask), bool(return_attention_scores))
+        out = self.output_dense.project(out)
+        return (out, weights) if return_attention_scores else out
+
+    def _attend(
+        self, q: Array, k: Array, v: Array, mask: Array | None, causal: bool, weights: bool
+    ) -> tuple[Array, Array | None]:
+        raise NotImplementedError
+
+
+class YatMultiHeadAttention(_Attention):
+    """Multi-head attention with the Yat score as a ``tf.Module``, laid out as ``keras.layers.MultiHeadAttention``.
+
+    Projections as Keras's (``EinsumDense`` sub-modules ``query_dense``, ``key_dense``,
+    ``value_dense``: kernels ``(dim, num_heads, key_dim)``, biases ``(num_heads,
+    key_dim)``; ``output_dense``: kernel ``(num_heads, value_dim, output_shape)``, bias
+    ``(output_shape,)``), then per head :func:`yat_core.attention.yat_attention`:
+    ``alpha * (q.k)^2 / ((|q - k|^2 + epsilon) * sqrt(key_dim))``, softmax over the
+    allowed keys. A query whose keys are all masked gets zero weights and output.
+
+    Parameters
+    ----------
+    query_dim : int
+        Features of the query inputs (a ``tf.Module`` makes its variables in its constructor).
+    num_heads, key_dim : int
+    value_dim : int, optional
+        Per-head size of the values (default ``key_dim``).
+    value_input_dim, key_input_dim : int, optional
+        Features of the value and key inputs (default ``query_dim``, then ``value_input_dim``).
+    output_shape : int, optional
+        Output features (default ``query_dim``).
+    use_bias : bool
+        Biases on the four projections.
+    use_alpha : bool or float
+        ``True``: a learnable ``alpha`` initialised to 1.0 (default); ``False``: none; a number: a constant.
+    epsilon, learnable_epsilon, spherical
+        As :class:`YatNMN`'s (``spherical`` normalises each projected query and key).
+    seed : int, numpy.random.Generator or None
+        Source of the initial draws: uniform in ``±1/sqrt(fan_in)`` per projection, in the
+        core's order (so :meth:`from_spec` gives :func:`~yat_core.mlp.init_layer_numpy`'s values).
+    dtype : tf.DType
+    name : str, optional
+
+    Examples
+    --------
+    >>> layer = YatMultiHeadAttention(8, num_heads=2, key_dim=4, seed=0)
+    >>> x = tf.ones((3, 5, 8))
+    >>> out, weights = layer(x, x, return_attention_scores=True)
+    >>> tuple(out.shape), tuple(weights.shape), tuple(layer.query_dense.kernel.shape), count_params(layer)
+    ((3, 5, 8), (3, 2, 5, 5), (8, 2, 4), 289)
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        num_heads: int,
+        key_dim: int,
+        value_dim: int | None = None,
+        *,
+        use_alpha: bool | float = True,
+        epsilon: float = DEFAULT_EPSILON,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        validate_epsilon(epsilon)
+        self.use_alpha = layer_option(use_alpha, "use_alpha")
+        self.epsilon, self.learnable_epsilon, self.spherical = float(epsilon), bool(learnable_epsilon), bool(spherical)
+        super().__init__(query_dim, num_heads, key_dim, value_dim, **kwargs)
+
+    def _create_score_variables(self) -> None:
+        numpy_dtype = self.dtype.as_numpy_dtype
+        self.alpha = tf.Variable(numpy_dtype(1.0), name="alpha") if self.use_alpha == LEARNABLE else None
+        raw = softplus_inverse(self.epsilon)
+        self.epsilon_raw = tf.Variable(numpy_dtype(raw), name="epsilon_raw") if self.learnable_epsilon else None
+
+    @classmethod
+    def from_spec(cls, spec: LayerSpec, **kwargs: Any) -> YatMultiHeadAttention:
+        """The module of a core ``"yat_attention"`` spec (its residual is the model's)."""
+        options = attention_spec_options(spec)
+        heads = spec.heads
+        return cls(
+            spec.in_features,
+            heads,
+            spec.in_features // heads,
+            use_bias=options.pop("bias"),
+            use_alpha=options.pop("alpha"),
+            **options,
+            **kwargs,
+        )
+
+    def _attend(
+        self, q: Array, k: Array, v: Array, mask: Array | None, causal: bool, weights: bool
+    ) -> tuple[Array, Array | None]:
+        xp = namespace()
+        alpha = tf.convert_to_tensor(self.alpha) if self.use_alpha == LEARNABLE else self.use_alpha
+        epsilon = softplus(tf.convert_to_tensor(self.epsilon_raw), xp=xp) if self.learnable_epsilon else self.epsilon
+        options: dict[str, Any] = {
+            "mask": mask,
+            "causal": causal,
+            "alpha": alpha,
+            "epsilon": epsilon,
+            "spherical": self.spherical,
+        }
+        if not weights:
+            return yat_attention(q, k, v, xp=xp, **options), None
+        a = yat_attention_weights(q, k, xp=xp, **options)  # (B, heads, T, S)
+        return tf.einsum("...hts,...shk->...thk", a, v), a
+
+
+class MultiHeadAttention(_Attention):
+    """Scaled dot-product multi-head attention as a ``tf.Module`` (the baseline), written in TensorFlow.
+
+    :class:`YatMultiHeadAttention`'s arguments (without the Yat options) and variables;
+    the score is ``q.k / sqrt(key_dim)`` and the softmax ``tf.nn.softmax``. Masked
+    scores are set to ``-1e9`` before the softmax, as ``keras.layers.MultiHeadAttention``
+    does, so a query whose keys are all masked averages every value (Keras's rule).
+
+    Examples
+    --------
+    >>> layer = MultiHeadAttention(8, num_heads=2, key_dim=4, seed=0)
+    >>> tuple(layer(tf.ones((3, 5, 8)), tf.ones((3, 5, 8))).shape), count_params(layer)
+    ((3, 5, 8), 288)
+    """
+
+    @classmethod
+    def from_spec(cls, spec: LayerSpec, **kwargs: Any) -> MultiHeadAttention:
+        """The module of a core ``"attention"`` spec (its residual is the model's)."""
+        if spec.kind != "attention":
+            raise ValueError(f"MultiHeadAttention is built from an 'attention' spec, not {spec.kind!r}")
+        heads = spec.heads
+        return cls(spec.in_features, heads, spec.in_features // heads, use_bias=spec.bias == LEARNABLE, **kwargs)
+
+    def _attend(
+        self, q: Array, k: Array, v: Array, mask: Array | None, causal: bool, weights: bool
+    ) -> tuple[Array, Array | None]:
+        scores = tf.einsum("...thk,...shk->...hts", q, k) / math.sqrt(self.key_dim)
+        if causal:
+            lower = tf.linalg.band_part(tf.ones(tf.shape(scores)[-2:], tf.bool), -1, 0)  # key j <= query i
+            mask = lower if mask is None else tf.logical_and(mask, lower)
+        if mask is not None:
+            scores = tf.where(mask, scores, tf.constant(-1e9, scores.dtype))
+        a = tf.nn.softmax(scores, axis=-1)
+        return tf.einsum("...hts,...shk->...thk", a, v), (a if weights else None)
+
+
+class YatEmbed(_Module):
+    """An embedding table ``embeddings (input_dim, output_dim)`` whose :meth:`attend` is the Yat tied output layer.
+
+    Named as ``keras.layers.Embedding``: ``__call__(ids)`` looks integer ids of any shape
+    up (:func:`yat_core.attention.yat_embed`; other dtypes raise ``TypeError``);
+    :meth:`attend` scores queries ``(..., output_dim)`` against every row,
+    :func:`yat_core.attention.yat_embed_attend`, ``(..., input_dim)``.
+
+    Parameters
+    ----------
+    input_dim, output_dim : int
+        Vocabulary size and embedding size.
+    use_alpha : bool or float
+        :meth:`attend`'s scale: ``True`` learnable (1.0 at first), ``False`` none, a number a constant.
+    epsilon, learnable_epsilon, spherical
+        :meth:`attend`'s options, as :class:`YatNMN`'s.
+    seed : int, numpy.random.Generator or None
+        The table starts uniform in ``±0.05`` (Keras's ``Embedding`` default), drawn from it.
+    dtype : tf.DType
+    name : str, optional
+
+    Examples
+    --------
+    >>> embed = YatEmbed(10, 4, seed=0)
+    >>> h = embed(tf.constant([[1, 2, 3]]))
+    >>> tuple(h.shape), tuple(embed.attend(h).shape)
+    ((1, 3, 4), (1, 3, 10))
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        *,
+        use_alpha: bool | float = True,
+        epsilon: float = DEFAULT_EPSILON,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+        seed: Seed = None,
+        dtype: Any = tf.float32,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        self.dtype = _float_dtype(dtype)
+        self.input_dim, self.output_dim = check_size(input_dim, "input_dim"), check_size(output_dim, "output_dim")
+        validate_epsilon(epsilon)
+        self.use_alpha = layer_option(use_alpha, "use_alpha")
+        self.epsilon, self.learnable_epsilon, self.spherical = float(epsilon), bool(learnable_epsilon), bool(spherical)
+        numpy_dtype = self.dtype.as_numpy_dtype
+        table = _generator(seed).uniform(-0.05, 0.05, (self.input_dim, self.output_dim)).astype(numpy_dtype)
+        with self.name_scope:
+            self.embeddings = tf.Variable(table, name="embeddings")
+            self.alpha = tf.Variable(numpy_dtype(1.0), name="alpha") if self.use_alpha == LEARNABLE else None
+            raw = numpy_dtype(softplus_inverse(self.epsilon))
+            self.epsilon_raw = tf.Variable(raw, name="epsilon_raw") if self.learnable_epsilon else None
+        self.__dict__["__call__"] = tf.function(self.call)
+
+    @tf.Module.with_name_scope
+    def call(self, ids: Array) -> Array:
+        """The rows of ``ids`` (integers, any shape): ``(*ids.shape, output_dim)``."""
+        return yat_embed(tf.convert_to_tensor(self.embeddings), tf.convert_to_tensor(ids), xp=namespace())
+
+    @tf.Module.with_name_scope
+    def attend(self, query: Array) -> Array:
+        """The Yat score of each query ``(..., output_dim)`` against every row: ``(..., input_dim)``."""
+        xp = namespace()
+        alpha = tf.convert_to_tensor(self.alpha) if self.use_alpha == LEARNABLE else self.use_alpha
+        epsilon = softplus(tf.convert_to_tensor(self.epsilon_raw), xp=xp) if self.learnable_epsilon else self.epsilon
+        query = tf.convert_to_tensor(query, self.dtype)
+        table = tf.convert_to_tensor(self.embeddings)
+        return yat_embed_attend(query, table, alpha=alpha, epsilon=epsilon, spherical=self.spherical, xp=xp)
+
+
 # ------------------------------------------------------------ the model's other layers and the model
 
 
@@ -654,6 +1005,34 @@ class _Pool(_SpecLayer):
         return pool(x, ksize=window, strides=window, padding="VALID")  # the remainder dropped, as the core does
 
 
+class _Patches(_SpecLayer):
+    """A ``"patches"`` layer: channels-last images ``(n, H, W, C)`` to tokens, each patch flattened channels first."""
+
+    def call(self, x: Array) -> Array:
+        ph, pw = self.spec.kernel_size
+        return patches_channels_last(x, (ph, pw), tf)
+
+
+class _PositionEmbedding(_SpecLayer):
+    """A ``"pos_embed"`` layer: adds the table ``embeddings (tokens, features)`` (the core's ``table``)."""
+
+    def __init__(self, spec: LayerSpec, *, seed: Seed, dtype: Any, name: str | None) -> None:
+        super().__init__(spec, dtype=dtype, name=name)
+        table = init_layer_numpy(spec, _generator(seed))["table"]
+        with self.name_scope:
+            self.embeddings = tf.Variable(table.astype(self.dtype.as_numpy_dtype), name="embeddings")
+
+    def call(self, x: Array) -> Array:
+        return x + tf.convert_to_tensor(self.embeddings)
+
+
+class _TokenMean(_SpecLayer):
+    """A ``"token_mean"`` layer: the mean over the tokens, ``(n, tokens, features) -> (n, features)``."""
+
+    def call(self, x: Array) -> Array:
+        return tf.reduce_mean(x, axis=1)
+
+
 class _Flatten(_SpecLayer):
     """A ``"flatten"`` layer in the core's order: channels-last ``(n, *spatial, C)`` to channels first, then flat."""
 
@@ -677,7 +1056,11 @@ class YatModel(_Module):
     ``"yat_conv"`` / ``"yat_conv_transpose"`` the Yat convolutions, ``"conv"``
     ``tf.nn.convolution``, ``"max_pool"`` / ``"avg_pool"`` ``tf.nn.max_pool`` /
     ``tf.nn.avg_pool``, ``"flatten"`` a flatten in the core's channels-first order (so
-    the dense kernel after it is the core's array).
+    the dense kernel after it is the core's array); ``"patches"`` the core's patches of
+    the channels-last image, ``"pos_embed"`` an added table ``embeddings``,
+    ``"yat_attention"`` :class:`YatMultiHeadAttention` and ``"attention"``
+    :class:`MultiHeadAttention` (self-attention), ``"token_mean"`` ``tf.reduce_mean``
+    over the tokens. A layer with ``residual=True`` adds its input to its output.
 
     Examples
     --------
@@ -693,7 +1076,10 @@ class YatModel(_Module):
     """
 
     def __init__(self, spec: ModelSpec, *, seed: Seed = None, dtype: Any = tf.float32, name: str | None = None) -> None:
-        super().__init__(name=name or ("yat_mlp" if len(spec.input_shape) == 1 else "yat_cnn"))
+        if name is None:
+            vit = any(layer.kind in TOKEN_KINDS for layer in spec.layers)
+            name = "yat_vit" if vit else ("yat_mlp" if len(spec.input_shape) == 1 else "yat_cnn")
+        super().__init__(name=name)
         self.spec, self.dtype = spec, _float_dtype(dtype)
         self.layout = input_layout(spec.input_shape, channels_last=True)
         rng = _generator(seed)
@@ -710,8 +1096,10 @@ class YatModel(_Module):
         x = tf.ensure_shape(tf.reshape(x, [batch, -1]), [None, self.spec.in_features])
         if len(self.layout) > 1:
             x = tf.reshape(x, [batch, *self.layout])
-        for layer in self.layers:
-            x = layer.call(x)
+        for spec, layer in zip(self.spec.layers, self.layers):
+            call: Any = layer.call
+            y = call(x, x) if spec.kind in ATTENTION_KINDS else call(x)  # self-attention
+            x = x + y if spec.residual else y
         return x
 
 
@@ -728,7 +1116,13 @@ def _layer(spec: LayerSpec, index: int, rng: np.random.Generator, dtype: Any) ->
         return conv_from_spec(spec, seed=rng, dtype=dtype, name=name)
     if spec.kind == "conv":
         return _Conv(spec, seed=rng, dtype=dtype, name=name)
-    return (_Flatten if spec.kind == "flatten" else _Pool)(spec, dtype=dtype, name=name)
+    if spec.kind in ATTENTION_KINDS:
+        attention: type[_Attention] = YatMultiHeadAttention if spec.kind == "yat_attention" else MultiHeadAttention
+        return attention.from_spec(spec, seed=rng, dtype=dtype, name=name)
+    if spec.kind == "pos_embed":
+        return _PositionEmbedding(spec, seed=rng, dtype=dtype, name=name)
+    simple = {"flatten": _Flatten, "patches": _Patches, "token_mean": _TokenMean}
+    return simple.get(spec.kind, _Pool)(spec, dtype=dtype, name=name)
 
 
 # ------------------------------------------------------------ interchange
@@ -776,9 +1170,11 @@ def export_params(model: YatModel | _YatConv) -> dict[str, np.ndarray]:
     if isinstance(model, _YatConv):
         return model.export_params()
     spec, layers = _checked(model).spec, model.layers
-    return export_arrays(
-        spec, lambda i, name: to_core(spec.layers[i], name, getattr(layers[i], name).numpy()), kernel_in_out=True
-    )
+
+    def read(i: int, name: str) -> np.ndarray:
+        return to_core(spec.layers[i], name, native_variable(layers[i], spec.layers[i], name).numpy())
+
+    return export_arrays(spec, read, kernel_in_out=True)
 
 
 _M = TypeVar("_M", YatModel, _YatConv)
@@ -807,7 +1203,7 @@ def import_params(model: _M, params: Mapping[str, Any]) -> _M:
     spec, layers = _checked(model).spec, model.layers
 
     def write(index: int, name: str, value: np.ndarray) -> None:
-        variable = getattr(layers[index], name)
+        variable = native_variable(layers[index], spec.layers[index], name)
         variable.assign(from_core(spec.layers[index], name, value).astype(variable.dtype.as_numpy_dtype))
 
     import_arrays(spec, params, write, kernel_in_out=True)
