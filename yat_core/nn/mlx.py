@@ -60,7 +60,7 @@ from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.namespaces.mlx import namespace
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
-    NATIVE_KINDS,
+    attention_spec_options,
     check_native_kinds,
     check_size,
     conv_class,
@@ -68,12 +68,11 @@ from yat_core.nn.options import (
     conv_spec_options,
     forward_options,
     layer_option,
-    native_option,
     spec_options,
     yat_layer_spec,
 )
 from yat_core.product import DEFAULT_EPSILON, softplus_inverse, yat_product
-from yat_core.spec import ATTENTION_KINDS, CONV_KINDS, TOKEN_KINDS
+from yat_core.spec import ATTENTION_KINDS, CONV_KINDS
 
 __all__ = [
     "YatNMN",
@@ -778,9 +777,7 @@ class YatMultiHeadAttention(nn.Module):
         >>> YatMultiHeadAttention.from_spec(LayerSpec("yat_attention", 64, 64, heads=4)).num_heads
         4
         """
-        if spec.kind != "yat_attention":
-            raise ValueError(f"YatMultiHeadAttention is built from a 'yat_attention' spec, not {spec.kind!r}")
-        return cls(spec.in_features, spec.heads, bias=_projection_bias(spec), **_yat_score_options(spec))
+        return cls(spec.in_features, spec.heads, **attention_spec_options(spec))
 
     def __call__(self, queries: mx.array, keys: mx.array, values: mx.array, mask: Any = None) -> mx.array:
         q, k, v = self.query_proj(queries), self.key_proj(keys), self.value_proj(values)
@@ -814,7 +811,7 @@ class YatMultiHeadAttention(nn.Module):
             "value_output_dims": self.out_proj.weight.shape[0],
         }
         sizes.update({name: value for name, value in actual.items() if value != defaults[name]})
-        options = {"bias": self.spec.bias == LEARNABLE, **_yat_score_options(self.spec)}
+        options = attention_spec_options(self.spec)
         return ", ".join(f"{k}={v}" for k, v in {**sizes, **options}.items())
 
     def _check_square(self) -> None:
@@ -849,20 +846,6 @@ class YatMultiHeadAttention(nn.Module):
             _write_param(self, self.spec, name, value)
         mx.eval(self.parameters())
         return self
-
-
-def _projection_bias(spec: LayerSpec) -> bool:
-    """An attention spec's projection bias as ``bias=``: learnable or none (the spec refuses a constant)."""
-    return spec.bias == LEARNABLE
-
-
-def _yat_score_options(spec: LayerSpec) -> dict[str, Any]:
-    return {
-        "alpha": native_option(spec.alpha),
-        "epsilon": spec.epsilon,
-        "learnable_epsilon": spec.learnable_epsilon,
-        "spherical": spec.spherical,
-    }
 
 
 def _param_path(spec: LayerSpec, name: str) -> tuple[str, ...]:
@@ -1114,7 +1097,7 @@ def layer_from_spec(spec: LayerSpec) -> nn.Module:
     if spec.kind == "yat_attention":
         return YatMultiHeadAttention.from_spec(spec)
     if spec.kind == "attention":  # MLX's own; bias=True holds the core's projection biases exactly
-        return nn.MultiHeadAttention(spec.in_features, spec.heads, bias=_projection_bias(spec))
+        return nn.MultiHeadAttention(spec.in_features, spec.heads, bias=spec.bias == LEARNABLE)
     if spec.kind == "patches":
         return _Patches((spec.kernel_size[0], spec.kernel_size[1]))
     if spec.kind == "pos_embed":
@@ -1210,7 +1193,7 @@ def build_model(spec: ModelSpec, seed: int, *, dtype: mx.Dtype = mx.float32) -> 
     >>> count_params(build_model(seed_spec(), seed=0)), count_params(build_model(cnn_spec(), seed=0))
     (235148, 225037)
     """
-    check_native_kinds(spec, "mlx", NATIVE_KINDS + TOKEN_KINDS)
+    check_native_kinds(spec, "mlx")
     model = YatModel(spec)
     if dtype != mx.float32:
         model.set_dtype(dtype)

@@ -56,7 +56,7 @@ from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
-    NATIVE_KINDS,
+    attention_spec_options,
     check_native_kinds,
     check_size,
     conv_class,
@@ -69,7 +69,7 @@ from yat_core.nn.options import (
     yat_layer_spec,
 )
 from yat_core.product import DEFAULT_EPSILON, softplus_inverse, yat_product
-from yat_core.spec import ATTENTION_KINDS, TOKEN_KINDS
+from yat_core.spec import ATTENTION_KINDS
 
 __all__ = [
     "YatNMN",
@@ -715,18 +715,7 @@ class YatMultiHeadAttention(nn.Module):
         >>> layer.num_heads, layer.head_dim, layer.spec.spherical
         (4, 16, True)
         """
-        if spec.kind != "yat_attention":
-            raise ValueError(f"YatMultiHeadAttention is built from a 'yat_attention' spec, not {spec.kind!r}")
-        return cls(
-            spec.in_features,
-            spec.heads,
-            bias=spec.bias == LEARNABLE,
-            alpha=native_option(spec.alpha),
-            epsilon=spec.epsilon,
-            learnable_epsilon=spec.learnable_epsilon,
-            spherical=spec.spherical,
-            **factory,
-        )
+        return cls(spec.in_features, spec.heads, **attention_spec_options(spec), **factory)
 
     def reset_parameters(self) -> None:
         """Draw fresh initial values: the core's distributions (every projection ``±1/sqrt(E)``), PyTorch's generator."""
@@ -1212,7 +1201,7 @@ def build_model(spec: ModelSpec, seed: int, *, device: Any = None, dtype: torch.
     >>> count_params(build_model(seed_spec(), seed=0)), count_params(build_model(cnn_spec(), seed=0))
     (235148, 225037)
     """
-    check_native_kinds(spec, "torch", NATIVE_KINDS + TOKEN_KINDS)
+    check_native_kinds(spec, "torch")
     model = YatModel(spec, device=device, dtype=dtype)
     # Drawn in the model's dtype, as the core draws them (float32 values are not float64 ones).
     return import_params(model, init_mlp_numpy(spec, seed, np.dtype(str(dtype).removeprefix("torch."))))
