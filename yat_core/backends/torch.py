@@ -43,6 +43,11 @@ def _resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
+# array-api-compat's type checks are lru-cached; Dynamo traces through the cache (they
+# are pure) and says so once per helper: eight warnings a run that tell a user nothing.
+_DYNAMO_LRU_CACHE_WARNING = "Dynamo detected a call to a `functools.lru_cache`-wrapped function"
+
+
 class _CompiledStep:
     """``torch.compile`` for the steady batch shape, eager for any other.
 
@@ -66,7 +71,8 @@ class _CompiledStep:
         if self.compiled is None or key != self.shape_key:
             return self.eager(*args)
         try:
-            with torch.enable_grad() if self.grad else torch.no_grad():
+            with torch.enable_grad() if self.grad else torch.no_grad(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_DYNAMO_LRU_CACHE_WARNING, category=UserWarning)
                 return self.compiled(*args)
         except Exception as exc:  # noqa: BLE001 - any compiler fault means: run eagerly
             warnings.warn(
