@@ -2,16 +2,19 @@
 
 Inputs: the first training batch of the recipe (128 real MNIST images, pixels in
 [0, 1], the first 128 of epoch 1's batch order with seed 0; channels-first
-``(128, 1, 28, 28)`` for the CNN), the model's initial weights (seed 0, float32).
-Models (:data:`MODELS`): the seed MLP, the Yat CNN and the CNN's Conv+ReLU baseline.
-Compared, for every pair of float32 backends and each backend against the float64
-oracle:
+``(128, 1, 28, 28)`` for the CNN and the vision transformers), the model's initial
+weights (seed 0, float32). Models (:data:`MODELS`): the seed MLP, the Yat CNN and the
+CNN's Conv+ReLU baseline, the Yat vision transformer (``vit_spec()``) and its softmax
+baseline (``vit_softmax_spec()``). Compared, for every pair of float32 backends and each
+backend against the float64 oracle:
 
 - forward: each Yat layer's output on identical inputs (the first layer on the
   images, a later one on the float32 rounding of the oracle's input to it; dense
-  layers through the backend's ``yat_product``, convolutions through the model of that
-  one layer), for the core backends; and the logits of the whole model for every
-  backend and every framework-native model;
+  layers through the backend's ``yat_product`` (on a token sequence, its
+  ``(128 * tokens, features)`` rows, the product without the residual), convolutions
+  and Yat attention layers through the model of that one layer), for the core
+  backends; and the logits of the whole model for every backend and every
+  framework-native model;
 - gradients: every parameter gradient of the mean cross-entropy, per gradient mode.
 
 The metric is ``max |a - b| / max(1, |ref|)`` over elements (``ref``: the oracle);
@@ -34,7 +37,7 @@ from verification.error_model import precision_for, total_bound, yat_bound
 from verification.oracle import ConvOracle, YatOracle, mlp_backward64, mlp_forward64, yat_forward64
 from verification.trajectory import seed_batch
 from yat_core.mlp import init_mlp_numpy, mlp_value_and_grad
-from yat_core.spec import LayerSpec, ModelSpec, cnn_relu_spec, cnn_spec, seed_spec
+from yat_core.spec import LayerSpec, ModelSpec, cnn_relu_spec, cnn_spec, seed_spec, vit_softmax_spec, vit_spec
 
 __all__ = [
     "TARGET",
@@ -55,9 +58,17 @@ __all__ = [
 TARGET = 1e-6
 ORACLE = "oracle-float64"
 #: The models of the headline (names as in the report and ``STORE.headline``).
-MODELS: dict[str, Callable[[], ModelSpec]] = {"seed": seed_spec, "cnn": cnn_spec, "cnn-relu": cnn_relu_spec}
+MODELS: dict[str, Callable[[], ModelSpec]] = {
+    "seed": seed_spec,
+    "cnn": cnn_spec,
+    "cnn-relu": cnn_relu_spec,
+    "vit": vit_spec,
+    "vit-softmax": vit_softmax_spec,
+}
 #: Layer kinds compared on their own (before the logits).
-_LAYER_KINDS = ("yat", "yat_conv")
+_LAYER_KINDS = ("yat", "yat_conv", "yat_attention")
+#: Layer kinds the error model bounds on their own (the forward's bound ratio: the first of them).
+_BOUNDED_KINDS = ("yat", "yat_conv")
 
 
 def metrics(a: np.ndarray, b: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -105,6 +116,7 @@ def _dense_inputs(model: str, i: int) -> YatInputs:
     p = problem(model)
     params, ls = p["params"], p["spec"].layers[i]
     x = _layer_input(model, i)
+    x = x.reshape(-1, x.shape[-1])  # a token sequence's rows are rows of the product
 
     def option(name: str) -> Any:
         value = getattr(ls, name)
@@ -174,13 +186,19 @@ def forward_outputs(names: list[str], model: str = "seed") -> dict[str, dict[str
     return out
 
 
+def _first_bounded(model: str) -> tuple[str, int] | None:
+    """Key and index of the first compared layer the error model bounds on its own."""
+    spec = problem(model)["spec"]
+    return next(((k, i) for k, i in layer_keys(model).items() if spec.layers[i].kind in _BOUNDED_KINDS), None)
+
+
 def _first_layer_bound(model: str, name: str) -> tuple[str, np.ndarray, np.ndarray] | None:
-    """The first compared layer's key, its oracle output and its error-model bound (as laid out
+    """The first bounded layer's key, its oracle output and its error-model bound (as laid out
     in :func:`forward_outputs`)."""
-    layers = layer_keys(model)
-    if not layers:
+    first = _first_bounded(model)
+    if first is None:
         return None
-    key, i = next(iter(layers.items()))
+    key, i = first
     ref, saved = _layer_reference(model, i)
     prec = precision_for(name, np.float32)
     if isinstance(saved, YatOracle):
@@ -204,11 +222,12 @@ def forward_bound_ratios(outputs: dict[str, dict[str, np.ndarray]], model: str =
 
 
 def first_layer_length(model: str) -> int | None:
-    """The dot-product length ``k`` of the first compared layer (784 for the seed, 9 for the CNN)."""
-    layers = layer_keys(model)
-    if not layers:
+    """The dot-product length ``k`` of the first bounded layer (784 for the seed, 9 for the CNN,
+    64 for the ViT's first dense Yat layer)."""
+    first = _first_bounded(model)
+    if first is None:
         return None
-    layer = problem(model)["spec"].layers[next(iter(layers.values()))]
+    layer = problem(model)["spec"].layers[first[1]]
     return layer.in_features // layer.groups * int(np.prod(layer.kernel_size or (1,)))
 
 

@@ -18,8 +18,14 @@ any model.
 
 Yat attention (:func:`yat_attention64`) runs each (batch, head) slice of its scores
 through the same dense product, then the masked softmax and the weighted sum;
-:func:`yat_attention_vjp64` is its backward pass. Nothing there calls
-:mod:`yat_core.attention`.
+:func:`yat_attention_vjp64` is its backward pass; :func:`softmax_attention64` is the
+scaled dot-product baseline. Nothing there calls :mod:`yat_core.attention`.
+
+The token kinds of the vision transformer are layers of :func:`mlp_forward64` too:
+``patches`` (a loop over patch positions), ``pos_embed``, the attention layers (the
+q/k/v projections, heads as consecutive blocks of ``features / heads`` features, the
+attention above, the output projection), ``token_mean``, dense layers on token
+sequences, and ``residual`` (the layer's input added to its output).
 
 Inputs are float32 arrays read exactly in float64; constant options (a Python
 ``epsilon``, bias or alpha) are used at their float64 value, so the float32
@@ -69,6 +75,12 @@ __all__ = [
     "yat_attention64",
     "attention_score_grad64",
     "yat_attention_vjp64",
+    "SoftmaxAttentionOracle",
+    "softmax_attention64",
+    "softmax_attention_vjp64",
+    "AttentionLayer64",
+    "patches64",
+    "patches_vjp64",
 ]
 
 F64 = np.float64
@@ -510,13 +522,65 @@ def _yat_options(layer: Any, params: dict[str, np.ndarray], prefix: str) -> dict
     }
 
 
+def _affine64(h: np.ndarray, kernel: Any, bias: Any) -> np.ndarray:
+    """``h @ kernel.T + bias`` on the last axis (a learnable bias is an array, a constant a float)."""
+    out = h @ np.asarray(kernel, dtype=F64).T
+    return out if bias is None else out + _as64(bias)
+
+
 def _linear64(layer: Any, params: dict[str, np.ndarray], prefix: str, h: np.ndarray) -> np.ndarray:
-    out = h @ np.asarray(params[prefix + "kernel"], dtype=F64).T
-    if layer.bias == "learnable":
-        out = out + np.asarray(params[prefix + "bias"], dtype=F64)
-    elif layer.bias is not None:
-        out = out + float(layer.bias)
+    bias = params[prefix + "bias"] if layer.bias == "learnable" else layer.bias
+    out = _affine64(h, params[prefix + "kernel"], bias)
     return np.maximum(out, 0.0) if layer.activation == "relu" else out
+
+
+def patches64(x: np.ndarray, patch: tuple[int, ...]) -> np.ndarray:
+    """``(N, C, H, W) -> (N, tokens, C * ph * pw)``: one token per patch position, row-major
+    over the positions, each patch's pixels flattened channels first."""
+    x = np.asarray(x, dtype=F64)
+    (ph, pw), (n, _, height, width) = patch, x.shape
+    tokens = [x[:, :, r : r + ph, c : c + pw].reshape(n, -1) for r in range(0, height, ph) for c in range(0, width, pw)]
+    return np.stack(tokens, axis=1)
+
+
+def patches_vjp64(g: np.ndarray, x_shape: tuple[int, ...], patch: tuple[int, ...]) -> np.ndarray:
+    """The adjoint of :func:`patches64`: each token's gradient written back onto its patch."""
+    (ph, pw), (n, ch, height, width) = patch, x_shape
+    out = np.zeros(x_shape, dtype=F64)
+    positions = [(r, c) for r in range(0, height, ph) for c in range(0, width, pw)]
+    for t, (r, c) in enumerate(positions):
+        out[:, :, r : r + ph, c : c + pw] = np.asarray(g[:, t], dtype=F64).reshape(n, ch, ph, pw)
+    return out
+
+
+class AttentionLayer64(NamedTuple):
+    """An attention layer's forward pass: the projected ``q``, ``k``, ``v`` split into heads
+    ``(N, T, H, D/H)``, the attention's oracle, and its output ``(N, T, D)`` before the
+    output projection."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    attention: Any  # AttentionOracle ("yat_attention") or SoftmaxAttentionOracle ("attention")
+    merged: np.ndarray
+
+
+def _projection(params: dict[str, np.ndarray], prefix: str, p: str, layer: Any, h: np.ndarray) -> np.ndarray:
+    bias = params[f"{prefix}{p}_bias"] if layer.bias == "learnable" else None
+    return _affine64(h, params[f"{prefix}{p}_kernel"], bias)
+
+
+def _attention_layer64(layer: Any, params: dict[str, np.ndarray], prefix: str, h: np.ndarray) -> AttentionLayer64:
+    n, t, dim = h.shape
+    split = (n, t, layer.heads, dim // layer.heads)  # head j: features j*d .. (j+1)*d - 1
+    q, k, v = (_projection(params, prefix, p, layer, h).reshape(split) for p in ("q", "k", "v"))
+    if layer.kind == "attention":
+        att: Any = softmax_attention64(q, k, v)
+    else:
+        alpha = params[prefix + "alpha"] if layer.alpha == "learnable" else layer.alpha
+        eps = softplus64(params[prefix + "epsilon_raw"]) if layer.learnable_epsilon else layer.epsilon
+        att = yat_attention64(q, k, v, alpha=alpha, epsilon=eps, spherical=layer.spherical)
+    return AttentionLayer64(q, k, v, att, att.out.reshape(n, t, dim))
 
 
 def _conv_geometry(layer: Any) -> dict[str, Any]:
@@ -532,12 +596,23 @@ def _conv_geometry(layer: Any) -> dict[str, Any]:
 
 
 def _layer_forward64(layer: Any, params: dict[str, np.ndarray], prefix: str, h: np.ndarray) -> tuple[np.ndarray, Any]:
-    """One layer's output and what its backward pass needs (see :class:`MLPBackward`)."""
-    if layer.kind == "yat":
-        o = yat_forward64(h, params[prefix + "kernel"], **_yat_options(layer, params, prefix))
-        return o.y, o
+    """One layer's own output (before any residual) and what its backward pass needs (see
+    :class:`MLPBackward`)."""
+    if layer.kind == "yat":  # on the last axis: a token sequence's rows are rows of the product
+        o = yat_forward64(h.reshape(-1, h.shape[-1]), params[prefix + "kernel"], **_yat_options(layer, params, prefix))
+        return o.y.reshape(*h.shape[:-1], -1), o
     if layer.kind == "linear":
-        return _linear64(layer, params, prefix, h), None
+        out = _linear64(layer, params, prefix, h)
+        return out, (out if layer.activation == "relu" else None)
+    if layer.kind in ("yat_attention", "attention"):
+        a = _attention_layer64(layer, params, prefix, h)
+        return _projection(params, prefix, "o", layer, a.merged), a
+    if layer.kind == "patches":
+        return patches64(h, layer.kernel_size), None
+    if layer.kind == "pos_embed":
+        return h + np.asarray(params[prefix + "table"], dtype=F64), None
+    if layer.kind == "token_mean":
+        return np.mean(h, axis=1), None
     if layer.kind in ("yat_conv", "yat_conv_transpose", "conv"):
         geo, w = _conv_geometry(layer), params[prefix + "kernel"]
         if layer.kind == "yat_conv_transpose":
@@ -570,7 +645,7 @@ def mlp_forward64(params: dict[str, np.ndarray], x: np.ndarray, spec: MLPSpec) -
     saved: list[Any] = []
     for i, layer in enumerate(spec.layers):
         out, keep = _layer_forward64(layer, params, f"{i}.", acts[-1])
-        acts.append(out)
+        acts.append(acts[-1] + out if layer.residual else out)
         saved.append(keep)
     return acts, saved
 
@@ -578,8 +653,11 @@ def mlp_forward64(params: dict[str, np.ndarray], x: np.ndarray, spec: MLPSpec) -
 class MLPBackward(NamedTuple):
     """The oracle's forward and backward pass of a model.
 
-    ``saved[i]`` is a :class:`YatOracle` for a ``"yat"`` layer, a :class:`ConvOracle` for a
-    convolution, each window's first-maximum index for ``"max_pool"``, None otherwise.
+    ``saved[i]`` is a :class:`YatOracle` for a ``"yat"`` layer (on a token sequence, of its
+    ``(N * T, features)`` rows), a :class:`ConvOracle` for a convolution, each window's
+    first-maximum index for ``"max_pool"``, an :class:`AttentionLayer64` for an attention
+    layer, a ReLU ``"linear"`` layer's own output (before any residual), None otherwise.
+    ``acts[i + 1]`` includes a residual layer's input.
     """
 
     loss: float
@@ -606,22 +684,78 @@ def _store(grads: dict[str, np.ndarray], prefix: str, parts: dict[str, np.ndarra
             grads[prefix + name] = parts[name]
 
 
+def _affine_vjp64(g: np.ndarray, h: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of ``h @ w.T + b`` (on the last axis) for ``g`` on its output: input, kernel, bias."""
+    # On 2-D contiguous rows: a stacked matmul of strided tokens is far slower in NumPy.
+    g2, h2 = np.ascontiguousarray(g).reshape(-1, g.shape[-1]), np.ascontiguousarray(h).reshape(-1, h.shape[-1])
+    return (g2 @ w).reshape(*g.shape[:-1], w.shape[1]), g2.T @ h2, g2.sum(axis=0)
+
+
+def _attention_layer_vjp64(
+    layer: Any,
+    params: dict[str, np.ndarray],
+    prefix: str,
+    h: np.ndarray,
+    a: AttentionLayer64,
+    g: np.ndarray,
+    grads: dict[str, np.ndarray],
+) -> np.ndarray:
+    """Back through the output projection, the attention and the q/k/v projections; the
+    parameters' gradients go into ``grads``, the input's is returned."""
+    learnable_bias = layer.bias == "learnable"
+    w = {p: np.asarray(params[f"{prefix}{p}_kernel"], dtype=F64) for p in ("q", "k", "v", "o")}
+    g_merged, grads[prefix + "o_kernel"], g_b = _affine_vjp64(g, a.merged, w["o"])
+    if learnable_bias:
+        grads[prefix + "o_bias"] = g_b
+    g_att = g_merged.reshape(a.v.shape)
+    if layer.kind == "attention":
+        parts = softmax_attention_vjp64(a.attention, g_att)
+    else:
+        parts = yat_attention_vjp64(a.attention, g_att)
+        if "alpha" in parts:
+            grads[prefix + "alpha"] = parts["alpha"]
+        if "epsilon" in parts:  # epsilon = softplus(raw): d eps / d raw = sigmoid(raw)
+            raw = np.asarray(params[prefix + "epsilon_raw"], dtype=F64)
+            grads[prefix + "epsilon_raw"] = parts["epsilon"] / (1.0 + np.exp(-raw))
+    g_h = np.zeros_like(h)
+    for p in ("q", "k", "v"):
+        g_p = parts[p].reshape(h.shape)
+        g_x, grads[f"{prefix}{p}_kernel"], g_b = _affine_vjp64(g_p, h, w[p])
+        if learnable_bias:
+            grads[f"{prefix}{p}_bias"] = g_b
+        g_h += g_x
+    return g_h
+
+
 def _layer_backward64(
     layer: Any, params: dict[str, np.ndarray], prefix: str, h: np.ndarray, out: np.ndarray, saved: Any, g: np.ndarray
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The gradient of the layer's input and of its parameters, for ``g`` on its output."""
+    """The gradient of the layer's input and of its parameters, for ``g`` on its output (its
+    own output: a residual's identity path is added by the caller)."""
     grads: dict[str, np.ndarray] = {}
-    if layer.kind in ("linear", "conv") and layer.activation == "relu":
+    if layer.kind == "linear" and layer.activation == "relu":
+        g = np.where(saved > 0, g, 0.0)  # the layer's own output: a residual is added after the ReLU
+    if layer.kind == "conv" and layer.activation == "relu":
         g = np.where(out > 0, g, 0.0)
     if layer.kind == "linear":
-        grads[prefix + "kernel"] = g.T @ h
+        w = np.asarray(params[prefix + "kernel"], dtype=F64)
+        g_x, grads[prefix + "kernel"], g_b = _affine_vjp64(g, h, w)
         if layer.bias == "learnable":
-            grads[prefix + "bias"] = g.sum(axis=0)
-        return g @ np.asarray(params[prefix + "kernel"], dtype=F64), grads
+            grads[prefix + "bias"] = g_b
+        return g_x, grads
     if layer.kind == "yat":
-        parts = yat_vjp64(saved, g)
+        parts = yat_vjp64(saved, g.reshape(-1, g.shape[-1]))
         _store(grads, prefix, parts)
-        return parts["x"], grads
+        return parts["x"].reshape(h.shape), grads
+    if layer.kind in ("yat_attention", "attention"):
+        return _attention_layer_vjp64(layer, params, prefix, h, saved, g, grads), grads
+    if layer.kind == "patches":
+        return patches_vjp64(g, h.shape, layer.kernel_size), grads
+    if layer.kind == "pos_embed":
+        grads[prefix + "table"] = g.sum(axis=0)
+        return g, grads
+    if layer.kind == "token_mean":
+        return np.repeat(g[:, None, :] / h.shape[1], h.shape[1], axis=1), grads
     if layer.kind == "conv":
         parts = conv_vjp64(saved, g)
         if layer.bias != "learnable":
@@ -656,7 +790,9 @@ def mlp_backward64(params: dict[str, np.ndarray], x: np.ndarray, labels: np.ndar
     upstream: list[np.ndarray] = [np.empty(0)] * len(spec.layers)
     for i in reversed(range(len(spec.layers))):
         upstream[i] = g
-        g, layer_grads = _layer_backward64(spec.layers[i], params, f"{i}.", acts[i], acts[i + 1], saved[i], g)
+        layer = spec.layers[i]
+        g_in, layer_grads = _layer_backward64(layer, params, f"{i}.", acts[i], acts[i + 1], saved[i], g)
+        g = g_in + g if layer.residual else g_in
         grads.update(layer_grads)
     return MLPBackward(loss, {name: grads[name] for name in params}, acts, saved, upstream)
 
@@ -822,3 +958,31 @@ def yat_attention_vjp64(o: AttentionOracle, g: np.ndarray) -> dict[str, np.ndarr
         g_eps = sum(float(np.sum(-gs * so.alpha * so.ratio / so.d)) for so, gs in zip(o.scores, flat))
         grads["epsilon"] = np.reshape(np.asarray(g_eps, dtype=F64), o.epsilon_shape)
     return grads
+
+
+class SoftmaxAttentionOracle(NamedTuple):
+    """Scaled dot-product attention in float64 (the baseline): layouts as :class:`AttentionOracle`."""
+
+    q: np.ndarray  # (..., Tq, H, d)
+    k: np.ndarray
+    v: np.ndarray
+    s: np.ndarray  # (*lead, Tq, Tk): q.k / sqrt(d)
+    weights: np.ndarray
+    out: np.ndarray  # (..., Tq, H, dv)
+
+
+def softmax_attention64(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> SoftmaxAttentionOracle:
+    """``softmax(q.k / sqrt(d)) v`` over every key, in float64."""
+    q64, k64, v64 = (np.asarray(a, dtype=F64) for a in (q, k, v))
+    s = _heads_first64(q64) @ np.swapaxes(_heads_first64(k64), -1, -2) / math.sqrt(q64.shape[-1])
+    weights = _softmax_rows64(s, np.ones(s.shape, dtype=bool))
+    return SoftmaxAttentionOracle(q64, k64, v64, s, weights, _heads_first64(weights @ _heads_first64(v64)))
+
+
+def softmax_attention_vjp64(o: SoftmaxAttentionOracle, g: np.ndarray) -> dict[str, np.ndarray]:
+    """Gradients ``"q"``, ``"k"``, ``"v"`` of ``sum(g * out)`` of :func:`softmax_attention64`."""
+    g_s, _, g_v = attention_score_grad64(o, g)  # type: ignore[arg-type]  # reads weights and v only
+    g_dot = g_s / math.sqrt(o.q.shape[-1])
+    g_q = g_dot @ _heads_first64(o.k)
+    g_k = np.swapaxes(g_dot, -1, -2) @ _heads_first64(o.q)
+    return {"q": _heads_first64(g_q), "k": _heads_first64(g_k), "v": g_v}

@@ -1,6 +1,7 @@
 """The parity report: ``parity.json`` (the receipt), ``parity.md`` (the tables) and
-``loss_curves.png`` / ``loss_curves_cnn.png`` (the training losses of the seed model and
-of the Yat CNN overlaid), written at the end of a session.
+``loss_curves.png`` / ``loss_curves_cnn.png`` / ``loss_curves_vit.png`` (the training
+losses of the seed model, the Yat CNN and the Yat vision transformer overlaid), written at
+the end of a session.
 
 ``python -m verification.report [FOLDER]`` re-renders the Markdown and the figure
 from an existing ``parity.json`` (default folder: ``results/parity``).
@@ -44,7 +45,7 @@ def _json_default(value: Any) -> Any:
 
 
 #: Loss-curve figure per trajectory model (the seed model's keeps its name).
-FIGURES = {"seed": "loss_curves.png", "cnn": "loss_curves_cnn.png"}
+FIGURES = {"seed": "loss_curves.png", "cnn": "loss_curves_cnn.png", "vit": "loss_curves_vit.png"}
 
 
 def _trajectories(traj: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -114,6 +115,22 @@ _HEADLINE_TEXT = {
         "the Conv+ReLU baseline of the CNN",
         "The same batch and the initial weights of the CNN's same-shape Conv+ReLU baseline "
         "(`cnn_relu_spec()`, seed 0).",
+        "the logits",
+        "",
+    ),
+    "vit": (
+        "the Yat vision transformer's domain",
+        "The same first training batch, channels first (128 x 1 x 28 x 28, 16 patches of 7 x 7 per image), "
+        "and the initial weights of the Yat ViT (`vit_spec()`, seed 0).",
+        "each Yat layer on identical inputs (both Yat attention layers, q/k/v/o projections and residual "
+        "included, and both dense Yat layers, the product of the 128 x 16 token rows; core backends) and "
+        "the logits (every backend and framework-native model)",
+        "the ViT's first dense Yat layer, 64 -> 64 on 2,048 token rows",
+    ),
+    "vit-softmax": (
+        "the softmax baseline of the ViT",
+        "The same batch and the initial weights of the ViT's same-shape softmax-attention and Linear+ReLU "
+        "baseline (`vit_softmax_spec()`, seed 0).",
         "the logits",
         "",
     ),
@@ -269,7 +286,9 @@ def _model_checks_section(meta: dict[str, Any]) -> list[str]:
 _TRAJECTORY_TITLE = {
     "seed": None,
     "cnn": "Yat CNN, same init, same batches: per-step loss of every backend and framework",
+    "vit": "Yat ViT, same init, same batches: per-step loss of every backend and framework",
 }
+_TRAJECTORY_NAME = {"cnn": "Yat CNN", "vit": "Yat vision transformer"}
 
 
 def _trajectory_model(name: str, traj: dict[str, Any]) -> list[str]:
@@ -282,7 +301,7 @@ def _trajectory_model(name: str, traj: dict[str, Any]) -> list[str]:
         out = ["## Trajectory: same init, same batches", ""]
         what = "Per-step training loss of each float32 backend against it."
     else:
-        out = [f"## Trajectory: the {'Yat CNN' if name == 'cnn' else name}, same init, same batches", ""]
+        out = [f"## Trajectory: the {_TRAJECTORY_NAME.get(name, name)}, same init, same batches", ""]
         what = (
             "Per-step training loss of each float32 backend, and of each framework's native model trained "
             "with its own optimizer (`nn-*`) from the same initial weights, against it."

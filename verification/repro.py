@@ -4,15 +4,15 @@ that every failure message prints.
 Usage::
 
     python -m verification.repro CHECK BACKEND "CASE"
-    python -m verification.repro headline BACKEND [--model seed|cnn|cnn-relu]
-    python -m verification.repro trajectory BACKEND [ci|thorough] [--model seed|cnn]
+    python -m verification.repro headline BACKEND [--model seed|cnn|cnn-relu|vit|vit-softmax]
+    python -m verification.repro trajectory BACKEND [ci|thorough] [--model seed|cnn|vit]
 
 ``CHECK`` is one of yat, yat-grad, yat-fd, mlp, mlp-grad, mlp-fd (gradients take
 ``name-mode`` backends such as ``torch-autodiff``), nonneg, orthogonal, equal-rows,
 rows, permutation, dtype. ``CASE`` is the ``YatCase(...)`` / ``MLPCase(...)``
 printed in the failure message. ``headline`` takes a backend (``torch``, ``nn-keras``) or
 a gradient id (``jax-autodiff``); ``trajectory`` a backend (``torch``, ``jax-analytic``) or,
-for the CNN, a framework's native model (``nn-tf``). Exit status 0: the check passes; 1: it
+for the CNN and the ViT, a framework's native model (``nn-tf``). Exit status 0: the check passes; 1: it
 fails.
 """
 
@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("check", choices=CHECKS)
     parser.add_argument("backend")
     parser.add_argument("case", nargs="?", default=None, help="YatCase(...) or MLPCase(...); profile for trajectory")
-    parser.add_argument("--model", default="seed", help="headline and trajectory: seed, cnn (headline: cnn-relu too)")
+    parser.add_argument(
+        "--model", default="seed", help="headline and trajectory: seed, cnn, vit (headline: cnn-relu, vit-softmax too)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.check == "headline":

@@ -4,9 +4,12 @@ float64 oracle and of every other backend, for the forward pass and for every
 parameter gradient.
 
 Models: the seed MLP, the Yat CNN (``cnn_spec()``, channels-first images) and its
-Conv+ReLU baseline; the logits of every framework-native model too. The oracle's
-convolution, pooling and their backward passes are checked against finite differences
-here, and the core's float64 analytic gradients against the oracle.
+Conv+ReLU baseline, the Yat vision transformer (``vit_spec()``) and its softmax
+baseline (``vit_softmax_spec()``), as the profile lists them; the logits of every
+framework-native model too. The oracle's convolution, pooling, token kinds (patches,
+position table, both attentions with their projections, residuals, token mean) and
+their backward passes are checked against finite differences here, and the core's
+float64 analytic gradients against the oracle.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from verification.headline import (
 )
 from verification.oracle import mlp_backward64
 from verification.results import STORE
-from yat_core.mlp import init_mlp_numpy
+from yat_core.mlp import init_mlp_numpy, mlp_value_and_grad
 from yat_core.spec import LayerSpec, ModelSpec
 
 FORWARD = backends.provider_ids("mlp")
@@ -148,3 +151,47 @@ def test_oracle_conv_model_gradients_match_finite_differences() -> None:
         minus = mlp_backward64({**params, name: value - h * v}, x, labels, _ALL_KINDS).loss
         fd, analytic = (plus - minus) / (2 * h), float(np.sum(back.grads[name] * v))
         assert abs(fd - analytic) <= 1e-6 * max(1.0, abs(analytic)), f"{name}: fd {fd:.9e} vs oracle {analytic:.9e}"
+
+
+#: Every token kind of the vision transformers: patches (several channels, non-square), a
+#: position table, Yat and softmax attention (learnable alpha and epsilon, constant alpha,
+#: no projection bias, spherical scores, 2 and 4 heads), dense layers on token sequences,
+#: residuals on every kind that takes one (a ReLU baseline's included), the token mean.
+_TOKENS = ModelSpec(
+    (
+        _L("patches", 2, 12, kernel_size=(3, 2)),
+        _L("linear", 12, 8),
+        _L("pos_embed", 8, 8, tokens=4),
+        _L("yat_attention", 8, 8, heads=2, residual=True, epsilon=0.5, learnable_epsilon=True),
+        _L("attention", 8, 8, heads=2, bias=None, residual=True),
+        _L("yat", 8, 8, residual=True, spherical=True),
+        _L("linear", 8, 8, activation="relu", residual=True),
+        _L("yat_attention", 8, 8, heads=4, alpha=0.7, bias=None, spherical=True),
+        _L("yat", 8, 8, bias=0.2, epsilon=0.5, learnable_epsilon=True),
+        _L("token_mean", 8, 8),
+        _L("yat", 8, 5),
+    ),
+    input_shape=(2, 6, 4),
+)  # fmt: skip
+
+
+def test_oracle_token_model_gradients_match_finite_differences() -> None:
+    """The oracle's backward pass through every token kind (the patch scatter, the heads'
+    split, both attentions with their projections, the residual paths, the token mean)
+    against central differences of its own forward pass, in float64, along a random
+    direction per parameter; and the core's float64 gradients of the same model."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, *_TOKENS.input_shape))
+    labels = rng.integers(0, 5, 3)
+    params = init_mlp_numpy(_TOKENS, 3, np.float64)
+    back = mlp_backward64(params, x, labels, _TOKENS)
+    for name, value in params.items():
+        v = rng.normal(size=value.shape)
+        h = 1e-6 * max(1.0, float(np.abs(value).max()))
+        plus = mlp_backward64({**params, name: value + h * v}, x, labels, _TOKENS).loss
+        minus = mlp_backward64({**params, name: value - h * v}, x, labels, _TOKENS).loss
+        fd, analytic = (plus - minus) / (2 * h), float(np.sum(back.grads[name] * v))
+        assert abs(fd - analytic) <= 1e-6 * max(1.0, abs(analytic)), f"{name}: fd {fd:.9e} vs oracle {analytic:.9e}"
+    _, core = mlp_value_and_grad(params, x, labels, _TOKENS)
+    gap = max(metrics(core[k], back.grads[k], back.grads[k])["headline"] for k in core)
+    assert gap < 1e-12, f"core float64 gradients of the token model differ from the oracle by {gap:.3e}"

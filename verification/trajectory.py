@@ -6,8 +6,8 @@ the reference is the NumPy backend in float64. Each backend runs its default
 training step, compiled as users run it; each framework (``TrainConfig(framework=...)``)
 trains its own native model with its own optimizer, built from the same weights.
 
-Two models: ``"seed"`` (the seed MLP, ``--model mlp``) and ``"cnn"`` (the Yat CNN,
-``--model cnn``).
+Three models: ``"seed"`` (the seed MLP, ``--model mlp``), ``"cnn"`` (the Yat CNN,
+``--model cnn``) and ``"vit"`` (the Yat vision transformer, ``--model vit``).
 """
 
 from __future__ import annotations
@@ -21,18 +21,23 @@ import numpy as np
 
 from verification.error_model import Precision, loss_bound, yat_bound
 from verification.oracle import (
+    AttentionLayer64,
     ConvOracle,
+    MLPBackward,
     avg_pool64,
+    mlp_backward64,
     mlp_forward64,
+    patches64,
     pool_windows64,
     unfold64,
+    yat_attention_vjp64,
 )
 from yat_core.backends import get_backend
 from yat_core.mlp import MLPSpec, init_mlp_numpy
 from yat_core.optim import adamw_init
 from yat_core.runners.core import CoreRunner
 from yat_core.spec import MODELS as RECIPES
-from yat_core.spec import ModelSpec
+from yat_core.spec import TOKEN_KINDS, ModelSpec
 from yat_core.train import TrainConfig, batch_order, train
 
 __all__ = [
@@ -48,6 +53,7 @@ __all__ = [
     "seed_batch",
     "first_batch",
     "conv_front_bounds",
+    "token_loss_bound",
     "model_loss_bound",
 ]
 
@@ -58,12 +64,12 @@ TRAINING_BACKENDS = (("numpy", None), ("torch", None), ("jax", None), ("mlx", No
 #: Frameworks whose native model trains from the same weights (``TrainConfig(framework=...)``).
 FRAMEWORKS = ("torch", "nnx", "linen", "mlx", "keras", "tf")
 #: The parity suite's model names and the ``--model`` each one is.
-MODELS = {"seed": "mlp", "cnn": "cnn"}
+MODELS = {"seed": "mlp", "cnn": "cnn", "vit": "vit"}
 BATCH = 128
 
 
 def model_spec(model: str) -> ModelSpec:
-    """The Yat spec of a parity model name (``"seed"``, ``"cnn"``)."""
+    """The Yat spec of a parity model name (``"seed"``, ``"cnn"``, ``"vit"``)."""
     return RECIPES[MODELS[model]].yat()
 
 
@@ -260,12 +266,17 @@ def model_loss_bound(
     x_err: np.ndarray | None = None,
     *,
     forward: tuple[list[np.ndarray], list[Any]] | None = None,
+    backward: MLPBackward | None = None,
 ) -> float:
     """:func:`~verification.error_model.loss_bound` of any model: the convolutional front
     by :func:`conv_front_bounds`, then the dense tail (a Yat MLP on the front's output,
-    carrying its error) by ``loss_bound``. ``forward``: as :func:`conv_front_bounds`."""
+    carrying its error) by ``loss_bound``; a model with token layers by
+    :func:`token_loss_bound` (``backward``: the oracle's ``mlp_backward64`` of the inputs, when
+    already computed). ``forward``: as :func:`conv_front_bounds`."""
     x = np.asarray(x, dtype=np.float64).reshape(len(x), *spec.input_shape)
     x_err = np.zeros_like(x) if x_err is None else x_err
+    if any(layer.kind in TOKEN_KINDS for layer in spec.layers):
+        return token_loss_bound(params, x, labels, spec, prec, x_err, backward=backward)
     i, h, err = conv_front_bounds(params, x, spec, prec, x_err, forward=forward)
     if i == 0:
         return loss_bound(params, x, labels, spec, prec, err)
@@ -276,3 +287,89 @@ def model_loss_bound(
         if int(name.split(".")[0]) >= i
     }
     return loss_bound(tail_params, h, labels, tail, prec, err)
+
+
+# -- the step-1 bound of a vision transformer --------------------------------------------------
+
+
+def _attention_terms(
+    layer: Any, params: dict[str, np.ndarray], prefix: str, h: np.ndarray, a: AttentionLayer64, g: np.ndarray, prec: Any
+) -> float:
+    """``sum |dL/dz| e_z`` over the attention layer's intermediates ``z``: the q/k/v
+    projections (:func:`~verification.error_model.linear_bound` of exact inputs), the
+    attention (:func:`~verification.error_model.attention_bound` of exact q, k, v) and the
+    output projection; ``g`` is the loss's gradient on the layer's own output."""
+    from verification.error_model import attention_bound, linear_bound
+
+    if layer.kind != "yat_attention":
+        raise NotImplementedError(f"no step-1 error bound through a {layer.kind} layer")
+    bias = {p: params.get(f"{prefix}{p}_bias") for p in ("q", "k", "v", "o")}
+    kernel = {p: params[f"{prefix}{p}_kernel"] for p in ("q", "k", "v", "o")}
+    g_merged = g @ np.asarray(kernel["o"], dtype=np.float64)
+    parts = yat_attention_vjp64(a.attention, g_merged.reshape(a.v.shape))
+    zero = np.zeros_like(h)
+    total = float(np.sum(np.abs(g) * linear_bound(a.merged, kernel["o"], bias["o"], np.zeros_like(a.merged), prec)))
+    total += float(np.sum(np.abs(g_merged) * attention_bound(a.attention, prec).out.reshape(g_merged.shape)))
+    for p in ("q", "k", "v"):
+        e = linear_bound(h, kernel[p], bias[p], zero, prec)
+        total += float(np.sum(np.abs(parts[p].reshape(h.shape)) * e))
+    return total
+
+
+def token_loss_bound(
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    labels: np.ndarray,
+    spec: ModelSpec,
+    prec: Precision,
+    x_err: np.ndarray,
+    *,
+    backward: MLPBackward | None = None,
+) -> float:
+    """The error model's bound on the mean loss of a vision transformer (``patches``, token
+    layers, then a dense head after ``token_mean``), computed in ``prec``, linearised.
+
+    The error model bounds each layer's rounding on exact inputs (a dense layer
+    :func:`~verification.error_model.linear_bound` or
+    :func:`~verification.error_model.yat_bound`, the attention
+    :func:`~verification.error_model.attention_bound` and its projections, ``u |out|``
+    for a position table's or a residual's addition, ``gamma_(T+1)`` of the mean magnitude
+    for the token mean); each such error ``e_z`` of an intermediate ``z`` moves the loss by
+    at most ``sum |dL/dz| e_z`` to first order, the gradients ``dL/dz`` being the float64
+    oracle's. The pixels' error goes through the (exact) patch permutation the same way,
+    and the last layer and the cross-entropy are :func:`~verification.error_model.loss_bound`
+    of that dense layer on the oracle's exact input. Second-order terms are ``O(u^2)``
+    relative (1e-14 here) and are not carried: unlike the interval arguments of the dense
+    and convolutional models this bound is first order, as the attention's bound is on
+    exact inputs only. ``backward``: ``mlp_backward64(params, x, labels, spec)`` when already
+    computed.
+    """
+    from verification.error_model import gamma, linear_bound, loss_bound, yat_bound
+
+    back = mlp_backward64(params, x, labels, spec) if backward is None else backward
+    u, last = prec.u, len(spec.layers) - 1
+    if spec.layers[0].kind != "patches" or spec.layers[last].kind not in ("yat", "linear"):
+        raise NotImplementedError("the token bound takes patches first and a dense layer last")
+    total = float(np.sum(np.abs(back.upstream[0]) * patches64(x_err, spec.layers[0].kernel_size)))
+    for i, layer in enumerate(spec.layers[1:last], start=1):
+        prefix, h, out, g = f"{i}.", back.acts[i], back.acts[i + 1], back.upstream[i]
+        if layer.kind == "linear":
+            bias = params[prefix + "bias"] if layer.bias == "learnable" else layer.bias
+            e = linear_bound(h, params[prefix + "kernel"], bias, np.zeros_like(h), prec)
+        elif layer.kind == "yat":
+            e = yat_bound(back.saved[i], prec).y.reshape(out.shape)
+        elif layer.kind == "pos_embed":
+            e = u * np.abs(out)
+        elif layer.kind == "token_mean":
+            e = gamma(h.shape[1] + 1, u) * np.mean(np.abs(h), axis=1) + prec.tiny
+        elif layer.kind == "yat_attention":
+            total += _attention_terms(layer, params, prefix, h, back.saved[i], g, prec)
+            e = np.zeros_like(out)
+        else:
+            raise NotImplementedError(f"no step-1 error bound through a {layer.kind} layer")
+        if layer.residual:  # the addition of the input, one rounding of the sum
+            e = e + u * np.abs(out)
+        total += float(np.sum(np.abs(g) * e))
+    head = ModelSpec((spec.layers[last],))
+    head_params = {"0." + k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(f"{last}.")}
+    return total + loss_bound(head_params, back.acts[last], labels, head, prec)
