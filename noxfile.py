@@ -39,7 +39,9 @@ def tests(session: nox.Session) -> None:
     _install(session, ALL_EXTRAS)
     session.run("pytest", "tests", "-q", "--require-frameworks", *session.posargs)
     # The benchmark suite's own logic (FLOP count, regression check, report), seconds.
-    session.run("pytest", "benchmarks/test_suite.py", "-q", "-p", "no:cacheprovider")
+    session.run(
+        "pytest", "benchmarks/test_suite.py", "benchmarks/test_attention_bench.py", "-q", "-p", "no:cacheprovider"
+    )
     ignore = [f"--ignore={path}" for path in TF_DOCTESTS]
     session.run(
         "pytest", "--doctest-modules", "yat_core", "-q", "-p", "no:cacheprovider", *ignore, env={"KERAS_BACKEND": "jax"}
