@@ -21,6 +21,7 @@ CORE = (
     "yat_core.namespaces",
     "yat_core.product",
     "yat_core.conv",
+    "yat_core.attention",
     "yat_core.mlp",
     "yat_core.losses",
     "yat_core.optim",
@@ -32,6 +33,8 @@ ABOVE_CORE = (
     "yat_core.train",
     "yat_core.cli",
     "yat_core.receipts",
+    "yat_core.compare",
+    "yat_core.report",
     "yat_core.data",
 )
 #: Layers know no backend and no training.
@@ -41,12 +44,15 @@ ABOVE_NN = (
     "yat_core.train",
     "yat_core.cli",
     "yat_core.receipts",
+    "yat_core.compare",
+    "yat_core.report",
     "yat_core.data",
 )
 #: Data knows no math.
 ABOVE_DATA = (
     "yat_core.product",
     "yat_core.conv",
+    "yat_core.attention",
     "yat_core.mlp",
     "yat_core.losses",
     "yat_core.optim",

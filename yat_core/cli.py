@@ -1,4 +1,4 @@
-"""The ``yat-core`` command line: ``train``, ``data`` and ``backends``.
+"""The ``yat-core`` command line: ``train``, ``compare``, ``report``, ``data`` and ``backends``.
 
 User errors (bad flags, missing data, an absent framework) end in one line on
 stderr and a non-zero exit status; only bugs keep their traceback.
@@ -57,7 +57,8 @@ def _non_negative_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the docs and the tests)."""
     parser = argparse.ArgumentParser(
-        prog="yat-core", description="Train and verify the Yat (ⵟ-product) MLP on any array backend."
+        prog="yat-core",
+        description="Train, compare and report Yat (ⵟ-product) models on any array backend or framework.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -130,7 +131,64 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", default=None, help="check this folder's IDX files instead of the cache")
 
     commands.add_parser("backends", help="list the backends and whether their framework is installed")
+    _add_compare_parsers(commands)
     return parser
+
+
+def _add_compare_parsers(commands: Any) -> None:
+    c = commands.add_parser(
+        "compare",
+        help="train one recipe in every framework and backend (each in its own process) and compare the receipts",
+    )
+    c.add_argument("--model", choices=tuple(MODELS), default="mlp")
+    c.add_argument(
+        "--frameworks",
+        nargs="*",
+        choices=FRAMEWORK_CHOICES,
+        default=None,
+        metavar="NAME",
+        help=f"frameworks whose native model to train (default: all of {', '.join(FRAMEWORK_CHOICES)}; "
+        "the flag alone: none); one not installed is a row that says so",
+    )
+    c.add_argument(
+        "--backends",
+        nargs="*",
+        choices=BACKEND_CHOICES,
+        default=None,
+        metavar="NAME",
+        help=f"backends to train the core model on (default: all of {', '.join(BACKEND_CHOICES)}; the flag alone: none)",
+    )
+    c.add_argument(
+        "--keras-backends",
+        nargs="+",
+        choices=KERAS_BACKENDS,
+        default=[DEFAULT_KERAS_BACKEND],
+        metavar="NAME",
+        help=f"one Keras run per backend named (default: {DEFAULT_KERAS_BACKEND}; choices: {', '.join(KERAS_BACKENDS)})",
+    )
+    c.add_argument("--epochs", type=_positive_int, default=3)
+    c.add_argument("--batch-size", type=_positive_int, default=128)
+    c.add_argument("--lr", type=_positive_float, default=None, help="AdamW learning rate (default: the model's)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    c.add_argument("--device", default=None, help="device for every run (default: each one's own)")
+    c.add_argument(
+        "--data-dir", default=None, help="folder with the four MNIST IDX files (default: cache, then download)"
+    )
+    c.add_argument("--train-limit", type=_positive_int, default=None, help="train on the first N images only")
+    c.add_argument("--test-limit", type=_positive_int, default=None, help="evaluate on the first N test images only")
+    c.add_argument(
+        "--out",
+        default=None,
+        help="folder for the report, with the runs' receipts and logs in its runs/ (default: results/compare-<model>)",
+    )
+
+    r = commands.add_parser("report", help="rebuild the comparison tables and loss-curve plot from receipts alone")
+    r.add_argument("receipts", nargs="+", metavar="RECEIPT", help="training receipts (JSON) to compare")
+    r.add_argument(
+        "--out", default=None, help="write report.md, report.json and loss_curves.png into this folder (default: print)"
+    )
+    r.add_argument("--mixed-models", action="store_true", help="allow receipts of different models in one report")
 
 
 def _check_paths(args: argparse.Namespace) -> None:
@@ -225,10 +283,48 @@ def _cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from yat_core.compare import RUNS, compare, plan_runs
+
+    flags = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+    flags += ["--dtype", args.dtype]
+    for name in ("lr", "device", "data_dir", "train_limit", "test_limit"):
+        if getattr(args, name) is not None:
+            flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    runs = plan_runs(args.model, args.backends, args.frameworks, args.keras_backends)
+    if not runs:
+        raise ValueError("nothing to compare: --backends and --frameworks are both empty")
+    out = Path(args.out) if args.out is not None else Path("results") / f"compare-{args.model}"
+    print(
+        f"yat-core: comparing the {args.model} in {len(runs)} runs, one process each; receipts in {out / RUNS}",
+        flush=True,
+    )
+    markdown = compare(runs, flags, out, log=lambda line: print(line, flush=True))
+    print()
+    print(markdown, end="")
+    print(f"\nreport: {out / 'report.md'}, {out / 'report.json'}; rebuild it with: yat-core report {out / RUNS}/*.json")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from yat_core.report import report_receipts
+
+    print(report_receipts(args.receipts, args.out, mixed_models=args.mixed_models), end="")
+    if args.out is not None:
+        print(f"\nreport: {Path(args.out) / 'report.md'}, {Path(args.out) / 'report.json'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    handler = {"train": _cmd_train, "data": _cmd_data, "backends": _cmd_backends}[args.command]
+    handler = {
+        "train": _cmd_train,
+        "compare": _cmd_compare,
+        "report": _cmd_report,
+        "data": _cmd_data,
+        "backends": _cmd_backends,
+    }[args.command]
     try:
         return handler(args)
     except (YatError, ValueError, OSError) as exc:
