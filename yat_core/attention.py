@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from yat_core.namespaces import array_namespace, device_of
+from yat_core.namespaces.native import stop_gradient
 from yat_core.product import (
     DEFAULT_EPSILON,
     RatioParts,
@@ -154,15 +155,17 @@ def _scores(q: Array, k: Array, mask: Any, causal: bool, alpha: Any, epsilon: An
 
 def _softmax(s: Array, allowed: Array | None, xp: Any) -> Array:
     """Softmax over the last axis among the allowed entries; zero where masked and on rows with none allowed."""
+    # The shift by the row maximum cancels in the ratio: its gradient is zero, so autodiff
+    # need not carry it (stop_gradient saves a pass over every score matrix).
     if allowed is None:
-        top = xp.max(s, axis=-1, keepdims=True)
+        top = stop_gradient(xp.max(s, axis=-1, keepdims=True), xp)
         e = xp.exp(s - top)
     else:
         # Masked scores never reach exp: a fully masked row would otherwise give inf - inf,
         # and autodiff through `where` would multiply their gradient by 0 * inf.
         s = xp.where(allowed, s, -xp.inf)
         top = xp.max(s, axis=-1, keepdims=True)
-        top = xp.where(xp.isfinite(top), top, 0.0)
+        top = stop_gradient(xp.where(xp.isfinite(top), top, 0.0), xp)
         e = xp.where(allowed, xp.exp(xp.where(allowed, s, top) - top), 0.0)
     total = xp.sum(e, axis=-1, keepdims=True)
     return e / xp.where(total > 0, total, 1.0)

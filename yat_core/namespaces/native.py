@@ -1,4 +1,4 @@
-"""Native convolutions and pooling: the fast path of :mod:`yat_core.conv`, one per library that has one.
+"""Native convolutions, pooling and gradient stops: fast paths of the core, one per library that has one.
 
 The array-API unfold in :mod:`yat_core.conv` is the reference; a library's own
 convolution may compute the ``dot`` and patch-norm terms instead (``native=True``),
@@ -20,6 +20,7 @@ __all__ = [
     "register_native_conv",
     "register_native_conv_last",
     "register_native_conv_vjp",
+    "stop_gradient",
 ]
 
 #: Convolutions registered with :func:`register_native_conv`, by library name.
@@ -451,3 +452,42 @@ def native_max_pool(xp: Any) -> tuple[Callable[..., Any], Callable[..., Any]] | 
     True
     """
     return _BUILTIN_NATIVE_MAX_POOLS.get(_namespace_library(xp))
+
+
+def _stop_gradient_builtin(library: str) -> Callable[[Any], Any] | None:
+    if library == "torch":
+        return lambda x: x.detach()
+    if library == "jax":
+        import jax
+
+        return jax.lax.stop_gradient
+    if library == "mlx":
+        import mlx.core as mx
+
+        return mx.stop_gradient
+    if library == "tf":
+        import tensorflow as tf
+
+        return tf.stop_gradient
+    if library == "keras":
+        from keras import ops
+
+        return ops.stop_gradient
+    return None
+
+
+def stop_gradient(x: Any, xp: Any) -> Any:
+    """``x`` as a constant to its library's autodiff; ``x`` itself where the library has none.
+
+    For values whose gradient is zero in exact arithmetic, such as the row maximum a
+    softmax subtracts: autodiff would otherwise compute and store that zero through a
+    pass over the whole array (in attention, a second pass over every score matrix).
+
+    Examples
+    --------
+    >>> import array_api_compat.numpy as xp
+    >>> stop_gradient(xp.asarray([1.0, 2.0]), xp)
+    array([1., 2.])
+    """
+    stop = _stop_gradient_builtin(_namespace_library(xp))
+    return x if stop is None else stop(x)
