@@ -21,6 +21,7 @@ import torch
 from yat_core.backends._base import Backend, Params
 from yat_core.errors import BackendUnavailableError
 from yat_core.mlp import MLPSpec
+from yat_core.spec import ATTENTION_KINDS
 
 #: Set to "0" to run every step eagerly (no compilation, e.g. for quick tests).
 COMPILE_ENV = "YAT_CORE_TORCH_COMPILE"
@@ -98,7 +99,7 @@ class TorchBackend(Backend):
         super().__init__(str(self.torch_device), gradients, spec)
 
     def gradients_for(self, spec: MLPSpec | None) -> str:
-        """``"autodiff"`` on CPU for models with Yat convolutions, ``"analytic"`` otherwise.
+        """``"autodiff"`` on CPU for models with Yat convolutions or attention, ``"analytic"`` otherwise.
 
         Measured at batch 128, each model's step, medians:
 
@@ -108,22 +109,25 @@ class TorchBackend(Backend):
         seed MLP                  1.4 ms      2.5 ms      0.60 ms       2.35 ms
         Yat CNN                   58 ms       43 ms       1.34 ms       3.37 ms
         Conv+ReLU CNN             37 ms       46 ms       0.93 ms       2.66 ms
-        Yat ViT                   -           -           2.52 ms       6.25 ms
+        Yat ViT                   38 ms       29 ms       2.52 ms       6.25 ms
         ========================  ==========  ==========  ============  ============
 
         On CPU the compiled backward of autodiff (AOTAutograd) fuses the Yat convolution's
-        gradient in fewer passes than the analytic step's kernels; on a GPU the whole
-        analytic step under ``torch.compile`` wins for every model.
+        and the attention's gradients in fewer passes than the analytic step's kernels
+        (the analytic attention backward also recomputes the scores); on a GPU the whole
+        analytic step under ``torch.compile`` wins for every model. The ViT's CPU figures
+        are one epoch's steps (150 steps, ``--train-limit 19200``).
 
         Examples
         --------
-        >>> from yat_core.spec import cnn_spec, cnn_relu_spec, seed_spec
+        >>> from yat_core.spec import cnn_spec, cnn_relu_spec, seed_spec, vit_spec
         >>> backend = TorchBackend("cpu")
-        >>> [backend.gradients_for(s) for s in (seed_spec(), cnn_spec(), cnn_relu_spec())]
-        ['analytic', 'autodiff', 'analytic']
+        >>> [backend.gradients_for(s) for s in (seed_spec(), cnn_spec(), cnn_relu_spec(), vit_spec())]
+        ['analytic', 'autodiff', 'analytic', 'autodiff']
         """
-        yat_conv = spec is not None and any(layer.kind in ("yat_conv", "yat_conv_transpose") for layer in spec.layers)
-        return "autodiff" if yat_conv and self.torch_device.type == "cpu" else self.default_gradients
+        fused = ("yat_conv", "yat_conv_transpose", *ATTENTION_KINDS)
+        better_fused = spec is not None and any(layer.kind in fused for layer in spec.layers)
+        return "autodiff" if better_fused and self.torch_device.type == "cpu" else self.default_gradients
 
     def device_name(self) -> str:
         if self.torch_device.type == "cuda":
