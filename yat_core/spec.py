@@ -40,8 +40,8 @@ never do: the product is the non-linearity.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, NamedTuple, Union
 
 from yat_core.conv import conv_output_shape, conv_transpose_output_shape
@@ -67,6 +67,8 @@ __all__ = [
     "MODELS",
     "ModelRecipe",
     "count_params",
+    "spec_record",
+    "spec_from_record",
 ]
 
 #: "learnable", a constant float, or None (absent).
@@ -579,3 +581,54 @@ MODELS = {
     "cnn": ModelRecipe(cnn_spec, cnn_relu_spec, 1e-3),
     "vit": ModelRecipe(vit_spec, vit_softmax_spec, 2e-3),
 }
+
+
+def spec_record(spec: ModelSpec) -> dict[str, Any]:
+    """The model as plain data (lists, numbers, strings): its input shape and every layer's fields.
+
+    What receipts, weight files and ``.keras`` configs store; :func:`spec_from_record`
+    reads it back.
+
+    Examples
+    --------
+    >>> spec_from_record(spec_record(vit_spec())) == vit_spec()
+    True
+    """
+    return {"input_shape": list(spec.input_shape), "layers": [asdict(layer) for layer in spec.layers]}
+
+
+def spec_from_record(record: Any) -> ModelSpec:
+    """The :class:`ModelSpec` of :func:`spec_record`'s data, checked as any spec is.
+
+    Raises
+    ------
+    ValueError
+        A record without ``layers`` or ``input_shape``, an unknown field, or layers the
+        spec refuses (the message says which).
+
+    Examples
+    --------
+    >>> spec = spec_from_record({"input_shape": [3], "layers": [{"kind": "linear", "in_features": 3, "out_features": 2}]})
+    >>> spec.layers[0].kind, spec.layers[0].bias, spec.input_shape
+    ('linear', 'learnable', (3,))
+    """
+    if not isinstance(record, Mapping) or not isinstance(record.get("layers"), list) or "input_shape" not in record:
+        raise ValueError("the model spec needs 'input_shape' and a list of 'layers'")
+    known = {f.name for f in fields(LayerSpec)}
+    layers = []
+    for i, layer_fields in enumerate(record["layers"]):
+        if not isinstance(layer_fields, Mapping):
+            raise ValueError(f"layer {i} of the model spec is not a record")
+        unknown = sorted(set(layer_fields) - known)
+        if unknown:
+            raise ValueError(f"layer {i} of the model spec has unknown fields: {', '.join(unknown)}")
+        # JSON turns the tuples (kernel_size, stride, padding, ...) into lists.
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in layer_fields.items()}
+        try:
+            layers.append(LayerSpec(**values))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"layer {i} of the model spec: {exc}") from None
+    shape = record["input_shape"]
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise ValueError(f"the model spec's input_shape must be a list of ints, got {shape!r}")
+    return ModelSpec(tuple(layers), tuple(shape))

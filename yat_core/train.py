@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from yat_core.config import DEFAULT_BACKEND_ORDER, TrainConfig, default_backend
 from yat_core.receipts import command_line, git_commit, machine_info, versions
 from yat_core.runners import Runner, make_runner
-from yat_core.spec import MODELS
+from yat_core.spec import MODELS, spec_record
 from yat_core.spec import ModelSpec as MLPSpec
 
 __all__ = [
@@ -306,7 +306,7 @@ def assemble_receipt(
         "n_train": placed.n_train,
         "n_test": placed.n_test,
         "steps_per_epoch": placed.steps_per_epoch,
-        "model": [asdict(layer) for layer in spec.layers],
+        "model": spec_record(spec)["layers"],
         "model_name": config.model,
         "input_shape": list(spec.input_shape),
         "data": {"source": data_source, "pixel_scale": "k/255"},

@@ -83,7 +83,7 @@ from yat_core.nn.options import (
     yat_layer_spec,
 )
 from yat_core.product import DEFAULT_EPSILON, dense, softplus, softplus_inverse, validate_epsilon, yat_product
-from yat_core.spec import ATTENTION_KINDS, TOKEN_KINDS
+from yat_core.spec import ATTENTION_KINDS, TOKEN_KINDS, spec_from_record, spec_record
 
 __all__ = [
     "YatNMN",
@@ -623,6 +623,8 @@ class YatConv2D(_YatConv):
     **kwargs
         Passed to :class:`keras.layers.Layer` (``name``, ``dtype``, ``activity_regularizer``, ...).
 
+    Notes
+    -----
     The kernel is stored ``(*kernel_size, in/groups, filters)`` as ``Conv2D`` stores it;
     :meth:`export_params` / :meth:`import_params` convert to and from the core's
     ``(filters, in/groups, *kernel_size)``. There is no ``activation`` (the product is
@@ -1238,19 +1240,6 @@ class ChannelsFirstFlatten(keras.layers.Layer):
         return {**super().get_config(), "data_format": self.data_format}
 
 
-def _spec_config(spec: ModelSpec) -> dict[str, Any]:
-    return {"input_shape": list(spec.input_shape), "layers": [dataclasses.asdict(layer) for layer in spec.layers]}
-
-
-def _spec_from_config(config: Mapping[str, Any]) -> ModelSpec:
-    # JSON turned the tuples into lists.
-    def layer(fields: Mapping[str, Any]) -> LayerSpec:
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-        return LayerSpec(**values)
-
-    return ModelSpec(tuple(layer(f) for f in config["layers"]), tuple(config["input_shape"]))
-
-
 @keras.saving.register_keras_serializable(package="yat_core")
 class YatSequential(keras.Sequential):
     """The ``keras.Sequential`` of a :class:`~yat_core.spec.ModelSpec`: its layers, and the spec they implement.
@@ -1302,14 +1291,14 @@ class YatSequential(keras.Sequential):
         return super().compute_output_spec(self._to_layout(inputs), training=training, mask=mask, **kwargs)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "spec": _spec_config(self.spec), "data_format": self.data_format}
+        return {**super().get_config(), "spec": spec_record(self.spec), "data_format": self.data_format}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> YatSequential:
         config = dict(config)
         spec, data_format = config.pop("spec"), config.pop("data_format")
         model = super().from_config(config, custom_objects=custom_objects)
-        model._model_spec, model.data_format = _spec_from_config(spec), data_format
+        model._model_spec, model.data_format = spec_from_record(spec), data_format
         return model
 
 
