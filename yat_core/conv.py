@@ -786,9 +786,9 @@ def yat_conv(
 
     Parameters
     ----------
-    x : array, shape (N, C, *spatial)
+    x : array, shape ``(N, C, *spatial)``
         Channels-first input with 1, 2 or 3 spatial dimensions; real floating.
-    w : array, shape (out, C/groups, *kernel)
+    w : array, shape ``(out, C/groups, *kernel)``
         Filters, as ``torch.nn.Conv{1,2,3}d.weight``; same dtype and library as ``x``.
         The number of spatial dimensions is ``w.ndim - 2``.
     stride, dilation : int or tuple of ints, >= 1
@@ -815,7 +815,7 @@ def yat_conv(
 
     Returns
     -------
-    array, shape (N, out, *spatial_out)
+    array, shape ``(N, out, *spatial_out)``
         ``spatial_out = (size + 2*padding - dilation*(kernel-1) - 1) // stride + 1``.
 
     Raises
@@ -873,9 +873,9 @@ def yat_conv_transpose(
 
     Parameters
     ----------
-    x : array, shape (N, in, *spatial)
+    x : array, shape ``(N, in, *spatial)``
         Channels-first input with 1, 2 or 3 spatial dimensions.
-    w : array, shape (in, out/groups, *kernel)
+    w : array, shape ``(in, out/groups, *kernel)``
         As ``torch.nn.ConvTranspose{1,2,3}d.weight``.
     stride, dilation : int or tuple of ints, >= 1
         One value for every spatial dimension, or one per dimension.
@@ -888,7 +888,7 @@ def yat_conv_transpose(
 
     Returns
     -------
-    array, shape (N, out, *spatial_out)
+    array, shape ``(N, out, *spatial_out)``
         ``spatial_out = (size-1)*stride - 2*padding + dilation*(kernel-1) + output_padding + 1``.
 
     Examples
@@ -1225,7 +1225,7 @@ def max_pool(x: Array, window: IntOrTuple, /, *, native: bool = False, xp: Any =
 
     Parameters
     ----------
-    x : array, shape (N, C, *spatial)
+    x : array, shape ``(N, C, *spatial)``
         1, 2 or 3 spatial dimensions.
     window : int or tuple of ints
         Window size, one for all spatial dimensions or one per dimension.
@@ -1235,7 +1235,7 @@ def max_pool(x: Array, window: IntOrTuple, /, *, native: bool = False, xp: Any =
 
     Returns
     -------
-    array, shape (N, C, *(spatial // window))
+    array, shape ``(N, C, *(spatial // window))``
 
     Examples
     --------

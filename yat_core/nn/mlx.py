@@ -486,13 +486,13 @@ class YatConv2d(_YatConv):
         The Yat options as for :class:`YatNMN` (keyword only); ``spherical`` normalises
         every patch and filter.
 
+    Notes
+    -----
     Input ``(N, H, W, C_in)``, output ``(N, H_out, W_out, C_out)``; parameter ``weight``
     of shape ``(C_out, kH, kW, C_in / groups)`` (MLX's layout; :func:`kernel_to_core`
     gives the core's), ``bias`` ``(C_out,)``, scalars ``alpha`` and ``epsilon_raw``
     (epsilon = ``softplus(epsilon_raw)``); absent ones are not there at all.
 
-    Notes
-    -----
     A fresh layer draws its parameters from MLX's generator with the core's
     distributions (kernel normal, std ``sqrt(2 / (fan_in + fan_out))`` with the fans of
     :attr:`~yat_core.spec.LayerSpec.fans`; bias uniform ``±1/sqrt(fan_in)``; alpha 1.0);
@@ -558,6 +558,8 @@ class YatConvTranspose2d(_YatConvTranspose):
     alpha, epsilon, learnable_epsilon, spherical
         As for :class:`YatConv2d`.
 
+    Notes
+    -----
     Input ``(N, H, W, C_in)``; ``weight`` of shape ``(C_out, kH, kW, C_in / groups)``
     (MLX's layout for transposed convolutions too; the core's, PyTorch's, is
     ``(C_in, C_out / groups, kH, kW)``: :func:`kernel_to_core`).

@@ -538,6 +538,8 @@ class YatConv2D(_YatConv):
     dtype : tf.DType
     name : str, optional
 
+    Notes
+    -----
     The kernel variable is ``(*kernel_size, in/groups, filters)`` (``Conv2D``'s layout);
     :meth:`export_params` / :meth:`import_params` convert to and from the core's
     ``(filters, in/groups, *kernel_size)``.

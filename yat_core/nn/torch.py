@@ -463,12 +463,12 @@ class YatConv2d(_YatConv):
         The Yat options as for :class:`YatNMN` (keyword only); ``spherical`` normalises
         every patch and filter.
 
+    Notes
+    -----
     Input ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``; parameter ``weight`` of shape
     ``(C_out, C_in / groups, kH, kW)`` (PyTorch's layout, which is the core's), ``bias``
     ``(C_out,)``, scalars ``alpha`` and ``epsilon_raw`` (epsilon = ``softplus(epsilon_raw)``).
 
-    Notes
-    -----
     A fresh layer draws its parameters with PyTorch's generator from the core's
     distributions (:meth:`reset_parameters`); ``from_spec`` then ``import_params`` of
     :func:`yat_core.mlp.init_layer_numpy` values gives the weights every framework
@@ -530,6 +530,8 @@ class YatConvTranspose2d(_YatConvTranspose):
     bias, padding_mode, device, dtype, alpha, epsilon, learnable_epsilon, spherical
         As for :class:`YatConv2d`.
 
+    Notes
+    -----
     Input ``(N, C_in, H, W)`` or ``(C_in, H, W)``; ``weight`` of shape
     ``(C_in, C_out / groups, kH, kW)`` (PyTorch's layout, which is the core's).
 
@@ -629,14 +631,14 @@ class YatMultiHeadAttention(nn.Module):
         (learned as ``softplus(epsilon_raw)`` when ``learnable_epsilon``); ``spherical``
         normalises every query and key first.
 
+    Notes
+    -----
     Parameters are PyTorch's: ``in_proj_weight`` ``(3 * E, E)`` holds the query, key
     and value kernels stacked in that order, each ``(out, in)`` (the core's layout),
     ``in_proj_bias`` ``(3 * E,)`` likewise, ``out_proj`` an :class:`torch.nn.Linear`,
     plus the scalars ``alpha`` and ``epsilon_raw``. :meth:`export_params` /
     :meth:`import_params` speak the core's names (``q_kernel`` ... ``o_bias``).
 
-    Notes
-    -----
     Where it differs from PyTorch's: ``batch_first`` defaults to True; ``is_causal=True``
     applies the causal mask itself (combined with any ``attn_mask``, which it does not
     need); a query whose keys are all masked gets zero weights and output (PyTorch's
@@ -906,6 +908,8 @@ class YatEmbed(nn.Module):
     epsilon, learnable_epsilon, spherical
         :meth:`attend`'s Yat options, as for :class:`YatNMN`.
 
+    Notes
+    -----
     The table is ``weight`` ``(num_embeddings, embedding_dim)``, drawn standard normal
     as ``nn.Embedding`` draws it. ``padding_idx``, ``max_norm`` and sparse gradients
     are not offered.
