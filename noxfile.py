@@ -1,4 +1,4 @@
-"""Sessions: ``lint`` (ruff, mypy), ``tests`` (unit, integration, doctests), ``parity``, ``bench``.
+"""Sessions: ``lint`` (ruff, mypy), ``tests`` (unit, integration, doctests), ``parity``, ``docs``, ``bench``.
 
 Each session installs what it needs into its own virtualenv, with the framework
 versions pinned by ``constraints.txt``. Pass options to pytest after ``--``, e.g.
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "parity"]
+nox.options.sessions = ["lint", "tests", "parity", "docs"]
 nox.options.error_on_missing_interpreters = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
 # Every framework the project supports; the tests and parity sessions fail if one is missing.
-ALL_EXTRAS = ".[torch,jax,mlx,flax,keras,tf,test]"
-PARITY_EXTRAS = ".[torch,jax,mlx,flax,keras,tf,test,nmn]"
+ALL_EXTRAS = ".[torch,jax,mlx,flax,keras,tf,test,onnx,safetensors]"
+PARITY_EXTRAS = ".[torch,jax,mlx,flax,keras,tf,test,nmn,onnx]"
 # Doctests of the TensorFlow runner need Keras on its tensorflow backend; every other module runs on jax.
 TF_DOCTESTS = ("yat_core/runners/tf.py",)
 
@@ -69,6 +69,20 @@ def parity(session: nox.Session) -> None:
         "--parity-profile=ci",
         *session.posargs,
     )
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The API reference from the docstrings (Sphinx), warnings as errors, and its pages' examples (about 2 min).
+
+    Every framework is installed: autodoc imports each ``yat_core.nn`` module. HTML in docs/_build/html/.
+    """
+    _install(session, ".[all,docs]")
+    env = {"KERAS_BACKEND": "jax"}
+    # -E: read every page afresh, so a warning of an earlier run is never hidden by a cached page.
+    strict = ("-W", "--keep-going", "-E")
+    session.run("sphinx-build", *strict, "-b", "html", "docs", "docs/_build/html", *session.posargs, env=env)
+    session.run("sphinx-build", *strict, "-b", "doctest", "docs", "docs/_build/doctest", env=env)
 
 
 @nox.session

@@ -1,4 +1,4 @@
-"""The ``yat-core`` command line: ``train``, ``compare``, ``report``, ``data`` and ``backends``.
+"""The ``yat-core`` command line: ``train``, ``compare``, ``report``, ``export-onnx``, ``data`` and ``backends``.
 
 User errors (bad flags, missing data, an absent framework) end in one line on
 stderr and a non-zero exit status; only bugs keep their traceback.
@@ -122,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--export",
         default=None,
         metavar="PATH",
-        help="also write the trained parameters to PATH as .npz (core names and layouts; "
-        "any framework's import_params reads it)",
+        help="also write the trained parameters to PATH, atomically: PATH.safetensors (with the model, so "
+        "the file alone rebuilds it in any framework) or PATH.npz (parameters only); core names and layouts",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
 
@@ -132,7 +132,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("backends", help="list the backends and whether their framework is installed")
     _add_compare_parsers(commands)
+    _add_onnx_parser(commands)
     return parser
+
+
+def _add_onnx_parser(commands: Any) -> None:
+    o = commands.add_parser(
+        "export-onnx",
+        help="write a trained model as ONNX (input: float32 (N, *input shape), pixels in [0, 1]) and check it "
+        "with onnxruntime on the MNIST test images",
+    )
+    o.add_argument(
+        "--weights",
+        required=True,
+        metavar="FILE",
+        help="parameters in the core's names: .safetensors (holds its model) or .npz (needs --model)",
+    )
+    o.add_argument("--out", required=True, metavar="PATH", help="the .onnx file to write")
+    o.add_argument(
+        "--model",
+        choices=tuple(MODELS),
+        default=None,
+        help="the model the weights are for (required for .npz; for .safetensors, checked against the file's)",
+    )
+    o.add_argument(
+        "--baseline", action="store_true", help="the model's ReLU / softmax baseline instead of the Yat model"
+    )
+    o.add_argument("--opset", type=_positive_int, default=None, help="ONNX opset (default: 17; at least 13)")
+    o.add_argument(
+        "--check-images",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="compare onnxruntime with the core on the first N MNIST test images (default: all 10,000; 0: skip)",
+    )
+    o.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: cache, then download)")
 
 
 def _add_compare_parsers(commands: Any) -> None:
@@ -197,7 +231,9 @@ def _check_paths(args: argparse.Namespace) -> None:
         return
     target = Path(args.export)
     if target.is_dir():
-        raise ValueError(f"--export {target}: is a folder; give a file name, e.g. {target / 'weights.npz'}")
+        raise ValueError(f"--export {target}: is a folder; give a file name, e.g. {target / 'weights.safetensors'}")
+    if target.suffix.lower() not in (".safetensors", ".npz"):
+        raise ValueError(f"--export {target}: name the file *.safetensors or *.npz (the suffix picks the format)")
     parent = next((p for p in target.absolute().parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ValueError(f"--export {target}: {parent} is not a folder")
@@ -228,10 +264,10 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from yat_core.nn.interchange import check_params, save_npz
     from yat_core.receipts import default_receipt_path, write_json_atomic
     from yat_core.runners import Runner, make_runner
     from yat_core.train import train
+    from yat_core.weights import save_weights
 
     config = _config(args)
     _check_paths(args)
@@ -254,7 +290,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.export:
         # Hold every framework's export to the model it trained.
         spec = MODELS[config.model][0]()
-        receipt["export"] = str(save_npz(args.export, check_params(runners[-1].export_params(), spec)))
+        receipt["export"] = str(save_weights(args.export, runners[-1].export_params(), spec))
     stem = f"train-{name}" if config.model == "mlp" else f"train-{config.model}-{name}"
     path = write_json_atomic(args.report or default_receipt_path(stem), receipt)
     print(
@@ -315,6 +351,31 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from yat_core.onnx_export import DEFAULT_OPSET, check_onnx, export_onnx
+    from yat_core.weights import load_weights
+
+    recipe = MODELS[args.model] if args.model is not None else None
+    wanted = None if recipe is None else (recipe.relu() if args.baseline else recipe.yat())
+    if wanted is None and Path(args.weights).suffix.lower() != ".safetensors":
+        raise ValueError(f"--weights {args.weights}: an .npz file does not name its model; give --model")
+    if args.check_images < 0:
+        raise ValueError(f"--check-images must be >= 0, got {args.check_images}")
+    stored, params = load_weights(args.weights, wanted)
+    spec = stored or wanted  # a .safetensors file holds its model; an .npz file's is --model's
+    if spec is None:  # pragma: no cover - refused above
+        raise ValueError(f"--weights {args.weights}: no model for these weights; give --model")
+    path = export_onnx(spec, params, args.out, opset=args.opset or DEFAULT_OPSET)
+    print(f"wrote {path} (input {list(('N', *spec.input_shape))} float32, output logits [N, {spec.n_classes}])")
+    if args.check_images:
+        from yat_core.data import load_mnist
+
+        data = load_mnist(args.data_dir, progress=False)
+        result = check_onnx(path, spec, params, data.test_images[: args.check_images])
+        print(f"onnxruntime vs the core on {result.n:,} MNIST test images: {result.summary()}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -324,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": _cmd_report,
         "data": _cmd_data,
         "backends": _cmd_backends,
+        "export-onnx": _cmd_export_onnx,
     }[args.command]
     try:
         return handler(args)
