@@ -1055,7 +1055,7 @@ class _SelfAttention(nn.MultiheadAttention):
 
     residual: bool = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override, unused-ignore]
         out = super().forward(x, x, x, need_weights=False)[0]
         return x + out if self.residual else out
 
@@ -1094,7 +1094,7 @@ def _self_attention(spec: LayerSpec, **factory: Any) -> nn.Module:
     """The self-attention layer of a core attention spec: Yat scores ours, softmax ones PyTorch's own."""
     layer: _YatSelfAttention | _SelfAttention
     if spec.kind == "yat_attention":
-        layer = _YatSelfAttention.from_spec(spec, **factory)  # type: ignore[assignment]
+        layer = _YatSelfAttention.from_spec(spec, **factory)  # type: ignore[assignment, unused-ignore]
     else:
         layer = _SelfAttention(spec.in_features, spec.heads, bias=spec.bias == LEARNABLE, batch_first=True, **factory)
     layer.residual = spec.residual
