@@ -22,9 +22,10 @@ output projections ``64 -> 64`` with biases (the ViT's, initialised uniform
 Kinds: the forward pass, and the training step (forward, the loss ``mean(out^2)``, the
 gradients of the eight projection parameters, one plain SGD update). Each backend
 compiles as it compiles the ViT: the yat and softmax gradients are the backend's mode
-for the ViT (PyTorch: the core's analytic backward, the whole step under
-``torch.compile``; JAX, MLX: autodiff, the whole step under ``jax.jit`` / ``mx.compile``;
-NumPy: analytic, no compiler). The fused and nmn attentions have no analytic backward
+for the ViT (PyTorch: autodiff on the CPU, the loss under ``torch.compile``, and on a
+GPU the core's analytic backward, the whole step under ``torch.compile``; JAX, MLX:
+autodiff, the whole step under ``jax.jit`` / ``mx.compile``; NumPy: analytic, no
+compiler). The fused and nmn attentions have no analytic backward
 and use the framework's autodiff (PyTorch: the loss under ``torch.compile``,
 differentiated by AOTAutograd, as the backend's autodiff mode runs). Forward passes are
 compiled the same way for every model.
@@ -88,7 +89,7 @@ __all__ = [
 ]
 
 #: Yat, the core's softmax attention, the framework's fused softmax, nmn's Yat attention; then Yat and
-#: softmax by autodiff where the backend's own mode for the ViT is the analytic backward (PyTorch).
+#: softmax by autodiff on PyTorch, whose own mode for the ViT is the analytic backward on a GPU.
 MODELS = ("yat", "softmax", "fused", "nmn", "yat_ad", "softmax_ad")
 #: Timed per case, in this order (the training step first: its rounds give the memory figure).
 KINDS = ("train_step", "forward")
@@ -703,8 +704,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "`yat_attention` of the framework (`nmn.torch.attention`, `nmn.linen.attention`, `nmn.mlx.attention`), "
         "same block, data and loop.",
         "",
-        "Gradients (*grad*): Yat and softmax use the backend's mode for the ViT (PyTorch: the core's analytic "
-        "backward, the whole step under `torch.compile`; JAX / MLX: autodiff, the whole step under `jax.jit` / "
+        "Gradients (*grad*): Yat and softmax use the backend's mode for the ViT (PyTorch: autodiff on the CPU, the "
+        "core's analytic backward on a GPU, under `torch.compile`; JAX / MLX: autodiff, the whole step under `jax.jit` / "
         "`mx.compile`; NumPy: analytic, no compiler); fused and nmn have no analytic backward and use autodiff "
         "(PyTorch: the loss under `torch.compile`, its backward by AOTAutograd). Forward passes are compiled "
         "alike for every model.",
@@ -776,7 +777,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         if any(row["yat_ad_step_ms"] is not None for row in rows):
             lines += [
                 "Yat and softmax by the framework's autodiff (the loss compiled, its backward by the compiler), "
-                "the path nmn's attention takes here; not judged (the backend trains the ViT analytically):",
+                "the path nmn's attention takes here; not judged (the backend's own mode above is):",
                 "",
                 "| T | Yat step (autodiff) | softmax step (autodiff) | Yat / softmax | nmn / Yat (autodiff) "
                 "| mem Yat (autodiff) | mem softmax (autodiff) |",
