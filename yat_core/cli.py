@@ -7,12 +7,14 @@ stderr and a non-zero exit status; only bugs keep their traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from yat_core.backends import BACKENDS, GRADIENT_MODES
+from yat_core.config import EPOCHS_MAX, SEED_MAX, SIZE_MAX, float_problem, int_problem
 from yat_core.errors import YatError
 from yat_core.runners import DEFAULT_KERAS_BACKEND, FRAMEWORK_RUNNERS, KERAS_BACKENDS
 from yat_core.spec import MODELS
@@ -24,34 +26,57 @@ BACKEND_CHOICES = tuple(BACKENDS)
 FRAMEWORK_CHOICES = tuple(FRAMEWORK_RUNNERS)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_option(low: int, high: int) -> Any:
+    """An argparse type: an integer in ``[low, high]`` (argparse's error names the flag)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        problem = int_problem(value, low, high)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+def _float_option(*, positive: bool) -> Any:
+    """An argparse type: a finite number, > 0 when ``positive``, else >= 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        problem = float_problem(value, positive=positive)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def _path_option(text: str) -> str:
+    """An argparse type: a path that is not empty (an empty one would silently mean the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path; give a file or folder name")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"a path cannot hold a NUL character, got {text!r}")
+    return text
+
+
+# One implementation of every numeric flag's bounds (yat_core.config), for train and compare alike.
+_EPOCHS = _int_option(1, EPOCHS_MAX)
+_SIZE = _int_option(1, SIZE_MAX)
+_SEED = _int_option(0, SEED_MAX)
+_LR = _float_option(positive=True)
+_WEIGHT_DECAY = _float_option(positive=False)
+_BOUNDS_HELP = (
+    f"epochs 1..{EPOCHS_MAX:,}; batch size and limits 1..{SIZE_MAX:,} (larger than the training set: the whole "
+    f"set); seed 0..{SEED_MAX:,} (what every framework accepts); lr finite > 0; weight decay finite >= 0"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = commands.add_parser("train", help="train the seed model on MNIST and write a JSON receipt")
+    t = commands.add_parser(
+        "train", help="train the seed model on MNIST and write a JSON receipt", epilog=f"Bounds: {_BOUNDS_HELP}."
+    )
     which = t.add_mutually_exclusive_group()
     which.add_argument(
         "--backend",
@@ -97,29 +124,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="the framework's autodiff or the core's analytic backward pass "
         "(default: the faster on that backend; both agree to rounding)",
     )
-    t.add_argument("--epochs", type=_positive_int, default=3)
-    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--epochs", type=_EPOCHS, default=3, help=f"training epochs, 1..{EPOCHS_MAX:,} (default: 3)")
+    t.add_argument(
+        "--batch-size",
+        type=_SIZE,
+        default=128,
+        help="samples per step (default: 128); larger than the training set: one step of the whole set",
+    )
     t.add_argument(
         "--lr",
-        type=_positive_float,
+        type=_LR,
         default=None,
         help="AdamW learning rate (default: the model's: "
         + ", ".join(f"{name} {recipe.lr:g}" for name, recipe in MODELS.items())
         + ")",
     )
-    t.add_argument("--weight-decay", type=_non_negative_float, default=0.01)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--weight-decay", type=_WEIGHT_DECAY, default=0.01, help="AdamW weight decay, >= 0 (default: 0.01)")
+    t.add_argument("--seed", type=_SEED, default=0, help=f"0..{SEED_MAX:,}, the range every framework accepts")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     t.add_argument(
         "--data-dir",
         default=None,
         help="folder with the four MNIST IDX files (raw or .gz); default: cache, then download",
     )
-    t.add_argument("--train-limit", type=_positive_int, default=None, help="train on the first N images only")
-    t.add_argument("--test-limit", type=_positive_int, default=None, help="evaluate on the first N test images only")
-    t.add_argument("--report", default=None, help="receipt path (default: receipts/train-<backend>-<time>.json)")
+    t.add_argument("--train-limit", type=_SIZE, default=None, help="train on the first N images only")
+    t.add_argument("--test-limit", type=_SIZE, default=None, help="evaluate on the first N test images only")
+    t.add_argument(
+        "--report",
+        type=_path_option,
+        default=None,
+        help="receipt path (default: receipts/train-<backend>-<time>.json)",
+    )
     t.add_argument(
         "--export",
+        type=_path_option,
         default=None,
         metavar="PATH",
         help="also write the trained parameters to PATH, atomically: PATH.safetensors (with the model, so "
@@ -148,7 +186,7 @@ def _add_onnx_parser(commands: Any) -> None:
         metavar="FILE",
         help="parameters in the core's names: .safetensors (holds its model) or .npz (needs --model)",
     )
-    o.add_argument("--out", required=True, metavar="PATH", help="the .onnx file to write")
+    o.add_argument("--out", type=_path_option, required=True, metavar="PATH", help="the .onnx file to write")
     o.add_argument(
         "--model",
         choices=tuple(MODELS),
@@ -158,10 +196,10 @@ def _add_onnx_parser(commands: Any) -> None:
     o.add_argument(
         "--baseline", action="store_true", help="the model's ReLU / softmax baseline instead of the Yat model"
     )
-    o.add_argument("--opset", type=_positive_int, default=None, help="ONNX opset (default: 17; at least 13)")
+    o.add_argument("--opset", type=_SIZE, default=None, help="ONNX opset (default: 17; at least 13)")
     o.add_argument(
         "--check-images",
-        type=int,
+        type=_int_option(0, SIZE_MAX),
         default=10_000,
         metavar="N",
         help="compare onnxruntime with the core on the first N MNIST test images (default: all 10,000; 0: skip)",
@@ -173,6 +211,7 @@ def _add_compare_parsers(commands: Any) -> None:
     c = commands.add_parser(
         "compare",
         help="train one recipe in every framework and backend (each in its own process) and compare the receipts",
+        epilog=f"Bounds: {_BOUNDS_HELP}.",
     )
     c.add_argument("--model", choices=tuple(MODELS), default="mlp")
     c.add_argument(
@@ -200,19 +239,20 @@ def _add_compare_parsers(commands: Any) -> None:
         metavar="NAME",
         help=f"one Keras run per backend named (default: {DEFAULT_KERAS_BACKEND}; choices: {', '.join(KERAS_BACKENDS)})",
     )
-    c.add_argument("--epochs", type=_positive_int, default=3)
-    c.add_argument("--batch-size", type=_positive_int, default=128)
-    c.add_argument("--lr", type=_positive_float, default=None, help="AdamW learning rate (default: the model's)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--epochs", type=_EPOCHS, default=3, help=f"training epochs, 1..{EPOCHS_MAX:,} (default: 3)")
+    c.add_argument("--batch-size", type=_SIZE, default=128, help="samples per step (default: 128)")
+    c.add_argument("--lr", type=_LR, default=None, help="AdamW learning rate, > 0 (default: the model's)")
+    c.add_argument("--seed", type=_SEED, default=0, help=f"0..{SEED_MAX:,}, the range every framework accepts")
     c.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     c.add_argument("--device", default=None, help="device for every run (default: each one's own)")
     c.add_argument(
         "--data-dir", default=None, help="folder with the four MNIST IDX files (default: cache, then download)"
     )
-    c.add_argument("--train-limit", type=_positive_int, default=None, help="train on the first N images only")
-    c.add_argument("--test-limit", type=_positive_int, default=None, help="evaluate on the first N test images only")
+    c.add_argument("--train-limit", type=_SIZE, default=None, help="train on the first N images only")
+    c.add_argument("--test-limit", type=_SIZE, default=None, help="evaluate on the first N test images only")
     c.add_argument(
         "--out",
+        type=_path_option,
         default=None,
         help="folder for the report, with the runs' receipts and logs in its runs/ (default: results/compare-<model>)",
     )
@@ -220,23 +260,61 @@ def _add_compare_parsers(commands: Any) -> None:
     r = commands.add_parser("report", help="rebuild the comparison tables and loss-curve plot from receipts alone")
     r.add_argument("receipts", nargs="+", metavar="RECEIPT", help="training receipts (JSON) to compare")
     r.add_argument(
-        "--out", default=None, help="write report.md, report.json and loss_curves.png into this folder (default: print)"
+        "--out",
+        type=_path_option,
+        default=None,
+        help="write report.md, report.json and loss_curves.png into this folder (default: print)",
     )
     r.add_argument("--mixed-models", action="store_true", help="allow receipts of different models in one report")
 
 
-def _check_paths(args: argparse.Namespace) -> None:
-    # Refuse an impossible destination before training, not after.
-    if args.export is None:
-        return
-    target = Path(args.export)
-    if target.is_dir():
-        raise ValueError(f"--export {target}: is a folder; give a file name, e.g. {target / 'weights.safetensors'}")
-    if target.suffix.lower() not in (".safetensors", ".npz"):
-        raise ValueError(f"--export {target}: name the file *.safetensors or *.npz (the suffix picks the format)")
-    parent = next((p for p in target.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ValueError(f"--export {target}: {parent} is not a folder")
+def _writable(flag: str, path: str | Path, *, folder: bool) -> Path:
+    """Refuse an output path that cannot be written, before any work: one message naming ``flag``.
+
+    ``path`` is a file (``folder`` False; written atomically beside itself, so its folder must be
+    writable) or a folder. Missing parents are fine if the nearest existing one is a writable folder;
+    nothing is created here.
+    """
+    target = Path(path)
+    try:
+        if folder and target.exists() and not target.is_dir():
+            raise ValueError(f"{flag} {path}: is a file; give a folder")
+        if not folder and target.is_dir():
+            raise ValueError(f"{flag} {path}: is a folder; give a file name")
+        existing = target if folder and target.is_dir() else target.absolute().parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ValueError(f"{flag} {path}: {existing} is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {path}: the folder {existing} is not writable")
+    except OSError as exc:  # a name too long, a symlink loop, no permission to look
+        raise ValueError(f"{flag} {path}: cannot be used ({exc.strerror or exc})") from None
+    return target
+
+
+def _distinct(outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]] = ()) -> None:
+    """Refuse two outputs (or an output and an input) that are one file: one would overwrite the other."""
+    seen: list[tuple[str, Path]] = []
+    for flag, path in [*inputs, *outputs]:
+        resolved = path.resolve()
+        for other_flag, other in seen:
+            if resolved == other:
+                raise ValueError(f"{flag} {path}: the same file as {other_flag}; one would overwrite the other")
+        seen.append((flag, resolved))
+
+
+def _check_train_outputs(args: argparse.Namespace, default_report: Path) -> Path:
+    """The receipt path, after checking it and --export for writability and distinctness."""
+    report = _writable("--report", args.report if args.report is not None else default_report, folder=False)
+    outputs = [("--report", report)]
+    if args.export is not None:
+        export = _writable("--export", args.export, folder=False)
+        if export.suffix.lower() not in (".safetensors", ".npz"):
+            raise ValueError(f"--export {export}: name the file *.safetensors or *.npz (the suffix picks the format)")
+        outputs.append(("--export", export))
+    _distinct(outputs)
+    return report
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -264,13 +342,17 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from yat_core.receipts import default_receipt_path, write_json_atomic
     from yat_core.runners import Runner, make_runner
-    from yat_core.train import train
+    from yat_core.train import TrainingStopped, train
     from yat_core.weights import save_weights
 
     config = _config(args)
-    _check_paths(args)
+    name = args.framework or config.resolved_backend()
+    stem = f"train-{name}" if config.model == "mlp" else f"train-{config.model}-{name}"
+    report = _check_train_outputs(args, default_receipt_path(stem))
     runners: list[Runner] = []
 
     def factory(spec: Any, cfg: Any) -> Runner:
@@ -278,7 +360,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return runners[-1]
 
     log = None if args.quiet else print
-    name = args.framework or config.resolved_backend()
     if log:
         what = f"framework {name!r} (native model)" if args.framework else f"backend {name!r}"
         opt = config.optimizer
@@ -286,13 +367,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"yat-core: training the {'seed model' if config.model == 'mlp' else config.model} with {what} "
             f"({config.epochs} epochs, batch {config.batch_size}, AdamW lr {opt.lr}, seed {config.seed})"
         )
-    receipt = train(config, progress=not args.quiet, log=log, runner_factory=factory)
+    try:
+        # An overflow is reported once, as a stopped run, not as a screen of NumPy warnings.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            receipt = train(config, progress=not args.quiet, log=log, runner_factory=factory)
+    except TrainingStopped as stop:
+        # The run's record is kept: its receipt says where and why it stopped; no weights are exported.
+        path = write_json_atomic(report, stop.receipt)
+        raise TrainingStopped(f"{stop}; receipt: {path}", stop.receipt) from None
     if args.export:
         # Hold every framework's export to the model it trained.
         spec = MODELS[config.model][0]()
-        receipt["export"] = str(save_weights(args.export, runners[-1].export_params(), spec))
-    stem = f"train-{name}" if config.model == "mlp" else f"train-{config.model}-{name}"
-    path = write_json_atomic(args.report or default_receipt_path(stem), receipt)
+        try:
+            receipt["export"] = str(save_weights(args.export, runners[-1].export_params(), spec))
+        except (YatError, ValueError, OSError) as exc:
+            # The receipt still records the run, and why its weights were not written.
+            receipt["export"], receipt["export_error"] = None, str(exc)
+            path = write_json_atomic(report, receipt)
+            raise ValueError(f"--export {args.export}: not written ({exc}); receipt: {path}") from None
+    path = write_json_atomic(report, receipt)
     print(
         f"final test accuracy {100 * receipt['final_test_acc']:.2f}% on {receipt['n_test']:,} images; "
         f"{receipt['total_s']:.1f} s in all; receipt: {path}"
@@ -330,7 +423,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     runs = plan_runs(args.model, args.backends, args.frameworks, args.keras_backends)
     if not runs:
         raise ValueError("nothing to compare: --backends and --frameworks are both empty")
-    out = Path(args.out) if args.out is not None else Path("results") / f"compare-{args.model}"
+    out = _writable(
+        "--out", args.out if args.out is not None else Path("results") / f"compare-{args.model}", folder=True
+    )
     print(
         f"yat-core: comparing the {args.model} in {len(runs)} runs, one process each; receipts in {out / RUNS}",
         flush=True,
@@ -343,8 +438,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from yat_core.report import report_receipts
+    from yat_core.report import REPORT_JSON, REPORT_MD, REPORT_PNG, report_receipts
 
+    if args.out is not None:
+        out = _writable("--out", args.out, folder=True)
+        # A receipt named like a report file in --out would be overwritten by the report.
+        _distinct(
+            [("--out", out / name) for name in (REPORT_MD, REPORT_JSON, REPORT_PNG)],
+            [("RECEIPT", Path(p)) for p in args.receipts],
+        )
     print(report_receipts(args.receipts, args.out, mixed_models=args.mixed_models), end="")
     if args.out is not None:
         print(f"\nreport: {Path(args.out) / 'report.md'}, {Path(args.out) / 'report.json'}")
@@ -361,6 +463,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
         raise ValueError(f"--weights {args.weights}: an .npz file does not name its model; give --model")
     if args.check_images < 0:
         raise ValueError(f"--check-images must be >= 0, got {args.check_images}")
+    _distinct([("--out", _writable("--out", args.out, folder=False))], [("--weights", Path(args.weights))])
     stored, params = load_weights(args.weights, wanted)
     spec = stored or wanted  # a .safetensors file holds its model; an .npz file's is --model's
     if spec is None:  # pragma: no cover - refused above

@@ -2,16 +2,80 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from yat_core.optim import AdamWConfig
 from yat_core.spec import MODELS
 
-__all__ = ["TrainConfig", "default_backend", "DEFAULT_BACKEND_ORDER"]
+__all__ = [
+    "TrainConfig",
+    "default_backend",
+    "DEFAULT_BACKEND_ORDER",
+    "SEED_MAX",
+    "EPOCHS_MAX",
+    "SIZE_MAX",
+    "int_problem",
+    "float_problem",
+]
 
 #: Tried in this order when no backend is named: the fastest installed one wins.
 DEFAULT_BACKEND_ORDER = ("jax", "torch", "mlx", "numpy")
+
+#: The largest seed: every framework takes 0 <= seed < 2**32 (Keras's set_random_seed
+#: is the narrowest; JAX and Flax refuse 2**63, NumPy any negative seed).
+SEED_MAX = 2**32 - 1
+#: The most epochs a run may ask for: each epoch's batch order redraws the earlier ones.
+EPOCHS_MAX = 10_000
+#: Batch sizes and limits index samples with int32; larger values mean "the whole split" anyway.
+SIZE_MAX = 2**31 - 1
+
+
+def int_problem(value: Any, low: int, high: int) -> str | None:
+    """What makes ``value`` unfit for an integer option in ``[low, high]``, or None.
+
+    The one check behind the CLI's numeric flags and :meth:`TrainConfig.validate`.
+
+    Examples
+    --------
+    >>> int_problem(3, 1, 10) is None, int_problem(0, 1, 10), int_problem(2**40, 0, SEED_MAX)
+    (True, 'must be >= 1, got 0', 'must be <= 4294967295, got 1099511627776')
+    >>> int_problem(True, 1, 10), int_problem(2.5, 1, 10)
+    ('must be an integer, got True', 'must be an integer, got 2.5')
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return f"must be an integer, got {value!r}"
+    number = int(value)
+    if number < low:
+        return f"must be >= {low}, got {number}"
+    if number > high:
+        return f"must be <= {high}, got {number}"
+    return None
+
+
+def float_problem(value: Any, *, positive: bool) -> str | None:
+    """What makes ``value`` unfit for a finite number option (> 0 when ``positive``, else >= 0), or None.
+
+    Examples
+    --------
+    >>> float_problem(1e-3, positive=True) is None, float_problem(0.0, positive=True)
+    (True, 'must be > 0, got 0.0')
+    >>> float_problem(float("inf"), positive=False), float_problem("x", positive=False)
+    ('must be a finite number, got inf', "must be a number, got 'x'")
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"must be a number, got {value!r}"
+    number = float(value)
+    if not math.isfinite(number):
+        return f"must be a finite number, got {number}"
+    if positive and not number > 0:
+        return f"must be > 0, got {number}"
+    if not positive and not number >= 0:
+        return f"must be >= 0, got {number}"
+    return None
+
 
 # Stands for "AdamW at the model's learning rate" until __post_init__ replaces it.
 _MODEL_DEFAULT = AdamWConfig()
@@ -57,14 +121,33 @@ class TrainConfig:
             object.__setattr__(self, "optimizer", AdamWConfig(lr=lr))
 
     def validate(self) -> None:
-        """Raise :class:`ValueError` for settings no run can use."""
-        for name in ("epochs", "batch_size", "eval_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("train_limit", "test_limit"):
+        """Raise :class:`ValueError` for settings no run can use; the message names the CLI flag.
+
+        Bounds: ``1 <= epochs <= EPOCHS_MAX``; batch size and limits ``1 ..
+        SIZE_MAX`` (a batch or limit larger than the training set means the whole
+        set); ``0 <= seed <= SEED_MAX``; learning rate finite and > 0, weight decay
+        finite and >= 0.
+        """
+        bounds = {
+            "epochs": (1, EPOCHS_MAX),
+            "batch_size": (1, SIZE_MAX),
+            "eval_batch": (1, SIZE_MAX),
+            "seed": (0, SEED_MAX),
+            "train_limit": (1, SIZE_MAX),
+            "test_limit": (1, SIZE_MAX),
+        }
+        for name, (low, high) in bounds.items():
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {value}")
+            problem = None if value is None and name.endswith("_limit") else int_problem(value, low, high)
+            if problem is not None:
+                raise ValueError(f"--{name.replace('_', '-')} {problem}")
+        for flag, value, positive in (
+            ("learning rate", self.optimizer.lr, True),
+            ("weight decay", self.optimizer.weight_decay, False),
+        ):
+            problem = float_problem(value, positive=positive)
+            if problem is not None:
+                raise ValueError(f"{flag} {problem}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if self.model not in MODELS:

@@ -8,6 +8,7 @@ and traces under ``jax.jit`` / ``mx.compile``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from yat_core.namespaces import array_namespace, device_of
@@ -43,6 +44,10 @@ class AdamWConfig(NamedTuple):
             raise ValueError(f"eps must be > 0, got {self.eps}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+        for label, value in (("learning rate", self.lr), ("eps", self.eps), ("weight decay", self.weight_decay)):
+            # inf passes the range checks above and trains to NaN.
+            if not math.isfinite(value):
+                raise ValueError(f"{label} must be finite, got {value}")
 
 
 class AdamWState(NamedTuple):

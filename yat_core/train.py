@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from yat_core.config import DEFAULT_BACKEND_ORDER, TrainConfig, default_backend
+from yat_core.errors import YatError
 from yat_core.receipts import command_line, git_commit, machine_info, versions
 from yat_core.runners import Runner, make_runner
 from yat_core.spec import MODELS, spec_record
@@ -29,6 +30,7 @@ from yat_core.spec import ModelSpec as MLPSpec
 
 __all__ = [
     "TrainConfig",
+    "TrainingStopped",
     "train",
     "run_epoch",
     "evaluate",
@@ -37,6 +39,17 @@ __all__ = [
     "default_backend",
     "DEFAULT_BACKEND_ORDER",
 ]
+
+
+class TrainingStopped(YatError):
+    """A run stopped early (its loss became non-finite); ``receipt`` records it up to there.
+
+    The receipt's ``"stopped"`` says where, e.g. ``"non-finite loss (nan) at epoch 2 step 17"``.
+    """
+
+    def __init__(self, message: str, receipt: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.receipt = receipt
 
 
 def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -236,6 +249,35 @@ def train(
         bar = _Progress(placed.steps_per_epoch, f"epoch {epoch}/{config.epochs}", progress)
         step_losses, epoch_s = run_epoch(runner, placed, order, bar, on_first_step)
         bar.close()
+        # Checked once per epoch on the host losses the loop already has: no extra device sync.
+        bad = next((i for i, v in enumerate(step_losses) if not math.isfinite(v)), None)
+        if bad is not None:
+            stopped = f"non-finite loss ({step_losses[bad]}) at epoch {epoch} step {bad + 1}"
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": float(np.mean(step_losses)),
+                    "test_loss": None,
+                    "test_acc": None,
+                    "epoch_s": epoch_s,
+                    "samples_per_s": placed.n_train / epoch_s,
+                    "eval_s": None,
+                    "step_loss": step_losses,
+                }
+            )
+            receipt = assemble_receipt(
+                runner,
+                config,
+                spec,
+                placed,
+                history,
+                data_source=getattr(data, "source", "in-memory"),
+                timings=_timings(t_start, load_s, first_step_s),
+                stopped=stopped,
+            )
+            raise TrainingStopped(
+                f"training stopped: {stopped} (the learning rate {config.optimizer.lr:g} may be too high)", receipt
+            )
         t_eval = time.perf_counter()
         test_loss, test_acc = evaluate(runner, placed.test_images, placed.test_labels, placed.n_test, config.eval_batch)
         history.append(
@@ -260,12 +302,16 @@ def train(
         placed,
         history,
         data_source=getattr(data, "source", "in-memory"),
-        timings={
-            "total_s": time.perf_counter() - t_start,
-            "load_s": load_s,
-            "first_step_s": first_step_s[0] if first_step_s else None,
-        },
+        timings=_timings(t_start, load_s, first_step_s),
     )
+
+
+def _timings(t_start: float, load_s: float, first_step_s: list[float]) -> dict[str, Any]:
+    return {
+        "total_s": time.perf_counter() - t_start,
+        "load_s": load_s,
+        "first_step_s": first_step_s[0] if first_step_s else None,
+    }
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
@@ -285,8 +331,12 @@ def assemble_receipt(
     *,
     data_source: str,
     timings: dict[str, Any],
+    stopped: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON-ready record of a finished run: configuration, history, timings, versions, machine."""
+    """The JSON-ready record of a run: configuration, history, timings, versions, machine.
+
+    ``stopped`` (None for a run that finished) says why a run ended early.
+    """
     opt = config.optimizer
     facts = runner.receipt_facts()
     return {
@@ -314,6 +364,7 @@ def assemble_receipt(
         "final_test_acc": history[-1]["test_acc"],
         "final_test_loss": history[-1]["test_loss"],
         "history": history,
+        "stopped": stopped,
         "versions": versions(*runner.distributions),
         "machine": machine_info(),
         "git_commit": git_commit(),
