@@ -244,66 +244,52 @@ def train(
             first_step_s.append(time.perf_counter() - t_start)
 
     history: list[dict[str, Any]] = []
+
+    def receipt(stopped: str | None = None) -> dict[str, Any]:
+        return assemble_receipt(
+            runner,
+            config,
+            spec,
+            placed,
+            history,
+            data_source=getattr(data, "source", "in-memory"),
+            timings=_timings(t_start, load_s, first_step_s),
+            stopped=stopped,
+        )
+
     for epoch in range(1, config.epochs + 1):
         order = runner.put(batch_order(config.seed, epoch, placed.n_train))
         bar = _Progress(placed.steps_per_epoch, f"epoch {epoch}/{config.epochs}", progress)
         step_losses, epoch_s = run_epoch(runner, placed, order, bar, on_first_step)
         bar.close()
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(step_losses)),
+            "test_loss": None,
+            "test_acc": None,
+            "epoch_s": epoch_s,
+            "samples_per_s": placed.n_train / epoch_s,
+            "eval_s": None,
+            "step_loss": step_losses,
+        }
+        history.append(record)
         # Checked once per epoch on the host losses the loop already has: no extra device sync.
         bad = next((i for i, v in enumerate(step_losses) if not math.isfinite(v)), None)
         if bad is not None:
             stopped = f"non-finite loss ({step_losses[bad]}) at epoch {epoch} step {bad + 1}"
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": float(np.mean(step_losses)),
-                    "test_loss": None,
-                    "test_acc": None,
-                    "epoch_s": epoch_s,
-                    "samples_per_s": placed.n_train / epoch_s,
-                    "eval_s": None,
-                    "step_loss": step_losses,
-                }
-            )
-            receipt = assemble_receipt(
-                runner,
-                config,
-                spec,
-                placed,
-                history,
-                data_source=getattr(data, "source", "in-memory"),
-                timings=_timings(t_start, load_s, first_step_s),
-                stopped=stopped,
-            )
             raise TrainingStopped(
-                f"training stopped: {stopped} (the learning rate {config.optimizer.lr:g} may be too high)", receipt
+                f"training stopped: {stopped} (the learning rate {config.optimizer.lr:g} may be too high)",
+                receipt(stopped),
             )
         t_eval = time.perf_counter()
-        test_loss, test_acc = evaluate(runner, placed.test_images, placed.test_labels, placed.n_test, config.eval_batch)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": float(np.mean(step_losses)),
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-                "epoch_s": epoch_s,
-                "samples_per_s": placed.n_train / epoch_s,
-                "eval_s": time.perf_counter() - t_eval,
-                "step_loss": step_losses,
-            }
+        record["test_loss"], record["test_acc"] = evaluate(
+            runner, placed.test_images, placed.test_labels, placed.n_test, config.eval_batch
         )
+        record["eval_s"] = time.perf_counter() - t_eval
         if log is not None:
-            log(_epoch_line(history[-1], config.epochs))
+            log(_epoch_line(record, config.epochs))
 
-    return assemble_receipt(
-        runner,
-        config,
-        spec,
-        placed,
-        history,
-        data_source=getattr(data, "source", "in-memory"),
-        timings=_timings(t_start, load_s, first_step_s),
-    )
+    return receipt()
 
 
 def _timings(t_start: float, load_s: float, first_step_s: list[float]) -> dict[str, Any]:
