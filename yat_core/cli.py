@@ -109,14 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"backend of --framework keras (default: {DEFAULT_KERAS_BACKEND}; sets KERAS_BACKEND for this run)",
     )
-    t.add_argument(
-        "--model",
-        choices=tuple(MODELS),
-        default="mlp",
-        help="mlp: the seed model (784-256-128-10); cnn: the Yat CNN (two 3x3 Yat convolutions with "
-        "max-pooling, Yat 1600->128, Linear 10)",
-    )
-    t.add_argument("--device", default=None, help="device, e.g. cpu, cuda, cuda:1, gpu (default: the backend's)")
+    _add_recipe_arguments(t, device_help="device, e.g. cpu, cuda, cuda:1, gpu (default: the backend's)")
+    t.add_argument("--weight-decay", type=_WEIGHT_DECAY, default=0.01, help="AdamW weight decay, >= 0 (default: 0.01)")
     t.add_argument(
         "--gradients",
         choices=GRADIENT_MODES,
@@ -124,31 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="the framework's autodiff or the core's analytic backward pass "
         "(default: the faster on that backend; both agree to rounding)",
     )
-    t.add_argument("--epochs", type=_EPOCHS, default=3, help=f"training epochs, 1..{EPOCHS_MAX:,} (default: 3)")
-    t.add_argument(
-        "--batch-size",
-        type=_SIZE,
-        default=128,
-        help="samples per step (default: 128); larger than the training set: one step of the whole set",
-    )
-    t.add_argument(
-        "--lr",
-        type=_LR,
-        default=None,
-        help="AdamW learning rate (default: the model's: "
-        + ", ".join(f"{name} {recipe.lr:g}" for name, recipe in MODELS.items())
-        + ")",
-    )
-    t.add_argument("--weight-decay", type=_WEIGHT_DECAY, default=0.01, help="AdamW weight decay, >= 0 (default: 0.01)")
-    t.add_argument("--seed", type=_SEED, default=0, help=f"0..{SEED_MAX:,}, the range every framework accepts")
-    t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    t.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder with the four MNIST IDX files (raw or .gz); default: cache, then download",
-    )
-    t.add_argument("--train-limit", type=_SIZE, default=None, help="train on the first N images only")
-    t.add_argument("--test-limit", type=_SIZE, default=None, help="evaluate on the first N test images only")
     t.add_argument(
         "--report",
         type=_path_option,
@@ -172,6 +141,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_parsers(commands)
     _add_onnx_parser(commands)
     return parser
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser, *, device_help: str) -> None:
+    """The recipe's arguments, shared by ``train`` and ``compare``: model, epochs, sizes, AdamW, seed, data."""
+    parser.add_argument(
+        "--model",
+        choices=tuple(MODELS),
+        default="mlp",
+        help="mlp: the seed model (784-256-128-10); cnn: the Yat CNN (two 3x3 Yat convolutions with "
+        "max-pooling, Yat 1600->128, Linear 10); vit: the Yat vision transformer",
+    )
+    parser.add_argument("--device", default=None, help=device_help)
+    parser.add_argument("--epochs", type=_EPOCHS, default=3, help=f"training epochs, 1..{EPOCHS_MAX:,} (default: 3)")
+    parser.add_argument(
+        "--batch-size",
+        type=_SIZE,
+        default=128,
+        help="samples per step (default: 128); larger than the training set: one step of the whole set",
+    )
+    parser.add_argument(
+        "--lr",
+        type=_LR,
+        default=None,
+        help="AdamW learning rate, > 0 (default: the model's: "
+        + ", ".join(f"{name} {recipe.lr:g}" for name, recipe in MODELS.items())
+        + ")",
+    )
+    parser.add_argument("--seed", type=_SEED, default=0, help=f"0..{SEED_MAX:,}, the range every framework accepts")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the four MNIST IDX files (raw or .gz); default: cache, then download",
+    )
+    parser.add_argument("--train-limit", type=_SIZE, default=None, help="train on the first N images only")
+    parser.add_argument("--test-limit", type=_SIZE, default=None, help="evaluate on the first N test images only")
 
 
 def _add_onnx_parser(commands: Any) -> None:
@@ -213,7 +218,7 @@ def _add_compare_parsers(commands: Any) -> None:
         help="train one recipe in every framework and backend (each in its own process) and compare the receipts",
         epilog=f"Bounds: {_BOUNDS_HELP}.",
     )
-    c.add_argument("--model", choices=tuple(MODELS), default="mlp")
+    _add_recipe_arguments(c, device_help="device for every run (default: each one's own)")
     c.add_argument(
         "--frameworks",
         nargs="*",
@@ -239,17 +244,6 @@ def _add_compare_parsers(commands: Any) -> None:
         metavar="NAME",
         help=f"one Keras run per backend named (default: {DEFAULT_KERAS_BACKEND}; choices: {', '.join(KERAS_BACKENDS)})",
     )
-    c.add_argument("--epochs", type=_EPOCHS, default=3, help=f"training epochs, 1..{EPOCHS_MAX:,} (default: 3)")
-    c.add_argument("--batch-size", type=_SIZE, default=128, help="samples per step (default: 128)")
-    c.add_argument("--lr", type=_LR, default=None, help="AdamW learning rate, > 0 (default: the model's)")
-    c.add_argument("--seed", type=_SEED, default=0, help=f"0..{SEED_MAX:,}, the range every framework accepts")
-    c.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    c.add_argument("--device", default=None, help="device for every run (default: each one's own)")
-    c.add_argument(
-        "--data-dir", default=None, help="folder with the four MNIST IDX files (default: cache, then download)"
-    )
-    c.add_argument("--train-limit", type=_SIZE, default=None, help="train on the first N images only")
-    c.add_argument("--test-limit", type=_SIZE, default=None, help="evaluate on the first N test images only")
     c.add_argument(
         "--out",
         type=_path_option,
