@@ -17,17 +17,10 @@ imports the framework-free helpers of the first section.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
-import time
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,6 +30,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers, also when run as a script
 
+from keras_processes import BackendProcesses, Checks, assert_check, run_checks  # noqa: E402
 from test_interchange import core_logits, random_params, tiny_data  # noqa: E402
 
 from yat_core.mlp import init_mlp_numpy  # noqa: E402
@@ -186,7 +180,8 @@ def trains_like_the_core(framework: str) -> Any:
 
 # ================================================================ the checks (run in the subprocess)
 
-CHECKS: dict[str, Callable[[SimpleNamespace], None]] = {}
+CHECKS = Checks()
+check = CHECKS.register
 #: The checks of the torch and tensorflow backends. The default backend (jax) runs every other check
 #: and these but the single step, which its training check covers.
 QUICK = ("cnn-equals-the-core", "runner-steps-the-cnn", "runner-trains-the-cnn-like-the-core")
@@ -196,14 +191,6 @@ def _checks_of(backend: str) -> list[str]:
     if backend != BACKENDS[0]:
         return [name for name in CHECKS if name in QUICK]
     return [name for name in CHECKS if name != "runner-steps-the-cnn"]
-
-
-def check(name: str) -> Callable[[Callable], Callable]:
-    def register(fn: Callable) -> Callable:
-        CHECKS[name] = fn
-        return fn
-
-    return register
 
 
 def _with_params(ctx: SimpleNamespace, spec: ModelSpec, seed: int = 3) -> tuple[Any, dict[str, np.ndarray]]:
@@ -340,79 +327,29 @@ def _(ctx: SimpleNamespace) -> None:
     assert runner.backend == ctx.backend
 
 
-def run_checks(backend: str, out: Path) -> None:
+def main(backend: str, out: Path) -> None:
     """The subprocess: run the checks of ``backend`` under that Keras backend; write ``out/results.json``."""
     import keras
 
     from yat_core.nn import keras as knn
 
-    if keras.backend.backend() != backend:
-        raise RuntimeError(f"asked for Keras backend {backend!r}, Keras runs on {keras.backend.backend()!r}")
     ctx = SimpleNamespace(backend=backend, keras=keras, knn=knn)
-    results = {}
-    for name, fn in CHECKS.items():
-        if name not in _checks_of(backend):
-            continue
-        start = time.perf_counter()
-        try:
-            fn(ctx)
-            outcome, message = "passed", ""
-        except BaseException:  # noqa: BLE001 - every failure is reported, the next check still runs
-            outcome, message = "failed", traceback.format_exc()
-        results[name] = {"outcome": outcome, "message": message, "seconds": time.perf_counter() - start}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    run_checks(CHECKS, _checks_of(backend), ctx, out)
 
 
 # ================================================================ the pytest side
 
 
-def _missing(backend: str) -> str | None:
-    for module in ("keras", backend):
-        if importlib.util.find_spec(module) is None:
-            return module
-    return None
-
-
 @pytest.fixture(scope="module")
-def keras_cnn_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Any]:
-    """``backend -> (results, log)``: the backends' processes, started together on first use."""
-    runs: dict[str, Any] = {}
-
-    def result(backend: str) -> Any:
-        if not runs:
-            for name in BACKENDS:
-                if _missing(name) is None:
-                    out = tmp_path_factory.mktemp(f"keras-cnn-{name}")
-                    env = {**os.environ, "KERAS_BACKEND": name, "TF_CPP_MIN_LOG_LEVEL": "2"}
-                    cmd = [sys.executable, __file__, name, str(out)]
-                    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                    runs[name] = (proc, out, cmd)
-        proc, out, cmd = runs[backend]
-        if not isinstance(proc, subprocess.Popen):
-            return proc
-        try:
-            log = proc.communicate(timeout=SUBPROCESS_TIMEOUT)[0][-8000:]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            log = f"timed out after {SUBPROCESS_TIMEOUT} s"
-        results_file = out / "results.json"
-        results = json.loads(results_file.read_text()) if results_file.exists() else None
-        runs[backend] = ((results, f"reproduce: KERAS_BACKEND={backend} {' '.join(cmd)}\n{log}"), out, cmd)
-        return runs[backend][0]
-
-    return result
+def keras_cnn_run(tmp_path_factory: pytest.TempPathFactory) -> BackendProcesses:
+    """Every backend's check process, started together on first use."""
+    return BackendProcesses(__file__, BACKENDS, tmp_path_factory.mktemp, SUBPROCESS_TIMEOUT)
 
 
 @pytest.mark.parametrize(("backend", "check"), [(b, name) for b in BACKENDS for name in _checks_of(b)])
-def test_keras_cnn(backend: str, check: str, keras_cnn_run: Callable[[str], Any]) -> None:
+def test_keras_cnn(backend: str, check: str, keras_cnn_run: BackendProcesses) -> None:
     """One check of :data:`CHECKS`, run in the backend's own process."""
-    missing = _missing(backend)
-    if missing:
-        pytest.skip(f"{missing} is not installed")
-    results, log = keras_cnn_run(backend)
-    assert results is not None, f"the {backend} check process wrote no results\n{log}"
-    result = results[check]
-    assert result["outcome"] == "passed", f"[keras-backend={backend}] {check}\n{result['message']}"
+    assert_check(keras_cnn_run, backend, check)
 
 
 def test_numpy_conv_is_a_convolution() -> None:
@@ -426,4 +363,4 @@ def test_numpy_conv_is_a_convolution() -> None:
 
 
 if __name__ == "__main__":
-    run_checks(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]))

@@ -21,13 +21,8 @@ the helpers of the first section (framework-free).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import subprocess
 import sys
-import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from keras_processes import BackendProcesses, Checks, assert_check, run_checks
 
 from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.product import softplus
@@ -271,7 +267,8 @@ SHAPE_GRID = [
 
 # ================================================================ the checks (run in the subprocess)
 
-CHECKS: dict[str, Callable[[SimpleNamespace], Any]] = {}
+CHECKS = Checks()
+check = CHECKS.register
 
 #: ``keras.layers.Conv2D``'s arguments that the Yat convolutions take under the same names.
 CONV_ARGUMENTS = (
@@ -290,14 +287,6 @@ CONV_ARGUMENTS = (
     "kernel_constraint",
     "bias_constraint",
 )
-
-
-def check(name: str) -> Callable[[Callable], Callable]:
-    def register(fn: Callable) -> Callable:
-        CHECKS[name] = fn
-        return fn
-
-    return register
 
 
 def _np(ctx: SimpleNamespace, value: Any) -> np.ndarray:
@@ -716,82 +705,31 @@ def _(ctx: SimpleNamespace) -> None:
         assert tuple(module.kernel.shape) == tuple(layer.kernel.shape), name
 
 
-def run_checks(backend: str, out: Path) -> None:
+def main(backend: str, out: Path) -> None:
     """The subprocess: run every check under Keras backend ``backend``; write ``out/results.json``."""
     import keras
 
     from yat_core.nn import keras as knn
 
-    if keras.backend.backend() != backend:
-        raise RuntimeError(f"asked for Keras backend {backend!r}, Keras runs on {keras.backend.backend()!r}")
     ctx = SimpleNamespace(backend=backend, keras=keras, knn=knn, out=out)
-    results = {}
-    for name, fn in CHECKS.items():
-        start = time.perf_counter()
-        try:
-            fn(ctx)
-            outcome, message = "passed", ""
-        except BaseException:  # noqa: BLE001 - every failure is reported, the next check still runs
-            outcome, message = "failed", traceback.format_exc()
-        results[name] = {"outcome": outcome, "message": message, "seconds": time.perf_counter() - start}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    run_checks(CHECKS, CHECKS, ctx, out)
 
 
 # ================================================================ the pytest side
 
 
-def _missing(backend: str) -> str | None:
-    for module in ("keras", backend):
-        if importlib.util.find_spec(module) is None:
-            return module
-    return None
-
-
 @pytest.fixture(scope="module")
-def keras_conv_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Any]:
-    """``backend -> (results, log)``: the three backends' processes, started together on first use."""
-    runs: dict[str, Any] = {}
-
-    def start_all() -> None:
-        for backend in BACKENDS:
-            if _missing(backend) is None:
-                out = tmp_path_factory.mktemp(f"keras-conv-{backend}")
-                env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-                cmd = [sys.executable, __file__, backend, str(out)]
-                proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                runs[backend] = (proc, out, cmd)
-
-    def result(backend: str) -> Any:
-        if not runs:
-            start_all()
-        proc, out, cmd = runs[backend]
-        if not isinstance(proc, subprocess.Popen):
-            return proc
-        try:
-            log = proc.communicate(timeout=SUBPROCESS_TIMEOUT)[0][-8000:]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            log = f"timed out after {SUBPROCESS_TIMEOUT} s"
-        results_file = out / "results.json"
-        results = json.loads(results_file.read_text()) if results_file.exists() else None
-        runs[backend] = ((results, f"reproduce: KERAS_BACKEND={backend} {' '.join(cmd)}\n{log}"), out, cmd)
-        return runs[backend][0]
-
-    return result
+def keras_conv_run(tmp_path_factory: pytest.TempPathFactory) -> BackendProcesses:
+    """Every backend's check process, started together on first use."""
+    return BackendProcesses(__file__, BACKENDS, tmp_path_factory.mktemp, SUBPROCESS_TIMEOUT)
 
 
 @pytest.mark.parametrize("check", list(CHECKS))
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_keras_conv(backend: str, check: str, keras_conv_run: Callable[[str], Any]) -> None:
+def test_keras_conv(backend: str, check: str, keras_conv_run: BackendProcesses) -> None:
     """One check of :data:`CHECKS`, run in the backend's own process."""
-    missing = _missing(backend)
-    if missing:
-        pytest.skip(f"{missing} is not installed")
-    results, log = keras_conv_run(backend)
-    assert results is not None, f"the {backend} check process wrote no results\n{log}"
-    result = results[check]
-    assert result["outcome"] == "passed", f"[keras-backend={backend}] {check}\n{result['message']}"
+    assert_check(keras_conv_run, backend, check)
 
 
 if __name__ == "__main__":
-    run_checks(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]))

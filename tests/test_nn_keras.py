@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import math
 import os
 import subprocess
 import sys
 import tempfile
-import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,6 +38,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers, also when run as a script
 
+from keras_processes import BackendProcesses, Checks, CheckSkipped, assert_check, missing, run_checks  # noqa: E402
 from test_interchange import (  # noqa: E402
     LAYER_CASES,
     MODEL_CASES,
@@ -306,7 +304,8 @@ def tf_export_batch() -> np.ndarray:
 
 # ================================================================ the checks (run in the subprocess)
 
-CHECKS: dict[str, Callable[[SimpleNamespace], Any]] = {}
+CHECKS = Checks()
+check = CHECKS.register
 
 #: ``keras.layers.Dense``'s arguments that both layers take under the same names.
 DENSE_ARGUMENTS = (
@@ -321,18 +320,6 @@ DENSE_ARGUMENTS = (
 )
 #: Distributions a Keras receipt records beside ``keras``, per Keras backend.
 BACKEND_DISTRIBUTIONS = {"jax": ("jax", "jaxlib"), "torch": ("torch",), "tensorflow": ("tensorflow", "tensorflow-cpu")}
-
-
-class CheckSkipped(Exception):
-    """A check that cannot run here (an absent framework it needs); reported as a pytest skip."""
-
-
-def check(name: str) -> Callable[[Callable], Callable]:
-    def register(fn: Callable) -> Callable:
-        CHECKS[name] = fn
-        return fn
-
-    return register
 
 
 def _np(ctx: SimpleNamespace, value: Any) -> np.ndarray:
@@ -943,15 +930,13 @@ def _(ctx: SimpleNamespace) -> None:
     np.save(ctx.out / "trained_logits.npy", ctx.knn.predict(runner.model, tf_export_batch()))
 
 
-def run_checks(backend: str, out: Path, shared: Path) -> None:
+def main(backend: str, out: Path, shared: Path) -> None:
     """The subprocess: run every check under Keras backend ``backend``; write ``out/results.json``."""
     import keras
 
     from yat_core.namespaces.keras import namespace
     from yat_core.nn import keras as knn
 
-    if keras.backend.backend() != backend:
-        raise RuntimeError(f"asked for Keras backend {backend!r}, Keras runs on {keras.backend.backend()!r}")
     probe = namespace().asarray(np.zeros(1))
     ctx = SimpleNamespace(
         backend=backend,
@@ -962,29 +947,10 @@ def run_checks(backend: str, out: Path, shared: Path) -> None:
         shared=shared,
         float64=keras.backend.standardize_dtype(probe.dtype) == "float64",
     )
-    results = {}
-    for name, fn in CHECKS.items():
-        start = time.perf_counter()
-        try:
-            fn(ctx)
-            outcome, message = "passed", ""
-        except CheckSkipped as exc:
-            outcome, message = "skipped", str(exc)
-        except BaseException:  # noqa: BLE001 - every failure is reported, the next check still runs
-            outcome, message = "failed", traceback.format_exc()
-        results[name] = {"outcome": outcome, "message": message, "seconds": time.perf_counter() - start}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    run_checks(CHECKS, CHECKS, ctx, out)
 
 
 # ================================================================ the pytest side
-
-
-def _missing(backend: str) -> str | None:
-    # The Keras backends share their frameworks' import names.
-    for module in ("keras", backend):
-        if importlib.util.find_spec(module) is None:
-            return module
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -1005,51 +971,23 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def keras_run(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict]:
-    """``backend -> (results, out_dir)``: that backend's subprocess, run once per test session."""
-    cache: dict[str, Any] = {}
-
-    def run(backend: str) -> Any:
-        if backend not in cache:
-            cache[backend] = _run_backend(backend, shared, tmp_path_factory.mktemp(f"keras-{backend}"))
-        return cache[backend]
-
-    return run
-
-
-def _run_backend(backend: str, shared: Path, out: Path) -> tuple[dict | None, Path, str]:
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    cmd = [sys.executable, __file__, backend, str(out), str(shared)]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
-        log = proc.stdout[-4000:] + proc.stderr[-8000:]
-    except subprocess.TimeoutExpired as exc:
-        log = f"timed out after {SUBPROCESS_TIMEOUT} s: {exc}"
-    results_file = out / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else None
-    return results, out, f"reproduce: KERAS_BACKEND={backend} {' '.join(cmd)}\n{log}"
+def keras_run(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> BackendProcesses:
+    """Every backend's check process, started together on first use."""
+    return BackendProcesses(__file__, BACKENDS, tmp_path_factory.mktemp, SUBPROCESS_TIMEOUT, args=[str(shared)])
 
 
 @pytest.mark.parametrize("check", list(CHECKS))
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_keras(backend: str, check: str, keras_run: Callable[[str], Any]) -> None:
+def test_keras(backend: str, check: str, keras_run: BackendProcesses) -> None:
     """One check of :data:`CHECKS`, run in the backend's own process."""
-    missing = _missing(backend)
-    if missing:
-        pytest.skip(f"{missing} is not installed")
-    results, _, log = keras_run(backend)
-    assert results is not None, f"the {backend} check process wrote no results\n{log}"
-    result = results[check]
-    if result["outcome"] == "skipped":
-        pytest.skip(result["message"])
-    assert result["outcome"] == "passed", f"[keras-backend={backend}] {check}\n{result['message']}"
+    assert_check(keras_run, backend, check)
 
 
 def test_the_layer_module_imports_no_training_code() -> None:
     """``yat_core.nn.keras`` holds layers only: importing it loads no runner, backend, training or data module."""
-    missing = _missing("jax")
-    if missing:
-        pytest.skip(f"{missing} is not installed")
+    absent = missing("jax")
+    if absent:
+        pytest.skip(f"{absent} is not installed")
     training = ("yat_core.runners", "yat_core.backends", "yat_core.train", "yat_core.receipts", "yat_core.data")
     code = f"import sys, yat_core.nn.keras; print(sorted(m for m in sys.modules if m.startswith({training!r})))"
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -1059,15 +997,16 @@ def test_the_layer_module_imports_no_training_code() -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_keras_trained_export_predicts_the_same_in_tf_and_the_core(backend: str, keras_run: Callable) -> None:
+def test_keras_trained_export_predicts_the_same_in_tf_and_the_core(backend: str, keras_run: BackendProcesses) -> None:
     """Parameters trained by Keras on ``backend`` load into TensorFlow and the core: same logits."""
-    missing = _missing(backend)
-    if missing:
-        pytest.skip(f"{missing} is not installed")
+    absent = missing(backend)
+    if absent:
+        pytest.skip(f"{absent} is not installed")
     ytf = pytest.importorskip("yat_core.nn.tf")
     from yat_core.nn.interchange import load_npz
 
-    results, out, log = keras_run(backend)
+    results, log = keras_run.result(backend)
+    out = keras_run.folder(backend)
     assert results is not None and results["writes-a-trained-export"]["outcome"] == "passed", log
     params = load_npz(out / "trained.npz")
     reference = np.load(out / "trained_logits.npy")
@@ -1083,4 +1022,4 @@ def test_keras_trained_export_predicts_the_same_in_tf_and_the_core(backend: str,
 
 
 if __name__ == "__main__":
-    run_checks(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
+    main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))

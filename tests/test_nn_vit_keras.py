@@ -15,15 +15,8 @@ layer's own projections for :class:`~yat_core.nn.keras.YatMultiHeadAttention`.
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -33,6 +26,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers, also when run as a script
 
+from keras_processes import BackendProcesses, Checks, assert_check, run_checks  # noqa: E402
 from test_interchange import TRAINED_ATOL, core_logits, random_params, tiny_data  # noqa: E402
 
 from yat_core.attention import yat_attention, yat_attention_weights, yat_embed_attend  # noqa: E402
@@ -166,21 +160,14 @@ def attention_inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 # ================================================================ the checks (run in the subprocess)
 
-CHECKS: dict[str, Callable[[SimpleNamespace], None]] = {}
+CHECKS = Checks()
+check = CHECKS.register
 #: The checks every backend runs; the default backend (jax) runs every check.
 QUICK = ("vit-equals-the-core", "vit-softmax-is-keras-multi-head-attention", "vit-trains-like-the-core")
 
 
 def _checks_of(backend: str) -> list[str]:
     return list(CHECKS) if backend == BACKENDS[0] else [name for name in CHECKS if name in QUICK]
-
-
-def check(name: str) -> Callable[[Callable], Callable]:
-    def register(fn: Callable) -> Callable:
-        CHECKS[name] = fn
-        return fn
-
-    return register
 
 
 @check("vit-equals-the-core")
@@ -352,78 +339,30 @@ def _(ctx: SimpleNamespace) -> None:
     assert clone.get_config() == embed.get_config()
 
 
-def run_checks(backend: str, out: Path) -> None:
+def main(backend: str, out: Path) -> None:
     """The subprocess: run the checks of ``backend`` under that Keras backend; write ``out/results.json``."""
     import keras
     from keras import ops
 
     from yat_core.nn import keras as knn
 
-    if keras.backend.backend() != backend:
-        raise RuntimeError(f"asked for Keras backend {backend!r}, Keras runs on {keras.backend.backend()!r}")
     ctx = SimpleNamespace(backend=backend, keras=keras, knn=knn, ops=ops)
-    results = {}
-    for name in _checks_of(backend):
-        start = time.perf_counter()
-        try:
-            CHECKS[name](ctx)
-            outcome, message = "passed", ""
-        except BaseException:  # noqa: BLE001 - every failure is reported, the next check still runs
-            outcome, message = "failed", traceback.format_exc()
-        results[name] = {"outcome": outcome, "message": message, "seconds": time.perf_counter() - start}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    run_checks(CHECKS, _checks_of(backend), ctx, out)
 
 
 # ================================================================ the pytest side
 
 
-def _missing(backend: str) -> str | None:
-    for module in ("keras", backend):
-        if importlib.util.find_spec(module) is None:
-            return module
-    return None
-
-
 @pytest.fixture(scope="module")
-def keras_vit_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Any]:
-    """``backend -> (results, log)``: the backends' processes, started together on first use."""
-    runs: dict[str, Any] = {}
-
-    def result(backend: str) -> Any:
-        if not runs:
-            for name in BACKENDS:
-                if _missing(name) is None:
-                    out = tmp_path_factory.mktemp(f"keras-vit-{name}")
-                    env = {**os.environ, "KERAS_BACKEND": name, "TF_CPP_MIN_LOG_LEVEL": "2"}
-                    cmd = [sys.executable, __file__, name, str(out)]
-                    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                    runs[name] = (proc, out, cmd)
-        proc, out, cmd = runs[backend]
-        if not isinstance(proc, subprocess.Popen):
-            return proc
-        try:
-            log = proc.communicate(timeout=SUBPROCESS_TIMEOUT)[0][-8000:]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            log = f"timed out after {SUBPROCESS_TIMEOUT} s"
-        results_file = out / "results.json"
-        results = json.loads(results_file.read_text()) if results_file.exists() else None
-        runs[backend] = ((results, f"reproduce: KERAS_BACKEND={backend} {' '.join(cmd)}\n{log}"), out, cmd)
-        return runs[backend][0]
-
-    return result
+def keras_vit_run(tmp_path_factory: pytest.TempPathFactory) -> BackendProcesses:
+    """Every backend's check process, started together on first use."""
+    return BackendProcesses(__file__, BACKENDS, tmp_path_factory.mktemp, SUBPROCESS_TIMEOUT)
 
 
 @pytest.mark.parametrize(("backend", "check"), [(b, name) for b in BACKENDS for name in _checks_of(b)])
-def test_keras_vit(backend: str, check: str, keras_vit_run: Callable[[str], Any]) -> None:
+def test_keras_vit(backend: str, check: str, keras_vit_run: BackendProcesses) -> None:
     """One check of :data:`CHECKS`, run in the backend's own process."""
-    missing = _missing(backend)
-    if missing:
-        pytest.skip(f"{missing} is not installed")
-    results, log = keras_vit_run(backend)
-    assert results is not None, f"the {backend} check process wrote no results\n{log}"
-    result = results[check]
-    assert result["outcome"] == "passed", f"[keras-backend={backend}] {check}\n{result['message']}"
+    assert_check(keras_vit_run, backend, check)
 
 
 def test_core_attention_reference_is_the_core_on_merged_heads() -> None:
@@ -443,4 +382,4 @@ def test_core_attention_reference_is_the_core_on_merged_heads() -> None:
 
 
 if __name__ == "__main__":
-    run_checks(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]))
