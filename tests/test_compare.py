@@ -185,7 +185,7 @@ def _bad_receipts(folder: Path) -> dict[str, tuple[Path, str]]:
     good = make_receipt("numpy", None, LOSSES)
     text = json.dumps(good)
     cases = {
-        "missing": (folder / "missing.json", "no such file"),
+        "missing": (folder / "missing.json", "file not found"),
         "truncated": (folder / "truncated.json", "not valid JSON"),
         "a list": (folder / "list.json", "not a training receipt"),
         "a benchmark": (folder / "bench.json", "not a training receipt"),
@@ -297,7 +297,7 @@ def test_compare_trains_each_run_in_its_own_process_and_reports_failures(idx_dir
     markdown = Path("cmp", "report.md").read_text()
     assert markdown in out  # printed and saved
     assert "| torch | — |" in markdown and "failed: RuntimeError: the run broke |" in markdown
-    assert "| linen |" in markdown and "mlp-framework-linen.json: no such file" in markdown
+    assert "| linen |" in markdown and "mlp-framework-linen.json: file not found" in markdown
     assert "failed: not installed: tensorflow |" in markdown
     assert "| core/numpy | core | numpy / cpu | 235,148 |" in markdown
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers, 
 
 from test_interchange import core_logits, random_params  # noqa: E402
 
+from yat_core import weights  # noqa: E402
 from yat_core.mlp import init_mlp_numpy  # noqa: E402
 from yat_core.nn import get_framework  # noqa: E402
 from yat_core.nn.interchange import save_npz  # noqa: E402
@@ -310,10 +311,10 @@ def refused(path: Path, pattern: str) -> str:
 
 
 def test_missing_file(tmp_path):
-    refused(tmp_path / "absent.safetensors", "no such file")
-    refused(tmp_path / "absent.npz", "no such file")
+    refused(tmp_path / "absent.safetensors", "file not found")
+    refused(tmp_path / "absent.npz", "file not found")
     (tmp_path / "dir.safetensors").mkdir()
-    refused(tmp_path / "dir.safetensors", "is a folder")
+    refused(tmp_path / "dir.safetensors", "is a directory")
 
 
 @pytest.mark.parametrize("keep", [0, 5, 8, 40, -1], ids=["empty", "5-bytes", "length-only", "in-header", "last-byte"])
@@ -369,46 +370,19 @@ def test_an_invalid_spec_in_the_metadata(good, spec_text, pattern):
     refused(raw_file(good, tensors, {**good_metadata(good), "spec": spec_text}), pattern)
 
 
-def header_only(real: Any) -> type:
-    """A ``safetensors.safe_open`` around ``real`` that fails the test when an array is read."""
-
-    class HeaderOnly:
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self.handle = real(*args, **kwargs)
-
-        def __enter__(self) -> Any:
-            self.handle.__enter__()
-            return self
-
-        def __exit__(self, *exc: Any) -> None:
-            self.handle.__exit__(*exc)
-
-        def metadata(self) -> Any:
-            return self.handle.metadata()
-
-        def keys(self) -> Any:
-            return self.handle.keys()
-
-        def get_slice(self, name: str) -> Any:
-            return self.handle.get_slice(name)
-
-        def get_tensor(self, name: str) -> Any:
-            raise AssertionError(f"{name} was read before the header was checked")
-
-    return HeaderOnly
-
-
 def test_a_spec_that_does_not_fit_the_tensors_is_found_from_the_header(good, monkeypatch):
-    import safetensors
-
     spec, tensors = load_safetensors(good)
     metadata = good_metadata(good)
     del tensors["0.alpha"]
     tensors["0.kernel"] = np.zeros((4, 5), np.float32)
     tensors["9.extra"] = np.zeros(2, np.float32)
     raw_file(good, tensors, metadata)
+
     # No array may be read before the header's names and shapes are checked.
-    monkeypatch.setattr(safetensors, "safe_open", header_only(safetensors.safe_open))
+    def no_data(*args: Any) -> None:
+        raise AssertionError("an array was read before the header was checked")
+
+    monkeypatch.setattr(weights, "_read_tensor", no_data)
     message = refused(good, "its tensors do not fit the model in its metadata")
     assert "missing 0.alpha (shape ())" in message
     assert "0.kernel has shape (4, 5), expected (4, 6)" in message
@@ -454,11 +428,12 @@ def test_a_file_of_another_model_is_refused_by_import(tmp_path):
     assert all(np.array_equal(before[k], after[k]) for k in before), "a refused file changed the model"
 
 
-def test_absent_safetensors_names_the_extra(good, monkeypatch):
+def test_absent_safetensors_names_the_extra_for_writing_and_is_not_needed_for_reading(good, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors", None)
     monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+    spec, params = load_weights(good)
     with pytest.raises(ImportError, match=r"pip install 'yat-core\[safetensors\]'"):
-        load_weights(good)
+        save_weights(good, params, spec)
 
 
 def test_importing_yat_core_weights_loads_no_safetensors():

@@ -187,6 +187,7 @@ def _add_onnx_parser(commands: Any) -> None:
     )
     o.add_argument(
         "--weights",
+        type=_path_option,
         required=True,
         metavar="FILE",
         help="parameters in the core's names: .safetensors (holds its model) or .npz (needs --model)",
@@ -291,7 +292,7 @@ def _distinct(outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, P
     """Refuse two outputs (or an output and an input) that are one file: one would overwrite the other."""
     seen: list[tuple[str, Path]] = []
     for flag, path in [*inputs, *outputs]:
-        resolved = path.resolve()
+        resolved = Path(os.path.realpath(path))  # not Path.resolve: a symlink loop is a RuntimeError there
         for other_flag, other in seen:
             if resolved == other:
                 raise ValueError(f"{flag} {path}: the same file as {other_flag}; one would overwrite the other")

@@ -6,7 +6,7 @@ status; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["YatError", "DataError", "BackendUnavailableError"]
+__all__ = ["YatError", "DataError", "WeightFileError", "BackendUnavailableError"]
 
 
 class YatError(Exception):
@@ -15,6 +15,10 @@ class YatError(Exception):
 
 class DataError(YatError, ValueError):
     """A data file is missing, truncated, corrupt or fails its checksum."""
+
+
+class WeightFileError(DataError):
+    """A weight file is missing, not a weight file, truncated, corrupt, of another model, or holds unusable values."""
 
 
 class BackendUnavailableError(YatError, ImportError):

@@ -17,6 +17,12 @@ have started from the same weights, and to have seen the same batches, when they
 record the same model (name, layer list and input shape), ``seed`` and ``dtype``, and the
 same ``n_train`` and ``batch_size`` (:func:`init_key`); only such runs are compared
 step by step.
+
+**Receipts are untrusted input.** :func:`load_receipt` reads only a regular file (a
+folder, FIFO, device or symlink loop is named as what it is, and never blocks), at most
+:data:`RECEIPT_MAX` bytes of it, refuses JSON nested too deeply or made of too many
+objects and lists to be a receipt, and checks the type of every field the report uses,
+so every fault ends in one :class:`ReceiptError` naming the file.
 """
 
 from __future__ import annotations
@@ -33,9 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yat_core._io import atomic_write, atomic_write_text
+from yat_core._io import atomic_write, atomic_write_text, open_regular
 from yat_core.backends import BACKENDS
 from yat_core.errors import YatError
+from yat_core.nn.interchange import one_line
 from yat_core.receipts import REQUIRED_KEYS, write_json_atomic
 from yat_core.runners import FRAMEWORK_RUNNERS
 
@@ -54,10 +61,19 @@ __all__ = [
     "REPORT_MD",
     "REPORT_JSON",
     "REPORT_PNG",
+    "RECEIPT_MAX",
 ]
 
 #: What :func:`write_report` writes into its folder.
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "loss_curves.png"
+
+#: The largest receipt read: about 800,000 per-step losses (1,700 epochs of MNIST at batch 128). Parsing
+#: JSON takes up to about ten bytes of memory per byte of text, so this bounds a hostile file's cost too.
+RECEIPT_MAX = 16 * 2**20
+#: The most JSON objects and lists a receipt may hold (a receipt has two per epoch and a few more).
+_CONTAINERS_MAX = 100_000
+#: The deepest nesting of JSON objects and lists a receipt may have.
+_DEPTH_MAX = 32
 
 #: The array library under each framework, for the "backend / device" column (Keras: its receipt's).
 _FRAMEWORK_LIBRARY = {"torch": "torch", "nnx": "jax", "linen": "jax", "mlx": "mlx", "tf": "tensorflow"}
@@ -73,7 +89,50 @@ class ReceiptError(YatError, ValueError):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    # An integer too large for a float (JSON allows any) is not a usable number.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, float) or abs(value) <= 2**1023
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether JSON data nests objects and lists deeper than :data:`_DEPTH_MAX` (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > _DEPTH_MAX:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _check_types(receipt: dict[str, Any]) -> str | None:
+    """What field of ``receipt`` has a type the report cannot use, or None."""
+    for key in ("params", "seed", "batch_size", "n_train", "n_test", "epochs"):
+        if not _is_int(receipt[key]):
+            return f"{key} is {receipt[key]!r}, not an integer"
+    for key in ("final_test_acc", "total_s", "lr", "weight_decay"):
+        if not _is_number(receipt[key]):
+            return f"{key} is {receipt[key]!r}, not a number"
+    if receipt.get("final_test_loss") is not None and not _is_number(receipt["final_test_loss"]):
+        return f"final_test_loss is {receipt['final_test_loss']!r}, not a number"
+    for key in ("backend", "device"):
+        if not isinstance(receipt[key], str):
+            return f"{key} is {receipt[key]!r}, not a string"
+    for key in ("framework", "keras_backend", "model_name", "dtype"):
+        if receipt.get(key) is not None and not isinstance(receipt[key], str):
+            return f"{key} is {receipt[key]!r}, not a string"
+    steps = receipt.get("steps_per_epoch")
+    if steps is not None and not (_is_int(steps) and steps >= 0):
+        return f"steps_per_epoch is {steps!r}, not a count"
+    return None
 
 
 def _check_receipt(receipt: Any) -> str | None:
@@ -85,12 +144,9 @@ def _check_receipt(receipt: Any) -> str | None:
     missing = [key for key in REQUIRED_KEYS if key not in receipt]
     if missing:
         return f"not a training receipt (missing {', '.join(missing)})"
-    for key in ("params", "seed", "batch_size", "n_train", "n_test"):
-        if not isinstance(receipt[key], int) or isinstance(receipt[key], bool):
-            return f"{key} is {receipt[key]!r}, not an integer"
-    for key in ("final_test_acc", "total_s"):
-        if not _is_number(receipt[key]):
-            return f"{key} is {receipt[key]!r}, not a number"
+    wrong = _check_types(receipt)
+    if wrong is not None:
+        return wrong
     history = receipt["history"]
     if not isinstance(history, list) or not history:
         return "history is empty or not a list"
@@ -108,21 +164,35 @@ def _check_receipt(receipt: Any) -> str | None:
 
 
 def _read(path: Path) -> tuple[dict[str, Any], str]:
+    def fault(what: str) -> ReceiptError:
+        return ReceiptError(f"receipt {path}: {one_line(what)}")
+
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ReceiptError(f"receipt {path}: no such file") from None
+        with open_regular(path, fault=fault)[0] as fh:
+            data = fh.read(RECEIPT_MAX + 1)
     except OSError as exc:
-        raise ReceiptError(f"receipt {path}: cannot be read ({exc.strerror or exc})") from None
+        raise fault(f"cannot be read ({exc.strerror or exc})") from None
+    if len(data) > RECEIPT_MAX:
+        raise fault(f"larger than {RECEIPT_MAX // 2**20} MiB, more than any training receipt")
+    if not data.strip():
+        raise fault("empty, not a training receipt")
+    if data.count(b"{") + data.count(b"[") > _CONTAINERS_MAX:
+        raise fault(f"more than {_CONTAINERS_MAX:,} JSON objects and lists, not a training receipt")
     try:
         receipt = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ReceiptError(f"receipt {path}: not a text file") from None
+        raise fault("not a text file") from None
+    except RecursionError:
+        raise fault("JSON nested too deeply, not a training receipt") from None
     except json.JSONDecodeError as exc:
-        raise ReceiptError(f"receipt {path}: not valid JSON (truncated?): {exc}") from None
-    fault = _check_receipt(receipt)
-    if fault is not None:
-        raise ReceiptError(f"receipt {path}: {fault}")
+        raise fault(f"not valid JSON (truncated?): {exc}") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise fault(f"not valid JSON ({exc})") from None
+    if _too_deep(receipt):
+        raise fault(f"JSON nested more than {_DEPTH_MAX} levels deep, not a training receipt")
+    problem = _check_receipt(receipt)
+    if problem is not None:
+        raise fault(problem)
     return receipt, hashlib.sha256(data).hexdigest()
 
 

@@ -10,38 +10,56 @@ spec from elsewhere (the model it is imported into, or ``spec=``).
 :func:`save_weights` / :func:`load_weights` pick the format by the file's suffix;
 :func:`export_weights`, :func:`import_weights` and :func:`build_from_file` do the same
 for a native model of any framework of :mod:`yat_core.nn`. Every fault of a file
-(missing, truncated or corrupt, no model in its metadata, a model that does not fit its
-tensors, a wrong dtype, non-finite values) is a :class:`WeightFileError` that names the
-file and the fault. Names, shapes and dtypes are checked from the safetensors header
-before any array is read.
+(missing, not a regular file, of the other format, truncated or corrupt, no model in its
+metadata, a model that does not fit its tensors, a wrong dtype, non-finite values) is a
+:class:`WeightFileError` that names the file and the fault.
+
+Weight files are untrusted input, read with bounded work: a safetensors file's header
+is parsed here (its length bounded by :data:`HEADER_MAX` and the file's size, every
+tensor's offsets inside the file, not overlapping, and spanning exactly
+``prod(shape) * itemsize`` bytes), and the names, shapes and dtypes are checked against
+the model before any array is read; an ``.npz`` file is checked the same way by
+:func:`yat_core.nn.interchange.load_npz`. So no file can make a reader allocate more
+than the data it really holds (or, for compressed ``.npz`` members, than its model's
+shapes allow).
 
 The ``safetensors`` package (extra ``yat-core[safetensors]``) is imported only when a
-``.safetensors`` file is read or written.
+``.safetensors`` file is written; reading needs nothing but NumPy.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import math
 import os
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from yat_core._io import atomic_write
+from yat_core._io import atomic_write, open_regular
 from yat_core._lazy import require
-from yat_core.errors import DataError
-from yat_core.nn.interchange import check_params, load_npz, save_npz
+from yat_core.errors import WeightFileError
+from yat_core.nn.interchange import (
+    check_params,
+    fit_problems,
+    load_npz,
+    looks_like_zip,
+    nonfinite_problem,
+    one_line,
+    save_npz,
+)
 from yat_core.spec import LayerSpec, ModelSpec, spec_from_record, spec_record
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "SUFFIXES",
+    "HEADER_MAX",
     "WeightFileError",
     "spec_to_json",
     "spec_from_json",
@@ -60,16 +78,20 @@ FORMAT = "yat-core"
 FORMAT_VERSION = 1
 #: The weight file formats, by suffix.
 SUFFIXES = (".safetensors", ".npz")
-#: safetensors dtypes a parameter may have (NumPy reads them all; cast to the model's dtype on import).
-_FLOAT_DTYPES = ("F16", "F32", "F64")
-
-
-class WeightFileError(DataError):
-    """A weight file is missing, truncated, corrupt, of another model, or holds unusable values."""
+#: safetensors dtypes a parameter may have, as NumPy dtypes (safetensors is little-endian).
+_FLOAT_DTYPES: dict[str, np.dtype[Any]] = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+#: Bytes per item of the other safetensors dtypes, to check a file's offsets before its dtypes are refused.
+_ITEMSIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "BF16": 2, "I32": 4,
+              "U32": 4, "I64": 8, "U64": 8, "C64": 8} | {k: v.itemsize for k, v in _FLOAT_DTYPES.items()}  # fmt: skip
+#: The largest safetensors header read. A yat-core header is a few KiB; parsing JSON can take about
+#: ten bytes of memory per byte of text, so the bound is far below the format's 100 MB.
+HEADER_MAX = 8 * 2**20
+#: The most JSON objects and lists a header may hold (a yat-core model has a few per tensor).
+_CONTAINERS_MAX = 200_000
 
 
 def _fault(path: str | os.PathLike[str], what: str) -> WeightFileError:
-    return WeightFileError(f"weight file {os.fspath(path)}: {what}")
+    return WeightFileError(f"weight file {os.fspath(path)}: {one_line(what)}")
 
 
 def _suffix(path: str | os.PathLike[str]) -> str:
@@ -117,7 +139,9 @@ def spec_from_json(text: str) -> ModelSpec:
     """
     try:
         record = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except RecursionError:
+        raise ValueError("the model spec is JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of too many digits
         raise ValueError(f"the model spec is not JSON ({exc})") from None
     return spec_from_record(record)
 
@@ -126,13 +150,9 @@ def spec_from_json(text: str) -> ModelSpec:
 
 
 def _finite_or_fault(path: str | os.PathLike[str], params: Mapping[str, np.ndarray], verb: str) -> None:
-    bad = []
-    for name, value in params.items():
-        n_nan, n_inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
-        if n_nan or n_inf:
-            bad.append(f"{name} ({n_nan} NaN, {n_inf} infinite of {value.size})")
-    if bad:
-        raise _fault(path, f"{verb} non-finite values: {'; '.join(bad)}")
+    problem = nonfinite_problem(params)
+    if problem:
+        raise _fault(path, f"{verb} non-finite values: {problem}")
 
 
 def save_safetensors(path: str | os.PathLike[str], params: Mapping[str, Any], spec: ModelSpec) -> Path:
@@ -180,64 +200,161 @@ def save_safetensors(path: str | os.PathLike[str], params: Mapping[str, Any], sp
     return atomic_write(path, lambda fh: fh.write(data))
 
 
-def _header_problems(spec: ModelSpec, found: Mapping[str, tuple[list[int], str]]) -> list[str]:
-    # The same wording as check_params, from the header alone.
-    expected = spec.param_shapes
-    problems = [f"missing {n} (shape {s})" for n, s in expected.items() if n not in found]
-    problems += [f"unexpected {n}" for n in found if n not in expected]
-    problems += [
-        f"{n} has shape {tuple(found[n][0])}, expected {s}"
-        for n, s in expected.items()
-        if n in found and tuple(found[n][0]) != s
-    ]
-    return problems
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+    """One tensor of a safetensors header: dtype name, shape and where its bytes lie in the data."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
 
 
-def load_safetensors(path: str | os.PathLike[str]) -> tuple[ModelSpec, dict[str, np.ndarray]]:
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a key appears twice in one object: {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _read_header(
+    fh: IO[bytes], size: int, path: str | os.PathLike[str]
+) -> tuple[dict[str, str], dict[str, _Tensor], int]:
+    """Parse and check a safetensors header: its metadata, its tensors, and where their data starts.
+
+    Reads 8 bytes and then the header alone (bounded); the tensors' offsets are checked
+    against the file's size: inside it, not overlapping, each ``prod(shape) * itemsize`` bytes.
+    """
+
+    def damaged(what: str) -> WeightFileError:
+        return _fault(path, f"not a readable safetensors file (truncated or corrupt?): {what}")
+
+    if size == 0:
+        raise damaged("the file is empty")
+    head = fh.read(8)
+    if looks_like_zip(head):
+        raise _fault(path, "a zip archive (an .npz file?), not a safetensors file; name it *.npz")
+    if size < 8:
+        raise damaged(f"{size} bytes, fewer than the 8 that give its header's length")
+    length = int.from_bytes(head, "little")
+    if length > size - 8:
+        raise damaged(f"its header claims {length:,} bytes, but only {size - 8:,} follow")
+    if length > HEADER_MAX:
+        raise _fault(path, f"its header claims {length:,} bytes, more than the {HEADER_MAX:,} a weight file's may have")
+    raw = fh.read(length)
+    if len(raw) != length:
+        raise damaged(f"it ends inside its {length:,}-byte header")
+    if raw.count(b"{") + raw.count(b"[") > _CONTAINERS_MAX:
+        raise damaged(f"its header holds more than {_CONTAINERS_MAX:,} JSON objects and lists")
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise damaged("its header is JSON nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise damaged(f"its header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise damaged(f"its header is a JSON {type(header).__name__}, not an object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise damaged("its __metadata__ is not an object of strings")
+    data = size - 8 - length
+    tensors: dict[str, _Tensor] = {}
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise damaged(f"tensor {name!r} is not a record of dtype, shape and data_offsets")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str) or not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+            raise damaged(f"tensor {name!r} has dtype {dtype!r} and shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)):
+            raise damaged(f"tensor {name!r} has data_offsets {offsets!r}, not two byte offsets")
+        begin, end = offsets
+        if not begin <= end <= data:
+            raise damaged(f"tensor {name!r} lies at bytes {begin:,} to {end:,} of a data section of {data:,}")
+        itemsize = _ITEMSIZES.get(dtype)
+        if itemsize is not None and end - begin != math.prod(shape) * itemsize:  # Python ints: no wrap-around
+            raise damaged(
+                f"tensor {name!r} ({dtype}, shape {tuple(shape)}) needs {math.prod(shape) * itemsize:,} bytes, "
+                f"its offsets span {end - begin:,}"
+            )
+        tensors[name] = _Tensor(dtype, tuple(shape), begin, end)
+    ordered = sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end))
+    for (first, a), (second, b) in zip(ordered, ordered[1:]):
+        if b.begin < a.end:
+            raise damaged(f"tensors {first!r} and {second!r} overlap")
+    return metadata, tensors, 8 + length
+
+
+def _read_tensor(fh: io.BufferedReader, start: int, tensor: _Tensor) -> np.ndarray:
+    """One tensor's bytes (already checked to lie inside the file) as a native-order array."""
+    dtype = _FLOAT_DTYPES[tensor.dtype]
+    flat = np.empty((tensor.end - tensor.begin) // dtype.itemsize, dtype)
+    raw = flat.view(np.uint8)
+    fh.seek(start + tensor.begin)
+    done = 0
+    while done < raw.size:
+        got = fh.readinto(raw[done:].data)
+        if not got:
+            raise EOFError("the file ends inside tensor data (it shrank while being read?)")
+        done += got
+    return flat.reshape(tensor.shape).astype(dtype.newbyteorder("="), copy=False)
+
+
+def load_safetensors(
+    path: str | os.PathLike[str], *, allow_nonfinite: bool = False
+) -> tuple[ModelSpec, dict[str, np.ndarray]]:
     """Read a file of :func:`save_safetensors`: the model's spec and its parameters (in spec order).
 
-    The header is checked before any array is read: the format and its version, the
-    spec, and every tensor's name, shape and dtype against the spec. The values are
-    then checked to be finite.
+    Everything is checked before any array is read: the file is a regular file; its
+    header's length is bounded (:data:`HEADER_MAX`, and the file's size); the header is
+    JSON whose tensors lie inside the file without overlapping, each spanning
+    ``prod(shape) * itemsize`` bytes; the format and its version; the spec; and every
+    tensor's name, shape and dtype against the spec. The values are then checked to be
+    finite. Reading needs NumPy only (not the ``safetensors`` package).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.safetensors`` file.
+    allow_nonfinite : bool
+        Return NaN and infinite values instead of refusing the file.
 
     Raises
     ------
     WeightFileError
-        Naming the file and its fault: missing, not a readable safetensors file
-        (truncated or corrupt), no yat-core model in the metadata, a later format
-        version, a spec that does not fit the tensors, a dtype other than float16/32/64,
-        non-finite values.
+        Naming the file and its fault: missing, not a regular file (a folder, FIFO,
+        device or symlink loop), an ``.npz`` file, not a readable safetensors file
+        (empty, truncated or corrupt), no yat-core model in the metadata, a later format
+        version, a spec that does not fit the tensors, a dtype other than
+        float16/32/64, non-finite values.
 
     Examples
     --------
     >>> load_safetensors("no/such/file.safetensors")
     Traceback (most recent call last):
     ...
-    yat_core.weights.WeightFileError: weight file no/such/file.safetensors: no such file
+    yat_core.errors.WeightFileError: weight file no/such/file.safetensors: file not found
     """
-    source = Path(path)
-    if not source.is_file():
-        raise _fault(path, "is a folder, not a file" if source.is_dir() else "no such file")
-    _safetensors(f"reading {os.fspath(path)}")
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(source, framework="np") as handle:
-            metadata = handle.metadata() or {}
-            spec = _spec_of(path, metadata)
-            found = {
-                name: (handle.get_slice(name).get_shape(), handle.get_slice(name).get_dtype()) for name in handle.keys()
-            }
-            problems = _header_problems(spec, found)
-            if problems:
-                raise _fault(path, "its tensors do not fit the model in its metadata: " + "; ".join(problems))
-            wrong = [f"{n} ({dtype})" for n, (_, dtype) in found.items() if dtype not in _FLOAT_DTYPES]
-            if wrong:
-                raise _fault(path, f"parameters must be float16, float32 or float64; not so: {', '.join(wrong)}")
-            params = {name: handle.get_tensor(name) for name in spec.param_shapes}
-    except SafetensorError as exc:
-        raise _fault(path, f"not a readable safetensors file (truncated or corrupt?): {exc}") from None
-    _finite_or_fault(path, params, "holds")
+    with open_regular(path, fault=lambda what: _fault(path, what))[0] as fh:
+        metadata, tensors, start = _read_header(fh, os.fstat(fh.fileno()).st_size, path)
+        spec = _spec_of(path, metadata)
+        problems = fit_problems(spec.param_shapes, {name: t.shape for name, t in tensors.items()})
+        if problems:
+            raise _fault(path, "its tensors do not fit the model in its metadata: " + "; ".join(problems))
+        wrong = [f"{n} ({t.dtype})" for n, t in tensors.items() if t.dtype not in _FLOAT_DTYPES]
+        if wrong:
+            raise _fault(path, f"parameters must be float16, float32 or float64; not so: {', '.join(wrong)}")
+        try:
+            params = {name: _read_tensor(fh, start, tensors[name]) for name in spec.param_shapes}
+        except (OSError, EOFError) as exc:
+            raise _fault(path, f"not a readable safetensors file (truncated or corrupt?): {exc}") from None
+    if not allow_nonfinite:
+        problem = nonfinite_problem(params)
+        if problem:
+            raise _fault(path, f"holds non-finite values: {problem}; pass allow_nonfinite=True to load them anyway")
     return spec, params
 
 
@@ -249,7 +366,7 @@ def _spec_of(path: str | os.PathLike[str], metadata: Mapping[str, str]) -> Model
             "load its tensors with safetensors and import them into a model you build)",
         )
     version = metadata.get("format_version", "")
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit() and len(version) <= 9):
         raise _fault(path, f"its metadata has no valid format_version (got {version!r})")
     if int(version) > FORMAT_VERSION:
         raise _fault(
@@ -257,7 +374,7 @@ def _spec_of(path: str | os.PathLike[str], metadata: Mapping[str, str]) -> Model
         )
     try:
         return spec_from_json(metadata["spec"])
-    except ValueError as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise _fault(path, f"the model spec in its metadata is invalid: {exc}") from None
 
 
@@ -291,9 +408,13 @@ def save_weights(path: str | os.PathLike[str], params: Mapping[str, Any], spec: 
 
 
 def load_weights(
-    path: str | os.PathLike[str], spec: ModelSpec | None = None
+    path: str | os.PathLike[str], spec: ModelSpec | None = None, *, allow_nonfinite: bool = False
 ) -> tuple[ModelSpec | None, dict[str, np.ndarray]]:
     """Read a weight file of either format; return its model's spec (None for ``.npz`` without ``spec``) and parameters.
+
+    Names, shapes and dtypes are checked (against ``spec``, or a safetensors file's own
+    spec) before any array is read; see :func:`load_safetensors` and
+    :func:`yat_core.nn.interchange.load_npz` for every check.
 
     Parameters
     ----------
@@ -302,6 +423,8 @@ def load_weights(
     spec : ModelSpec, optional
         The model the parameters are for. A ``.safetensors`` file must hold this very
         model; an ``.npz`` file's parameters are checked against it.
+    allow_nonfinite : bool
+        Return NaN and infinite values instead of refusing the file.
 
     Raises
     ------
@@ -319,35 +442,20 @@ def load_weights(
     >>> load_weights(p, cnn_spec())  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    yat_core.weights.WeightFileError: weight file .../w.npz: parameters do not fit the model: ...
+    yat_core.errors.WeightFileError: weight file .../w.npz: parameters do not fit the model: ...
     """
     if _suffix(path) == ".safetensors":
-        stored, params = load_safetensors(path)
+        stored, params = load_safetensors(path, allow_nonfinite=allow_nonfinite)
         if spec is not None and stored != spec:
             raise _fault(path, f"it holds another model: {_difference(stored, spec)}")
         return stored, params
-    params = _load_npz(path)
+    params = load_npz(path, spec, allow_nonfinite=allow_nonfinite)
     if spec is not None:
         try:
             params = check_params(params, spec)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError) as exc:  # pragma: no cover - load_npz checked the same against spec
             raise _fault(path, str(exc)) from None
     return spec, params
-
-
-def _load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    source = Path(path)
-    if not source.is_file():
-        raise _fault(path, "is a folder, not a file" if source.is_dir() else "no such file")
-    try:
-        params = load_npz(source)
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
-        raise _fault(path, f"not a readable .npz file (truncated or corrupt?): {exc}") from None
-    wrong = [f"{n} ({a.dtype})" for n, a in params.items() if a.dtype.kind != "f"]
-    if wrong:
-        raise _fault(path, f"parameters must be real floating arrays; not so: {', '.join(wrong)}")
-    _finite_or_fault(path, params, "holds")
-    return params
 
 
 def _difference(stored: ModelSpec, wanted: ModelSpec) -> str:
@@ -410,19 +518,27 @@ def export_weights(framework: str | ModuleType, model: Any, path: str | os.PathL
     return save_weights(path, module.export_params(model), _model_spec(model))
 
 
-def import_weights(framework: str | ModuleType, model: Any, path: str | os.PathLike[str]) -> Any:
+def import_weights(
+    framework: str | ModuleType, model: Any, path: str | os.PathLike[str], *, allow_nonfinite: bool = False
+) -> Any:
     """Load ``path`` (either format) into a native model in place and return it.
 
     The file must hold the model's own spec (``.safetensors``) or parameters that fit it
-    (``.npz``); nothing is written into the model unless every check passes.
+    (``.npz``); nothing is written into the model unless every check passes (finite
+    values included, unless ``allow_nonfinite``).
     """
     module = _framework(framework)
-    _, params = load_weights(path, _model_spec(model))
+    _, params = load_weights(path, _model_spec(model), allow_nonfinite=allow_nonfinite)
     return module.import_params(model, params)
 
 
 def build_from_file(
-    framework: str | ModuleType, path: str | os.PathLike[str], *, spec: ModelSpec | None = None, **options: Any
+    framework: str | ModuleType,
+    path: str | os.PathLike[str],
+    *,
+    spec: ModelSpec | None = None,
+    allow_nonfinite: bool = False,
+    **options: Any,
 ) -> Any:
     """The native model of the file's spec in ``framework``, holding the file's parameters.
 
@@ -434,11 +550,13 @@ def build_from_file(
         A ``.safetensors`` file (it holds the spec) or an ``.npz`` file (then ``spec`` is needed).
     spec : ModelSpec, optional
         The model; for a ``.safetensors`` file it must be the file's.
+    allow_nonfinite : bool
+        Accept NaN and infinite parameters instead of refusing the file.
     **options
         Passed to the framework's ``build_model`` (``dtype``, ``device``, ...).
     """
     module = _framework(framework)
-    stored, params = load_weights(path, spec)
+    stored, params = load_weights(path, spec, allow_nonfinite=allow_nonfinite)
     if stored is None:
         raise _fault(path, "an .npz file holds no model spec; pass spec= (or use a .safetensors file)")
     return module.import_params(module.build_model(stored, 0, **options), params)
