@@ -160,7 +160,7 @@ def test_constant_options_are_not_parameters():
 @pytest.mark.parametrize("which", ["input_dims", "output_dims"])
 def test_layer_refuses_sizes_that_are_not_positive_integers(which, size, error, match):
     sizes = {"input_dims": 5, "output_dims": 3, which: size}
-    with pytest.raises(error, match=f"^{which} {match}$"):
+    with pytest.raises(error, match=f"^mlx YatNMN: {which} {match}$"):
         ymlx.YatNMN(**sizes)
 
 

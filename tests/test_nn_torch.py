@@ -152,7 +152,7 @@ def test_layer_rejects_bad_options(kwargs, match):
 @pytest.mark.parametrize("which", ["in_features", "out_features"])
 def test_layer_refuses_sizes_that_are_not_positive_integers(which, size, error, match):
     sizes = {"in_features": 5, "out_features": 3, which: size}
-    with pytest.raises(error, match=f"^{which} {match}$"):
+    with pytest.raises(error, match=f"^torch YatNMN: {which} {match}$"):
         ynn.YatNMN(**sizes)
 
 

@@ -325,7 +325,7 @@ def test_batch_first_false_and_unbatched_inputs():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"embed_dim": 8, "num_heads": 3}, ValueError, "heads must be >= 1 and divide the 8 features"),
+        ({"embed_dim": 8, "num_heads": 3}, ValueError, "num_heads=3 must divide embed_dim=8"),
         ({"embed_dim": 8, "num_heads": 2, "bias": 0.5}, TypeError, "bias must be a bool"),
         ({"embed_dim": 8.0, "num_heads": 2}, TypeError, "embed_dim must be a positive integer"),
         ({"embed_dim": 8, "num_heads": 2, "epsilon": 0.0}, ValueError, "epsilon"),

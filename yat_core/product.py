@@ -150,10 +150,13 @@ def _is_number(v: Any) -> bool:
 
 
 def validate_epsilon(epsilon: Any) -> None:
-    """Reject a constant ``epsilon`` that is not a finite number > 0.
+    """Reject a constant ``epsilon`` that is not a finite number > 0, and an array epsilon that is not a scalar.
 
-    An array epsilon (the learnable case, ``softplus(raw)``) is not inspected:
-    reading its value would force a host synchronisation and break tracing.
+    An array epsilon (the learnable case, ``softplus(raw)``) must have shape ``()``
+    or ``(1,)``: it is one number added to every squared distance, and its
+    gradient is the sum over all of them (a per-unit epsilon would broadcast in
+    the forward pass and then fail in the backward one). Its values are not
+    inspected: reading them would force a host synchronisation and break tracing.
 
     Examples
     --------
@@ -162,7 +165,14 @@ def validate_epsilon(epsilon: Any) -> None:
     Traceback (most recent call last):
     ...
     ValueError: epsilon must be a finite number > 0, got 0.0
+    >>> validate_epsilon(np.full(3, 0.1))
+    Traceback (most recent call last):
+    ...
+    ValueError: epsilon must be a number or a scalar array (shape () or (1,)), got shape (3,)
     """
+    shape = getattr(epsilon, "shape", None)
+    if shape is not None and tuple(shape) not in ((), (1,)):
+        raise ValueError(f"epsilon must be a number or a scalar array (shape () or (1,)), got shape {tuple(shape)}")
     if _is_number(epsilon) and not (math.isfinite(epsilon) and epsilon > 0):
         raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
     # Host NumPy values can be checked without a device sync or breaking a trace.

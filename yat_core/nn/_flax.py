@@ -38,14 +38,15 @@ from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec
 from yat_core.namespaces.native import register_native_conv
 from yat_core.nn.options import (
+    attention_layer_spec,
     attention_spec_options,
     check_size,
     conv_layer_spec,
     conv_spec_options,
     forward_options,
-    layer_option,
     per_dim,
     spec_options,
+    yat_layer_spec,
 )
 from yat_core.product import DEFAULT_EPSILON, softplus_inverse, yat_product
 from yat_core.spec import ATTENTION_KINDS
@@ -579,6 +580,7 @@ def flax_conv_spec(
         learnable_epsilon=learnable_epsilon,
         spherical=spherical,
         names=names,
+        option_names=("use_bias", "use_alpha"),
     )
 
 
@@ -777,21 +779,16 @@ def attention_spec(
     ...
     ValueError: num_heads=3 must divide qkv_features=64
     """
-    if not isinstance(use_bias, (bool, np.bool_)):
-        raise TypeError(f"use_bias must be a bool (a learnable bias or none), got {use_bias!r}")
-    heads, features = check_size(num_heads, "num_heads"), check_size(qkv_features, "qkv_features")
-    if features % heads:
-        raise ValueError(f"num_heads={heads} must divide qkv_features={features}")
-    return LayerSpec(
-        "yat_attention",
-        features,
-        features,
-        heads=heads,
-        bias=LEARNABLE if use_bias else None,
-        alpha=layer_option(use_alpha, "use_alpha"),
-        epsilon=float(epsilon),
-        learnable_epsilon=bool(learnable_epsilon),
-        spherical=bool(spherical),
+    return attention_layer_spec(
+        qkv_features,
+        num_heads,
+        bias=use_bias,
+        alpha=use_alpha,
+        epsilon=epsilon,
+        learnable_epsilon=learnable_epsilon,
+        spherical=spherical,
+        names=("qkv_features", "num_heads"),
+        option_names=("use_bias", "use_alpha"),
     )
 
 
@@ -985,15 +982,16 @@ def embed_spec(
     >>> spec.param_shapes
     {'kernel': (10, 4), 'alpha': (), 'epsilon_raw': ()}
     """
-    return LayerSpec(
-        "yat",
-        check_size(features, "features"),
-        check_size(num_embeddings, "num_embeddings"),
-        bias=None,
-        alpha=layer_option(use_alpha, "use_alpha"),
-        epsilon=float(epsilon),
-        learnable_epsilon=bool(learnable_epsilon),
-        spherical=bool(spherical),
+    return yat_layer_spec(
+        features,
+        num_embeddings,
+        bias=False,
+        alpha=use_alpha,
+        epsilon=epsilon,
+        learnable_epsilon=learnable_epsilon,
+        spherical=spherical,
+        names=("features", "num_embeddings"),
+        option_names=("use_bias", "use_alpha"),
     )
 
 

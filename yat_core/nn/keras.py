@@ -69,6 +69,7 @@ from yat_core.nn._keras_style import (
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
     attention_spec_options,
+    check_flag,
     check_native_kinds,
     check_size,
     conv_class,
@@ -76,13 +77,15 @@ from yat_core.nn.options import (
     forward_options,
     kernel_from_core,
     kernel_to_core,
-    layer_option,
     linear_layer_spec,
+    names_layer,
     native_option,
+    per_dim,
+    score_options,
     spec_options,
     yat_layer_spec,
 )
-from yat_core.product import DEFAULT_EPSILON, dense, softplus, softplus_inverse, validate_epsilon, yat_product
+from yat_core.product import DEFAULT_EPSILON, dense, softplus, softplus_inverse, yat_product
 from yat_core.spec import ATTENTION_KINDS, TOKEN_KINDS, spec_from_record, spec_record
 
 __all__ = [
@@ -262,6 +265,7 @@ class YatNMN(_CoreLayer):
     0.5
     """
 
+    @names_layer
     def __init__(
         self,
         units: int,
@@ -281,6 +285,7 @@ class YatNMN(_CoreLayer):
             epsilon=epsilon,
             learnable_epsilon=learnable_epsilon,
             spherical=spherical,
+            option_names=("use_bias", "use_alpha"),
         )
         super().__init__(template, **kwargs)
 
@@ -323,12 +328,14 @@ class Linear(_CoreLayer):
     ((2, 10), (128, 10), 1290)
     """
 
+    @names_layer
     def __init__(
         self, units: int, activation: Literal["relu"] | None = None, use_bias: bool | float = True, **kwargs: Any
     ) -> None:
-        super().__init__(
-            linear_layer_spec(1, check_size(units, "units"), bias=use_bias, activation=activation), **kwargs
+        template = linear_layer_spec(
+            1, check_size(units, "units"), bias=use_bias, activation=activation, bias_name="use_bias"
         )
+        super().__init__(template, **kwargs)
 
     @classmethod
     def from_spec(cls, spec: LayerSpec, **kwargs: Any) -> Linear:
@@ -356,6 +363,7 @@ class _YatConv(KerasConvArgs, keras.layers.Layer):
     shared with the TensorFlow modules.
     """
 
+    @names_layer
     def __init__(
         self,
         filters: int,
@@ -404,6 +412,7 @@ class _YatConv(KerasConvArgs, keras.layers.Layer):
             learnable_epsilon=learnable_epsilon,
             spherical=spherical,
             names=("groups", "filters"),
+            option_names=("use_bias", "use_alpha"),
         )
         self._param_spec: LayerSpec | None = None
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -641,7 +650,7 @@ class YatConv2D(_YatConv):
     >>> YatConv2D(6, 3, groups=4)
     Traceback (most recent call last):
     ...
-    ValueError: groups=4 must divide filters=6
+    ValueError: keras YatConv2D: groups=4 must divide filters=6
     """
 
     rank = 2
@@ -760,9 +769,13 @@ class _YatScore:
     epsilon_raw: Any
 
     def _set_yat_options(self, use_alpha: Any, epsilon: float, learnable_epsilon: bool, spherical: bool) -> None:
-        validate_epsilon(epsilon)
-        self.use_alpha = layer_option(use_alpha, "use_alpha")  # the core's option: "learnable", a float or None
-        self.epsilon, self.learnable_epsilon, self.spherical = float(epsilon), bool(learnable_epsilon), bool(spherical)
+        options = score_options(use_alpha, epsilon, learnable_epsilon, spherical, alpha_name="use_alpha")
+        self.use_alpha = options["alpha"]  # the core's option: "learnable", a float or None
+        self.epsilon, self.learnable_epsilon, self.spherical = (
+            options["epsilon"],
+            options["learnable_epsilon"],
+            options["spherical"],
+        )
         self.alpha = self.epsilon_raw = None
 
     def _add_yat_weights(self) -> None:
@@ -835,6 +848,7 @@ class YatMultiHeadAttention(_YatScore, keras.layers.MultiHeadAttention):
     ((3, 5, 8), (3, 2, 5, 5), (8, 2, 4), 289)
     """
 
+    @names_layer
     def __init__(
         self,
         num_heads: int,
@@ -853,6 +867,9 @@ class YatMultiHeadAttention(_YatScore, keras.layers.MultiHeadAttention):
     ) -> None:
         if kwargs.pop("flash_attention", None):
             raise ValueError("YatMultiHeadAttention has no flash attention: the Yat score is not a dot product")
+        # Checked here: Keras's own check lets True through as 1.
+        num_heads, key_dim = check_size(num_heads, "num_heads"), check_size(key_dim, "key_dim")
+        value_dim = None if value_dim is None else check_size(value_dim, "value_dim")
         super().__init__(
             num_heads,
             key_dim,
@@ -953,6 +970,7 @@ class YatEmbed(_YatScore, keras.layers.Layer):
     ((1, 3, 4), (10, 4), (1, 3, 10))
     """
 
+    @names_layer
     def __init__(
         self,
         input_dim: int,
@@ -974,7 +992,7 @@ class YatEmbed(_YatScore, keras.layers.Layer):
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
         self.embeddings_constraint = keras.constraints.get(embeddings_constraint)
-        self.mask_zero = bool(mask_zero)
+        self.mask_zero = check_flag(mask_zero, "mask_zero")
         self.supports_masking = self.mask_zero
         self._set_yat_options(use_alpha, epsilon, learnable_epsilon, spherical)
 
@@ -1036,10 +1054,11 @@ class Patches(keras.layers.Layer):
     (2, 16, 49)
     """
 
+    @names_layer
     def __init__(self, patch_size: int | tuple[int, int], data_format: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-        self.patch_size = (check_size(size[0], "patch_size"), check_size(size[-1], "patch_size"))
+        height, width = per_dim(patch_size, 2, "patch_size", 1)
+        self.patch_size = (height, width)
         self.data_format = keras.config.image_data_format() if data_format is None else str(data_format).lower()
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
@@ -1083,6 +1102,7 @@ class AddPositionEmbedding(keras.layers.Layer):
     ((2, 16, 8), (16, 8))
     """
 
+    @names_layer
     def __init__(
         self,
         sequence_length: int,

@@ -81,7 +81,7 @@ from yat_core.nn._flax import (
     yat_initializers,
 )
 from yat_core.nn.interchange import export_arrays, import_arrays
-from yat_core.nn.options import check_native_kinds, yat_layer_spec
+from yat_core.nn.options import check_native_kinds, check_size, names_layer, yat_layer_spec
 from yat_core.product import DEFAULT_EPSILON, softplus_inverse
 
 __all__ = [
@@ -161,6 +161,25 @@ class YatNMN(nn.Module):
     kernel_init: Initializer = xavier_normal
     bias_init: Initializer | None = None
 
+    @names_layer
+    def __post_init__(self) -> None:
+        # What does not depend on the input is refused when the layer is made, not at its first call.
+        self._spec(1)
+        super().__post_init__()
+
+    def _spec(self, in_features: int) -> LayerSpec:
+        return yat_layer_spec(
+            in_features,
+            self.features,
+            bias=self.use_bias,
+            alpha=self.use_alpha,
+            epsilon=self.epsilon,
+            learnable_epsilon=self.learnable_epsilon,
+            spherical=self.spherical,
+            names=("the input's features", "features"),
+            option_names=("use_bias", "use_alpha"),
+        )
+
     @classmethod
     def from_spec(cls, spec: LayerSpec, **kwargs: Any) -> YatNMN:
         """The layer described by a core :class:`~yat_core.mlp.LayerSpec` (its input size comes from the input).
@@ -175,15 +194,7 @@ class YatNMN(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        spec = yat_layer_spec(
-            inputs.shape[-1],
-            self.features,
-            bias=self.use_bias,
-            alpha=self.use_alpha,
-            epsilon=self.epsilon,
-            learnable_epsilon=self.learnable_epsilon,
-            spherical=self.spherical,
-        )
+        spec = self._spec(inputs.shape[-1])
         params = {
             name: self.param(name, init, shape, self.param_dtype)
             for name, (init, shape) in yat_initializers(spec, self.kernel_init, self.bias_init).items()
@@ -273,6 +284,19 @@ class _YatConvBase(nn.Module):
     bias_init: Initializer | None = None
 
     _kind: ClassVar[str]
+
+    @names_layer
+    def __post_init__(self) -> None:
+        # What does not depend on the input is refused when the layer is made; the groups stand in
+        # for the input's channels, which only the first call knows.
+        groups, features = (
+            check_size(self.feature_group_count, "feature_group_count"),
+            check_size(self.features, "features"),
+        )
+        if features % groups:
+            raise ValueError(f"feature_group_count={groups} must divide features={features}")
+        self.layer_spec(groups)
+        super().__post_init__()
 
     def layer_spec(self, in_features: int) -> LayerSpec:
         """The core's description of this layer on inputs with ``in_features`` channels (runs every check).
@@ -530,6 +554,26 @@ class YatMultiHeadDotProductAttention(nn.Module):
     bias_init: Initializer | None = None
     out_bias_init: Initializer | None = None
 
+    @names_layer
+    def __post_init__(self) -> None:
+        # What does not depend on the input is refused when the layer is made, not at its first call.
+        heads = check_size(self.num_heads, "num_heads")
+        self._spec(heads if self.qkv_features is None else self.qkv_features)
+        if self.out_features is not None:
+            check_size(self.out_features, "out_features")
+        super().__post_init__()
+
+    def _spec(self, qkv_features: int) -> LayerSpec:
+        return attention_spec(
+            self.num_heads,
+            qkv_features,
+            use_bias=self.use_bias,
+            use_alpha=self.use_alpha,
+            epsilon=self.epsilon,
+            learnable_epsilon=self.learnable_epsilon,
+            spherical=self.spherical,
+        )
+
     @classmethod
     def from_spec(cls, spec: LayerSpec, **kwargs: Any) -> YatMultiHeadDotProductAttention:
         """The layer described by a core :class:`~yat_core.spec.LayerSpec` (kind ``"yat_attention"``).
@@ -559,15 +603,7 @@ class YatMultiHeadDotProductAttention(nn.Module):
         inputs_v = inputs_k if inputs_v is None else inputs_v
         in_features = inputs_q.shape[-1]
         qkv = in_features if self.qkv_features is None else self.qkv_features
-        spec = attention_spec(
-            self.num_heads,
-            qkv,
-            use_bias=self.use_bias,
-            use_alpha=self.use_alpha,
-            epsilon=self.epsilon,
-            learnable_epsilon=self.learnable_epsilon,
-            spherical=self.spherical,
-        )
+        spec = self._spec(qkv)
         heads = (spec.heads, qkv // spec.heads)
         common: dict[str, Any] = {
             "use_bias": bool(self.use_bias),
@@ -644,8 +680,14 @@ class YatEmbed(nn.Module):
     precision: Any = None
     embedding_init: Initializer = default_embed_init
 
-    def setup(self) -> None:
-        self.spec = embed_spec(
+    @names_layer
+    def __post_init__(self) -> None:
+        # Refused when the layer is made, not at its first call.
+        self._spec()
+        super().__post_init__()
+
+    def _spec(self) -> LayerSpec:
+        return embed_spec(
             self.num_embeddings,
             self.features,
             use_alpha=self.use_alpha,
@@ -653,6 +695,9 @@ class YatEmbed(nn.Module):
             learnable_epsilon=self.learnable_epsilon,
             spherical=self.spherical,
         )
+
+    def setup(self) -> None:
+        self.spec = self._spec()
         shape = (self.spec.out_features, self.spec.in_features)
         self.embedding = self.param("embedding", self.embedding_init, shape, self.param_dtype)
         self.scalars = _scalar_params(self, self.spec)

@@ -60,6 +60,7 @@ from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.namespaces.mlx import namespace
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
+    attention_layer_spec,
     attention_spec_options,
     check_native_kinds,
     check_size,
@@ -67,7 +68,7 @@ from yat_core.nn.options import (
     conv_layer_spec,
     conv_spec_options,
     forward_options,
-    layer_option,
+    names_layer,
     spec_options,
     yat_layer_spec,
 )
@@ -144,6 +145,7 @@ class YatNMN(nn.Module):
     YatNMN(input_dims=4, output_dims=3, bias=False, alpha=2.0, epsilon=1e-05, learnable_epsilon=False, spherical=False)
     """
 
+    @names_layer
     def __init__(
         self,
         input_dims: int,
@@ -372,6 +374,7 @@ class _YatConvNd(nn.Module):
 class _YatConv(_YatConvNd):
     """A direct Yat convolution with ``mlx.nn.Conv{1,2,3}d``'s arguments (documented on :class:`YatConv2d`)."""
 
+    @names_layer
     def __init__(
         self,
         in_channels: int,
@@ -413,6 +416,7 @@ class _YatConvTranspose(_YatConvNd):
 
     transposed = True
 
+    @names_layer
     def __init__(
         self,
         in_channels: int,
@@ -442,6 +446,7 @@ class _YatConvTranspose(_YatConvNd):
                 dilation=dilation,
                 groups=groups,
                 output_padding=output_padding,
+                transposed=True,
                 bias=bias,
                 alpha=alpha,
                 epsilon=epsilon,
@@ -721,6 +726,7 @@ class YatMultiHeadAttention(nn.Module):
     )
     """
 
+    @names_layer
     def __init__(
         self,
         dims: int,
@@ -738,29 +744,31 @@ class YatMultiHeadAttention(nn.Module):
         spherical: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"bias must be True or False (learnable projection biases or none), got {bias!r}")
-        dims = check_size(dims, "dims")
         # A dataclass, not a container: MLX keeps it as a plain attribute, not a parameter.
-        self.spec = LayerSpec(
-            "yat_attention",
+        self.spec = attention_layer_spec(
             dims,
-            dims,
-            heads=check_size(num_heads, "num_heads"),
-            bias=LEARNABLE if bias else None,
-            alpha=layer_option(alpha, "alpha"),
-            epsilon=float(epsilon),
-            learnable_epsilon=bool(learnable_epsilon),
-            spherical=bool(spherical),
+            num_heads,
+            bias=bias,
+            alpha=alpha,
+            epsilon=epsilon,
+            learnable_epsilon=learnable_epsilon,
+            spherical=spherical,
+            names=("dims", "num_heads"),
         )
-        query_input_dims = check_size(query_input_dims or dims, "query_input_dims")
-        key_input_dims = check_size(key_input_dims or dims, "key_input_dims")
-        value_input_dims = check_size(value_input_dims or key_input_dims, "value_input_dims")
-        value_dims = check_size(value_dims or dims, "value_dims")
-        value_output_dims = check_size(value_output_dims or dims, "value_output_dims")
+        dims, num_heads, bias = self.spec.in_features, self.spec.heads, self.spec.bias == LEARNABLE
+
+        def size(value: int | None, name: str, default: int) -> int:
+            # None is the default; anything else (0 included) is checked, not replaced.
+            return default if value is None else check_size(value, name)
+
+        query_input_dims = size(query_input_dims, "query_input_dims", dims)
+        key_input_dims = size(key_input_dims, "key_input_dims", dims)
+        value_input_dims = size(value_input_dims, "value_input_dims", key_input_dims)
+        value_dims = size(value_dims, "value_dims", dims)
+        value_output_dims = size(value_output_dims, "value_output_dims", dims)
         if value_dims % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide value_dims={value_dims}")
-        self.num_heads = int(num_heads)
+        self.num_heads = num_heads
         self.query_proj = nn.Linear(query_input_dims, dims, bias=bool(bias))
         self.key_proj = nn.Linear(key_input_dims, dims, bias=bool(bias))
         self.value_proj = nn.Linear(value_input_dims, value_dims, bias=bool(bias))
@@ -902,6 +910,7 @@ class YatEmbed(nn.Module):
     TypeError: embedding ids must be an integer array, got mlx.core.float32
     """
 
+    @names_layer
     def __init__(
         self,
         num_embeddings: int,

@@ -75,7 +75,7 @@ from yat_core.nn._flax import (
     yat_initializers,
 )
 from yat_core.nn.interchange import export_arrays, import_arrays
-from yat_core.nn.options import check_native_kinds, check_size, yat_layer_spec
+from yat_core.nn.options import check_native_kinds, check_size, names_layer, yat_layer_spec
 from yat_core.product import DEFAULT_EPSILON, softplus_inverse
 
 __all__ = [
@@ -172,6 +172,7 @@ class YatNMN(nnx.Module):
     alpha: nnx.Param | None
     epsilon_raw: nnx.Param | None
 
+    @names_layer
     def __init__(
         self,
         in_features: int,
@@ -199,6 +200,7 @@ class YatNMN(nnx.Module):
             epsilon=epsilon,
             learnable_epsilon=learnable_epsilon,
             spherical=spherical,
+            option_names=("use_bias", "use_alpha"),
         )
         self.in_features, self.out_features = self.spec.in_features, self.spec.out_features
         matmul_precision(precision)  # a bad precision fails here, not at the first call
@@ -408,6 +410,7 @@ class YatConv(_YatConvBase):
 
     _kind = "yat_conv"
 
+    @names_layer
     def __init__(
         self,
         in_features: int,
@@ -505,6 +508,7 @@ class YatConvTranspose(_YatConvBase):
 
     _kind = "yat_conv_transpose"
 
+    @names_layer
     def __init__(
         self,
         in_features: int,
@@ -634,6 +638,7 @@ class YatMultiHeadAttention(nnx.Module):
     alpha: nnx.Param | None
     epsilon_raw: nnx.Param | None
 
+    @names_layer
     def __init__(
         self,
         num_heads: int,
@@ -786,6 +791,7 @@ class YatEmbed(nnx.Module):
     alpha: nnx.Param | None
     epsilon_raw: nnx.Param | None
 
+    @names_layer
     def __init__(
         self,
         num_embeddings: int,

@@ -11,9 +11,13 @@ learnable parameter or the constant) for the forward pass.
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import inspect
+import math
 import numbers
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 
@@ -33,26 +37,124 @@ __all__ = [
     "spec_options",
     "forward_options",
     "check_size",
+    "check_epsilon",
+    "check_flag",
+    "score_options",
+    "attention_layer_spec",
+    "names_layer",
 ]
+
+
+_Init = TypeVar("_Init", bound=Callable[..., None])
+#: The layer whose constructor is running (the outermost one: the layer the caller built).
+_BUILDING: contextvars.ContextVar[str | None] = contextvars.ContextVar("yat_core_building_layer", default=None)
+
+
+def names_layer(init: _Init) -> _Init:
+    """Decorate a layer's ``__init__`` (or Linen's ``__post_init__``) so its refusals name the layer.
+
+    A ``TypeError`` or ``ValueError`` raised while the layer checks its arguments
+    (:func:`check_size`, :func:`check_epsilon`, the core's :class:`~yat_core.spec.LayerSpec`
+    checks, the framework's own) gets the framework and class as a prefix, e.g.
+    ``"torch YatNMN: in_features must be a positive integer, got 4.9"``. A layer
+    built inside another layer's constructor reports as the outer one, the layer its
+    caller named.
+
+    Examples
+    --------
+    >>> class Dense:
+    ...     @names_layer
+    ...     def __init__(self, units):
+    ...         self.units = check_size(units, "units")
+    >>> Dense(4.9)
+    Traceback (most recent call last):
+    ...
+    TypeError: options Dense: units must be a positive integer, got 4.9
+    """
+    framework = init.__module__.rsplit(".", 1)[-1]
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        if _BUILDING.get() is not None:
+            init(self, *args, **kwargs)
+            return
+        layer = f"{framework} {type(self).__name__}"
+        token = _BUILDING.set(layer)
+        try:
+            init(self, *args, **kwargs)
+        except (TypeError, ValueError) as exc:
+            if type(exc) not in (TypeError, ValueError):  # the project's own errors keep their class
+                raise
+            raise type(exc)(f"{layer}: {exc}").with_traceback(exc.__traceback__) from None
+        finally:
+            _BUILDING.reset(token)
+
+    # Keras reads a layer's arguments with getfullargspec, which does not follow __wrapped__.
+    checked.__signature__ = inspect.signature(init)  # type: ignore[attr-defined]
+    return cast(_Init, checked)
 
 
 def check_size(value: Any, name: str) -> int:
     """A layer size: a positive integer (``True`` or ``4.9`` are refused, not truncated).
 
+    Python and NumPy integers pass; ``bool`` and every float are refused, an integral
+    one (``4.0``) too: a size computed in floating point is a mistake to show, not to
+    round.
+
     Examples
     --------
-    >>> check_size(4, "units")
-    4
+    >>> check_size(4, "units"), check_size(np.int64(4), "units")
+    (4, 4)
     >>> check_size(4.9, "units")
     Traceback (most recent call last):
     ...
     TypeError: units must be a positive integer, got 4.9
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a positive integer, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
+
+
+def check_epsilon(value: Any, name: str = "epsilon") -> float:
+    """A layer's epsilon: a finite real number > 0 (the initial value when it is learnable).
+
+    Python and NumPy numbers pass; ``True``, strings and arrays are refused (a
+    learnable epsilon is the layer's own parameter, made from this number).
+
+    Examples
+    --------
+    >>> check_epsilon(1e-5), check_epsilon(np.float32(0.5))
+    (1e-05, 0.5)
+    >>> check_epsilon(True)
+    Traceback (most recent call last):
+    ...
+    TypeError: epsilon must be a finite number > 0, got True
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number > 0, got {value!r}")
+    number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return number
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """A switch (``learnable_epsilon``, ``spherical``): ``True`` or ``False``, not a truthy value.
+
+    Examples
+    --------
+    >>> check_flag(np.True_, "spherical")
+    True
+    >>> check_flag("no", "spherical")
+    Traceback (most recent call last):
+    ...
+    TypeError: spherical must be a bool (True or False), got 'no'
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
+    return bool(value)
 
 
 def layer_option(value: Any, name: str) -> Option:
@@ -71,6 +173,8 @@ def layer_option(value: Any, name: str) -> Option:
     if value is False or value is None:
         return None
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite when it is a constant, got {value!r}")
         return float(value)
     raise ValueError(f"{name} must be True (learnable), False/None (absent) or a number (constant), got {value!r}")
 
@@ -88,6 +192,33 @@ def native_option(option: Option) -> bool | float:
     return False if option is None else float(option)
 
 
+def score_options(
+    alpha: Any = True,
+    epsilon: Any = DEFAULT_EPSILON,
+    learnable_epsilon: Any = False,
+    spherical: Any = False,
+    *,
+    alpha_name: str = "alpha",
+) -> dict[str, Any]:
+    """The Yat score's options of a native layer, checked, as :class:`~yat_core.spec.LayerSpec` arguments.
+
+    ``alpha``: :func:`layer_option`; ``epsilon``: :func:`check_epsilon`; the two
+    switches: :func:`check_flag`. ``alpha_name`` is the framework's name of ``alpha``
+    (``"use_alpha"`` in Flax, Keras and TF), for the messages.
+
+    Examples
+    --------
+    >>> score_options(alpha=2, epsilon=1e-3)
+    {'alpha': 2.0, 'epsilon': 0.001, 'learnable_epsilon': False, 'spherical': False}
+    """
+    return {
+        "alpha": layer_option(alpha, alpha_name),
+        "epsilon": check_epsilon(epsilon),
+        "learnable_epsilon": check_flag(learnable_epsilon, "learnable_epsilon"),
+        "spherical": check_flag(spherical, "spherical"),
+    }
+
+
 def yat_layer_spec(
     in_features: int,
     out_features: int,
@@ -98,13 +229,15 @@ def yat_layer_spec(
     learnable_epsilon: bool = False,
     spherical: bool = False,
     names: tuple[str, str] = ("in_features", "out_features"),
+    option_names: tuple[str, str] = ("bias", "alpha"),
 ) -> LayerSpec:
     """The core's description of a native Yat layer built with these arguments.
 
     The native layers keep it as ``layer.spec`` and hand its options to
     :func:`yat_core.product.yat_product`; building it also runs the core's checks
     (``epsilon > 0``, integer sizes >= 1). ``names`` are the framework's names of the
-    two sizes, for the error messages (e.g. ``("input_dims", "output_dims")`` in MLX).
+    two sizes, ``option_names`` of ``bias`` and ``alpha``, for the error messages
+    (e.g. ``("input_dims", "output_dims")`` in MLX, ``("use_bias", "use_alpha")`` in Flax).
 
     Examples
     --------
@@ -116,11 +249,53 @@ def yat_layer_spec(
         "yat",
         check_size(in_features, names[0]),
         check_size(out_features, names[1]),
-        bias=layer_option(bias, "bias"),
-        alpha=layer_option(alpha, "alpha"),
-        epsilon=float(epsilon),
-        learnable_epsilon=bool(learnable_epsilon),
-        spherical=bool(spherical),
+        bias=layer_option(bias, option_names[0]),
+        **score_options(alpha, epsilon, learnable_epsilon, spherical, alpha_name=option_names[1]),
+    )
+
+
+def attention_layer_spec(
+    features: int,
+    heads: int,
+    *,
+    bias: Any = True,
+    alpha: Any = True,
+    epsilon: float = DEFAULT_EPSILON,
+    learnable_epsilon: bool = False,
+    spherical: bool = False,
+    names: tuple[str, str] = ("embed_dim", "num_heads"),
+    option_names: tuple[str, str] = ("bias", "alpha"),
+) -> LayerSpec:
+    """The core's description of a native Yat multi-head attention on ``features`` with ``heads`` heads.
+
+    ``bias`` is a bool: the projections have a learnable bias or none. ``names`` are
+    the framework's names of the features and the heads, ``option_names`` of ``bias``
+    and ``alpha``, for the messages.
+
+    Examples
+    --------
+    >>> spec = attention_layer_spec(64, 4, learnable_epsilon=True)
+    >>> spec.kind, spec.heads, list(spec.param_shapes)[-3:]
+    ('yat_attention', 4, ['o_bias', 'alpha', 'epsilon_raw'])
+    >>> attention_layer_spec(64, 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: num_heads=3 must divide embed_dim=64
+    """
+    if not isinstance(bias, (bool, np.bool_)):
+        raise TypeError(
+            f"{option_names[0]} must be a bool (True: learnable projection biases, False: none), got {bias!r}"
+        )
+    n_features, n_heads = check_size(features, names[0]), check_size(heads, names[1])
+    if n_features % n_heads:
+        raise ValueError(f"{names[1]}={n_heads} must divide {names[0]}={n_features}")
+    return LayerSpec(
+        "yat_attention",
+        n_features,
+        n_features,
+        heads=n_heads,
+        bias=LEARNABLE if bias else None,
+        **score_options(alpha, epsilon, learnable_epsilon, spherical, alpha_name=option_names[1]),
     )
 
 
@@ -131,6 +306,7 @@ def linear_layer_spec(
     bias: Any = True,
     activation: Literal["relu"] | None = None,
     names: tuple[str, str] = ("in_features", "out_features"),
+    bias_name: str = "bias",
 ) -> LayerSpec:
     """The core's description of a linear layer (``x @ kernel.T + bias``, optional ReLU).
 
@@ -143,7 +319,7 @@ def linear_layer_spec(
         "linear",
         check_size(in_features, names[0]),
         check_size(out_features, names[1]),
-        bias=layer_option(bias, "bias"),
+        bias=layer_option(bias, bias_name),
         activation=activation,
     )
 
@@ -205,12 +381,17 @@ def conv_layer_spec(
     learnable_epsilon: bool = False,
     spherical: bool = False,
     names: tuple[str, str] = ("in_channels", "out_channels"),
+    option_names: tuple[str, str] = ("bias", "alpha"),
+    transposed: bool | None = None,
 ) -> LayerSpec:
     """The core's description of a native Yat convolution (``output_padding`` given: a transposed one).
 
     Ints expand to one per spatial dimension (``n_spatial`` of them); ``padding`` may
     also be ``"valid"`` or ``"same"`` (convolutions only). The core's checks run here,
-    so every framework refuses the same arguments with the same message.
+    so every framework refuses the same arguments with the same message; ``names`` and
+    ``option_names`` are the framework's names of the channels and of ``bias`` / ``alpha``.
+    ``transposed=True`` (a transposed layer's constructor) makes ``output_padding``
+    required: ``None`` is refused there, not read as "a direct convolution".
 
     Examples
     --------
@@ -220,7 +401,10 @@ def conv_layer_spec(
     >>> conv_layer_spec(8, 4, 2, n_spatial=1, stride=2, output_padding=1).param_shapes["kernel"]
     (8, 4, 2)
     """
-    transpose = output_padding is not None
+    transpose = output_padding is not None if transposed is None else transposed
+    # The sizes first, in argument order; the core's spec checks that groups divides both.
+    n_in, n_out = check_size(in_channels, names[0]), check_size(out_channels, names[1])
+    n_groups = check_size(groups, "groups")
     if isinstance(padding, str):
         if transpose or padding not in ("valid", "same"):
             raise ValueError(f"padding must be an int, a tuple of ints, 'valid' or 'same', got {padding!r}")
@@ -229,18 +413,15 @@ def conv_layer_spec(
         pads = per_dim(padding, n_spatial, "padding", 0)
     return LayerSpec(
         "yat_conv_transpose" if transpose else "yat_conv",
-        check_size(in_channels, names[0]),
-        check_size(out_channels, names[1]),
-        bias=layer_option(bias, "bias"),
-        alpha=layer_option(alpha, "alpha"),
-        epsilon=float(epsilon),
-        learnable_epsilon=bool(learnable_epsilon),
-        spherical=bool(spherical),
+        n_in,
+        n_out,
+        bias=layer_option(bias, option_names[0]),
+        **score_options(alpha, epsilon, learnable_epsilon, spherical, alpha_name=option_names[1]),
         kernel_size=per_dim(kernel_size, n_spatial, "kernel_size", 1),
         stride=per_dim(stride, n_spatial, "stride", 1),
         padding=pads,
         dilation=per_dim(dilation, n_spatial, "dilation", 1),
-        groups=check_size(groups, "groups"),
+        groups=n_groups,
         output_padding=per_dim(output_padding, n_spatial, "output_padding", 0) if transpose else (),
     )
 

@@ -105,13 +105,14 @@ from yat_core.nn.options import (
     forward_options,
     kernel_from_core,
     kernel_to_core,
-    layer_option,
     linear_layer_spec,
+    names_layer,
     native_option,
+    score_options,
     spec_options,
     yat_layer_spec,
 )
-from yat_core.product import DEFAULT_EPSILON, dense, softplus, softplus_inverse, validate_epsilon, yat_product
+from yat_core.product import DEFAULT_EPSILON, dense, softplus, softplus_inverse, yat_product
 from yat_core.spec import ATTENTION_KINDS, TOKEN_KINDS
 
 __all__ = [
@@ -187,6 +188,12 @@ class _Module(tf.Module):
         """The forward pass, untraced (``__call__`` is its traced, saved form)."""
         raise NotImplementedError
 
+    def _set_score_options(self, use_alpha: Any, epsilon: Any, learnable_epsilon: Any, spherical: Any) -> None:
+        """The Yat score's options of an attention or embedding, checked; ``use_alpha`` becomes the core's option."""
+        options = score_options(use_alpha, epsilon, learnable_epsilon, spherical, alpha_name="use_alpha")
+        self.use_alpha, self.epsilon = options["alpha"], options["epsilon"]
+        self.learnable_epsilon, self.spherical = options["learnable_epsilon"], options["spherical"]
+
 
 def _create_variables(module: _Module, spec: LayerSpec, seed: Seed, native_kernel: Callable[[Any], Any]) -> None:
     """``module.kernel``, ``bias``, ``alpha``, ``epsilon_raw`` (None where the spec has none): the core's initial values.
@@ -254,6 +261,7 @@ class YatNMN(_CoreModule):
     ['yat_nmn/alpha:0', 'yat_nmn/bias:0', 'yat_nmn/kernel:0']
     """
 
+    @names_layer
     def __init__(
         self,
         in_features: int,
@@ -276,6 +284,7 @@ class YatNMN(_CoreModule):
             epsilon=epsilon,
             learnable_epsilon=learnable_epsilon,
             spherical=spherical,
+            option_names=("use_bias", "use_alpha"),
         )
         super().__init__(spec, seed=seed, dtype=dtype, name=name)
 
@@ -319,6 +328,7 @@ class Linear(_CoreModule):
     ((2, 10), 1290)
     """
 
+    @names_layer
     def __init__(
         self,
         in_features: int,
@@ -330,7 +340,9 @@ class Linear(_CoreModule):
         dtype: Any = tf.float32,
         name: str | None = None,
     ) -> None:
-        spec = linear_layer_spec(in_features, check_size(units, "units"), bias=use_bias, activation=activation)
+        spec = linear_layer_spec(
+            in_features, check_size(units, "units"), bias=use_bias, activation=activation, bias_name="use_bias"
+        )
         super().__init__(spec, seed=seed, dtype=dtype, name=name)
 
     @classmethod
@@ -358,6 +370,7 @@ class _YatConv(KerasConvArgs, _Module):
     shared with the Keras layers.
     """
 
+    @names_layer
     def __init__(
         self,
         in_channels: int,
@@ -403,6 +416,7 @@ class _YatConv(KerasConvArgs, _Module):
             learnable_epsilon=learnable_epsilon,
             spherical=spherical,
             names=("in_channels", "filters"),
+            option_names=("use_bias", "use_alpha"),
         )
         _create_variables(self, self._param_spec, seed, kernel_from_core)
         # Traced per input shape: the core's convolution needs every size known (see the module's notes).
@@ -554,7 +568,7 @@ class YatConv2D(_YatConv):
     >>> YatConv2D(4, 6, 3, groups=4)
     Traceback (most recent call last):
     ...
-    ValueError: groups=4 must divide 4 and 6 channels
+    ValueError: tf YatConv2D: groups=4 must divide 4 and 6 channels
     """
 
     rank = 2
@@ -673,6 +687,7 @@ class _Attention(_Module):
     Documented on :class:`YatMultiHeadAttention`.
     """
 
+    @names_layer
     def __init__(
         self,
         query_dim: int,
@@ -809,6 +824,7 @@ class YatMultiHeadAttention(_Attention):
     ((3, 5, 8), (3, 2, 5, 5), (8, 2, 4), 289)
     """
 
+    @names_layer
     def __init__(
         self,
         query_dim: int,
@@ -822,9 +838,7 @@ class YatMultiHeadAttention(_Attention):
         spherical: bool = False,
         **kwargs: Any,
     ) -> None:
-        validate_epsilon(epsilon)
-        self.use_alpha = layer_option(use_alpha, "use_alpha")
-        self.epsilon, self.learnable_epsilon, self.spherical = float(epsilon), bool(learnable_epsilon), bool(spherical)
+        self._set_score_options(use_alpha, epsilon, learnable_epsilon, spherical)
         super().__init__(query_dim, num_heads, key_dim, value_dim, **kwargs)
 
     def _create_score_variables(self) -> None:
@@ -932,6 +946,7 @@ class YatEmbed(_Module):
     ((1, 3, 4), (1, 3, 10))
     """
 
+    @names_layer
     def __init__(
         self,
         input_dim: int,
@@ -948,9 +963,7 @@ class YatEmbed(_Module):
         super().__init__(name=name)
         self.dtype = _float_dtype(dtype)
         self.input_dim, self.output_dim = check_size(input_dim, "input_dim"), check_size(output_dim, "output_dim")
-        validate_epsilon(epsilon)
-        self.use_alpha = layer_option(use_alpha, "use_alpha")
-        self.epsilon, self.learnable_epsilon, self.spherical = float(epsilon), bool(learnable_epsilon), bool(spherical)
+        self._set_score_options(use_alpha, epsilon, learnable_epsilon, spherical)
         numpy_dtype = self.dtype.as_numpy_dtype
         table = _generator(seed).uniform(-0.05, 0.05, (self.input_dim, self.output_dim)).astype(numpy_dtype)
         with self.name_scope:

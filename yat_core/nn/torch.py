@@ -56,14 +56,15 @@ from yat_core.conv import yat_conv, yat_conv_transpose
 from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.nn.interchange import check_params, export_arrays, import_arrays
 from yat_core.nn.options import (
+    attention_layer_spec,
     attention_spec_options,
+    check_flag,
     check_native_kinds,
-    check_size,
     conv_class,
     conv_layer_spec,
     conv_spec_options,
     forward_options,
-    layer_option,
+    names_layer,
     native_option,
     spec_options,
     yat_layer_spec,
@@ -142,6 +143,7 @@ class YatNMN(nn.Module):
     alpha: nn.Parameter | None
     epsilon_raw: nn.Parameter | None
 
+    @names_layer
     def __init__(
         self,
         in_features: int,
@@ -344,6 +346,7 @@ class _YatConvNd(nn.Module):
 class _YatConv(_YatConvNd):
     """A direct Yat convolution with ``nn.Conv{1,2,3}d``'s arguments (documented on :class:`YatConv2d`)."""
 
+    @names_layer
     def __init__(
         self,
         in_channels: int,
@@ -387,6 +390,7 @@ class _YatConvTranspose(_YatConvNd):
 
     transposed = True
 
+    @names_layer
     def __init__(
         self,
         in_channels: int,
@@ -418,6 +422,7 @@ class _YatConvTranspose(_YatConvNd):
             dilation=dilation,
             groups=groups,
             output_padding=output_padding,
+            transposed=True,
             bias=bias,
             alpha=alpha,
             epsilon=epsilon,
@@ -665,6 +670,7 @@ class YatMultiHeadAttention(nn.Module):
     alpha: nn.Parameter | None
     epsilon_raw: nn.Parameter | None
 
+    @names_layer
     def __init__(
         self,
         embed_dim: int,
@@ -680,22 +686,18 @@ class YatMultiHeadAttention(nn.Module):
         spherical: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be a bool (learnable projection biases or none), got {bias!r}")
-        e = check_size(embed_dim, "embed_dim")
-        self.spec = LayerSpec(
-            "yat_attention",
-            e,
-            e,
-            heads=check_size(num_heads, "num_heads"),
-            bias=LEARNABLE if bias else None,
-            alpha=layer_option(alpha, "alpha"),
-            epsilon=float(epsilon),
-            learnable_epsilon=bool(learnable_epsilon),
-            spherical=bool(spherical),
+        self.spec = attention_layer_spec(
+            embed_dim,
+            num_heads,
+            bias=bias,
+            alpha=alpha,
+            epsilon=epsilon,
+            learnable_epsilon=learnable_epsilon,
+            spherical=spherical,
         )
-        self.embed_dim, self.num_heads, self.head_dim = e, num_heads, e // num_heads
-        self.batch_first = bool(batch_first)
+        e, bias = self.spec.in_features, self.spec.bias == LEARNABLE
+        self.embed_dim, self.num_heads, self.head_dim = e, self.spec.heads, e // self.spec.heads
+        self.batch_first = check_flag(batch_first, "batch_first")
         # The score's options; the projections own the bias.
         self._score_spec = dataclasses.replace(self.spec, bias=None)
         factory = {"device": device, "dtype": dtype}
@@ -927,6 +929,7 @@ class YatEmbed(nn.Module):
     alpha: nn.Parameter | None
     epsilon_raw: nn.Parameter | None
 
+    @names_layer
     def __init__(
         self,
         num_embeddings: int,

@@ -9,7 +9,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
-from yat_core.backends.mlx import MLXBackend
+from yat_core.backends.mlx import MLXBackend, check_dtype
 from yat_core.mlp import ModelSpec, flatten_images
 from yat_core.namespaces.mlx import namespace
 from yat_core.nn.mlx import YatModel, build_model, count_params, export_params
@@ -28,8 +28,8 @@ class MLXRunner(BackendRunner):
     AdamW runs with ``bias_correction=True`` (MLX's default is False) so that it is
     the core's AdamW; the model and optimizer state are declared as the compiled
     step's inputs and outputs. Device and dtype are the MLX backend's: it makes the
-    device MLX's default and refuses float64, which MLX does not compute to float64
-    accuracy. The uint8 images become flat floats in [0, 1]
+    device MLX's default, and its :func:`~yat_core.backends.mlx.check_dtype` refuses
+    float64, which MLX does not compute to float64 accuracy. The uint8 images become flat floats in [0, 1]
     (:func:`~yat_core.mlp.flatten_images`), which the model reads in the core's order
     and reshapes to its channels-last input (``(n, 28, 28, 1)`` for the CNN).
 
@@ -46,7 +46,7 @@ class MLXRunner(BackendRunner):
     >>> MLXRunner(seed_spec(), TrainConfig(framework="mlx", dtype="float64"))
     Traceback (most recent call last):
     ...
-    yat_core.errors.BackendUnavailableError: MLX does not compute float64 to float64 accuracy; use float32 (or the numpy or torch backend for float64)
+    yat_core.errors.BackendUnavailableError: --dtype float64 is not available on MLX: its float64 exp is only float32-accurate, so the loss would not be computed in float64; use --dtype float32, or the numpy or torch backend for float64
     """
 
     name = "mlx"
@@ -54,10 +54,10 @@ class MLXRunner(BackendRunner):
     distributions = ("mlx",)
 
     def __init__(self, spec: ModelSpec, config: TrainConfig) -> None:
+        # The backend's own dtype check, first: --backend mlx and --framework mlx refuse float64 alike.
+        check_dtype(config.dtype, "--dtype")
         self.spec = spec
         self.backend = MLXBackend(config.device)  # also makes its device MLX's default
-        # The backend's own dtype check (it refuses float64), so --backend and --framework agree.
-        self.backend.asarray(np.zeros(0, np.dtype(config.dtype)))
         self.dtype = getattr(mx, config.dtype)
         self.model = build_model(spec, config.seed, dtype=self.dtype)
         opt = config.optimizer
