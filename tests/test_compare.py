@@ -318,3 +318,18 @@ def test_compare_survives_a_run_that_cannot_start(monkeypatch):
 
     markdown = compare_mod.compare(plan_runs("mlp", ["numpy"], []), [], "out", launch=launch, log=None)
     assert "failed: could not start:" in markdown and "No such file or directory" in markdown
+
+
+def test_compare_refuses_an_out_that_is_a_file_before_any_run(tmp_path: Path) -> None:
+    """The Python API checks its output folder up front, as the CLI does: no run is launched."""
+    out = tmp_path / "taken"
+    out.write_text("a file, not a folder")
+    launched: list[list[str]] = []
+
+    def launch(command: list[str]) -> Any:
+        launched.append(command)
+        raise AssertionError("no run may start")
+
+    with pytest.raises(ValueError, match=r"^out .*taken: is a file; give a folder$"):
+        compare_mod.compare(plan_runs("mlp", ["numpy"], []), [], out, launch=launch, log=None)
+    assert launched == [] and out.read_text() == "a file, not a folder"

@@ -34,6 +34,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_files",
     "atomic_write_text",
+    "check_writable",
     "open_regular",
     "pid_alive",
     "remove_stale_temps",
@@ -138,6 +139,42 @@ def _kind(mode: int) -> str | None:
     if stat.S_ISSOCK(mode):
         return "a socket"
     return "not a regular file"
+
+
+def check_writable(name: str, path: str | os.PathLike[str], *, folder: bool) -> Path:
+    """Refuse an output path that cannot be written, before any work: one ``ValueError`` naming ``name``.
+
+    ``path`` is a file (``folder`` False; written atomically beside itself, so its folder
+    must be writable) or a folder. Missing parents are fine if the nearest existing one
+    is a writable folder; nothing is created here.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> check_writable("--report", d, folder=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: --report ...: is a folder; give a file name
+    >>> check_writable("out", Path(d) / "new" / "folder", folder=True).name
+    'folder'
+    """
+    target = Path(path)
+    try:
+        if folder and target.exists() and not target.is_dir():
+            raise ValueError(f"{name} {path}: is a file; give a folder")
+        if not folder and target.is_dir():
+            raise ValueError(f"{name} {path}: is a folder; give a file name")
+        existing = target if folder and target.is_dir() else target.absolute().parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ValueError(f"{name} {path}: {existing} is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"{name} {path}: the folder {existing} is not writable")
+    except OSError as exc:  # a name too long, a symlink loop, no permission to look
+        raise ValueError(f"{name} {path}: cannot be used ({exc.strerror or exc})") from None
+    return target
 
 
 def open_regular(

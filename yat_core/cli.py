@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from yat_core._io import check_writable
 from yat_core.backends import BACKENDS, GRADIENT_MODES
 from yat_core.config import EPOCHS_MAX, SEED_MAX, SIZE_MAX, float_problem, int_problem
 from yat_core.errors import YatError
@@ -263,31 +264,6 @@ def _add_compare_parsers(commands: Any) -> None:
     r.add_argument("--mixed-models", action="store_true", help="allow receipts of different models in one report")
 
 
-def _writable(flag: str, path: str | Path, *, folder: bool) -> Path:
-    """Refuse an output path that cannot be written, before any work: one message naming ``flag``.
-
-    ``path`` is a file (``folder`` False; written atomically beside itself, so its folder must be
-    writable) or a folder. Missing parents are fine if the nearest existing one is a writable folder;
-    nothing is created here.
-    """
-    target = Path(path)
-    try:
-        if folder and target.exists() and not target.is_dir():
-            raise ValueError(f"{flag} {path}: is a file; give a folder")
-        if not folder and target.is_dir():
-            raise ValueError(f"{flag} {path}: is a folder; give a file name")
-        existing = target if folder and target.is_dir() else target.absolute().parent
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise ValueError(f"{flag} {path}: {existing} is not a folder")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise ValueError(f"{flag} {path}: the folder {existing} is not writable")
-    except OSError as exc:  # a name too long, a symlink loop, no permission to look
-        raise ValueError(f"{flag} {path}: cannot be used ({exc.strerror or exc})") from None
-    return target
-
-
 def _distinct(outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]] = ()) -> None:
     """Refuse two outputs (or an output and an input) that are one file: one would overwrite the other."""
     seen: list[tuple[str, Path]] = []
@@ -301,10 +277,10 @@ def _distinct(outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, P
 
 def _check_train_outputs(args: argparse.Namespace, default_report: Path) -> Path:
     """The receipt path, after checking it and --export for writability and distinctness."""
-    report = _writable("--report", args.report if args.report is not None else default_report, folder=False)
+    report = check_writable("--report", args.report if args.report is not None else default_report, folder=False)
     outputs = [("--report", report)]
     if args.export is not None:
-        export = _writable("--export", args.export, folder=False)
+        export = check_writable("--export", args.export, folder=False)
         if export.suffix.lower() not in (".safetensors", ".npz"):
             raise ValueError(f"--export {export}: name the file *.safetensors or *.npz (the suffix picks the format)")
         outputs.append(("--export", export))
@@ -418,7 +394,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     runs = plan_runs(args.model, args.backends, args.frameworks, args.keras_backends)
     if not runs:
         raise ValueError("nothing to compare: --backends and --frameworks are both empty")
-    out = _writable(
+    out = check_writable(
         "--out", args.out if args.out is not None else Path("results") / f"compare-{args.model}", folder=True
     )
     print(
@@ -436,7 +412,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from yat_core.report import REPORT_JSON, REPORT_MD, REPORT_PNG, report_receipts
 
     if args.out is not None:
-        out = _writable("--out", args.out, folder=True)
+        out = check_writable("--out", args.out, folder=True)
         # A receipt named like a report file in --out would be overwritten by the report.
         _distinct(
             [("--out", out / name) for name in (REPORT_MD, REPORT_JSON, REPORT_PNG)],
@@ -458,7 +434,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
         raise ValueError(f"--weights {args.weights}: an .npz file does not name its model; give --model")
     if args.check_images < 0:
         raise ValueError(f"--check-images must be >= 0, got {args.check_images}")
-    _distinct([("--out", _writable("--out", args.out, folder=False))], [("--weights", Path(args.weights))])
+    _distinct([("--out", check_writable("--out", args.out, folder=False))], [("--weights", Path(args.weights))])
     stored, params = load_weights(args.weights, wanted)
     spec = stored or wanted  # a .safetensors file holds its model; an .npz file's is --model's
     if spec is None:  # pragma: no cover - refused above

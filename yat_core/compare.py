@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from yat_core._io import atomic_write_text
+from yat_core._io import atomic_write_text, check_writable
 from yat_core.backends import BACKENDS
 from yat_core.report import KERAS_LIBRARY, Failure, ReceiptError, load_receipt, report_receipts
 from yat_core.runners import DEFAULT_KERAS_BACKEND, FRAMEWORK_RUNNERS
@@ -126,10 +126,15 @@ def compare(
     last error line.
     ``launch`` (runs a command, :func:`subprocess.run` by default) and ``is_missing``
     (why a run cannot start, or None) can be replaced, e.g. by tests.
+
+    Raises
+    ------
+    ValueError
+        When ``out`` is a file, or a folder that cannot be written (checked before any run).
     """
     launch = launch or _launch
     is_missing = is_missing or _missing
-    folder = Path(out)
+    folder = check_writable("out", out, folder=True)
     (folder / RUNS).mkdir(parents=True, exist_ok=True)
     receipts: list[Path] = []
     failures: list[Failure] = []
