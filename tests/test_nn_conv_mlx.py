@@ -358,8 +358,16 @@ def test_mx_grad_reaches_every_parameter_and_equals_the_core_vjp(case):
 @pytest.mark.parametrize(
     ("make_layer", "error", "match"),
     [
-        (lambda: ymlx.YatConv2d(4.0, 6, 3), TypeError, r"^mlx YatConv2d: in_channels must be a positive integer, got 4\.0$"),
-        (lambda: ymlx.YatConvTranspose1d(4, True, 3), TypeError, "^mlx YatConvTranspose1d: out_channels must be a positive integer, got True$"),
+        (
+            lambda: ymlx.YatConv2d(4.0, 6, 3),
+            TypeError,
+            r"^mlx YatConv2d: in_channels must be a positive integer, got 4\.0$",
+        ),
+        (
+            lambda: ymlx.YatConvTranspose1d(4, True, 3),
+            TypeError,
+            "^mlx YatConvTranspose1d: out_channels must be a positive integer, got True$",
+        ),
         (lambda: ymlx.YatConv2d(4, 6, 3, groups=4), ValueError, "groups=4 must divide 4 and 6 channels"),
         (lambda: ymlx.YatConvTranspose2d(3, 4, 3, groups=2), ValueError, "groups=2 must divide 3 and 4 channels"),
         (lambda: ymlx.YatConv2d(4, 6, (3, 3, 3)), ValueError, "kernel_size must be an int or a tuple of 2 ints"),

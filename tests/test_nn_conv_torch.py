@@ -349,8 +349,16 @@ def test_gradients_reach_every_parameter_and_the_input(case):
 @pytest.mark.parametrize(
     ("build", "error", "match"),
     [
-        (lambda: ynn.YatConv2d(4.0, 6, 3), TypeError, r"^torch YatConv2d: in_channels must be a positive integer, got 4\.0$"),
-        (lambda: ynn.YatConvTranspose1d(4, True, 3), TypeError, "^torch YatConvTranspose1d: out_channels must be a positive integer, got True$"),
+        (
+            lambda: ynn.YatConv2d(4.0, 6, 3),
+            TypeError,
+            r"^torch YatConv2d: in_channels must be a positive integer, got 4\.0$",
+        ),
+        (
+            lambda: ynn.YatConvTranspose1d(4, True, 3),
+            TypeError,
+            "^torch YatConvTranspose1d: out_channels must be a positive integer, got True$",
+        ),
         (lambda: ynn.YatConv2d(4, 6, 3, groups=4), ValueError, "groups=4 must divide 4 and 6 channels"),
         (lambda: ynn.YatConvTranspose2d(3, 4, 3, groups=2), ValueError, "groups=2 must divide 3 and 4 channels"),
         (lambda: ynn.YatConv2d(4, 6, (3, 3, 3)), ValueError, "kernel_size must be an int or a tuple of 2 ints"),
