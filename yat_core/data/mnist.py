@@ -429,14 +429,9 @@ def _run_child(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[st
     killed outright. Elsewhere a child orphaned by ``kill -9`` runs to its end, and
     the folder it fills is removed by the next run (:func:`remove_stale_files`).
     """
-    options: dict[str, Any] = {}
-    if os.name == "posix":
-        options["start_new_session"] = True
-        preexec = _die_with_parent()
-        if preexec is not None:
-            options["preexec_fn"] = preexec
+    options: dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {}
     with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", **options
+        _dying_with_parent(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", **options
     ) as proc:
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
@@ -455,27 +450,23 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
     proc.wait()
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the kernel SIGKILL the child when its parent dies (Linux), or None."""
+# Sets the parent-death signal in the new process itself, then becomes the command: a
+# ``preexec_fn`` would run Python between fork and exec, unsafe beside the threads of
+# JAX, torch or XLA that a training process already runs.
+_DEATHSIG_LAUNCHER = """
+import ctypes, os, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+if os.getppid() != int(sys.argv[1]):  # the parent died before the setting took effect
+    os._exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _dying_with_parent(cmd: list[str]) -> list[str]:
+    """``cmd`` wrapped so that the kernel SIGKILLs it when this process dies (Linux); else ``cmd``."""
     if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # pragma: no cover - no libc symbol
-        return None
-    prctl.restype = ctypes.c_int
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    parent = os.getpid()
-    pr_set_pdeathsig, sigkill = 1, int(signal.SIGKILL)
-
-    def preexec() -> None:  # runs in the child between fork and exec: nothing that allocates much
-        prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the setting took effect
-            os._exit(1)
-
-    return preexec
+        return cmd
+    return [sys.executable, "-c", _DEATHSIG_LAUNCHER, str(os.getpid()), *cmd]
 
 
 def _nonblank(text: str) -> list[str]:
