@@ -36,6 +36,7 @@ from test_interchange import (
 )
 
 from yat_core.config import TrainConfig
+from yat_core.errors import BackendUnavailableError
 from yat_core.mlp import LayerSpec, MLPSpec, init_mlp_numpy, seed_spec
 from yat_core.nn import linen as ylinen
 from yat_core.nn import nnx as ynnx
@@ -327,7 +328,7 @@ def test_runner_uses_optax_adamw_and_counts_natively(api):
 def test_float64_without_x64_mode_is_a_clear_error(api):
     if jax.config.read("jax_enable_x64"):
         pytest.skip("JAX runs in 64-bit mode here")
-    with pytest.raises(ValueError, match="JAX_ENABLE_X64"):
+    with pytest.raises(BackendUnavailableError, match="^--dtype float64 on JAX .*JAX_ENABLE_X64"):
         make_runner(seed_spec(), TrainConfig(framework=api.name, dtype="float64"))
 
 

@@ -890,7 +890,9 @@ def _(ctx: SimpleNamespace) -> None:
 def _(ctx: SimpleNamespace) -> None:
     config = keras_config(dtype="float64", epochs=1, batch_size=32, optimizer=AdamWConfig(eps=1e-4))
     if ctx.backend == "jax" and not ctx.float64:
-        with pytest.raises(ValueError, match="JAX_ENABLE_X64"):
+        from yat_core.errors import BackendUnavailableError
+
+        with pytest.raises(BackendUnavailableError, match="^--dtype float64: .*JAX_ENABLE_X64"):
             make_runner(seed_spec(), config)
         return
     receipt, runner = train_keeping_runner(config, tiny_data())

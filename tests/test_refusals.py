@@ -444,5 +444,29 @@ def test_mlx_runner_and_make_runner_share_the_check() -> None:
             make_runner(seed_spec(), config)
 
 
+_JAX_FLOAT64 = (
+    "--dtype float64 on JAX needs its 64-bit mode: set JAX_ENABLE_X64=1 in the environment, or use --dtype float32"
+)
+
+
+@pytest.mark.parametrize(("how", "name"), [("--backend", "jax"), ("--framework", "nnx"), ("--framework", "linen")])
+def test_jax_float64_without_x64_is_refused_the_same_way_by_backend_and_frameworks(
+    how: str, name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without 64-bit mode JAX would compute float64 in float32: the backend and the Flax runners say so alike."""
+    jax = pytest.importorskip("jax")
+    if how == "--framework":
+        pytest.importorskip("flax")
+    if jax.config.read("jax_enable_x64"):
+        pytest.skip("JAX runs in 64-bit mode here")
+    from yat_core.cli import main
+
+    report = tmp_path / "receipt.json"
+    argv = ["train", how, name, "--dtype", "float64", "--epochs", "1", "--data-dir", str(tmp_path / "data")]
+    assert main([*argv, "--report", str(report)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"yat-core: error: {_JAX_FLOAT64}"]
+    assert not report.exists() and not (tmp_path / "data").exists()
+
+
 if __name__ == "__main__":
     main(sys.argv[1], Path(sys.argv[2]))

@@ -14,6 +14,23 @@ from yat_core.errors import BackendUnavailableError
 from yat_core.spec import CONV_KINDS
 
 
+def check_dtype(dtype: Any, name: str = "dtype") -> None:
+    """Refuse float64 unless JAX runs in 64-bit mode, naming ``name`` (``"--dtype"`` at the command line).
+
+    Without it JAX would silently compute in float32. The one check of the jax
+    backend and the Flax runners.
+
+    Examples
+    --------
+    >>> check_dtype("float32")
+    """
+    if np.dtype(dtype) == np.float64 and not jax.config.read("jax_enable_x64"):
+        raise BackendUnavailableError(
+            f"{name} float64 on JAX needs its 64-bit mode: set JAX_ENABLE_X64=1 in the environment, "
+            f"or use {name} float32"
+        )
+
+
 def _resolve_device(device: str | None) -> Any:
     if device is None:
         return jax.devices()[0]
@@ -47,9 +64,7 @@ class JaxBackend(Backend):
         return f"{self.jax_device.platform}:{self.jax_device.id}" + (f" ({kind})" if kind and kind != "cpu" else "")
 
     def asarray(self, a: np.ndarray) -> Any:
-        if a.dtype == np.float64 and not jax.config.read("jax_enable_x64"):
-            # JAX would silently compute in float32.
-            raise BackendUnavailableError("float64 on JAX needs 64-bit mode: set JAX_ENABLE_X64=1")
+        check_dtype(a.dtype)
         return jax.device_put(a, self.jax_device)
 
     def synchronize(self, tree: Any = None) -> None:

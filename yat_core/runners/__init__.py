@@ -96,11 +96,13 @@ def make_runner(spec: MLPSpec, config: TrainConfig) -> Runner:
         from yat_core.backends import get_backend
         from yat_core.runners.core import CoreRunner
 
-        if config.resolved_backend() == "mlx":
-            # Checked before the backend starts, naming the flag, as the MLX runner does.
-            from yat_core.backends.mlx import check_dtype
+        if config.resolved_backend() in ("mlx", "jax"):
+            # Checked before the backend starts, naming the flag, as the MLX and Flax runners do.
+            import importlib
 
-            check_dtype(config.dtype, "--dtype")
+            importlib.import_module(f"yat_core.backends.{config.resolved_backend()}").check_dtype(
+                config.dtype, "--dtype"
+            )
         return CoreRunner(get_backend(config.resolved_backend(), config.device, config.gradients, spec), spec, config)
     if config.framework == "keras":
         select_keras_backend(config.keras_backend or DEFAULT_KERAS_BACKEND)

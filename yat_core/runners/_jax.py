@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from yat_core.backends.jax import JaxBackend
+from yat_core.backends.jax import JaxBackend, check_dtype
 from yat_core.mlp import ModelSpec, flatten_images
 from yat_core.runners._base import BackendRunner
 
@@ -26,8 +26,7 @@ def jax_dtype(name: str) -> Any:
     >>> jax_dtype("float32")
     dtype('float32')
     """
-    if name == "float64" and not jax.config.read("jax_enable_x64"):
-        raise ValueError("float64 with JAX needs 64-bit mode: set JAX_ENABLE_X64=1 in the environment")
+    check_dtype(name, "--dtype")
     return jnp.dtype(name)
 
 

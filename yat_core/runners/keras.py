@@ -128,9 +128,9 @@ class KerasRunner(BaseRunner):
     def _check_dtype(self) -> None:
         probe = ops.convert_to_tensor(np.zeros(1, np.dtype(self.dtype)))
         if dtype_name(probe.dtype) != self.dtype:
-            raise ValueError(
-                f"the Keras {self.backend} backend computes {self.dtype} as {dtype_name(probe.dtype)} here "
-                "(for jax, set JAX_ENABLE_X64=1 to train in float64)"
+            raise BackendUnavailableError(
+                f"--dtype {self.dtype}: the Keras {self.backend} backend computes it as {dtype_name(probe.dtype)} "
+                "here (for jax, set JAX_ENABLE_X64=1 in the environment to train in float64)"
             )
 
     def _placement(self) -> contextlib.AbstractContextManager[Any]:
