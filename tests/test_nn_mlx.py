@@ -114,6 +114,7 @@ def test_layer_defaults_follow_the_core():
 def test_layer_options_compute_the_core_product(case):
     options, expected_params = LAYER_CASES[case]
     native = {k: native_option(v) if k in ("bias", "alpha") else v for k, v in options.items()}
+    mx.random.seed(7)  # a fixed draw: a kernel row nearly parallel to an input amplifies rounding ~100x
     layer = ymlx.YatNMN(5, 3, **native)
     values = {
         ("kernel" if name == "weight" else name): np.array(v).astype(np.float64)

@@ -110,6 +110,7 @@ def test_layer_defaults_follow_the_core():
 def test_layer_options_compute_the_core_product(case):
     options, expected_params = LAYER_CASES[case]
     native = {k: native_option(v) if k in ("bias", "alpha") else v for k, v in options.items()}
+    torch.manual_seed(7)  # a fixed draw: a kernel row nearly parallel to an input amplifies rounding ~100x
     layer = ynn.YatNMN(5, 3, **native)
     values = {
         ("kernel" if name == "weight" else name): p.detach().numpy().astype(np.float64)
