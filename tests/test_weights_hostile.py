@@ -388,18 +388,26 @@ def test_a_format_version_that_is_not_a_small_number(tmp_path, version):
     refused(path, "its metadata has no valid format_version")
 
 
-@pytest.mark.parametrize("suffix", SUFFIXES)
-def test_names_and_values_from_the_file_stay_on_one_short_line(tmp_path, suffix):
-    params = init_mlp_numpy(SPEC, 0)
-    params["evil\nname\x1b[31m" + "x" * 10_000] = np.zeros(2, np.float32)
-    path = tmp_path / f"w{suffix}"
-    if suffix == ".npz":
+def write_unchecked(path: Path, params: dict[str, np.ndarray]) -> Path:
+    """``params`` in a weight file of ``path``'s format for :data:`SPEC`, written as another tool would.
+
+    The project's own safetensors writer refuses non-finite values; the package's does not.
+    """
+    if path.suffix == ".npz":
         save_npz(path, params)
     else:
         import safetensors.numpy
 
         metadata = {"format": "yat-core", "format_version": "1", "spec": spec_to_json(SPEC)}
         path.write_bytes(safetensors.numpy.save(params, metadata=metadata))
+    return path
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_names_and_values_from_the_file_stay_on_one_short_line(tmp_path, suffix):
+    params = init_mlp_numpy(SPEC, 0)
+    params["evil\nname\x1b[31m" + "x" * 10_000] = np.zeros(2, np.float32)
+    path = write_unchecked(tmp_path / f"w{suffix}", params)
     message = refused(path, r"unexpected evil\\nname\\x1b\[31mxxx")
     assert len(message) < 5000 and "\x1b" not in message
 
@@ -412,15 +420,7 @@ def test_names_and_values_from_the_file_stay_on_one_short_line(tmp_path, suffix)
 def test_non_finite_values_are_refused_unless_allowed(tmp_path, suffix, bad):
     params = init_mlp_numpy(SPEC, 0)
     params["1.kernel"][2, 1] = bad
-    path = tmp_path / f"w{suffix}"
-    if suffix == ".npz":
-        save_npz(path, params)
-    else:
-        # save_safetensors refuses to write non-finite values; write the file as another tool would.
-        import safetensors.numpy
-
-        metadata = {"format": "yat-core", "format_version": "1", "spec": spec_to_json(SPEC)}
-        path.write_bytes(safetensors.numpy.save(params, metadata=metadata))
+    path = write_unchecked(tmp_path / f"w{suffix}", params)
     message = refused(path, r"holds non-finite values: 1\.kernel \(")
     assert message.endswith("pass allow_nonfinite=True to load them anyway"), message
     loaded = load_weights(path, SPEC, allow_nonfinite=True)[1]["1.kernel"]
