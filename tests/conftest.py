@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -129,6 +130,16 @@ def make_tiny_mnist(n_train: int = 300, n_test: int = 100, seed: int = 0) -> Sim
         test_labels=rng.integers(0, 10, n_test).astype(np.uint8),
         source="synthetic",
     )
+
+
+def write_tiny_mnist(folder: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """:func:`make_tiny_mnist` as the four IDX files of an MNIST folder (``--data-dir``); returns ``folder``."""
+    from yat_core.data import IDX_FILES, write_idx
+
+    data = make_tiny_mnist(n_train, n_test, seed)
+    for key, name in IDX_FILES.items():
+        write_idx(folder / name, getattr(data, key))
+    return folder
 
 
 @pytest.fixture(scope="session")

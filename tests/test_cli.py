@@ -15,21 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny_mnist, require_backend
+from conftest import require_backend, write_tiny_mnist
 
 from yat_core.cli import BACKEND_CHOICES, main
-from yat_core.data import IDX_FILES, write_idx
+from yat_core.data import IDX_FILES
 from yat_core.receipts import HISTORY_KEYS, REQUIRED_KEYS
 
 
 @pytest.fixture(scope="module")
 def idx_dir(tmp_path_factory) -> Path:
     """A folder with the four IDX files of a synthetic MNIST: 300 training and 150 test images."""
-    folder = tmp_path_factory.mktemp("idx")
-    data = make_tiny_mnist(300, 150, seed=9)
-    for key, name in IDX_FILES.items():
-        write_idx(folder / name, getattr(data, key))
-    return folder
+    return write_tiny_mnist(tmp_path_factory.mktemp("idx"), 300, 150, seed=9)
 
 
 @pytest.fixture(autouse=True)

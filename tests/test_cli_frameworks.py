@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import write_tiny_mnist
 
 from yat_core import cli, runners
-from yat_core.data import IDX_FILES, write_idx
 from yat_core.errors import BackendUnavailableError
 from yat_core.mlp import init_mlp_numpy, seed_spec
 from yat_core.nn.interchange import check_params, load_npz
@@ -36,17 +36,7 @@ REQUIRES = {"torch": "torch", "nnx": "flax.nnx", "linen": "flax.linen", "mlx": "
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("mnist-tiny")
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train_images": rng.integers(0, 256, (96, 28, 28), dtype=np.uint8),
-        "train_labels": rng.integers(0, 10, 96, dtype=np.uint8),
-        "test_images": rng.integers(0, 256, (48, 28, 28), dtype=np.uint8),
-        "test_labels": rng.integers(0, 10, 48, dtype=np.uint8),
-    }
-    for key, name in IDX_FILES.items():
-        write_idx(folder / name, arrays[key])
-    return folder
+    return write_tiny_mnist(tmp_path_factory.mktemp("mnist-tiny"), 96, 48)
 
 
 def train_args(data_dir: Path, tmp_path: Path, *extra: str) -> list[str]:

@@ -14,22 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny_mnist
+from conftest import write_tiny_mnist
 
 from yat_core.cli import main
 from yat_core.config import EPOCHS_MAX, SEED_MAX, SIZE_MAX, TrainConfig
-from yat_core.data import IDX_FILES, write_idx
 from yat_core.optim import AdamWConfig
 
 
 @pytest.fixture(scope="module")
 def idx_dir(tmp_path_factory) -> Path:
     """The four IDX files of a synthetic MNIST: 300 training and 150 test images."""
-    folder = tmp_path_factory.mktemp("idx")
-    data = make_tiny_mnist(300, 150, seed=3)
-    for key, name in IDX_FILES.items():
-        write_idx(folder / name, getattr(data, key))
-    return folder
+    return write_tiny_mnist(tmp_path_factory.mktemp("idx"), 300, 150, seed=3)
 
 
 @pytest.fixture

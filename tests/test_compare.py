@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_tiny_mnist
+from conftest import write_tiny_mnist
 
 import yat_core.compare as compare_mod
 from yat_core.cli import main
 from yat_core.compare import plan_runs
-from yat_core.data import IDX_FILES, write_idx
 from yat_core.report import ReceiptError, build_report, init_key, load_receipt, report_receipts
 
 
@@ -247,11 +246,7 @@ def test_two_runs_of_one_kind_are_told_apart_by_file():
 
 @pytest.fixture(scope="module")
 def idx_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("idx")
-    data = make_tiny_mnist(256, 64, seed=3)
-    for key, name in IDX_FILES.items():
-        write_idx(folder / name, getattr(data, key))
-    return folder
+    return write_tiny_mnist(tmp_path_factory.mktemp("idx"), 256, 64, seed=3)
 
 
 def test_plan_runs_covers_every_backend_and_framework_once():

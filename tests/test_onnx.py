@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny_mnist
+from conftest import write_tiny_mnist
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from yat_core.cli import main
-from yat_core.data import IDX_FILES, write_idx
 from yat_core.errors import BackendUnavailableError, YatError
 from yat_core.mlp import init_mlp_numpy, mlp_forward
 from yat_core.nn.interchange import save_npz
@@ -207,11 +206,7 @@ def test_importing_the_cli_loads_no_onnx() -> None:
 
 @pytest.fixture()
 def idx_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "idx"
-    data = make_tiny_mnist(20, 40, seed=3)
-    for key, name in IDX_FILES.items():
-        write_idx(folder / name, getattr(data, key))
-    return folder
+    return write_tiny_mnist(tmp_path / "idx", 20, 40, seed=3)
 
 
 def test_cli_exports_and_checks(tmp_path: Path, idx_dir: Path, capsys) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers, also when run as a script
 
+from conftest import write_tiny_mnist  # noqa: E402
 from test_interchange import core_logits, random_params  # noqa: E402
 
 from yat_core import weights  # noqa: E402
@@ -447,19 +448,7 @@ def test_importing_yat_core_weights_loads_no_safetensors():
 @pytest.fixture(scope="module")
 def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny MNIST-format folder: 64 training and 16 test images."""
-    from yat_core.data import IDX_FILES, write_idx
-
-    folder = tmp_path_factory.mktemp("mnist-tiny")
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train_images": rng.integers(0, 256, (64, 28, 28), dtype=np.uint8),
-        "train_labels": rng.integers(0, 10, 64, dtype=np.uint8),
-        "test_images": rng.integers(0, 256, (16, 28, 28), dtype=np.uint8),
-        "test_labels": rng.integers(0, 10, 16, dtype=np.uint8),
-    }
-    for key, name in IDX_FILES.items():
-        write_idx(folder / name, arrays[key])
-    return folder
+    return write_tiny_mnist(tmp_path_factory.mktemp("mnist-tiny"), 64, 16)
 
 
 def train_cli(mnist_dir: Path, tmp_path: Path, *extra: str) -> int:
