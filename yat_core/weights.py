@@ -338,8 +338,9 @@ def load_safetensors(
     ...
     yat_core.errors.WeightFileError: weight file no/such/file.safetensors: file not found
     """
-    with open_regular(path, fault=lambda what: _fault(path, what))[0] as fh:
-        metadata, tensors, start = _read_header(fh, os.fstat(fh.fileno()).st_size, path)
+    fh, info = open_regular(path, fault=lambda what: _fault(path, what))
+    with fh:
+        metadata, tensors, start = _read_header(fh, info.st_size, path)
         spec = _spec_of(path, metadata)
         problems = fit_problems(spec.param_shapes, {name: t.shape for name, t in tensors.items()})
         if problems:

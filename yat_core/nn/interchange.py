@@ -365,8 +365,9 @@ def load_npz(
         return fault(f"not a readable .npz file (truncated or corrupt?): {first_line}")
 
     expected = None if spec is None else spec.param_shapes
-    with open_regular(path, fault=fault)[0] as fh:
-        size = os.fstat(fh.fileno()).st_size
+    fh, info = open_regular(path, fault=fault)
+    with fh:
+        size = info.st_size
         head = fh.read(16)
         if size == 0:
             raise damaged("the file is empty")
