@@ -326,18 +326,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     report = _check_train_outputs(args, default_receipt_path(stem))
     runners: list[Runner] = []
 
+    log = None if args.quiet else print
+
     def factory(spec: Any, cfg: Any) -> Runner:
         runners.append(make_runner(spec, cfg))
+        if log:  # announced once the runner exists: a refused backend or dtype prints only its error
+            what = f"framework {name!r} (native model)" if args.framework else f"backend {name!r}"
+            log(
+                f"yat-core: training the {'seed model' if config.model == 'mlp' else config.model} with {what} "
+                f"({config.epochs} epochs, batch {config.batch_size}, AdamW lr {config.optimizer.lr}, "
+                f"seed {config.seed})"
+            )
         return runners[-1]
 
-    log = None if args.quiet else print
-    if log:
-        what = f"framework {name!r} (native model)" if args.framework else f"backend {name!r}"
-        opt = config.optimizer
-        log(
-            f"yat-core: training the {'seed model' if config.model == 'mlp' else config.model} with {what} "
-            f"({config.epochs} epochs, batch {config.batch_size}, AdamW lr {opt.lr}, seed {config.seed})"
-        )
     try:
         # An overflow is reported once, as a stopped run, not as a screen of NumPy warnings.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
