@@ -190,7 +190,7 @@ def _bad_receipts(folder: Path) -> dict[str, tuple[Path, str]]:
         "a benchmark": (folder / "bench.json", "not a training receipt"),
         "no history": (folder / "nohist.json", "history is empty"),
         "bad step losses": (folder / "steps.json", "step_loss"),
-        "not text": (folder / "binary.json", "not a text file"),
+        "not text": (folder / "binary.json", "not UTF-8 text"),
     }
     folder.mkdir(exist_ok=True)
     (folder / "truncated.json").write_text(text[: len(text) // 2])

@@ -356,7 +356,7 @@ def test_a_later_format_version(good):
 @pytest.mark.parametrize(
     ("spec_text", "pattern"),
     [
-        ("{not json", "the model spec in its metadata is invalid: the model spec is not JSON"),
+        ("{not json", "the model spec in its metadata is invalid: the model spec is not valid JSON"),
         ('{"layers": []}', "needs 'input_shape' and a list of 'layers'"),
         ('{"input_shape": [6], "layers": [{"kind": "yat", "in_features": 6, "out_features": 4, "colour": 1}]}',
          "layer 0 of the model spec has unknown fields: colour"),

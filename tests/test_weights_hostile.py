@@ -336,9 +336,9 @@ def test_a_header_length_past_the_file_or_the_bound(tmp_path):
     [
         (b"[" * 100_000 + b"]" * 100_000, "its header is JSON nested too deeply"),
         (b"[" + b"{}," * 200_001 + b"{}]", "more than 200,000 JSON objects and lists"),
-        (b'{"a": 1, "a": 2}', "its header is not JSON .*a key appears twice"),
+        (b'{"a": 1, "a": 2}', "its header is not valid JSON .*a key appears twice"),
         (b"[1, 2]", "its header is a JSON list, not an object"),
-        (b"\xff\xfe{}", "its header is not JSON"),
+        (b"\xff\xfe{}", "its header is not UTF-8 text"),
         (b'{"a": {"dtype": "F32", "shape": [1]}}', "tensor 'a' is not a record of dtype, shape and data_offsets"),
         (b'{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}', r"tensor 'a' has dtype 'F32' and shape \[-1\]"),
         (b'{"a": {"dtype": "F32", "shape": [true], "data_offsets": [0, 4]}}', "has dtype 'F32' and shape \\[True\\]"),
@@ -541,7 +541,7 @@ def test_a_good_receipt_is_reported(tmp_path, capsys):
     [
         (b"", "empty, not a training receipt"),
         (b"   \n", "empty, not a training receipt"),
-        (b"\x89PNG\r\n\x1a\n\x00\xff", "not a text file"),
+        (b"\x89PNG\r\n\x1a\n\x00\xff", "not UTF-8 text"),
         (b"{not json", r"not valid JSON \(truncated\?\)"),
         (json.dumps(receipt()).encode()[:-40], r"not valid JSON \(truncated\?\)"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),

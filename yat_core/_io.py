@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import re
 import secrets
@@ -25,7 +26,7 @@ import stat
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import DataError
 
@@ -36,6 +37,7 @@ __all__ = [
     "atomic_write_text",
     "check_writable",
     "open_regular",
+    "parse_json",
     "pid_alive",
     "remove_stale_temps",
 ]
@@ -352,3 +354,67 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """
     data = text.encode("utf-8")
     return atomic_write(path, lambda fh: fh.write(data))
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a key appears twice in one object: {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether JSON data nests objects and lists deeper than ``limit`` (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def parse_json(
+    raw: bytes | str, subject: str, *, max_containers: int, max_depth: int | None = None, unique_keys: bool = False
+) -> Any:
+    """Parse untrusted JSON with bounded work; every fault is a ``ValueError`` that starts with ``subject``.
+
+    The objects and lists are counted before parsing (so a flood of them costs one pass
+    over the bytes), nesting that would exhaust the parser's recursion is caught, and
+    ``max_depth`` bounds the nesting of what parsed. ``unique_keys`` refuses an object that
+    names a key twice (the JSON module would keep the last silently).
+
+    Examples
+    --------
+    >>> parse_json(b'{"a": [1, 2]}', "the file", max_containers=10)
+    {'a': [1, 2]}
+    >>> parse_json(b'{"a": 1, "a": 2}', "the header", max_containers=10, unique_keys=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: the header is not valid JSON (a key appears twice in one object: 'a')
+    >>> parse_json(b"[[[1]]]", "the file", max_containers=10, max_depth=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: the file is JSON nested more than 2 levels deep
+    """
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if data.count(b"{") + data.count(b"[") > max_containers:
+        raise ValueError(f"{subject} holds more than {max_containers:,} JSON objects and lists")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{subject} is not UTF-8 text") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys if unique_keys else None)
+    except RecursionError:
+        raise ValueError(f"{subject} is JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{subject} is not valid JSON (truncated?): {exc}") from None
+    except ValueError as exc:  # a repeated key, or an integer of more digits than Python converts
+        raise ValueError(f"{subject} is not valid JSON ({exc})") from None
+    if max_depth is not None and _depth_over(value, max_depth):
+        raise ValueError(f"{subject} is JSON nested more than {max_depth} levels deep")
+    return value

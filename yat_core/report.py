@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yat_core._io import atomic_write, atomic_write_text, open_regular
+from yat_core._io import atomic_write, atomic_write_text, open_regular, parse_json
 from yat_core.backends import BACKENDS
 from yat_core.errors import YatError
 from yat_core.nn.interchange import one_line
@@ -97,20 +97,6 @@ def _is_number(value: Any) -> bool:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _too_deep(value: Any) -> bool:
-    """Whether JSON data nests objects and lists deeper than :data:`_DEPTH_MAX` (walked without recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > _DEPTH_MAX:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
 
 
 def _check_types(receipt: dict[str, Any]) -> str | None:
@@ -176,20 +162,10 @@ def _read(path: Path) -> tuple[dict[str, Any], str]:
         raise fault(f"larger than {RECEIPT_MAX // 2**20} MiB, more than any training receipt")
     if not data.strip():
         raise fault("empty, not a training receipt")
-    if data.count(b"{") + data.count(b"[") > _CONTAINERS_MAX:
-        raise fault(f"more than {_CONTAINERS_MAX:,} JSON objects and lists, not a training receipt")
     try:
-        receipt = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise fault("not a text file") from None
-    except RecursionError:
-        raise fault("JSON nested too deeply, not a training receipt") from None
-    except json.JSONDecodeError as exc:
-        raise fault(f"not valid JSON (truncated?): {exc}") from None
-    except ValueError as exc:  # an integer of more digits than Python converts
-        raise fault(f"not valid JSON ({exc})") from None
-    if _too_deep(receipt):
-        raise fault(f"JSON nested more than {_DEPTH_MAX} levels deep, not a training receipt")
+        receipt = parse_json(data, "the file", max_containers=_CONTAINERS_MAX, max_depth=_DEPTH_MAX)
+    except ValueError as exc:
+        raise fault(str(exc)) from None
     problem = _check_receipt(receipt)
     if problem is not None:
         raise fault(problem)
@@ -207,7 +183,7 @@ def load_receipt(path: str | os.PathLike[str]) -> dict[str, Any]:
     >>> load_receipt(bad)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    yat_core.report.ReceiptError: receipt .../cut.json: not valid JSON (truncated?): ...
+    yat_core.report.ReceiptError: receipt .../cut.json: the file is not valid JSON (truncated?): ...
     """
     return _read(Path(path))[0]
 

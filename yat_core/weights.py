@@ -41,7 +41,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from yat_core._io import atomic_write, open_regular
+from yat_core._io import atomic_write, open_regular, parse_json
 from yat_core._lazy import require
 from yat_core.errors import WeightFileError
 from yat_core.nn.interchange import (
@@ -137,13 +137,7 @@ def spec_from_json(text: str) -> ModelSpec:
     >>> spec.layers[0].kind, spec.input_shape
     ('linear', (3,))
     """
-    try:
-        record = json.loads(text)
-    except RecursionError:
-        raise ValueError("the model spec is JSON nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, or an integer of too many digits
-        raise ValueError(f"the model spec is not JSON ({exc})") from None
-    return spec_from_record(record)
+    return spec_from_record(parse_json(text, "the model spec", max_containers=_CONTAINERS_MAX))
 
 
 # ---------------------------------------------------------------------------------------------- safetensors
@@ -210,13 +204,6 @@ class _Tensor:
     end: int
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"a key appears twice in one object: {next(k for k in keys if keys.count(k) > 1)!r}")
-    return dict(pairs)
-
-
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -248,14 +235,10 @@ def _read_header(
     raw = fh.read(length)
     if len(raw) != length:
         raise damaged(f"it ends inside its {length:,}-byte header")
-    if raw.count(b"{") + raw.count(b"[") > _CONTAINERS_MAX:
-        raise damaged(f"its header holds more than {_CONTAINERS_MAX:,} JSON objects and lists")
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
-    except RecursionError:
-        raise damaged("its header is JSON nested too deeply") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise damaged(f"its header is not JSON ({exc})") from None
+        header = parse_json(raw, "its header", max_containers=_CONTAINERS_MAX, unique_keys=True)
+    except ValueError as exc:
+        raise damaged(str(exc)) from None
     if not isinstance(header, dict):
         raise damaged(f"its header is a JSON {type(header).__name__}, not an object")
     metadata = header.pop("__metadata__", None) or {}
