@@ -190,3 +190,28 @@ def test_importing_the_package_loads_no_framework(statement):
     code = f"import sys; {statement}; print(sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", f"{statement!r} loaded {out.stdout.strip()}"
+
+
+@pytest.mark.parametrize(
+    ("module", "blocked", "extra"),
+    [
+        ("torch", "torch", "torch"),
+        ("nnx", "flax", "flax"),
+        ("linen", "flax", "flax"),
+        ("mlx", "mlx", "mlx"),
+        ("keras", "keras", "keras"),
+        ("tf", "tensorflow", "tf"),
+    ],
+)
+def test_a_layer_module_without_its_framework_names_the_extra(module, blocked, extra):
+    # sys.modules[name] = None makes `import name` fail as if the framework were not installed.
+    code = (
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        "from yat_core.errors import BackendUnavailableError\n"
+        f"try:\n    import yat_core.nn.{module}\nexcept BackendUnavailableError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == (
+        f"yat_core.nn.{module} needs {blocked}, which is not installed here; "
+        f"install it with: pip install 'yat-core[{extra}]'"
+    ), out.stderr

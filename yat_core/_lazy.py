@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from yat_core.errors import BackendUnavailableError
 
-__all__ = ["require", "LazyEntry", "load_entry"]
+__all__ = ["require", "unavailable", "LazyEntry", "load_entry"]
 
 
 class LazyEntry(NamedTuple):
@@ -49,12 +49,29 @@ def require(module: str, extra: str, what: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        top = module.split(".")[0]
-        missing = getattr(exc, "name", None) or top
-        detail = "" if missing.split(".")[0] == top else f" (it failed to import {missing}: {exc})"
-        raise BackendUnavailableError(
-            f"{what} needs {top}, which is not installed here{detail}; install it with: pip install 'yat-core[{extra}]'"
-        ) from None
+        raise unavailable(module, exc, extra, what) from None
+
+
+def unavailable(module: str, exc: ImportError, extra: str, what: str) -> BackendUnavailableError:
+    """The error for ``module`` failing to import (``exc``): what needs it, and the extra that installs it.
+
+    A framework module of :mod:`yat_core.nn` raises it from its own imports, so that
+    ``import yat_core.nn.torch`` without PyTorch says which extra to install.
+
+    Examples
+    --------
+    >>> try:
+    ...     import no_such_framework
+    ... except ImportError as exc:
+    ...     print(unavailable("no_such_framework", exc, "nsf", "yat_core.nn.nsf"))
+    yat_core.nn.nsf needs no_such_framework, which is not installed here; install it with: pip install 'yat-core[nsf]'
+    """
+    top = module.split(".")[0]
+    missing = getattr(exc, "name", None) or top
+    detail = "" if missing.split(".")[0] == top else f" (it failed to import {missing}: {exc})"
+    return BackendUnavailableError(
+        f"{what} needs {top}, which is not installed here{detail}; install it with: pip install 'yat-core[{extra}]'"
+    )
 
 
 def load_entry(registry: Mapping[str, LazyEntry], name: str, kind: str) -> ModuleType:

@@ -49,9 +49,15 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-import keras
 import numpy as np
-from keras import ops
+
+from yat_core._lazy import unavailable
+
+try:
+    import keras
+    from keras import ops
+except ImportError as exc:
+    raise unavailable("keras", exc, "keras", "yat_core.nn.keras") from None
 
 from yat_core.attention import yat_attention, yat_attention_weights, yat_embed, yat_embed_attend
 from yat_core.mlp import LEARNABLE, LayerSpec, ModelSpec, init_mlp_numpy

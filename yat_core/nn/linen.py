@@ -42,12 +42,18 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, ClassVar, TypeVar
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax.linen.linear import default_embed_init
-from flax.nnx.nn.dtypes import promote_dtype
+
+from yat_core._lazy import unavailable
+
+try:
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    from flax.linen.linear import default_embed_init
+    from flax.nnx.nn.dtypes import promote_dtype
+except ImportError as exc:
+    raise unavailable("flax", exc, "flax", "yat_core.nn.linen") from None
 
 from yat_core.mlp import LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.nn._flax import (

@@ -49,10 +49,16 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
-import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten, tree_reduce
+
+from yat_core._lazy import unavailable
+
+try:
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten, tree_reduce
+except ImportError as exc:
+    raise unavailable("mlx", exc, "mlx", "yat_core.nn.mlx") from None
 
 from yat_core.attention import yat_attention, yat_embed, yat_embed_attend
 from yat_core.conv import yat_conv, yat_conv_transpose

@@ -37,12 +37,18 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from flax.nnx.nn.dtypes import promote_dtype
-from flax.nnx.nn.linear import default_embed_init
+
+from yat_core._lazy import unavailable
+
+try:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from flax.nnx.nn.dtypes import promote_dtype
+    from flax.nnx.nn.linear import default_embed_init
+except ImportError as exc:
+    raise unavailable("flax", exc, "flax", "yat_core.nn.nnx") from None
 
 from yat_core.mlp import LayerSpec, ModelSpec, init_mlp_numpy
 from yat_core.nn._flax import (

@@ -79,7 +79,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 import numpy as np
-import tensorflow as tf
+
+from yat_core._lazy import unavailable
+
+try:
+    import tensorflow as tf
+except ImportError as exc:
+    raise unavailable("tensorflow", exc, "tf", "yat_core.nn.tf") from None
 
 from yat_core.attention import yat_attention, yat_attention_weights, yat_embed, yat_embed_attend
 from yat_core.conv import linear_conv

@@ -45,11 +45,17 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
-import array_api_compat.torch as torch_xp
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+
+from yat_core._lazy import unavailable
+
+try:
+    import array_api_compat.torch as torch_xp
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+except ImportError as exc:
+    raise unavailable("torch", exc, "torch", "yat_core.nn.torch") from None
 
 from yat_core.attention import yat_attention, yat_attention_weights, yat_embed, yat_embed_attend
 from yat_core.conv import yat_conv, yat_conv_transpose
