@@ -78,6 +78,7 @@ __all__ = [
     "linear_conv_vjp",
     "ConvGrads",
     "conv_output_shape",
+    "conv_pads",
     "conv_transpose_output_shape",
     "max_pool",
     "avg_pool",
@@ -178,7 +179,20 @@ def _check_groups(groups: Any, channels_in: int, channels_out: int | None) -> in
     return int(groups)
 
 
-def _conv_pads(padding: Any, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> Pads:
+def conv_pads(padding: Any, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> Pads:
+    """The (low, high) zero padding per spatial dimension that ``padding`` means for a convolution.
+
+    ``padding`` is an int, a tuple of ints, ``"valid"`` or ``"same"`` (stride 1 only; an
+    odd total puts its extra unit on the high side, as PyTorch does). The ONNX exporter
+    writes these pads, so an exported model pads exactly as :func:`yat_conv` does.
+
+    Examples
+    --------
+    >>> conv_pads("same", (4, 3), (1, 1), (1, 2))
+    ((1, 2), (2, 2))
+    >>> conv_pads(1, (3,), (2,), (1,))
+    ((1, 1),)
+    """
     n = len(kernel)
     if isinstance(padding, str):
         if padding == "valid":
@@ -234,7 +248,7 @@ def _plan_conv(x: Array, w: Array, stride: Any, padding: Any, dilation: Any, gro
             f"x has {x.shape[1]} channels but kernel w of shape {tuple(w.shape)} with groups={g} expects "
             f"w.shape[1] * groups = {w.shape[1] * g} (kernel layout is (out, in/groups, *kernel))"
         )
-    pads = _conv_pads(padding, kernel, strides, dilations)
+    pads = conv_pads(padding, kernel, strides, dilations)
     spatial = tuple(int(s) for s in x.shape[2:])
     _check_fits(spatial, pads, kernel, dilations, "padded input")
     out = tuple(_out_size(*a) for a in zip(spatial, pads, kernel, strides, dilations))

@@ -35,7 +35,7 @@ import numpy as np
 
 from yat_core._io import atomic_write
 from yat_core._lazy import require
-from yat_core.conv import _conv_pads
+from yat_core.conv import conv_pads
 from yat_core.errors import YatError
 from yat_core.product import SPHERICAL_NORM_EPS
 from yat_core.spec import ATTENTION_KINDS, LEARNABLE, PROJECTIONS, LayerSpec, ModelSpec
@@ -239,7 +239,7 @@ def _geometry(layer: LayerSpec) -> dict[str, Any]:
     if layer.kind == "yat_conv_transpose":
         pads = [int(p) for p in opts["padding"]] * 2
     else:
-        lo_hi = _conv_pads(opts["padding"], layer.kernel_size, tuple(stride), tuple(dilation))
+        lo_hi = conv_pads(opts["padding"], layer.kernel_size, tuple(stride), tuple(dilation))
         pads = [lo for lo, _ in lo_hi] + [hi for _, hi in lo_hi]
     geometry = {"strides": stride, "pads": pads, "dilations": dilation, "group": layer.groups}
     if layer.kind == "yat_conv_transpose":
