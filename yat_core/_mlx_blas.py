@@ -17,13 +17,14 @@ import os
 import sys
 import warnings
 
-__all__ = ["BLAS_ENV", "preload_blas", "loaded_blas"]
+__all__ = ["BLAS_ENV", "preload_blas", "loaded_blas", "usable_cores"]
 
 BLAS_ENV = "YAT_CORE_MLX_BLAS"
 _loaded: str | None = None
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask), as OpenBLAS, OpenMP and XLA count them."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -52,7 +53,7 @@ def preload_blas() -> str | None:
             stacklevel=2,
         )
         return None
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(_usable_cores()))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(usable_cores()))
     try:
         ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     except OSError as exc:

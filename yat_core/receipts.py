@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from yat_core._io import atomic_write_text
+from yat_core._mlx_blas import usable_cores
 
 __all__ = [
     "machine_info",
@@ -67,7 +68,7 @@ def machine_info() -> dict[str, Any]:
     >>> sorted(machine_info())
     ['arch', 'cores', 'cpu', 'os']
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     return {"cpu": _cpu_model(), "cores": cores, "os": platform.platform(), "arch": platform.machine()}
 
 
