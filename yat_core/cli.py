@@ -15,7 +15,7 @@ from typing import Any
 
 from yat_core._io import check_writable
 from yat_core.backends import BACKENDS, GRADIENT_MODES
-from yat_core.config import EPOCHS_MAX, SEED_MAX, SIZE_MAX, float_problem, int_problem
+from yat_core.config import DEVICES_MAX, EPOCHS_MAX, SEED_MAX, SIZE_MAX, float_problem, int_problem
 from yat_core.errors import YatError
 from yat_core.runners import DEFAULT_KERAS_BACKEND, FRAMEWORK_RUNNERS, KERAS_BACKENDS
 from yat_core.spec import MODELS
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the file alone rebuilds it in any framework) or PATH.npz (parameters only); core names and layouts",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    _add_jax_parallel_arguments(t)
 
     d = commands.add_parser("data", help="fetch MNIST into the cache (or check a folder) and verify it")
     d.add_argument("--data-dir", default=None, help="check this folder's IDX files instead of the cache")
@@ -178,6 +179,40 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser, *, device_help: str) 
     )
     parser.add_argument("--train-limit", type=_SIZE, default=None, help="train on the first N images only")
     parser.add_argument("--test-limit", type=_SIZE, default=None, help="evaluate on the first N test images only")
+
+
+def _add_jax_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--devices`` and the ``jax.distributed`` options (:mod:`yat_core.parallel.jax`)."""
+    g = parser.add_argument_group(
+        "several devices and processes (JAX)",
+        "JAX runs split every batch over --devices N devices of each process; processes started with "
+        "--coordinator HOST:PORT --num-processes P --process-id I (one per machine, I = 0..P-1) join into one "
+        "mesh; process 0 prints and writes the receipt. PyTorch runs use torchrun instead.",
+    )
+    g.add_argument(
+        "--devices",
+        type=_int_option(1, DEVICES_MAX),
+        default=1,
+        metavar="N",
+        help="devices of this process each batch is split over (default: 1); on CPU, N host devices",
+    )
+    g.add_argument(
+        "--coordinator", default=None, metavar="HOST:PORT", help="process 0's address, the same for every process"
+    )
+    g.add_argument("--num-processes", type=_int_option(1, DEVICES_MAX), default=None, metavar="P")
+    g.add_argument("--process-id", type=_int_option(0, DEVICES_MAX - 1), default=None, metavar="I")
+
+
+def _start_jax_processes(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize`` from the flags, before anything starts JAX; nothing without them."""
+    given = [args.coordinator is not None, args.num_processes is not None, args.process_id is not None]
+    if not any(given):
+        return
+    if not all(given):
+        raise ValueError("several JAX processes need all three of --coordinator, --num-processes and --process-id")
+    from yat_core.parallel.jax import initialize_processes
+
+    initialize_processes(args.coordinator, args.num_processes, args.process_id)
 
 
 def _add_onnx_parser(commands: Any) -> None:
@@ -307,9 +342,26 @@ def _config(args: argparse.Namespace) -> Any:
         data_dir=args.data_dir,
         train_limit=args.train_limit,
         test_limit=args.test_limit,
+        devices=getattr(args, "devices", 1),
     )
     config.validate()
     return config
+
+
+def _check_torchrun(config: Any) -> None:
+    """Refuse a run that cannot join the torchrun launch that started this process (several processes)."""
+    from yat_core.parallel import torchrun_launch
+
+    launch = torchrun_launch()
+    if launch is None or launch.world_size == 1:
+        return
+    name = config.framework or config.resolved_backend()
+    if config.framework != "torch" and not (config.framework is None and name == "torch"):
+        raise ValueError(
+            f"torchrun started {launch.world_size} processes, but only --backend torch and --framework torch train "
+            f"data-parallel under torchrun, not {'--framework' if config.framework else '--backend'} {name}; "
+            "JAX runs use --devices (README: Training on several devices and machines)"
+        )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -321,6 +373,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from yat_core.weights import save_weights
 
     config = _config(args)
+    _check_torchrun(config)
+    _start_jax_processes(args)
     name = args.framework or config.resolved_backend()
     stem = f"train-{name}" if config.model == "mlp" else f"train-{config.model}-{name}"
     report = _check_train_outputs(args, default_receipt_path(stem))
@@ -330,7 +384,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     def factory(spec: Any, cfg: Any) -> Runner:
         runners.append(make_runner(spec, cfg))
-        if log:  # announced once the runner exists: a refused backend or dtype prints only its error
+        # Announced once the runner exists (a refused backend or dtype prints only its error), by rank 0 of several.
+        if log and runners[-1].is_main_process:
             what = f"framework {name!r} (native model)" if args.framework else f"backend {name!r}"
             log(
                 f"yat-core: training the {'seed model' if config.model == 'mlp' else config.model} with {what} "
@@ -344,9 +399,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             receipt = train(config, progress=not args.quiet, log=log, runner_factory=factory)
     except TrainingStopped as stop:
+        if not runners[-1].is_main_process:
+            raise
         # The run's record is kept: its receipt says where and why it stopped; no weights are exported.
         path = write_json_atomic(report, stop.receipt)
         raise TrainingStopped(f"{stop}; receipt: {path}", stop.receipt) from None
+    if not runners[-1].is_main_process:
+        return 0  # one rank of several (torchrun): rank 0 writes the receipt and the weights
     if args.export:
         # Hold every framework's export to the model it trained.
         spec = MODELS[config.model][0]()

@@ -17,6 +17,7 @@ __all__ = [
     "SEED_MAX",
     "EPOCHS_MAX",
     "SIZE_MAX",
+    "DEVICES_MAX",
     "int_problem",
     "float_problem",
 ]
@@ -31,6 +32,8 @@ SEED_MAX = 2**32 - 1
 EPOCHS_MAX = 10_000
 #: Batch sizes and limits index samples with int32; larger values mean "the whole split" anyway.
 SIZE_MAX = 2**31 - 1
+#: The most devices per process ``--devices`` may ask for (far above any machine's).
+DEVICES_MAX = 4096
 
 
 def int_problem(value: Any, low: int, high: int) -> str | None:
@@ -113,6 +116,7 @@ class TrainConfig:
     train_limit: int | None = None  # use the first N training images (tests, quick runs)
     test_limit: int | None = None
     eval_batch: int = 2000
+    devices: int = 1  # devices of each process the batch is split over (JAX: yat_core.parallel.jax)
 
     def __post_init__(self) -> None:
         if self.optimizer is _MODEL_DEFAULT:  # not given: AdamW at the model's learning rate
@@ -135,6 +139,7 @@ class TrainConfig:
             "seed": (0, SEED_MAX),
             "train_limit": (1, SIZE_MAX),
             "test_limit": (1, SIZE_MAX),
+            "devices": (1, DEVICES_MAX),
         }
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
@@ -158,7 +163,24 @@ class TrainConfig:
             raise ValueError("--keras-backend applies to --framework keras only")
         if self.gradients is not None and self.framework is not None:
             raise ValueError("--gradients applies to --backend runs; a --framework run uses the framework's autodiff")
+        if self.devices > 1:
+            self._check_devices()
         self.optimizer.validate()
+
+    def _check_devices(self) -> None:
+        # Data parallelism in one process is JAX's (yat_core.parallel.jax); torch runs one process per device.
+        name = self.framework or self.backend
+        if name in (None, "jax", "nnx", "linen") or (name == "keras" and self.keras_backend in (None, "jax")):
+            return
+        torch = name == "torch" or self.keras_backend == "torch"
+        advice = (
+            "for torch, start one process per device with torchrun (README: Training on several devices and machines)"
+            if torch
+            else f"{self.keras_backend or name} trains on one device here"
+        )
+        raise ValueError(
+            f"--devices applies to JAX runs (--backend jax, --framework nnx, linen or keras on jax); {advice}"
+        )
 
     def resolved_backend(self) -> str:
         """The backend a core run uses: the one named, else the first installed."""

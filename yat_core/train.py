@@ -27,6 +27,7 @@ from yat_core.receipts import command_line, git_commit, machine_info, versions
 from yat_core.runners import Runner, make_runner
 from yat_core.spec import MODELS, spec_record
 from yat_core.spec import ModelSpec as MLPSpec
+from yat_core.threads import thread_defaults, thread_library
 
 __all__ = [
     "TrainConfig",
@@ -224,10 +225,36 @@ def train(
     (235148, 64, 1)
     """
     t_start = time.perf_counter()
+    # The thread pools first, so that the libraries the runner imports start with them (yat_core.threads).
+    with thread_defaults(thread_library(config)) as threads:
+        return _train(
+            config, t_start, threads, data=data, spec=spec, runner_factory=runner_factory, progress=progress, log=log
+        )
+
+
+def _train(
+    config: TrainConfig,
+    t_start: float,
+    threads: dict[str, Any],
+    *,
+    data: Any,
+    spec: MLPSpec | None,
+    runner_factory: Callable[[MLPSpec, TrainConfig], Runner],
+    progress: bool,
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
     config.validate()
     spec = MODELS[config.model][0]() if spec is None else spec
+    if config.devices > 1 or "jax" in sys.modules:
+        # JAX fixes its devices when it starts: set up before the runner is built (and JAX started),
+        # and reset for a one-device run after a data-parallel one.
+        from yat_core.parallel.jax import set_up
+
+        set_up(config)
     # The runner first: an absent framework fails before any data is fetched.
     runner = runner_factory(spec, config)
+    if not runner.is_main_process:
+        log = None  # one rank of several (torchrun): rank 0 reports
     t_load = time.perf_counter()
     if data is None:
         from yat_core.data import load_mnist
@@ -255,6 +282,7 @@ def train(
             data_source=getattr(data, "source", "in-memory"),
             timings=_timings(t_start, load_s, first_step_s),
             stopped=stopped,
+            threads=threads,
         )
 
     for epoch in range(1, config.epochs + 1):
@@ -262,6 +290,7 @@ def train(
         bar = _Progress(placed.steps_per_epoch, f"epoch {epoch}/{config.epochs}", progress)
         step_losses, epoch_s = run_epoch(runner, placed, order, bar, on_first_step)
         bar.close()
+        runner.epoch_finished(epoch_s)  # every process: a data-parallel group gathers the timings
         record: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": float(np.mean(step_losses)),
@@ -318,10 +347,12 @@ def assemble_receipt(
     data_source: str,
     timings: dict[str, Any],
     stopped: str | None = None,
+    threads: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready record of a run: configuration, history, timings, versions, machine.
 
-    ``stopped`` (None for a run that finished) says why a run ended early.
+    ``stopped`` (None for a run that finished) says why a run ended early; ``threads``
+    is :func:`yat_core.threads.configure_threads`'s record of the thread pools.
     """
     opt = config.optimizer
     facts = runner.receipt_facts()
@@ -353,6 +384,7 @@ def assemble_receipt(
         "stopped": stopped,
         "versions": versions(*runner.distributions),
         "machine": machine_info(),
+        "threads": threads,
         "git_commit": git_commit(),
         "command": command_line(),
         "config": config.as_record(),

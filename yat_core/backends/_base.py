@@ -19,7 +19,7 @@ from yat_core.losses import count_correct, softmax_cross_entropy
 from yat_core.mlp import MLPSpec, mlp_forward, mlp_loss, mlp_value_and_grad, model_input
 from yat_core.optim import AdamWConfig, AdamWState, adamw_update
 
-__all__ = ["Backend", "TrainStep", "EvalStep", "GRADIENT_MODES"]
+__all__ = ["Backend", "TrainStep", "EvalStep", "SplitStep", "GRADIENT_MODES"]
 
 #: "autodiff": the framework differentiates the core's forward pass;
 #: "analytic": the framework runs the core's hand-derived backward pass
@@ -32,6 +32,9 @@ Params = dict[str, Any]
 TrainStep = Callable[[Params, AdamWState, Any, Any, Any], tuple[Params, AdamWState, Any]]
 #: (params, images, labels) -> (summed loss, number correct)
 EvalStep = Callable[[Params, Any, Any], tuple[Any, Any]]
+#: (gradient, update) -> TrainStep: a data-parallel step built around the two compiled halves
+#: ``gradient(params, images, labels, idx) -> (loss, grads)`` and ``update(grads, state, params) -> (params, state)``.
+SplitStep = Callable[[Callable[..., Any], Callable[..., Any]], TrainStep]
 
 
 class Backend:
@@ -115,20 +118,55 @@ class Backend:
         return self.value_and_grad(functools.partial(_model_loss, spec=spec, xp=self.xp))
 
     # -- the steps ------------------------------------------------------------------
-    def train_step(self, spec: MLPSpec, config: AdamWConfig) -> TrainStep:
-        """One compiled training step: gather the batch, loss and grads, AdamW update."""
+    def data_parallel(self) -> Any:
+        """The data-parallel group this process trains in (:mod:`yat_core.parallel`), or None.
+
+        None here: one process. A backend whose framework runs one process per device
+        (torch under ``torchrun``) returns its group, whose ``train_step`` then joins
+        the compiled halves of :meth:`train_step`.
+        """
+        return None
+
+    def train_step(self, spec: MLPSpec, config: AdamWConfig, *, split: SplitStep | None = None) -> TrainStep:
+        """One compiled training step: gather the batch, loss and grads, AdamW update.
+
+        ``split`` (data-parallel training, e.g.
+        :meth:`yat_core.parallel.torch.TorchDataParallel.train_step`) receives the step in
+        two compiled halves, the gradient and the update, and returns the step that
+        communicates between them, outside any compiled graph.
+        """
+        if split is not None:
+            return split(
+                self.compile(self._gradient_fn(spec)), self.compile(self._update_fn(config), donate_argnums=(1, 2))
+            )
         return self.compile(self._step_fn(spec, config), donate_argnums=(0, 1))
 
-    def _step_fn(self, spec: MLPSpec, config: AdamWConfig) -> TrainStep:
-        # The uncompiled step, for the framework to compile alone or inside a loop.
+    def _gradient_fn(self, spec: MLPSpec) -> Callable[[Params, Any, Any, Any], tuple[Any, Params]]:
+        # (params, images, labels, idx) -> (mean loss, grads) of the batch idx.
         xp = self.xp
         loss_and_grad = self.loss_and_grad(spec)
 
+        def gradient(params: Params, images: Any, labels: Any, idx: Any) -> tuple[Any, Params]:
+            return loss_and_grad(params, xp.take(images, idx, axis=0), xp.take(labels, idx, axis=0))
+
+        return gradient
+
+    def _update_fn(self, config: AdamWConfig) -> Callable[[Params, AdamWState, Params], tuple[Params, AdamWState]]:
+        # (grads, state, params) -> (params, state): the core's AdamW.
+        xp = self.xp
+
+        def update(grads: Params, state: AdamWState, params: Params) -> tuple[Params, AdamWState]:
+            return adamw_update(grads, state, params, config, xp=xp)
+
+        return update
+
+    def _step_fn(self, spec: MLPSpec, config: AdamWConfig) -> TrainStep:
+        # The uncompiled step, for the framework to compile alone or inside a loop.
+        gradient, update = self._gradient_fn(spec), self._update_fn(config)
+
         def step(params: Params, state: AdamWState, images: Any, labels: Any, idx: Any):
-            batch_x = xp.take(images, idx, axis=0)
-            batch_y = xp.take(labels, idx, axis=0)
-            loss, grads = loss_and_grad(params, batch_x, batch_y)
-            params, state = adamw_update(grads, state, params, config, xp=xp)
+            loss, grads = gradient(params, images, labels, idx)
+            params, state = update(grads, state, params)
             return params, state, loss
 
         return step

@@ -11,6 +11,8 @@ import numpy as np
 
 from yat_core.backends._base import Backend
 from yat_core.errors import BackendUnavailableError
+from yat_core.parallel.jax import DataParallel
+from yat_core.parallel.jax import current as current_plan
 from yat_core.spec import CONV_KINDS
 
 
@@ -56,16 +58,43 @@ class JaxBackend(Backend):
     xp = jnp
 
     def __init__(self, device: str | None = None, gradients: str | None = None, spec: Any = None) -> None:
-        self.jax_device = _resolve_device(device)
+        # Data parallel (--devices, several processes): the plan yat_core.parallel.jax.set_up made.
+        self.plan = current_plan()
+        self.jax_device = _resolve_device(device) if self.plan is None else self.plan.first_device
         super().__init__(f"{self.jax_device.platform}:{self.jax_device.id}", gradients, spec)
 
     def device_name(self) -> str:
         kind = getattr(self.jax_device, "device_kind", "")
-        return f"{self.jax_device.platform}:{self.jax_device.id}" + (f" ({kind})" if kind and kind != "cpu" else "")
+        name = f"{self.jax_device.platform}:{self.jax_device.id}" + (f" ({kind})" if kind and kind != "cpu" else "")
+        if self.plan is not None:
+            n = self.plan.mesh.devices.size
+            name += f" and {n - 1} more" if n > 1 else ""
+        return name
 
     def asarray(self, a: np.ndarray) -> Any:
         check_dtype(a.dtype)
+        if self.plan is not None:
+            return self.plan.put(a)
         return jax.device_put(a, self.jax_device)
+
+    def data_parallel(self) -> DataParallel | None:
+        """The mesh this backend's steps split each batch over (:func:`yat_core.parallel.jax.set_up`), or None."""
+        return self.plan
+
+    def put_tree(self, tree: Any) -> Any:
+        """Commit every array of ``tree`` (a model's, an optimizer's state) where the step's outputs will live.
+
+        Otherwise the second step sees other shardings than the first and compiles again.
+        """
+        return jax.device_put(tree, self.jax_device) if self.plan is None else self.plan.put_tree(tree)
+
+    def loss_and_grad(self, spec: Any) -> Callable[..., Any]:
+        fn = super().loss_and_grad(spec)
+        plan = self.plan
+        if plan is None:
+            return fn
+        # The gathered batch split over the mesh; XLA all-reduces the gradient of the replicated parameters.
+        return lambda params, images, labels: fn(params, plan.shard_batch(images), plan.shard_batch(labels))
 
     def synchronize(self, tree: Any = None) -> None:
         if tree is not None:

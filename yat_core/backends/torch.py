@@ -9,18 +9,24 @@ The default is the faster one for the model (:meth:`TorchBackend.gradients_for`)
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import array_api_compat.torch as torch_xp
 import numpy as np
 import torch
 
+from yat_core._io import atomic_write_text
 from yat_core.backends._base import Backend, Params
 from yat_core.errors import BackendUnavailableError
 from yat_core.mlp import MLPSpec
+from yat_core.parallel.torch import TorchDataParallel, rank_device
 from yat_core.spec import ATTENTION_KINDS
 
 #: Set to "0" to run every step eagerly (no compilation, e.g. for quick tests).
@@ -49,6 +55,48 @@ def _resolve_device(device: str | None) -> torch.device:
 _DYNAMO_LRU_CACHE_WARNING = "Dynamo detected a call to a `functools.lru_cache`-wrapped function"
 
 
+def _vec_isa_probe_cached() -> None:
+    """Let inductor skip its per-process vector-ISA probe when an earlier process passed it.
+
+    Before its first CPU kernel, inductor checks every vector instruction set the
+    CPU reports (AVX2, AVX-512, ...) by compiling a probe and loading it in a child
+    Python process, in every process: about 1 s of a fresh run's first step on two
+    cores. The outcome depends only on the CPU, the compiler and torch, so it is kept
+    in a file in inductor's cache folder; when every ISA the CPU reports passed, later
+    processes set ``torch._inductor.config.cpp.vec_isa_ok`` and trust the CPU's flags.
+    A user's own ``vec_isa_ok`` setting is left alone; so are non-x86 machines.
+    """
+    import hashlib
+    import json
+    import platform
+
+    try:  # inductor's internals move between torch releases: without them, inductor probes as usual
+        from torch._inductor import config as inductor_config
+        from torch._inductor import cpu_vec_isa
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:
+        return
+    if inductor_config.cpp.vec_isa_ok is not None or sys.platform != "linux" or platform.machine() != "x86_64":
+        return
+    flags = set(cpu_vec_isa.x86_isa_checker())
+    claimed = [str(isa) for isa in cpu_vec_isa.supported_vec_isa_list if set(str(isa).split()) <= flags]
+    compiler = get_cpp_compiler()
+    identity = [torch.__version__, compiler, os.path.realpath(shutil.which(compiler) or compiler), sorted(flags)]
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
+    record = Path(cache_dir()) / f"yat-core-vec-isa-{key}.json"
+    try:
+        valid = json.loads(record.read_text())["valid"]
+    except (OSError, ValueError, KeyError, TypeError):  # first process here: probe as inductor would
+        valid = [str(isa) for isa in cpu_vec_isa.valid_vec_isa_list()]
+        with contextlib.suppress(OSError):
+            record.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(record, json.dumps({"identity": identity, "claimed": claimed, "valid": valid}))
+    # Set in the probing process too, so that every process compiles under one config (one cache key).
+    if valid == claimed:
+        inductor_config.cpp.vec_isa_ok = True
+
+
 class _CompiledStep:
     """``torch.compile`` for the steady batch shape, eager for any other.
 
@@ -64,17 +112,23 @@ class _CompiledStep:
         self.eager = fn if grad else torch.no_grad()(fn)
         self.compiled: Callable[..., Any] | None = torch.compile(fn, dynamic=False)
         self.shape_key: tuple | None = None
+        self.ready = False  # compiled and run once: later calls skip the first call's set-up
 
     def __call__(self, *args: Any) -> Any:
-        key = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
+        key = tuple((a.shape, a.dtype, a.device) for a in args if isinstance(a, torch.Tensor))
         if self.shape_key is None:
             self.shape_key = key
         if self.compiled is None or key != self.shape_key:
             return self.eager(*args)
+        if not self.ready and (not self.shape_key or self.shape_key[0][2].type == "cpu"):
+            _vec_isa_probe_cached()  # no tensor argument: a data-parallel update
         try:
-            with torch.enable_grad() if self.grad else torch.no_grad(), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=_DYNAMO_LRU_CACHE_WARNING, category=UserWarning)
-                return self.compiled(*args)
+            # Dynamo warns while it traces, on the first call: filtering every call would cost ~9 us a step.
+            quiet = contextlib.nullcontext() if self.ready else warnings.catch_warnings()
+            with torch.enable_grad() if self.grad else torch.no_grad(), quiet:
+                if not self.ready:
+                    warnings.filterwarnings("ignore", message=_DYNAMO_LRU_CACHE_WARNING, category=UserWarning)
+                out = self.compiled(*args)
         except Exception as exc:  # noqa: BLE001 - any compiler fault means: run eagerly
             warnings.warn(
                 f"torch.compile failed ({exc.__class__.__name__}); running the step eagerly",
@@ -83,6 +137,8 @@ class _CompiledStep:
             )
             self.compiled = None
             return self.eager(*args)
+        self.ready = True
+        return out
 
 
 class TorchBackend(Backend):
@@ -94,7 +150,8 @@ class TorchBackend(Backend):
     default_gradients = "analytic"
 
     def __init__(self, device: str | None = None, gradients: str | None = None, spec: MLPSpec | None = None) -> None:
-        self.torch_device = _resolve_device(device)
+        # Under torchrun each process trains on its own device (cuda:LOCAL_RANK).
+        self.torch_device = _resolve_device(rank_device(device))
         self.use_compile = os.environ.get(COMPILE_ENV, "1") != "0"
         super().__init__(str(self.torch_device), gradients, spec)
 
@@ -168,6 +225,10 @@ class TorchBackend(Backend):
         if hot and self.use_compile and self.gradients == "analytic":
             return _CompiledStep(fn)
         return torch.no_grad()(fn)
+
+    def data_parallel(self) -> TorchDataParallel | None:
+        """This process's group when torchrun launched it (:mod:`yat_core.parallel.torch`), else None."""
+        return TorchDataParallel.from_launch(self.torch_device)
 
 
 BACKEND_CLASS = TorchBackend

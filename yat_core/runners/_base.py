@@ -12,10 +12,23 @@ from yat_core.errors import BackendUnavailableError
 if TYPE_CHECKING:
     from yat_core.backends import Backend
 
-__all__ = ["Runner", "BaseRunner", "BackendRunner", "ChunkRunner"]
+__all__ = ["Runner", "BaseRunner", "BackendRunner", "ChunkRunner", "DataParallelGroup"]
 
 #: ``(images, labels, order, first_step) -> losses``: several full steps in one call.
 ChunkRunner = Callable[[Any, Any, Any, int], Any]
+
+
+class DataParallelGroup(Protocol):
+    """What a runner asks of the processes it shares every batch with (:mod:`yat_core.parallel`)."""
+
+    rank: int  #: this process's rank; rank 0 reports
+    #: True when the group communicates between compiled calls (torch.distributed): its core
+    #: runner then steps one batch at a time through ``train_step(gradient, update)``.
+    #: False when the compiled step communicates itself (JAX's GSPMD): nothing changes.
+    host_collectives: bool
+
+    def epoch_finished(self, epoch_s: float) -> None: ...
+    def record(self) -> dict[str, Any]: ...
 
 
 @runtime_checkable
@@ -44,6 +57,9 @@ class Runner(Protocol):
     def host_losses(self, loss: Any) -> list[float]: ...
     def export_params(self) -> dict[str, np.ndarray]: ...
     def receipt_facts(self) -> dict[str, Any]: ...
+    def epoch_finished(self, epoch_s: float) -> None: ...
+    @property
+    def is_main_process(self) -> bool: ...
 
 
 class BaseRunner:
@@ -58,6 +74,19 @@ class BaseRunner:
     framework: str | None = None
     gradients: str = "autodiff"
     distributions: tuple[str, ...] = ()
+    #: The processes this one shares every batch with (e.g.
+    #: :class:`yat_core.parallel.torch.TorchDataParallel`); None: one process.
+    parallel: DataParallelGroup | None = None
+
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this process reports (prints, writes the receipt): all but rank 0 of several do not."""
+        return self.parallel is None or self.parallel.rank == 0
+
+    def epoch_finished(self, epoch_s: float) -> None:
+        """Called by the loop on every process after each epoch; a data-parallel group gathers the timings."""
+        if self.parallel is not None:
+            self.parallel.epoch_finished(epoch_s)
 
     def chunk_runner(self, batch_size: int, n_steps: int) -> ChunkRunner | None:
         """Several steps in one compiled call, where the runner offers it; None here."""
@@ -86,8 +115,11 @@ class BaseRunner:
         raise BackendUnavailableError(f"the {self.name!r} runner cannot export its parameters")
 
     def receipt_facts(self) -> dict[str, Any]:
-        """What this runner adds to the receipt beyond the loop's record."""
-        return {"framework": self.framework}
+        """What this runner adds to the receipt beyond the loop's record (its data-parallel group's too)."""
+        facts: dict[str, Any] = {"framework": self.framework}
+        if self.parallel is not None:
+            facts["distributed"] = self.parallel.record()
+        return facts
 
 
 class BackendRunner(BaseRunner):

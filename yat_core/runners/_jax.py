@@ -10,6 +10,7 @@ import optax
 
 from yat_core.backends.jax import JaxBackend, check_dtype
 from yat_core.mlp import ModelSpec, flatten_images
+from yat_core.parallel.jax import DataParallel
 from yat_core.runners._base import BackendRunner
 
 if TYPE_CHECKING:
@@ -30,10 +31,16 @@ def jax_dtype(name: str) -> Any:
     return jnp.dtype(name)
 
 
-def batch(images: jax.Array, labels: jax.Array, idx: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
-    """The training batch ``idx``: flattened float inputs (the model reshapes them) and their labels."""
+def batch(
+    images: jax.Array, labels: jax.Array, idx: jax.Array, dtype: Any, plan: DataParallel | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """The training batch ``idx``: flattened float inputs (the model reshapes them) and their labels.
+
+    With a data-parallel ``plan`` the batch is split over its devices (the step must be jitted).
+    """
     x = flatten_images(jnp.take(images, idx, axis=0), dtype, xp=jnp)
-    return x, jnp.take(labels, idx, axis=0)
+    y = jnp.take(labels, idx, axis=0)
+    return (x, y) if plan is None else (plan.shard_batch(x), plan.shard_batch(y))
 
 
 def mean_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -60,6 +67,7 @@ class FlaxRunner(BackendRunner):
     def __init__(self, spec: ModelSpec, config: TrainConfig) -> None:
         self.spec = spec
         self.backend = JaxBackend(config.device)
+        self.plan = self.parallel = self.backend.plan  # data parallel: yat_core.parallel.jax
         self.dtype = jax_dtype(config.dtype)
         opt = config.optimizer
         # optax.adamw decays every parameter when no mask is given, as the core does.

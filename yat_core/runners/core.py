@@ -38,7 +38,11 @@ class CoreRunner(BackendRunner):
         self.params = {k: backend.asarray(v) for k, v in init.items()}
         self.opt_state = adamw_init(self.params, xp=backend.xp)
         self._optimizer = config.optimizer
-        self._step = backend.train_step(spec, self._optimizer)
+        # Several processes (torchrun): each computes its part's gradient, all-reduced before the update.
+        # A JAX mesh needs no such split: its compiled step all-reduces on the devices.
+        group = self.parallel = backend.data_parallel()
+        split = group.train_step if group is not None and group.host_collectives else None
+        self._step = backend.train_step(spec, self._optimizer, split=split)
         self._eval = backend.eval_step(spec)
 
     def n_params(self) -> int:
@@ -49,7 +53,10 @@ class CoreRunner(BackendRunner):
         return loss
 
     def chunk_runner(self, batch_size: int, n_steps: int) -> ChunkRunner | None:
-        """``n_steps`` full batches in one call, when the backend offers it (:meth:`Backend.train_steps`)."""
+        """``n_steps`` full batches in one call, when the backend offers it (:meth:`Backend.train_steps`),
+        unless the batches' gradients are all-reduced on the host, one step at a time (torchrun)."""
+        if self.parallel is not None and self.parallel.host_collectives:
+            return None
         fn = self.backend.train_steps(self.spec, self._optimizer, batch_size, n_steps)
         if fn is None:
             return None

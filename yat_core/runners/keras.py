@@ -113,7 +113,8 @@ class KerasRunner(BaseRunner):
         self.dtype = config.dtype
         self._check_dtype()
         self.xp = namespace()
-        self._device = _resolve_device(config.device)
+        self._device = _resolve_device(config.device) if config.devices == 1 else None
+        self._set_distribution(config)
         opt = config.optimizer
         with self._placement():
             self.model = build_model(spec, config.seed, dtype=config.dtype)
@@ -133,7 +134,29 @@ class KerasRunner(BaseRunner):
                 "here (for jax, set JAX_ENABLE_X64=1 in the environment to train in float64)"
             )
 
+    def _set_distribution(self, config: TrainConfig) -> None:
+        # --devices N on jax: Keras's own data parallelism, in scope while the model's variables are
+        # created (replicated) and while it trains (train_on_batch splits each batch over the devices).
+        self._distribution: Any = None
+        if self.backend != "jax":
+            return
+        from yat_core.parallel.jax import current
+
+        plan = current()
+        if plan is None:
+            return
+        if plan.record()["processes"] > 1:
+            raise BackendUnavailableError(
+                "--framework keras trains on the devices of one process; for several processes use "
+                "--backend jax or --framework nnx|linen"
+            )
+        devices = [f"{d.platform}:{d.id}" for d in plan.mesh.devices.flat]
+        self._distribution = keras.distribution.DataParallel(devices=devices)
+        self.parallel = plan
+
     def _placement(self) -> contextlib.AbstractContextManager[Any]:
+        if self._distribution is not None:
+            return self._distribution.scope()
         return keras.device(self._device) if self._device else contextlib.nullcontext()
 
     def device_name(self) -> str:

@@ -13,6 +13,7 @@ from flax.training.train_state import TrainState
 from yat_core.mlp import ModelSpec, flatten_images, init_mlp_numpy
 from yat_core.nn.linen import YatModel, count_params, params_to_tree, tree_to_params
 from yat_core.nn.options import check_native_kinds
+from yat_core.parallel.jax import DataParallel
 from yat_core.runners._jax import FlaxRunner, batch, eval_sums, mean_loss
 
 if TYPE_CHECKING:
@@ -21,11 +22,11 @@ if TYPE_CHECKING:
 __all__ = ["LinenRunner", "RUNNER_CLASS"]
 
 
-@partial(jax.jit, donate_argnums=(0,), static_argnums=(4,))
+@partial(jax.jit, donate_argnums=(0,), static_argnums=(4, 5))
 def _train_step(
-    state: TrainState, images: jax.Array, labels: jax.Array, idx: jax.Array, dtype: Any
+    state: TrainState, images: jax.Array, labels: jax.Array, idx: jax.Array, dtype: Any, plan: DataParallel | None
 ) -> tuple[TrainState, jax.Array]:
-    x, y = batch(images, labels, idx, dtype)
+    x, y = batch(images, labels, idx, dtype, plan)
     loss, grads = jax.value_and_grad(lambda params: mean_loss(state.apply_fn({"params": params}, x), y))(state.params)
     return state.apply_gradients(grads=grads), loss
 
@@ -64,13 +65,13 @@ class LinenRunner(FlaxRunner):
         state = TrainState.create(apply_fn=self.module.apply, params=params_to_tree(spec, init, self.dtype), tx=self.tx)
         # The whole state (the step counter and the optimizer's too) committed to the device, as
         # the step's outputs will be: otherwise the second step compiles the step again.
-        self.state = jax.device_put(state, self.backend.jax_device)
+        self.state = self.backend.put_tree(state)
 
     def n_params(self) -> int:
         return count_params(self.state.params)
 
     def step(self, images: jax.Array, labels: jax.Array, idx: jax.Array) -> jax.Array:
-        self.state, loss = _train_step(self.state, images, labels, idx, self.dtype)
+        self.state, loss = _train_step(self.state, images, labels, idx, self.dtype, self.plan)
         return loss
 
     def evaluate(self, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:

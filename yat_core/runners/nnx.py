@@ -11,6 +11,7 @@ from flax import nnx
 
 from yat_core.mlp import ModelSpec, flatten_images
 from yat_core.nn.nnx import YatModel, build_model, count_params, export_params
+from yat_core.parallel.jax import DataParallel
 from yat_core.runners._jax import FlaxRunner, batch, eval_sums, mean_loss
 
 if TYPE_CHECKING:
@@ -19,11 +20,17 @@ if TYPE_CHECKING:
 __all__ = ["NNXRunner", "RUNNER_CLASS"]
 
 
-@nnx.jit(donate_argnums=(0, 1), static_argnums=(5,))
+@nnx.jit(donate_argnums=(0, 1), static_argnums=(5, 6))
 def _train_step(
-    model: YatModel, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array, idx: jax.Array, dtype: Any
+    model: YatModel,
+    optimizer: nnx.Optimizer,
+    images: jax.Array,
+    labels: jax.Array,
+    idx: jax.Array,
+    dtype: Any,
+    plan: DataParallel | None,
 ) -> jax.Array:
-    x, y = batch(images, labels, idx, dtype)
+    x, y = batch(images, labels, idx, dtype, plan)
     loss, grads = nnx.value_and_grad(lambda m: mean_loss(m(x), y))(model)
     optimizer.update(model, grads)
     return loss
@@ -56,20 +63,17 @@ class NNXRunner(FlaxRunner):
 
     def __init__(self, spec: ModelSpec, config: TrainConfig) -> None:
         super().__init__(spec, config)
-        device = self.backend.jax_device
-        with jax.default_device(device):
+        with jax.default_device(self.backend.jax_device):
             self.model = build_model(spec, config.seed, param_dtype=self.dtype)
             self.optimizer = nnx.Optimizer(self.model, self.tx, wrt=nnx.Param)
-        # Committed to the device now, as the step's outputs will be: otherwise the second
-        # step sees other shardings than the first and compiles the step again.
         for module in (self.model, self.optimizer):
-            nnx.update(module, jax.device_put(nnx.state(module), device))
+            nnx.update(module, self.backend.put_tree(nnx.state(module)))
 
     def n_params(self) -> int:
         return count_params(self.model)
 
     def step(self, images: jax.Array, labels: jax.Array, idx: jax.Array) -> jax.Array:
-        return _train_step(self.model, self.optimizer, images, labels, idx, self.dtype)
+        return _train_step(self.model, self.optimizer, images, labels, idx, self.dtype, self.plan)
 
     def evaluate(self, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
         return _eval_step(self.model, images, labels, self.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import array_api_compat.torch as torch_xp
@@ -54,6 +55,13 @@ class TorchRunner(BackendRunner):
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), eps=opt.eps, weight_decay=opt.weight_decay
         )
+        # Several processes (torchrun): the model trains under DistributedDataParallel (yat_core.parallel.torch).
+        group = self.parallel = self.backend.data_parallel()
+        self._parallel_step = (
+            None
+            if group is None
+            else functools.partial(group.module_step, group.wrap_module(self.model), self.optimizer, self._inputs)
+        )
 
     def n_params(self) -> int:
         return count_params(self.model)
@@ -63,6 +71,8 @@ class TorchRunner(BackendRunner):
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         self.model.train()
+        if self._parallel_step is not None:
+            return self._parallel_step(images, labels, idx)
         x = self._inputs(torch.index_select(images, 0, idx))
         y = torch.index_select(labels, 0, idx).long()
         loss = F.cross_entropy(self.model(x), y)
