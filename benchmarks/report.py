@@ -34,6 +34,7 @@ __all__ = [
     "epoch_table",
     "cnn_tables",
     "render_markdown",
+    "torch_profile_section",
     "render_chart",
     "write_outputs",
     "OUTPUT_NAMES",
@@ -624,6 +625,50 @@ def _md_comparison(results: Results) -> list[str]:
     return ["## Comparison with the baseline", "", "```", format_comparison(comparison), "```"]
 
 
+def torch_profile_section(profile: dict[str, Any] | None) -> list[str]:
+    """Where one torch training step's time goes (``python -m benchmarks.profile_torch``); [] without one.
+
+    One column per model (the Yat seed MLP, its Linear + ReLU twin): ms per step of
+    each part in the profiled step, the step's wall time without the profiler, the
+    loss and gradients alone, and the optimizer's share (their difference).
+    """
+    if not profile or not profile.get("models"):
+        return []
+    models = profile["models"]
+    names = {"yat": "Yat MLP", "relu": "Linear+ReLU MLP"}
+    first = models[0]
+    lines = [
+        "## Where a torch training step's time goes",
+        "",
+        f"`{profile.get('command', 'python -m benchmarks.profile_torch')}`: batch {first['batch']}, "
+        f"device {first['device']}, {profile.get('torch_threads', '?')} torch threads, load average "
+        f"{profile.get('load_avg')}; wall times are the median (best) of {first['rounds']} rounds of "
+        f"{first['steps']} steps without the profiler; the parts are ms per step under the profiler "
+        "(which adds its own cost), inductor's kernels named for that run only.",
+        "",
+    ]
+    header = ["ms per step", *(names.get(m["model"], m["model"]) for m in models)]
+    rows = [[part, *(_f(m["parts"].get(part)) for m in models)] for part in models[0]["parts"]]
+    rows.append(["**profiled step**", *(_f(m["profiled_step_ms"]) for m in models)])
+    rows.append(
+        ["**step, no profiler**", *(f"{_f(m['step_ms']['median'])} ({_f(m['step_ms']['min'])})" for m in models)]
+    )
+    rows.append(
+        [
+            "loss and gradients alone",
+            *(f"{_f(m['gradient_ms']['median'])} ({_f(m['gradient_ms']['min'])})" for m in models),
+        ]
+    )
+    rows.append(["optimizer (step - gradients)", *(_f(m["optimizer_ms"]) for m in models)])
+    rows.append(["first step (compile), s", *(_f(m["first_step_s"]) for m in models)])
+    lines += _table(header, rows)
+    by_model = {m["model"]: m for m in models}
+    if "yat" in by_model and "relu" in by_model:
+        ratio = _ratio(by_model["yat"]["step_ms"]["median"], by_model["relu"]["step_ms"]["median"])
+        lines += ["", f"Yat step / Linear+ReLU step: {_x(ratio)} (issue 13 asks for at most 1.10x)."]
+    return lines
+
+
 def render_markdown(results: Results) -> str:
     """The Markdown report of a derived result (see :func:`derive`)."""
     summary = results.get("summary") or summarise(results)
@@ -639,6 +684,7 @@ def render_markdown(results: Results) -> str:
         _md_floor(results),
         _md_steps(results),
         _md_comparison(results),
+        torch_profile_section(results.get("torch_profile")),
     ]
     return "\n\n".join("\n".join(s) for s in sections if s) + "\n"
 

@@ -145,6 +145,38 @@ def test_torch_device_type_that_is_not_available_is_backend_unavailable():
         get_backend("torch", device="mps")
 
 
+def test_torch_vector_isa_probe_is_kept_for_later_processes(monkeypatch, tmp_path):
+    # Inductor probes the CPU's vector ISAs in child processes, in every process; the backend
+    # records the outcome once and, when every ISA the CPU claims passed, lets later ones skip it.
+    pytest.importorskip("torch")
+    import platform
+
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        pytest.skip("the probe record is kept on x86-64 Linux only")
+    from torch._inductor import config as inductor_config
+    from torch._inductor import cpu_vec_isa
+
+    from yat_core.backends import torch as torch_backend
+
+    monkeypatch.setattr("torch._inductor.runtime.cache_dir_utils.cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(inductor_config.cpp, "vec_isa_ok", None)
+    torch_backend._vec_isa_probe_cached()
+    (record,) = tmp_path.glob("yat-core-vec-isa-*.json")
+    saved = json.loads(record.read_text())
+    assert saved["valid"] == [str(isa) for isa in cpu_vec_isa.valid_vec_isa_list()]
+    assert inductor_config.cpp.vec_isa_ok is (True if saved["valid"] == saved["claimed"] else None)
+
+    # A record where an ISA failed its probe: inductor keeps probing.
+    record.write_text(json.dumps({**saved, "valid": saved["valid"][1:]}))
+    monkeypatch.setattr(inductor_config.cpp, "vec_isa_ok", None)
+    torch_backend._vec_isa_probe_cached()
+    assert inductor_config.cpp.vec_isa_ok is None or not saved["claimed"]
+    # A user's own setting is left alone.
+    monkeypatch.setattr(inductor_config.cpp, "vec_isa_ok", False)
+    torch_backend._vec_isa_probe_cached()
+    assert inductor_config.cpp.vec_isa_ok is False
+
+
 def test_jax_malformed_device_index_is_backend_unavailable():
     require_backend("jax")
     with pytest.raises(BackendUnavailableError, match=r"cpu:x"):
