@@ -40,7 +40,14 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "tests", "-q", "--require-frameworks", *session.posargs)
     # The benchmark suite's own logic (FLOP count, regression check, report), seconds.
     session.run(
-        "pytest", "benchmarks/test_suite.py", "benchmarks/test_attention_bench.py", "-q", "-p", "no:cacheprovider"
+        "pytest",
+        "benchmarks/test_suite.py",
+        "benchmarks/test_attention_bench.py",
+        "benchmarks/test_scaling.py",
+        "benchmarks/test_stability.py",
+        "-q",
+        "-p",
+        "no:cacheprovider",
     )
     ignore = [f"--ignore={path}" for path in TF_DOCTESTS]
     session.run(
@@ -87,10 +94,17 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Step and epoch timings per backend, baselines, report in results/bench/.
+    """Step and epoch timings per backend, baselines, report in results/bench/; then the scaling sweep and
+    the stability rounds (fresh 3-epoch runs per backend beside the floors).
 
-    ``-- --quick`` is the short CI profile (results/bench-quick/);
+    ``-- --quick`` is the short CI profile (results/bench-quick/, results/bench-scaling-quick/,
+    results/bench-stability-quick/);
     ``-- --compare results/bench/baseline.json`` fails on slowdowns.
     """
     _install(session, ".[torch,jax,mlx,flax,bench,nmn]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+    # How cost grows over batch size and width: results/bench-scaling[-quick]/.
+    quick = ["--quick"] if "--quick" in session.posargs else []
+    session.run("python", "-m", "benchmarks.scaling", *quick)
+    # Issue 13's judgement: 5 fresh `yat-core train --epochs 3` per backend: results/bench-stability[-quick]/.
+    session.run("python", "-m", "benchmarks.stability", *quick)

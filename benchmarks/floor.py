@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks.flops import MatmulShape, epoch_flops, step_matmuls, train_flops_per_sample
 from yat_core.mlp import MLPSpec, seed_spec
 
-__all__ = ["best_time", "matmul_rates", "measure_floor", "merge_floor", "FLOOR_LIBRARIES"]
+__all__ = ["best_time", "matmul_rates", "shapes_gflops", "measure_floor", "merge_floor", "FLOOR_LIBRARIES"]
 
 #: Libraries whose matmul rate is measured on the CPU, in this order.
 FLOOR_LIBRARIES = ("numpy", "torch", "jax", "mlx")
@@ -122,15 +122,25 @@ def matmul_rates(
     ImportError
         When the library is not installed.
     """
-    make = _RUNNERS[library]
-    shapes = step_matmuls(spec, FLOOR_BATCH)
-    flops = sum(s.flops for s in shapes)
-    rates = {"model_gflops": flops / best_time(make(_operands(shapes), device), repeats) / 1e9}
+    rates = {"model_gflops": shapes_gflops(library, step_matmuls(spec, FLOOR_BATCH), repeats=repeats, device=device)}
     if square:
         big = MatmulShape(SQUARE, SQUARE, SQUARE)
-        seconds = best_time(make(_operands([big]), device), max(2, repeats // 5), max_s=6.0)
-        rates["square_gflops"] = big.flops / seconds / 1e9
+        rates["square_gflops"] = shapes_gflops(library, [big], repeats=max(2, repeats // 5), device=device, max_s=6.0)
     return rates
+
+
+def shapes_gflops(
+    library: str, shapes: list[MatmulShape], *, repeats: int, device: str = "cpu", max_s: float = 5.0
+) -> float:
+    """``library``'s fp32 rate (GFLOP/s) on ``shapes`` run back to back, the best of ``repeats``.
+
+    Raises
+    ------
+    ImportError
+        When the library is not installed.
+    """
+    run = _RUNNERS[library](_operands(shapes), device)
+    return sum(s.flops for s in shapes) / best_time(run, repeats, max_s) / 1e9
 
 
 def _floor_entry(rates: dict[str, dict[str, float]], flops: int) -> dict[str, Any]:
