@@ -45,6 +45,7 @@ def tests(session: nox.Session) -> None:
         "benchmarks/test_attention_bench.py",
         "benchmarks/test_scaling.py",
         "benchmarks/test_stability.py",
+        "benchmarks/test_parallel_bench.py",
         "-q",
         "-p",
         "no:cacheprovider",
@@ -95,10 +96,10 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Step and epoch timings per backend, baselines, report in results/bench/; then the scaling sweep and
-    the stability rounds (fresh 3-epoch runs per backend beside the floors).
+    the stability rounds (fresh 3-epoch runs per backend beside the floors) and data-parallel throughput.
 
     ``-- --quick`` is the short CI profile (results/bench-quick/, results/bench-scaling-quick/,
-    results/bench-stability-quick/);
+    results/bench-stability-quick/, results/bench-parallel-quick/);
     ``-- --compare results/bench/baseline.json`` fails on slowdowns.
     """
     _install(session, ".[torch,jax,mlx,flax,bench,nmn]")
@@ -108,3 +109,5 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks.scaling", *quick)
     # Issue 13's judgement: 5 fresh `yat-core train --epochs 3` per backend: results/bench-stability[-quick]/.
     session.run("python", "-m", "benchmarks.stability", *quick)
+    # Data-parallel throughput, 1 against 2 processes/devices: results/bench-parallel[-quick]/.
+    session.run("python", "-m", "benchmarks.parallel", *quick)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from yat_core.parallel import free_port
 
 N_TRAIN, N_TEST = 1024, 500
 LOSS_ATOL = 1e-5
@@ -252,16 +253,10 @@ def test_keras_data_parallel_follows_one_device(tmp_path: Path, data_dir: str) -
     assert set(results["keras-1"]["replicated_on"]) == {1}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_two_processes_follow_one(tmp_path: Path, data_dir: str, flax_results: dict[str, Any]) -> None:
     """Two ``jax.distributed`` processes on localhost, one CPU device each, through the CLI."""
-    port = _free_port()
+    port = free_port()
     common = ["--backend", "jax", "--epochs", "1", "--train-limit", str(N_TRAIN), "--test-limit", str(N_TEST)]
     common += ["--data-dir", data_dir, "--quiet", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "YAT_CORE_CACHE": str(tmp_path / "no-cache")}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ if not dist.is_available() or not dist.is_gloo_available():
 from conftest import write_tiny_mnist
 
 from yat_core.cli import main
-from yat_core.parallel import torchrun_launch
+from yat_core.parallel import free_port, torchrun_launch
 from yat_core.parallel.torch import shard_bounds
 from yat_core.runners import make_runner
 from yat_core.train import TrainConfig, train
@@ -53,12 +52,6 @@ PARAM_ATOL = 1e-6
 MAX_ACC_DIFF_PP = 0.05
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_mnist(tmp_path_factory.mktemp("mnist"), N_TRAIN, N_TEST)
@@ -67,7 +60,7 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _torchrun(args: list[str], cwd: Path, logs: Path) -> subprocess.CompletedProcess:
     """``torchrun --nproc-per-node 2 -m yat_core train ...``, each rank's output in its own log file."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    command += ["--master-port", str(_free_port()), "--log-dir", str(logs), "--redirects", "3"]
+    command += ["--master-port", str(free_port()), "--log-dir", str(logs), "--redirects", "3"]
     command += ["-m", "yat_core", "train", *args]
     env = {**os.environ, "YAT_CORE_TORCH_COMPILE": "0", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

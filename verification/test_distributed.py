@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +37,7 @@ from verification import profiles
 from verification.results import STORE
 from verification.test_trajectory import MAX_LOSS_DIFF
 from verification.trajectory import BATCH, Run, compare_runs, mnist, run
+from yat_core.parallel import free_port
 
 #: Relative per-step loss tolerance, times the step number.
 RTOL_PER_STEP = 2e-6
@@ -50,18 +50,12 @@ RESULTS_KEY = "data_parallel_torch"
 pytestmark = pytest.mark.trajectory
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _two_processes(kind: str, folder: Path) -> tuple[Run, dict[str, Any]]:
     """``kind`` ("backend" or "framework") trained by torchrun in 2 processes; its run and receipt."""
     steps, epochs, test_limit = profiles.active().trajectory("seed")
     report = folder / f"{kind}.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    command += ["--master-port", str(_free_port()), "-m", "yat_core", "train", f"--{kind}", "torch", "--quiet"]
+    command += ["--master-port", str(free_port()), "-m", "yat_core", "train", f"--{kind}", "torch", "--quiet"]
     command += ["--epochs", str(epochs), "--report", str(report)]
     if steps is not None:
         command += ["--train-limit", str(steps * BATCH)]

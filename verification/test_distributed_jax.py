@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +35,7 @@ from verification import profiles
 from verification.results import STORE
 from verification.test_trajectory import MAX_LOSS_DIFF
 from verification.trajectory import BATCH, Run, compare_runs, mnist
+from yat_core.parallel import free_port
 
 #: Test accuracies of the data-parallel and one-device runs agree to this many percentage points.
 MAX_ACC_DIFF_PP = 0.05
@@ -146,9 +146,7 @@ def test_two_processes_follow_one(runs_dir: Path, require_backend: Any) -> None:
     """The core on jax in 2 ``jax.distributed`` processes on localhost, one device each."""
     require_backend("jax")
     steps, epochs, test_limit = _budget()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     flags = ["--backend", "jax", "--epochs", str(epochs), "--quiet", "--coordinator", f"127.0.0.1:{port}"]
     flags += ["--num-processes", "2"] + ([] if steps is None else ["--train-limit", str(steps * BATCH)])
     flags += [] if test_limit is None else ["--test-limit", str(test_limit)]

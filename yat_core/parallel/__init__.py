@@ -13,10 +13,11 @@ launch without importing torch.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from typing import NamedTuple
 
-__all__ = ["TorchrunLaunch", "torchrun_launch", "TORCHRUN_VARIABLES"]
+__all__ = ["TorchrunLaunch", "torchrun_launch", "TORCHRUN_VARIABLES", "free_port"]
 
 #: What ``torchrun`` sets in every process it starts (``env://`` initialisation reads them).
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -73,3 +74,18 @@ def torchrun_launch(environ: Mapping[str, str] | None = None) -> TorchrunLaunch 
             "(0 <= LOCAL_RANK <= RANK < WORLD_SIZE)"
         )
     return TorchrunLaunch(rank, world_size, local_rank)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now: for a coordinator or ``--master-port`` of processes on one machine.
+
+    Another program may take it before it is used; for a local launch that race is rare.
+
+    Examples
+    --------
+    >>> 0 < free_port() < 65536
+    True
+    """
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
