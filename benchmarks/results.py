@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from benchmarks.floor import merge_floor
 from benchmarks.profiles import Profile
 
-__all__ = ["Collector", "VERSIONED", "SCHEMA"]
+__all__ = ["Collector", "VERSIONED", "SCHEMA", "write_outputs"]
 
 SCHEMA = 1
 #: Distributions whose versions every result records (those installed).
@@ -97,3 +99,24 @@ class Collector:
         )
         doc["load_avg"] = {**self.data["load_avg"], "end": _load_avg()}
         return doc
+
+
+def write_outputs(
+    doc: dict[str, Any],
+    out_dir: str | os.PathLike[str],
+    names: Mapping[str, str],
+    render_markdown: Callable[[dict[str, Any]], str],
+    render_chart: Callable[[dict[str, Any], Path], Any],
+) -> dict[str, Path]:
+    """A report's three files in ``out_dir``, each written atomically: ``names["json"]`` (``doc``),
+    ``names["markdown"]`` and ``names["chart"]`` (a PNG); returns their paths by kind."""
+    from yat_core._io import atomic_write_text
+    from yat_core.receipts import write_json_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {kind: out / name for kind, name in names.items()}
+    write_json_atomic(paths["json"], doc)
+    atomic_write_text(paths["markdown"], render_markdown(doc))
+    render_chart(doc, paths["chart"])
+    return paths

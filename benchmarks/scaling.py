@@ -725,16 +725,9 @@ def render_chart(doc: dict[str, Any], path: str | Path) -> Path:
 
 def write_outputs(doc: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """``scaling.json``, ``scaling.md`` and ``scaling.png`` in ``out_dir``, each written atomically."""
-    from yat_core._io import atomic_write_text
-    from yat_core.receipts import write_json_atomic
+    from benchmarks.results import write_outputs as write_report
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {kind: out / name for kind, name in OUTPUT_NAMES.items()}
-    write_json_atomic(paths["json"], doc)
-    atomic_write_text(paths["markdown"], render_markdown(doc))
-    render_chart(doc, paths["chart"])
-    return paths
+    return write_report(doc, out_dir, OUTPUT_NAMES, render_markdown, render_chart)
 
 
 # ---------------------------------------------------------------- the run
