@@ -231,8 +231,8 @@ def _local(p: torch.Tensor) -> torch.Tensor:
     """A DTensor parameter's local shard; a whole (replicated) one's gradient is each rank's partial sum."""
     from torch.distributed.tensor import Partial, Replicate
 
-    whole = all(isinstance(pl, Replicate) for pl in p.placements)  # type: ignore[attr-defined]
-    return p.to_local(grad_placements=[Partial()] if whole else p.placements)  # type: ignore[attr-defined]
+    whole = all(isinstance(pl, Replicate) for pl in p.placements)  # type: ignore[attr-defined, unused-ignore]
+    return p.to_local(grad_placements=[Partial()] if whole else p.placements)  # type: ignore[attr-defined, unused-ignore]
 
 
 def _replicated_input(x: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
