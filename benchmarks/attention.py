@@ -569,7 +569,9 @@ def thread_env(threads: int | None) -> dict[str, str]:
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     env = {name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    flags = f"--xla_cpu_multi_thread_eigen={'false' if threads == 1 else 'true'} intra_op_parallelism_threads={threads}"
+    # XLA's CPU pool takes its size from PJRT_NPROC; XLA_FLAGS holds only flags XLA knows.
+    env["PJRT_NPROC"] = str(threads)
+    flags = f"--xla_cpu_multi_thread_eigen={'false' if threads == 1 else 'true'}"
     env["XLA_FLAGS"] = " ".join(filter(None, (os.environ.get("XLA_FLAGS"), flags)))
     return env
 
