@@ -68,12 +68,14 @@ def commands(setup: Setup, flags: list[str], report: str) -> list[list[str]]:
     >>> cmds = commands(Setup("jax", 2, 1, "jax.distributed"), ["--epochs", "2"], "r.json")
     >>> len(cmds), cmds[1][cmds[1].index("--process-id") + 1]
     (2, '1')
-    >>> " ".join(commands(Setup("torch", 2, 1, "torchrun"), [], "r.json")[0][1:4])
-    '-m torch.distributed.run --nproc-per-node'
+    >>> " ".join(commands(Setup("torch", 2, 1, "torchrun"), [], "r.json")[0][1:7])
+    '-m torch.distributed.run --nproc-per-node 2 --log-dir torchrun-logs'
     """
     train = ["-m", "yat_core", "train", "--backend", setup.backend, *flags, "--quiet", "--report", report]
     if setup.launcher == "torchrun":
-        launch = ["-m", "torch.distributed.run", "--nproc-per-node", str(setup.processes)]
+        # torchrun's logs beside the receipt (its default is a temporary folder it never removes).
+        logs = str(Path(report).parent / "torchrun-logs")
+        launch = ["-m", "torch.distributed.run", "--nproc-per-node", str(setup.processes), "--log-dir", logs]
         return [[sys.executable, *launch, "--master-port", str(free_port()), *train]]
     if setup.launcher == "jax.distributed":
         join = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", str(setup.processes)]

@@ -55,7 +55,9 @@ def _two_processes(kind: str, folder: Path) -> tuple[Run, dict[str, Any]]:
     steps, epochs, test_limit = profiles.active().trajectory("seed")
     report = folder / f"{kind}.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    command += ["--master-port", str(free_port()), "-m", "yat_core", "train", f"--{kind}", "torch", "--quiet"]
+    # torchrun's logs in the test's folder (its default is a temporary folder it never removes).
+    command += ["--master-port", str(free_port()), "--log-dir", str(folder / f"{kind}-logs")]
+    command += ["-m", "yat_core", "train", f"--{kind}", "torch", "--quiet"]
     command += ["--epochs", str(epochs), "--report", str(report)]
     if steps is not None:
         command += ["--train-limit", str(steps * BATCH)]
