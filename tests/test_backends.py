@@ -159,22 +159,24 @@ def test_torch_vector_isa_probe_is_kept_for_later_processes(monkeypatch, tmp_pat
     from yat_core.backends import torch as torch_backend
 
     monkeypatch.setattr("torch._inductor.runtime.cache_dir_utils.cache_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(inductor_config.cpp, "vec_isa_ok", None)
-    torch_backend._vec_isa_probe_cached()
-    (record,) = tmp_path.glob("yat-core-vec-isa-*.json")
-    saved = json.loads(record.read_text())
-    assert saved["valid"] == [str(isa) for isa in cpu_vec_isa.valid_vec_isa_list()]
-    assert inductor_config.cpp.vec_isa_ok is (True if saved["valid"] == saved["claimed"] else None)
+    # inductor's own patch restores the setting (monkeypatch's undo would hide it from later reads).
+    with inductor_config.patch({"cpp.vec_isa_ok": None}):
+        torch_backend._vec_isa_probe_cached()
+        (record,) = tmp_path.glob("yat-core-vec-isa-*.json")
+        saved = json.loads(record.read_text())
+        assert saved["valid"] == [str(isa) for isa in cpu_vec_isa.valid_vec_isa_list()]
+        assert inductor_config.cpp.vec_isa_ok is (True if saved["valid"] == saved["claimed"] else None)
 
-    # A record where an ISA failed its probe: inductor keeps probing.
-    record.write_text(json.dumps({**saved, "valid": saved["valid"][1:]}))
-    monkeypatch.setattr(inductor_config.cpp, "vec_isa_ok", None)
-    torch_backend._vec_isa_probe_cached()
-    assert inductor_config.cpp.vec_isa_ok is None or not saved["claimed"]
-    # A user's own setting is left alone.
-    monkeypatch.setattr(inductor_config.cpp, "vec_isa_ok", False)
-    torch_backend._vec_isa_probe_cached()
-    assert inductor_config.cpp.vec_isa_ok is False
+        # A record where an ISA failed its probe: inductor keeps probing.
+        record.write_text(json.dumps({**saved, "valid": saved["valid"][1:]}))
+        inductor_config.cpp.vec_isa_ok = None
+        torch_backend._vec_isa_probe_cached()
+        assert inductor_config.cpp.vec_isa_ok is None or not saved["claimed"]
+        # A user's own setting is left alone.
+        inductor_config.cpp.vec_isa_ok = False
+        torch_backend._vec_isa_probe_cached()
+        assert inductor_config.cpp.vec_isa_ok is False
+    assert inductor_config.cpp.vec_isa_ok is not False  # restored for the tests after this one
 
 
 def test_jax_malformed_device_index_is_backend_unavailable():

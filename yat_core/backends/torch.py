@@ -77,7 +77,9 @@ def _vec_isa_probe_cached() -> None:
         from torch._inductor.runtime.cache_dir_utils import cache_dir
     except ImportError:
         return
-    if inductor_config.cpp.vec_isa_ok is not None or sys.platform != "linux" or platform.machine() != "x86_64":
+    if getattr(inductor_config.cpp, "vec_isa_ok", True) is not None or sys.platform != "linux":
+        return  # set by the user (or not a setting of this torch)
+    if platform.machine() != "x86_64":
         return
     flags = set(cpu_vec_isa.x86_isa_checker())
     claimed = [str(isa) for isa in cpu_vec_isa.supported_vec_isa_list if set(str(isa).split()) <= flags]
