@@ -217,6 +217,9 @@ def _(ctx: SimpleNamespace) -> None:
 @check("attention-equals-the-core-with-keras-masks")
 def _(ctx: SimpleNamespace) -> None:
     """Cross-attention with every Yat option; Keras's masks (bool and 0/1) and causal flag as the core's mask."""
+    # Kernels from a fixed seed: spherical scores of a query nearly parallel to a key amplify
+    # float32 rounding past the tolerance for a rare draw (seen once in CI).
+    ctx.keras.utils.set_random_seed(0)
     query, value = attention_inputs()
     for options in ({}, {"use_alpha": 2.0, "spherical": True}, {"learnable_epsilon": True, "epsilon": 0.3}):
         layer = ctx.knn.YatMultiHeadAttention(2, 3, output_shape=7, **options)
