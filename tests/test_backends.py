@@ -99,7 +99,7 @@ def test_framework_with_a_broken_dependency_says_what_failed(monkeypatch):
 def test_default_gradient_modes(backend_name):
     backend = get_backend(backend_name)
     assert backend.name == backend_name and backend.framework == backend_name
-    expected = {"numpy": "analytic", "torch": "analytic", "jax": "autodiff", "mlx": "autodiff"}[backend_name]
+    expected = {"numpy": "analytic", "torch": "analytic", "jax": "analytic", "mlx": "autodiff"}[backend_name]
     assert backend.gradients == expected, f"{backend_name}: default gradients {backend.gradients!r}"
     assert "cpu" in backend.device_name().lower(), f"{backend_name}: device {backend.device_name()!r}"
 

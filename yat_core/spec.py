@@ -56,6 +56,7 @@ __all__ = [
     "YAT_KINDS",
     "PARAM_KINDS",
     "CONV_KINDS",
+    "YAT_CONV_KINDS",
     "ATTENTION_KINDS",
     "TOKEN_KINDS",
     "seed_spec",
@@ -96,7 +97,8 @@ ATTENTION_KINDS = ("yat_attention", "attention")
 #: Kinds with learnable parameters.
 PARAM_KINDS = ("yat", "linear", "yat_conv", "yat_conv_transpose", "conv", "pos_embed", *ATTENTION_KINDS)
 #: Kinds with a convolution kernel.
-CONV_KINDS = ("yat_conv", "yat_conv_transpose", "conv")
+YAT_CONV_KINDS = ("yat_conv", "yat_conv_transpose")
+CONV_KINDS = (*YAT_CONV_KINDS, "conv")
 #: Kinds that make, change or reduce a token sequence ``(tokens, features)``.
 TOKEN_KINDS = ("patches", "pos_embed", *ATTENTION_KINDS, "token_mean")
 #: The projections of an attention layer, each ``features -> features``.

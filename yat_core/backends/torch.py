@@ -27,7 +27,7 @@ from yat_core.backends._base import Backend, Params
 from yat_core.errors import BackendUnavailableError
 from yat_core.mlp import MLPSpec
 from yat_core.parallel.torch import TorchDataParallel, rank_device
-from yat_core.spec import ATTENTION_KINDS
+from yat_core.spec import ATTENTION_KINDS, YAT_CONV_KINDS
 
 #: Set to "0" to run every step eagerly (no compilation, e.g. for quick tests).
 COMPILE_ENV = "YAT_CORE_TORCH_COMPILE"
@@ -184,7 +184,7 @@ class TorchBackend(Backend):
         >>> [backend.gradients_for(s) for s in (seed_spec(), cnn_spec(), cnn_relu_spec(), vit_spec())]
         ['analytic', 'autodiff', 'analytic', 'autodiff']
         """
-        fused = ("yat_conv", "yat_conv_transpose", *ATTENTION_KINDS)
+        fused = (*YAT_CONV_KINDS, *ATTENTION_KINDS)
         better_fused = spec is not None and any(layer.kind in fused for layer in spec.layers)
         return "autodiff" if better_fused and self.torch_device.type == "cpu" else self.default_gradients
 
