@@ -76,6 +76,18 @@ def adamw_init(params: Params, /, *, xp: Any = None) -> AdamWState:
     return AdamWState(count, mu, nu)
 
 
+def _power(beta: float, t: Any, xp: Any) -> Any:
+    """``beta ** t`` for a step count ``t`` (an array), as ``exp(t * log(beta))``.
+
+    The same number to float rounding, written with ``exp`` because compilers
+    treat it as costly and compute the step's few bias-correction scalars once:
+    inductor's CPU kernels otherwise recompute ``pow`` in the loop over every
+    parameter's elements, which doubled the update's time (305 -> 148 us for the
+    seed model's 235,148 parameters on 2 cores).
+    """
+    return 0.0 if beta == 0.0 else xp.exp(t * math.log(beta))
+
+
 def adamw_update(
     grads: Params, state: AdamWState, params: Params, config: AdamWConfig, /, *, xp: Any = None
 ) -> tuple[Params, AdamWState]:
@@ -95,8 +107,8 @@ def adamw_update(
     count = state.count + 1
     t = xp.astype(count, first.dtype)
     # Bias corrections folded into the step size and epsilon, as PyTorch does.
-    step_size = lr / (1.0 - b1**t)
-    root_bc2 = xp.sqrt(1.0 - b2**t)
+    step_size = lr / (1.0 - _power(b1, t, xp))
+    root_bc2 = xp.sqrt(1.0 - _power(b2, t, xp))
     new_params, mu, nu = {}, {}, {}
     for name, p in params.items():
         g = grads[name]

@@ -17,12 +17,18 @@ their optimizer.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
 from keras import ops
 
 __all__ = ["CoreAdamW"]
+
+
+def _power(beta: float, t: Any) -> Any:
+    # beta ** t as the core computes it (yat_core.optim._power): exp(t * log(beta)).
+    return 0.0 if beta == 0.0 else ops.exp(ops.multiply(t, math.log(beta)))
 
 
 @keras.saving.register_keras_serializable(package="yat_core")
@@ -86,8 +92,8 @@ class CoreAdamW(keras.optimizers.AdamW):
         self.assign(m, m_new)
         self.assign(v, v_new)
         # Bias corrections folded into the step size and the root of v, as the core folds them.
-        step_size = ops.divide(lr, ops.subtract(1.0, ops.power(ops.cast(b1, dtype), t)))
-        root_bc2 = ops.sqrt(ops.subtract(1.0, ops.power(ops.cast(b2, dtype), t)))
+        step_size = ops.divide(lr, ops.subtract(1.0, _power(b1, t)))
+        root_bc2 = ops.sqrt(ops.subtract(1.0, _power(b2, t)))
         denominator = ops.add(ops.divide(ops.sqrt(v_new), root_bc2), self.epsilon)
         decayed = variable
         if self.weight_decay and self._use_weight_decay(variable):
