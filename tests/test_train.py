@@ -269,11 +269,11 @@ def test_torch_compiled_training_gives_the_eager_losses(monkeypatch, spec, gradi
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     compiled, runner = run(cfg, data, spec)
-    assert runner.backend.use_compile and torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, (
-        "torch.compile was not used"
-    )
-    if gradients == "analytic":
-        assert runner._step.shape_key is not None
+    assert runner.backend.use_compile
+    if gradients == "analytic":  # the whole step: compiled ahead of time, or loaded as a later process would
+        assert runner._step.shape_key is not None and runner._step.source in ("compiled", "loaded")
+    else:
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "torch.compile was not used"
     for epoch in range(2):
         np.testing.assert_allclose(
             compiled["history"][epoch]["step_loss"],

@@ -24,6 +24,7 @@ import torch
 
 from yat_core._io import atomic_write_text
 from yat_core.backends._base import Backend, Params
+from yat_core.backends._torch_aot import precompiled
 from yat_core.errors import BackendUnavailableError
 from yat_core.mlp import MLPSpec
 from yat_core.parallel.torch import TorchDataParallel, rank_device
@@ -110,11 +111,16 @@ class _CompiledStep:
     """
 
     def __init__(self, fn: Callable[..., Any], *, grad: bool = False) -> None:
-        self.grad = grad
+        self.fn, self.grad = fn, grad
         self.eager = fn if grad else torch.no_grad()(fn)
-        self.compiled: Callable[..., Any] | None = torch.compile(fn, dynamic=False)
+        # Made on the first call: torch.compile's set-up (importing Dynamo and inductor's
+        # compiler) is wasted when a step compiled ahead of time loads instead.
+        self.compiled: Callable[..., Any] | None = self._compile_on_first_call
         self.shape_key: tuple | None = None
         self.ready = False  # compiled and run once: later calls skip the first call's set-up
+        #: How the compiled step came to be: "loaded" or "compiled" (ahead of time, kept on
+        #: disk: yat_core.backends._torch_aot), "torch.compile", or "eager" (after a compiler fault).
+        self.source: str | None = None
 
     def __call__(self, *args: Any) -> Any:
         key = tuple((a.shape, a.dtype, a.device) for a in args if isinstance(a, torch.Tensor))
@@ -137,10 +143,22 @@ class _CompiledStep:
                 RuntimeWarning,
                 stacklevel=2,
             )
-            self.compiled = None
+            self.compiled, self.source = None, "eager"
             return self.eager(*args)
         self.ready = True
         return out
+
+    def _compile_on_first_call(self, *args: Any) -> Any:
+        # A whole step (no autograd around it) is compiled ahead of time and kept on disk, or
+        # loaded from there; anything that stops that leaves the step to torch.compile.
+        made = None
+        if not self.grad:
+            try:
+                made = precompiled(self.fn, args)
+            except Exception:  # noqa: BLE001 - e.g. a construct aot_compile refuses: torch.compile may take it
+                made = None
+        self.compiled, self.source = made or (torch.compile(self.fn, dynamic=False), "torch.compile")
+        return self.compiled(*args)
 
 
 class TorchBackend(Backend):
