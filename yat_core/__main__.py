@@ -1,5 +1,5 @@
 """``python -m yat_core`` is the ``yat-core`` command."""
 
-from yat_core.cli import main
+from yat_core.cli import run
 
-raise SystemExit(main())
+run()
