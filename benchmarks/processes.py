@@ -33,6 +33,8 @@ class ProcessResult:
     stdout: str
     stderr: str
     timed_out: bool = False
+    #: Wall-clock time (``time.time()``) just before the spawn, to date the files the child writes.
+    started_at: float = 0.0
 
 
 def python_env() -> dict[str, str]:
@@ -98,7 +100,7 @@ def run_measured(
     resident set: sampled from ``/proc`` on Linux, from ``wait4`` elsewhere.
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
+        started_at, t0 = time.time(), time.perf_counter()
         proc = subprocess.Popen(
             list(cmd), stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd or REPO_ROOT, env=env or python_env()
         )
@@ -134,6 +136,7 @@ def run_measured(
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),
             timed_out,
+            started_at,
         )
 
 
