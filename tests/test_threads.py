@@ -210,3 +210,22 @@ def test_setting_up_never_fails_a_run(monkeypatch: pytest.MonkeyPatch):
 )
 def test_the_library_that_computes(config: TrainConfig, library: str):
     assert thread_library(config) == library
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
+def test_torch_runs_keep_freed_memory_for_reuse_unless_the_user_tuned_malloc():
+    require_backend("torch")
+    code = (
+        "import json, sys\nfrom yat_core.threads import configure_threads\n"
+        "json.dump(configure_threads('torch')['malloc'], sys.stdout)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    ours = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout)
+    if os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+        assert ours == {"value": {"mmap_threshold": 64 << 20, "trim_threshold": 128 << 20}, "source": YAT_CORE_DEFAULT}
+    else:
+        assert ours["value"] is None
+    env["MALLOC_TRIM_THRESHOLD_"] = "1000000"
+    theirs = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout)
+    assert theirs == {"value": None, "source": "user environment (MALLOC_TRIM_THRESHOLD_=1000000)"}
+    assert "malloc" not in configure_threads("jax")
