@@ -162,8 +162,13 @@ def precompiled(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Callable
     if inductor_config.force_disable_caches:
         return None
     path = _folder() / f"{key}.step"
+    # Before it looks for a kernel's library on disk, inductor precompiles a C++ header in
+    # every process (a g++ run and a checksum, ~0.15 s); the saved step's libraries are there.
+    no_header = (
+        {"cpp_cache_precompile_headers": False} if hasattr(inductor_config, "cpp_cache_precompile_headers") else {}
+    )
     try:
-        with open(path, "rb") as file:
+        with open(path, "rb") as file, inductor_config.patch(no_header):
             step: Any = torch.compiler.load_compiled_function(file, f_globals=fn.__globals__)
         if step.guard_check(*args):
             step.disable_guard_check()
