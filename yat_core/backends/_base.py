@@ -43,13 +43,16 @@ class Backend:
     Subclasses set :attr:`name`, :attr:`framework` and :attr:`xp`, and implement
     :meth:`value_and_grad` and, where the framework compiles, :meth:`compile`.
     :attr:`default_gradients` is the faster of the two gradient modes on that
-    framework (measured by the benchmarks); :meth:`gradients_for` may pick per model.
+    framework (measured by the benchmarks); :meth:`gradients_for` picks autodiff
+    instead on a CPU for models with a layer of :attr:`cpu_autodiff_kinds`.
     """
 
     name: str = ""
     framework: str = ""
     xp: Any = None
     default_gradients: str = "autodiff"
+    #: Layer kinds whose models train faster by autodiff than by :attr:`default_gradients` on a CPU.
+    cpu_autodiff_kinds: tuple[str, ...] = ()
 
     def __init__(self, device: str | None = None, gradients: str | None = None, spec: MLPSpec | None = None) -> None:
         self.device = device
@@ -60,8 +63,19 @@ class Backend:
             )
 
     def gradients_for(self, spec: MLPSpec | None) -> str:
-        """The faster gradient mode for model ``spec`` on this backend's device (:attr:`default_gradients` here)."""
-        return self.default_gradients
+        """The faster gradient mode for model ``spec`` on this backend's device.
+
+        ``"autodiff"`` on a CPU for a model with a layer of :attr:`cpu_autodiff_kinds`,
+        :attr:`default_gradients` otherwise; each backend's class docstring gives the
+        timings behind its choice.
+        """
+        layers = () if spec is None else spec.layers
+        slower_analytic = self.on_cpu() and any(layer.kind in self.cpu_autodiff_kinds for layer in layers)
+        return "autodiff" if slower_analytic else self.default_gradients
+
+    def on_cpu(self) -> bool:
+        """Whether this backend computes on a CPU (its device, once chosen)."""
+        return True
 
     # -- framework facts ----------------------------------------------------
     def device_name(self) -> str:

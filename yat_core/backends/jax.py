@@ -1,7 +1,7 @@
 """JAX backend: the whole step under ``jax.jit`` with donated buffers.
 
 Gradients come from the core's analytic backward pass or ``jax.value_and_grad``,
-the faster for the model (:meth:`JaxBackend.gradients_for`).
+the faster for the model (:class:`JaxBackend`).
 """
 
 from __future__ import annotations
@@ -55,12 +55,39 @@ def _resolve_device(device: str | None) -> Any:
 
 
 class JaxBackend(Backend):
-    """JAX's own array-API namespace (``jax.numpy``)."""
+    """JAX's own array-API namespace (``jax.numpy``).
+
+    Gradients: analytic, except autodiff on CPU for models with Yat convolutions.
+    Measured on CPU at batch 128 (2 cores), each model's compiled step, medians:
+
+    ========================  ==========  ==========
+    model                     analytic    autodiff
+    ========================  ==========  ==========
+    seed MLP (64-step scan)   1.11 ms     1.25 ms
+    Linear+ReLU MLP           1.07 ms     1.10 ms
+    Yat CNN                   124 ms      101 ms
+    Conv+ReLU CNN             61 ms       85 ms
+    Yat ViT                   10.4 ms     14.9 ms
+    ========================  ==========  ==========
+
+    The analytic dense step folds the dot product's and the distance's gradients
+    into one matrix product per operand, where XLA keeps autodiff's two; XLA:CPU
+    fuses the Yat convolution's autodiff backward better than the analytic one's
+    kernels. No GPU timings back the choice there: it follows the CPU's.
+
+    Examples
+    --------
+    >>> from yat_core.spec import cnn_spec, cnn_relu_spec, seed_spec, vit_spec
+    >>> backend = JaxBackend("cpu")
+    >>> [backend.gradients_for(s) for s in (seed_spec(), cnn_spec(), cnn_relu_spec(), vit_spec())]
+    ['analytic', 'autodiff', 'analytic', 'analytic']
+    """
 
     name = "jax"
     framework = "jax"
     xp = jnp
     default_gradients = "analytic"
+    cpu_autodiff_kinds = YAT_CONV_KINDS
 
     def __init__(self, device: str | None = None, gradients: str | None = None, spec: Any = None) -> None:
         # Data parallel (--devices, several processes): the plan yat_core.parallel.jax.set_up made.
@@ -68,35 +95,8 @@ class JaxBackend(Backend):
         self.jax_device = _resolve_device(device) if self.plan is None else self.plan.first_device
         super().__init__(f"{self.jax_device.platform}:{self.jax_device.id}", gradients, spec)
 
-    def gradients_for(self, spec: Any) -> str:
-        """``"autodiff"`` on CPU for models with Yat convolutions, ``"analytic"`` otherwise.
-
-        Measured on CPU at batch 128 (2 cores), each model's compiled step, medians:
-
-        ========================  ==========  ==========
-        model                     analytic    autodiff
-        ========================  ==========  ==========
-        seed MLP (64-step scan)   1.11 ms     1.25 ms
-        Linear+ReLU MLP           1.07 ms     1.10 ms
-        Yat CNN                   124 ms      101 ms
-        Conv+ReLU CNN             61 ms       85 ms
-        Yat ViT                   10.4 ms     14.9 ms
-        ========================  ==========  ==========
-
-        The analytic dense step folds the dot product's and the distance's gradients
-        into one matrix product per operand, where XLA keeps autodiff's two; XLA:CPU
-        fuses the Yat convolution's autodiff backward better than the analytic one's
-        kernels. No GPU timings back the choice there: it follows the CPU's.
-
-        Examples
-        --------
-        >>> from yat_core.spec import cnn_spec, cnn_relu_spec, seed_spec, vit_spec
-        >>> backend = JaxBackend("cpu")
-        >>> [backend.gradients_for(s) for s in (seed_spec(), cnn_spec(), cnn_relu_spec(), vit_spec())]
-        ['analytic', 'autodiff', 'analytic', 'analytic']
-        """
-        yat_conv = spec is not None and any(layer.kind in YAT_CONV_KINDS for layer in spec.layers)
-        return "autodiff" if yat_conv and self.jax_device.platform == "cpu" else self.default_gradients
+    def on_cpu(self) -> bool:
+        return bool(self.jax_device.platform == "cpu")
 
     def device_name(self) -> str:
         kind = getattr(self.jax_device, "device_kind", "")
@@ -141,7 +141,7 @@ class JaxBackend(Backend):
     def train_steps(self, spec: Any, config: Any, batch_size: int, n_steps: int) -> Callable[..., Any] | None:
         # XLA:CPU runs convolutions inside a scan's loop body several times slower than the same
         # step jitted alone (measured 7x for the CNN): convolutional models step one batch per call there.
-        if self.jax_device.platform == "cpu" and any(layer.kind in CONV_KINDS for layer in spec.layers):
+        if self.on_cpu() and any(layer.kind in CONV_KINDS for layer in spec.layers):
             return None
         step = self._step_fn(spec, config)
 

@@ -4,7 +4,7 @@ Gradients: ``"analytic"`` runs the core's hand-derived backward pass as plain te
 code, the whole step under ``torch.compile``; ``"autodiff"`` compiles the loss alone and
 differentiates it with ``torch.autograd``, whose compiled backward (AOTAutograd) picks
 what to save and what to recompute. The parity suite holds both to the same numbers.
-The default is the faster one for the model (:meth:`TorchBackend.gradients_for`).
+The default is the faster one for the model (:class:`TorchBackend`).
 """
 
 from __future__ import annotations
@@ -162,12 +162,41 @@ class _CompiledStep:
 
 
 class TorchBackend(Backend):
-    """PyTorch through array-api-compat."""
+    """PyTorch through array-api-compat.
+
+    Gradients: ``"autodiff"`` on CPU for models with Yat convolutions or attention,
+    ``"analytic"`` otherwise.
+
+    Measured at batch 128, each model's step, medians:
+
+    ========================  ==========  ==========  ============  ============
+    model                     CPU analyt  CPU autodf  H100 analyt   H100 autodf
+    ========================  ==========  ==========  ============  ============
+    seed MLP                  1.4 ms      2.5 ms      0.60 ms       2.35 ms
+    Yat CNN                   58 ms       43 ms       1.34 ms       3.37 ms
+    Conv+ReLU CNN             37 ms       46 ms       0.93 ms       2.66 ms
+    Yat ViT                   38 ms       29 ms       2.52 ms       6.25 ms
+    ========================  ==========  ==========  ============  ============
+
+    On CPU the compiled backward of autodiff (AOTAutograd) fuses the Yat convolution's
+    and the attention's gradients in fewer passes than the analytic step's kernels
+    (the analytic attention backward also recomputes the scores); on a GPU the whole
+    analytic step under ``torch.compile`` wins for every model. The ViT's CPU figures
+    are one epoch's steps (150 steps, ``--train-limit 19200``).
+
+    Examples
+    --------
+    >>> from yat_core.spec import cnn_spec, cnn_relu_spec, seed_spec, vit_spec
+    >>> backend = TorchBackend("cpu")
+    >>> [backend.gradients_for(s) for s in (seed_spec(), cnn_spec(), cnn_relu_spec(), vit_spec())]
+    ['analytic', 'autodiff', 'analytic', 'autodiff']
+    """
 
     name = "torch"
     framework = "torch"
     xp = torch_xp
     default_gradients = "analytic"
+    cpu_autodiff_kinds = (*YAT_CONV_KINDS, *ATTENTION_KINDS)
 
     def __init__(self, device: str | None = None, gradients: str | None = None, spec: MLPSpec | None = None) -> None:
         # Under torchrun each process trains on its own device (cuda:LOCAL_RANK).
@@ -175,36 +204,8 @@ class TorchBackend(Backend):
         self.use_compile = os.environ.get(COMPILE_ENV, "1") != "0"
         super().__init__(str(self.torch_device), gradients, spec)
 
-    def gradients_for(self, spec: MLPSpec | None) -> str:
-        """``"autodiff"`` on CPU for models with Yat convolutions or attention, ``"analytic"`` otherwise.
-
-        Measured at batch 128, each model's step, medians:
-
-        ========================  ==========  ==========  ============  ============
-        model                     CPU analyt  CPU autodf  H100 analyt   H100 autodf
-        ========================  ==========  ==========  ============  ============
-        seed MLP                  1.4 ms      2.5 ms      0.60 ms       2.35 ms
-        Yat CNN                   58 ms       43 ms       1.34 ms       3.37 ms
-        Conv+ReLU CNN             37 ms       46 ms       0.93 ms       2.66 ms
-        Yat ViT                   38 ms       29 ms       2.52 ms       6.25 ms
-        ========================  ==========  ==========  ============  ============
-
-        On CPU the compiled backward of autodiff (AOTAutograd) fuses the Yat convolution's
-        and the attention's gradients in fewer passes than the analytic step's kernels
-        (the analytic attention backward also recomputes the scores); on a GPU the whole
-        analytic step under ``torch.compile`` wins for every model. The ViT's CPU figures
-        are one epoch's steps (150 steps, ``--train-limit 19200``).
-
-        Examples
-        --------
-        >>> from yat_core.spec import cnn_spec, cnn_relu_spec, seed_spec, vit_spec
-        >>> backend = TorchBackend("cpu")
-        >>> [backend.gradients_for(s) for s in (seed_spec(), cnn_spec(), cnn_relu_spec(), vit_spec())]
-        ['analytic', 'autodiff', 'analytic', 'autodiff']
-        """
-        fused = (*YAT_CONV_KINDS, *ATTENTION_KINDS)
-        better_fused = spec is not None and any(layer.kind in fused for layer in spec.layers)
-        return "autodiff" if better_fused and self.torch_device.type == "cpu" else self.default_gradients
+    def on_cpu(self) -> bool:
+        return self.torch_device.type == "cpu"
 
     def device_name(self) -> str:
         if self.torch_device.type == "cuda":
