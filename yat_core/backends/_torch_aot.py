@@ -12,7 +12,7 @@ tensor shapes, dtypes or devices to the eager step.
 A saved step is used only for the very step it was compiled from. Its file name is a
 hash of everything the compiled code depends on:
 
-- the code: every source file of yat_core, and the versions of Python, torch and
+- the code: every source file of yat_core, and the versions of Python and
   array-api-compat;
 - the step's closure: the functions it calls and the values they capture (the model
   spec, the optimizer's settings), by qualified name and value; a captured object
@@ -20,8 +20,8 @@ hash of everything the compiled code depends on:
   then compiled as usual;
 - the call: the nesting of the arguments (dict keys included) and each tensor's
   shape, strides, dtype, device and ``requires_grad``;
-- the machine and compiler: the CPU's instruction-set flags, the C++ compiler and
-  inductor's settings.
+- torch and the machine: :func:`compiler_identity` (torch's version, the C++
+  compiler, the CPU's instruction-set flags) and inductor's settings.
 
 A file that does not load, or whose guards reject the call, is compiled anew and
 replaced. The files live in inductor's cache folder (``TORCHINDUCTOR_CACHE_DIR``),
@@ -34,6 +34,8 @@ import functools
 import hashlib
 import importlib.metadata
 import os
+import platform
+import shutil
 import sys
 import types
 from collections.abc import Callable
@@ -42,7 +44,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["step_key", "precompiled"]
+__all__ = ["compiler_identity", "step_key", "precompiled"]
 
 #: The folder of saved steps, inside inductor's cache folder.
 FOLDER = "yat-core-steps"
@@ -100,14 +102,32 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
-def _machine() -> Any:
-    from torch._inductor import config as inductor_config
+def compiler_identity() -> list[Any]:
+    """What inductor's compiled CPU code depends on besides its source.
+
+    torch's version, the C++ compiler (its name and the file it resolves to) and the
+    CPU's vector instruction sets (none off x86).
+
+    Examples
+    --------
+    >>> identity = compiler_identity()
+    >>> identity[0] == torch.__version__ and len(identity)
+    4
+    """
     from torch._inductor import cpu_vec_isa
     from torch._inductor.cpp_builder import get_cpp_compiler
 
-    flags = sorted(cpu_vec_isa.x86_isa_checker()) if hasattr(cpu_vec_isa, "x86_isa_checker") else []
+    compiler = get_cpp_compiler()
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    flags = sorted(cpu_vec_isa.x86_isa_checker()) if x86 else []
+    return [torch.__version__, compiler, os.path.realpath(shutil.which(compiler) or compiler), flags]
+
+
+def _machine() -> Any:
+    from torch._inductor import config as inductor_config
+
     settings = inductor_config.save_config_portable() if hasattr(inductor_config, "save_config_portable") else {}
-    return (flags, get_cpp_compiler(), sorted((k, repr(v)) for k, v in settings.items()))
+    return (compiler_identity(), sorted((k, repr(v)) for k, v in settings.items()))
 
 
 def step_key(fn: Callable[..., Any], args: tuple[Any, ...]) -> str | None:
@@ -127,7 +147,6 @@ def step_key(fn: Callable[..., Any], args: tuple[Any, ...]) -> str | None:
     try:
         described = (
             sys.version,
-            torch.__version__,
             importlib.metadata.version("array-api-compat"),
             _code_digest(),
             _describe(fn),
@@ -154,12 +173,12 @@ def precompiled(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Callable
     disabled, or when this torch cannot compile ahead of time. Must be called with
     the grad mode the step will run in.
     """
-    key = step_key(fn, args) if isinstance(fn, types.FunctionType) else None
-    if key is None or not hasattr(torch.compiler, "load_compiled_function"):
-        return None
     from torch._inductor import config as inductor_config
 
-    if inductor_config.force_disable_caches:
+    if not isinstance(fn, types.FunctionType) or not hasattr(torch.compiler, "load_compiled_function"):
+        return None
+    key = None if inductor_config.force_disable_caches else step_key(fn, args)
+    if key is None:
         return None
     path = _folder() / f"{key}.step"
     # Before it looks for a kernel's library on disk, inductor precompiles a C++ header in

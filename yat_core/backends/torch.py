@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -24,7 +23,7 @@ import torch
 
 from yat_core._io import atomic_write_text
 from yat_core.backends._base import Backend, Params
-from yat_core.backends._torch_aot import precompiled
+from yat_core.backends._torch_aot import compiler_identity, precompiled
 from yat_core.errors import BackendUnavailableError
 from yat_core.mlp import MLPSpec
 from yat_core.parallel.torch import TorchDataParallel, rank_device
@@ -74,7 +73,6 @@ def _vec_isa_probe_cached() -> None:
     try:  # inductor's internals move between torch releases: without them, inductor probes as usual
         from torch._inductor import config as inductor_config
         from torch._inductor import cpu_vec_isa
-        from torch._inductor.cpp_builder import get_cpp_compiler
         from torch._inductor.runtime.cache_dir_utils import cache_dir
     except ImportError:
         return
@@ -82,10 +80,12 @@ def _vec_isa_probe_cached() -> None:
         return  # set by the user (or not a setting of this torch)
     if platform.machine() != "x86_64":
         return
-    flags = set(cpu_vec_isa.x86_isa_checker())
+    try:
+        identity = compiler_identity()
+    except ImportError:
+        return
+    flags = set(identity[-1])
     claimed = [str(isa) for isa in cpu_vec_isa.supported_vec_isa_list if set(str(isa).split()) <= flags]
-    compiler = get_cpp_compiler()
-    identity = [torch.__version__, compiler, os.path.realpath(shutil.which(compiler) or compiler), sorted(flags)]
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
     record = Path(cache_dir()) / f"yat-core-vec-isa-{key}.json"
     try:
