@@ -60,19 +60,27 @@ def _replicated_on(tree: Any) -> list[int]:
     return [len(a.sharding.device_set) if a.sharding.is_fully_replicated else 0 for a in jax.tree.leaves(tree)]
 
 
-def run_flax(out: Path, data_dir: str) -> None:
-    """The jax backend, NNX and Linen on 2 devices, then on 1, and the refusal of a third device."""
-    from yat_core.errors import BackendUnavailableError
-    from yat_core.parallel.jax import set_up
+def _capturing_factory() -> tuple[list[Any], Any]:
+    """A runner factory for ``train`` that keeps every runner it makes, and that list."""
     from yat_core.runners import make_runner
-    from yat_core.train import train
 
-    results: dict[str, Any] = {}
     runners: list[Any] = []
 
     def capture(spec: Any, config: Any) -> Any:
         runners.append(make_runner(spec, config))
         return runners[-1]
+
+    return runners, capture
+
+
+def run_flax(out: Path, data_dir: str) -> None:
+    """The jax backend, NNX and Linen on 2 devices, then on 1, and the refusal of a third device."""
+    from yat_core.errors import BackendUnavailableError
+    from yat_core.parallel.jax import set_up
+    from yat_core.train import train
+
+    results: dict[str, Any] = {}
+    runners, capture = _capturing_factory()
 
     # 2 devices first: the first set_up starts JAX with 2 host devices.
     for kind in FLAX_KINDS:
@@ -104,15 +112,10 @@ def run_flax(out: Path, data_dir: str) -> None:
 
 def run_keras(out: Path, data_dir: str) -> None:
     """Keras (jax backend) under ``keras.distribution.DataParallel`` on 2 devices, then on 1."""
-    from yat_core.runners import make_runner
     from yat_core.train import train
 
     results: dict[str, Any] = {}
-    runners: list[Any] = []
-
-    def capture(spec: Any, config: Any) -> Any:
-        runners.append(make_runner(spec, config))
-        return runners[-1]
+    runners, capture = _capturing_factory()
 
     for devices in (2, 1):
         receipt = train(_config("keras", devices, data_dir), runner_factory=capture, progress=False, log=None)
