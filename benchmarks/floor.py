@@ -79,10 +79,13 @@ def _torch_runner(pairs: list[tuple[np.ndarray, np.ndarray]], device: str) -> Ca
 def _jax_runner(pairs: list[tuple[np.ndarray, np.ndarray]], device: str) -> Callable[[], Any]:
     import jax
 
+    from yat_core.backends.jax import matmul_precision, traced_at
+
     dev = jax.devices("cpu" if device == "cpu" else "gpu")[0]
     arrays = jax.device_put(pairs, dev)
     # One compiled program for all products: per-call dispatch would dominate small shapes.
-    products = jax.jit(lambda ps: [a @ b for a, b in ps])
+    # The backend's precision: on a GPU, full float32 rather than JAX's TensorFloat-32 default.
+    products = jax.jit(traced_at(matmul_precision(dev.platform), lambda ps: [a @ b for a, b in ps]))
     return lambda: jax.block_until_ready(products(arrays))
 
 
@@ -191,9 +194,10 @@ def measure_floor(
             if device != "cpu" and library not in ("torch", "jax"):
                 continue
             try:
-                rates[library] = matmul_rates(
-                    library, spec=spec, repeats=repeats, device=device, square=library in ("numpy", "torch")
-                )
+                # On a GPU every library's square rate: the GPU's matrix rate, which the step's small
+                # products (each one short kernel) do not reach.
+                square = library in ("numpy", "torch") or device != "cpu"
+                rates[library] = matmul_rates(library, spec=spec, repeats=repeats, device=device, square=square)
             except ImportError as exc:
                 result["errors"][f"{device}/{library}"] = f"not installed: {exc}"
             except Exception as exc:  # a broken library must not sink the floor of the others

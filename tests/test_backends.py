@@ -191,6 +191,27 @@ def test_jax_device_index_out_of_range():
         get_backend("jax", device="cpu:99")
 
 
+def test_jax_products_run_in_full_float32_off_the_cpu_unless_the_user_chose():
+    # JAX's own default on NVIDIA GPUs is TensorFloat-32: the backend traces its steps at "highest".
+    require_backend("jax")
+    import jax
+    import jax.numpy as jnp
+
+    from yat_core.backends.jax import matmul_precision, traced_at
+
+    assert matmul_precision("cpu") is None and get_backend("jax", "cpu").precision is None
+    assert matmul_precision("gpu") == "highest"
+    with jax.default_matmul_precision("tensorfloat32"):
+        assert matmul_precision("gpu") is None  # the user's setting stands
+
+    def product(a, b):
+        return a @ b
+
+    args = (jnp.ones((2, 3)), jnp.ones((3, 2)))
+    assert "HIGHEST" in jax.jit(traced_at("highest", product)).lower(*args).as_text()
+    assert "HIGHEST" not in jax.jit(traced_at(None, product)).lower(*args).as_text()
+
+
 @pytest.mark.parametrize("shape", [(), (1,), (3,), (2, 3)], ids=["0d", "1d-1", "1d", "2d"])
 def test_asarray_keeps_shape_and_dtype(backend_name, shape):
     # Scalar parameters (alpha, epsilon_raw) are 0-d: a backend must not turn them into shape (1,),

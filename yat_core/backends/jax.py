@@ -6,6 +6,7 @@ the faster for the model (:class:`JaxBackend`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,51 @@ def _resolve_device(device: str | None) -> Any:
     return devices[index]
 
 
+#: How float32 matrix products are computed on an accelerator unless the user chose
+#: (``jax_default_matmul_precision``): in full float32, as on the CPU and in PyTorch.
+#: JAX's own default there is TensorFloat-32 on NVIDIA GPUs since Ampere (10-bit mantissas),
+#: which would leave the backends computing different functions.
+ACCELERATOR_MATMUL_PRECISION = "highest"
+
+
+def matmul_precision(platform: str) -> str | None:
+    """The precision the backend traces float32 products at on ``platform``; None: JAX's setting.
+
+    The user's ``jax_default_matmul_precision`` (environment variable
+    ``JAX_DEFAULT_MATMUL_PRECISION``, ``jax.config.update`` or the context manager)
+    wins; otherwise :data:`ACCELERATOR_MATMUL_PRECISION` off the CPU, where JAX's
+    default already is float32.
+
+    Examples
+    --------
+    >>> matmul_precision("cpu"), matmul_precision("gpu")
+    (None, 'highest')
+    >>> with jax.default_matmul_precision("tensorfloat32"):
+    ...     matmul_precision("gpu")
+    """
+    chosen = getattr(jax.config, "jax_default_matmul_precision", None)
+    if platform == "cpu" or chosen is not None:
+        return None
+    return ACCELERATOR_MATMUL_PRECISION
+
+
+def traced_at(precision: str | None, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` traced under ``jax.default_matmul_precision(precision)`` (``fn`` itself for None).
+
+    The precision is read while tracing, so a ``jax.jit`` of the result runs every
+    product at it, whatever the caller's setting then.
+    """
+    if precision is None:
+        return fn
+
+    @functools.wraps(fn)
+    def at_precision(*args: Any, **kwargs: Any) -> Any:
+        with jax.default_matmul_precision(precision):
+            return fn(*args, **kwargs)
+
+    return at_precision
+
+
 class JaxBackend(Backend):
     """JAX's own array-API namespace (``jax.numpy``).
 
@@ -75,6 +121,9 @@ class JaxBackend(Backend):
     fuses the Yat convolution's autodiff backward better than the analytic one's
     kernels. No GPU timings back the choice there: it follows the CPU's.
 
+    On a GPU, float32 products run in full float32 (:func:`matmul_precision`), not
+    JAX's TensorFloat-32 default, unless ``jax_default_matmul_precision`` says otherwise.
+
     Examples
     --------
     >>> from yat_core.spec import cnn_spec, cnn_relu_spec, seed_spec, vit_spec
@@ -94,6 +143,8 @@ class JaxBackend(Backend):
         self.plan = current_plan()
         self.jax_device = _resolve_device(device) if self.plan is None else self.plan.first_device
         super().__init__(f"{self.jax_device.platform}:{self.jax_device.id}", gradients, spec)
+        #: Precision of float32 products in this backend's compiled functions (None: JAX's setting).
+        self.precision = matmul_precision(self.jax_device.platform)
 
     def on_cpu(self) -> bool:
         return bool(self.jax_device.platform == "cpu")
@@ -154,12 +205,12 @@ class JaxBackend(Backend):
             (params, state), losses = jax.lax.scan(body, (params, state), jnp.arange(n_steps))
             return params, state, losses
 
-        return jax.jit(run, donate_argnums=(0, 1))
+        return jax.jit(traced_at(self.precision, run), donate_argnums=(0, 1))
 
     def compile(
         self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = (), *, hot: bool = True
     ) -> Callable[..., Any]:
-        return jax.jit(fn, donate_argnums=donate_argnums)
+        return jax.jit(traced_at(self.precision, fn), donate_argnums=donate_argnums)
 
 
 BACKEND_CLASS = JaxBackend
