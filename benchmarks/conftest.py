@@ -8,6 +8,8 @@ Options (all also settable in the environment where noted)::
     --bench-out DIR                where to write bench.json/.md/.png (default results/bench, or
                                    results/bench-quick; a one-network run adds -mlp or -cnn)
     --bench-backends a,b           time only these backends (env YAT_BENCH_BACKENDS)
+    --bench-devices cpu,cuda       time only on these device kinds (env YAT_BENCH_DEVICES;
+                                   default: the CPU and every GPU a backend sees)
     --bench-compare PATH           compare with a saved bench.json; slowdowns fail the run
     --bench-threshold FRACTION     what counts as slower (default 0.10)
     --bench-save-baseline          also copy this run to <out>/baseline.json
@@ -64,6 +66,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-out", default=None, help="folder for bench.json, bench.md, bench.png")
     group.addoption(
         "--bench-backends", default=None, help="comma-separated backends to time (default: every installed one)"
+    )
+    group.addoption(
+        "--bench-devices",
+        default=None,
+        help="comma-separated device kinds to time on: cpu, cuda, gpu (default: every one a backend sees)",
     )
     group.addoption(
         "--bench-compare",
@@ -138,6 +145,22 @@ def _wanted_backends(config: pytest.Config) -> tuple[str, ...] | None:
     return tuple(b.strip() for b in text.split(",") if b.strip()) if text else None
 
 
+def wanted_devices(config: pytest.Config) -> tuple[str, ...] | None:
+    """The device kinds of ``--bench-devices`` (or ``$YAT_BENCH_DEVICES``); None: every one."""
+    from benchmarks.devices import parse_devices
+
+    try:
+        return parse_devices(config.getoption("--bench-devices") or os.environ.get("YAT_BENCH_DEVICES"))
+    except ValueError as exc:
+        raise pytest.UsageError(f"--bench-devices: {exc}") from None
+
+
+def targets(config: pytest.Config) -> list[Target]:
+    """What this run times: the child's one target, or every backend and device wanted and present."""
+    child = _child_target(config)
+    return [child] if child else discover(_wanted_backends(config), wanted_devices(config))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from benchmarks.regress import load_results
     from benchmarks.results import Collector
@@ -151,6 +174,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--bench-compare: cannot use {baseline}: {exc}") from None
     if config.getoption("--bench-threshold") < 0:
         raise pytest.UsageError("--bench-threshold must be >= 0")
+    wanted_devices(config)
     config.stash[_COLLECTOR] = Collector(_profile(config), _networks(config))
     config.stash[_REPORT] = []
     config.stash[_TABLES] = []
@@ -173,14 +197,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     networks = _networks(config)
     # Names prefixed "bench_" so that ordinary test parameters never collide with them.
     if "bench_target" in names:
-        child = _child_target(config)
-        targets = [child] if child else discover(_wanted_backends(config))
+        found = targets(config)
         if "step_case" in names:
             # A step case depends on the backend (nmn has no NumPy layer): parametrise the pairs.
-            pairs = [(t, c) for t in targets for c in step_cases(_profile(config), networks, t.backend)]
+            pairs = [(t, c) for t in found for c in step_cases(_profile(config), networks, t.backend)]
             metafunc.parametrize(("bench_target", "step_case"), pairs, ids=[f"{t.label}-{c.id}" for t, c in pairs])
         else:
-            metafunc.parametrize("bench_target", targets, ids=[t.label for t in targets])
+            metafunc.parametrize("bench_target", found, ids=[t.label for t in found])
     if "bench_network" in names:
         metafunc.parametrize("bench_network", networks)
     if "epoch_model" in names:
@@ -212,6 +235,17 @@ def profile(pytestconfig: pytest.Config) -> Profile:
     return _profile(pytestconfig)
 
 
+def floor_devices(config: pytest.Config) -> tuple[str, ...]:
+    """Where the matmul floor is measured: the CPU always (the machine floor), and CUDA when timed there."""
+    return ("cpu", *sorted({t.device for t in targets(config) if t.device == "cuda"}))
+
+
+@pytest.fixture(scope="session")
+def floor_on(pytestconfig: pytest.Config) -> tuple[str, ...]:
+    """The device kinds of this run's matmul floor (:func:`floor_devices`)."""
+    return floor_devices(pytestconfig)
+
+
 @pytest.fixture(scope="session")
 def collector(pytestconfig: pytest.Config) -> Any:
     """The run's :class:`~benchmarks.results.Collector`."""
@@ -240,7 +274,7 @@ def _final_floor(config: pytest.Config, collector: Any) -> None:
     if not collector.has_measurements() or "mlp" not in _networks(config):
         return
     try:
-        collector.add_floor(measure_floor(repeats=_profile(config).floor_repeats))
+        collector.add_floor(measure_floor(repeats=_profile(config).floor_repeats, devices=floor_devices(config)))
     except Exception as exc:  # the report must still be written
         config.stash[_REPORT].append(f"floor measurement at the end failed: {exc}")
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["Target", "BACKEND_ORDER", "installed_backends", "backend_devices", "discover"]
+__all__ = [
+    "Target",
+    "BACKEND_ORDER",
+    "DEVICE_KINDS",
+    "installed_backends",
+    "backend_devices",
+    "parse_devices",
+    "discover",
+]
 
 #: Rows of every table, in this order.
 BACKEND_ORDER = ("numpy", "torch", "jax", "mlx")
@@ -79,6 +87,33 @@ def backend_devices(backend: str) -> list[str]:
     return ["cpu"] + (probe() if probe else [])
 
 
-def discover(wanted: tuple[str, ...] | None = None) -> list[Target]:
-    """Every (backend, device) pair to time, in table order."""
-    return [Target(b, d) for b in installed_backends(wanted) for d in backend_devices(b)]
+#: Device kinds a run can be limited to (``--bench-devices``, ``--devices``).
+DEVICE_KINDS = ("cpu", "cuda", "gpu")
+
+
+def parse_devices(text: str | None) -> tuple[str, ...] | None:
+    """A comma-separated list of device kinds (``"cuda"``, ``"cpu,cuda"``), checked; None for no limit.
+
+    Examples
+    --------
+    >>> parse_devices("cpu, cuda"), parse_devices(None)
+    (('cpu', 'cuda'), None)
+    >>> parse_devices("tpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown device kind 'tpu'; choose from cpu, cuda, gpu
+    """
+    if not text:
+        return None
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    for kind in kinds:
+        if kind not in DEVICE_KINDS:
+            raise ValueError(f"unknown device kind {kind!r}; choose from {', '.join(DEVICE_KINDS)}")
+    return kinds or None
+
+
+def discover(wanted: tuple[str, ...] | None = None, devices: tuple[str, ...] | None = None) -> list[Target]:
+    """Every (backend, device) pair to time, in table order; only ``devices`` kinds when given."""
+    return [
+        Target(b, d) for b in installed_backends(wanted) for d in backend_devices(b) if devices is None or d in devices
+    ]

@@ -173,6 +173,9 @@ class NmnTorchRunner(BaseRunner):
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
 
+    def to_numpy(self, value: Any) -> np.ndarray:
+        return value.detach().cpu().numpy()  # np.asarray cannot read a CUDA tensor
+
 
 def _torch_modules(nn: Any, nmn: Any, layer: LayerSpec) -> list[Any]:
     """The PyTorch modules of one layer: nmn's for Yat layers, ``torch.nn``'s for the rest."""

@@ -279,13 +279,8 @@ def epoch_table(summary: list[dict[str, Any]]) -> list[str]:
 
 
 def _md_epochs(results: Results, summary: list[dict[str, Any]]) -> list[str]:
-    floor = (results.get("floor") or {}).get("floor", {}).get("cpu")
-    floor_line = (
-        f"Floor: {results['floor']['flops_per_epoch'] / 1e9:.1f} GFLOP per epoch at "
-        f"{floor['gflops']:.0f} GFLOP/s ({floor['basis']}) = {floor['seconds']:.3f} s/epoch."
-        if floor
-        else "Floor: not measured in this run."
-    )
+    floors = (results.get("floor") or {}).get("floor", {})
+    floor_lines = [_floor_line(results["floor"]["flops_per_epoch"], device, f) for device, f in floors.items()]
     epochs = results.get("profile", {}).get("epochs", "?")
     return [
         "## Epoch timing: MNIST, batch 128, steady state (seed MLP)",
@@ -298,9 +293,26 @@ def _md_epochs(results: Results, summary: list[dict[str, Any]]) -> list[str]:
         "framework in the same loop.",
         "",
         *epoch_table(summary),
-        "",
-        floor_line,
+        *[part for line in floor_lines or ["Floor: not measured in this run."] for part in ("", line)],
     ]
+
+
+def _floor_line(flops_per_epoch: float, device: str, floor: dict[str, Any]) -> str:
+    """The sentence under the epoch table for one device kind's floor (a GPU's: why it is not its matrix rate)."""
+    line = (
+        f"Floor on {device}: {flops_per_epoch / 1e9:.1f} GFLOP per epoch at {floor['gflops']:,.0f} GFLOP/s "
+        f"({floor['basis']}) = {_f(floor['seconds'])} s/epoch."
+    )
+    if device != "cpu" and "square_gflops" in floor:
+        line += (
+            f" At the GPU's matrix rate ({floor['square_library']}, one 2048³ product: "
+            f"{floor['square_gflops']:,.0f} GFLOP/s) the epoch's products would take "
+            f"{_f(floor['seconds_at_square_rate'])} s. At batch 128 each product is one short kernel that "
+            "costs more to launch than to compute: the model-shapes rate measures launches, and a loop that "
+            "runs many steps per compiled call (JAX's) gets under it. The scaling sweep "
+            "(`python -m benchmarks.scaling --devices cuda`) shows where larger batches reach the matrix rate."
+        )
+    return line
 
 
 #: How the "every run" and step tables name each (network, model).
@@ -458,7 +470,7 @@ def _md_floor(results: Results) -> list[str]:
         if "square_gflops" in entry:
             extra = (
                 f"; at the square-matmul rate ({entry['square_library']}, {entry['square_gflops']:.0f} "
-                f"GFLOP/s) it would be {entry['seconds_at_square_rate']:.3f} s"
+                f"GFLOP/s) it would be {_f(entry['seconds_at_square_rate'])} s"
             )
         lines += ["", f"Floor on {device}: {entry['seconds']:.3f} s/epoch ({entry['basis']}){extra}."]
     return lines
@@ -735,15 +747,21 @@ def _chart_epochs(ax: Any, results: Results, rows: list[tuple[str, str]]) -> Non
                 label=None if "example" in labelled else "nmn's own example script (DESIGN.md §4)",
             )
             labelled.add("example")
-    floor = _floor_s(results, "cpu")
-    if floor:
-        ax.axhline(
-            floor,
-            color="green",
-            linestyle="--",
-            linewidth=1.2,
-            label=f"CPU floor {floor:.2f} s (FLOPs / measured matmul rate)",
-        )
+    for kind in ("cpu", "cuda"):
+        floor = _floor_s(results, kind)
+        groups = [j for j, (_, device) in enumerate(rows) if (device == "cpu") == (kind == "cpu")]
+        if floor and groups:
+            # Each group against the floor of its own device kind.
+            for n, j in enumerate(groups):
+                ax.hlines(
+                    floor,
+                    j - 0.45,
+                    j + 0.45,
+                    colors="green" if kind == "cpu" else "purple",
+                    linestyles="--",
+                    linewidth=1.2,
+                    label=None if n else f"{kind.upper()} floor {_f(floor, 2)} s (FLOPs / measured matmul rate)",
+                )
     ax.set_yscale("log")
     low, high = ax.get_ylim()
     ax.set_ylim(low, high * 2.5)  # headroom for the value labels
@@ -841,7 +859,8 @@ def render_chart(results: Results, path: str | Path) -> Path:
     panels: list[tuple[float, Any]] = []
     if mlp_rows or not cnn_rows:
         panels += [(3.0, lambda ax: _chart_epochs(ax, results, mlp_rows))]
-        panels += [(2.0, lambda ax: _chart_step_ratio(ax, results, mlp_rows))]
+        if any(s.get("network", "mlp") == "mlp" for s in results.get("steps", [])):
+            panels += [(2.0, lambda ax: _chart_step_ratio(ax, results, mlp_rows))]
     if cnn_rows:
         panels += [(2.0, lambda ax: _chart_cnn(ax, results, cnn_rows))]
     ratios = [h for h, _ in panels]

@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.devices import parse_devices
 from benchmarks.flops import step_matmuls
 from yat_core.spec import LayerSpec, ModelSpec
 
@@ -746,15 +747,17 @@ def probe_cuda() -> dict[str, Any]:
     return {"found": "cuda" in probed.values(), "probed": probed}
 
 
-def _targets(profile: ScalingProfile, backends: tuple[str, ...] | None) -> list[tuple[str, str]]:
+def _targets(
+    profile: ScalingProfile, backends: tuple[str, ...] | None, devices: tuple[str, ...] | None = None
+) -> list[tuple[str, str]]:
     from benchmarks.devices import discover
 
     if backends is None and profile.backends is not None:
         first, *others = profile.backends
-        found = discover((first, *others))
+        found = discover((first, *others), devices)
         other = next((t.backend for t in found if t.backend != first), None)
         return [(t.backend, t.device) for t in found if t.backend in (first, other)]
-    return [(t.backend, t.device) for t in discover(backends)]
+    return [(t.backend, t.device) for t in discover(backends, devices)]
 
 
 def _now() -> str:
@@ -804,10 +807,13 @@ def run(
     profile: ScalingProfile,
     backends: tuple[str, ...] | None = None,
     *,
+    devices: tuple[str, ...] | None = None,
     threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The sweep of ``profile`` on ``backends`` (default: the profile's), one process per target; the document.
+
+    ``devices`` limits the targets to those device kinds (``("cuda",)``); default every one found.
 
     ``threads`` caps the workers' CPU threads (OpenMP, BLAS, XLA; :func:`benchmarks.attention.thread_env`):
     on a shared machine, timings of the arithmetic rather than of the scheduler.
@@ -826,10 +832,11 @@ def run(
         "load_avg": {"start": _load()},
         "cuda": probe_cuda(),
         "threads": threads,
+        "devices": list(devices) if devices else None,
         "records": [],
         "processes": [],
     }
-    for backend, device in _targets(profile, backends):
+    for backend, device in _targets(profile, backends, devices):
         points = grid(profile, backend, device)
         log(f"{backend}/{device}: {len(points)} points in a fresh process")
         records, process = _run_worker_process(backend, device, points, profile, threads)
@@ -899,6 +906,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backends", default=None, help="comma-separated subset of numpy,torch,jax,mlx")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default: the profile's)")
     parser.add_argument("--widths", default=None, help="comma-separated even hidden widths (default: the profile's)")
+    parser.add_argument("--devices", default=None, help="comma-separated device kinds: cpu, cuda, gpu (default: all)")
     parser.add_argument("--out", default=None, help="output folder (default results/bench-scaling[-quick])")
     parser.add_argument(
         "--threads", type=int, default=None, help="cap the workers' CPU threads (OMP/BLAS/XLA), for a shared machine"
@@ -916,10 +924,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--batches: batch sizes must be >= 1")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    try:
+        devices = parse_devices(args.devices)
+    except ValueError as exc:
+        parser.error(f"--devices: {exc}")
     profile = ScalingProfile(
         **{**asdict(profile), "batches": batches or profile.batches, "widths": widths or profile.widths}
     )
-    doc = run(profile, tuple(args.backends.split(",")) if args.backends else None, threads=args.threads)
+    backends = tuple(args.backends.split(",")) if args.backends else None
+    doc = run(profile, backends, devices=devices, threads=args.threads)
     for out in write_outputs(doc, Path(args.out) if args.out else RESULTS_DIRS[profile.name]).values():
         print(f"wrote {out}")
     # Exit status 1 when a point failed or a worker stopped before its last point.

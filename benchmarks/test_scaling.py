@@ -42,9 +42,13 @@ def test_grid_full_quick_and_the_limits_of_slow_targets():
 
 def test_quick_targets_are_numpy_and_one_other(monkeypatch):
     found = [Target("numpy", "cpu"), Target("jax", "cpu"), Target("torch", "cpu"), Target("torch", "cuda")]
-    monkeypatch.setattr("benchmarks.devices.discover", lambda wanted=None: found)
+    def discover(wanted=None, devices=None):
+        return [t for t in found if devices is None or t.device in devices]
+
+    monkeypatch.setattr("benchmarks.devices.discover", discover)
     assert scaling._targets(scaling.PROFILES["quick"], None) == [("numpy", "cpu"), ("jax", "cpu")]
     assert scaling._targets(scaling.PROFILES["full"], None) == [(t.backend, t.device) for t in found]
+    assert scaling._targets(scaling.PROFILES["full"], None, ("cuda",)) == [("torch", "cuda")]
 
 
 def test_floor_arithmetic():

@@ -527,3 +527,54 @@ def test_regression_metrics_name_the_cnn() -> None:
     assert "step torch/cpu cnn yat train_step b=128 (min)" in names
     assert "epoch torch/cpu cnn nmn s/epoch (min)" in names
     assert "step torch/cpu yat train_step b=128 (min)" in names  # the MLP's names as before
+
+
+# -- devices: a run limited to some device kinds; GPU rows against the GPU's floor -------------------
+
+
+def test_device_kinds_limit_the_targets() -> None:
+    from benchmarks.devices import discover, parse_devices
+
+    assert discover(("numpy",), ("cpu",)) == [Target("numpy", "cpu")]
+    assert discover(("numpy",), ("cuda",)) == []  # NumPy has no GPU
+    assert parse_devices(" cpu,cuda ") == ("cpu", "cuda")
+    with pytest.raises(ValueError, match="unknown device kind 'tpu'"):
+        parse_devices("cpu,tpu")
+
+
+def test_bench_devices_option_is_checked_before_timing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main(["--quick", "--bench-devices=tpu", "-q"]) == pytest.ExitCode.USAGE_ERROR
+    assert "unknown device kind 'tpu'" in capsys.readouterr().err
+
+
+def _with_cuda_rows(results: dict[str, Any]) -> dict[str, Any]:
+    results = copy.deepcopy(results)
+    results["floor"]["rates"]["cuda"] = {
+        "torch": {"model_gflops": 900.0, "square_gflops": 48_000.0},
+        "jax": {"model_gflops": 930.0, "square_gflops": 47_000.0},
+    }
+    results["floor"] = with_floor(results["floor"])
+    results["epochs"].append({**results["epochs"][3], "device": "cuda", "steady_s": 0.3})
+    return results
+
+
+def test_gpu_rows_are_judged_against_the_gpu_floor() -> None:
+    results = _with_cuda_rows(_sample_results())
+    rows = {(r["backend"], r["device"]): r for r in summarise(results)}
+    cuda_floor_s = 60.42624 / 930.0  # jax's rate on the step's shapes is the faster on CUDA
+    assert rows[("torch", "cuda")]["x_floor"] == pytest.approx(0.3 / cuda_floor_s)
+    assert rows[("torch", "cpu")]["x_floor"] == pytest.approx(0.9 / (60.42624 / 240.0))
+    text = render_markdown(derive(results))
+    assert "Floor on cpu: 60.4 GFLOP per epoch at 240 GFLOP/s" in text
+    assert "Floor on cuda: 60.4 GFLOP per epoch at 930 GFLOP/s" in text
+    assert "At the GPU's matrix rate (torch, one 2048³ product: 48,000 GFLOP/s)" in text
+
+
+def test_chart_leaves_out_the_step_panel_when_no_step_was_timed(tmp_path: Path) -> None:
+    results = _with_cuda_rows(_sample_results())
+    with_steps = write_outputs(derive(results), tmp_path / "a")["chart"]
+    results["steps"] = []
+    without = write_outputs(derive(results), tmp_path / "b")["chart"]
+    import matplotlib.image
+
+    assert matplotlib.image.imread(without).shape[0] < matplotlib.image.imread(with_steps).shape[0]

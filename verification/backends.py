@@ -17,6 +17,9 @@ The array-API core runs on NumPy, array-api-strict, PyTorch, JAX and MLX; a
 framework-native layer (:mod:`yat_core.nn`) is one more entry with the ``"mlp"``
 capability (``nn-torch``, ``nn-nnx``, ``nn-linen``, ``nn-mlx``, ``nn-keras``,
 ``nn-tf``). Frameworks are imported only when their entry is loaded.
+
+PyTorch and JAX run on the CPU unless ``$YAT_PARITY_DEVICE`` names another device
+(``cuda``, ``cuda:1``): the same checks, against the same float64 oracle, on a GPU.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import functools
 import importlib
 import importlib.util
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -231,6 +235,14 @@ class CoreImpl:
 
 # -- loaders ------------------------------------------------------------------------------
 
+#: Environment variable naming the device of the PyTorch and JAX entries (default ``cpu``).
+DEVICE_ENV_VAR = "YAT_PARITY_DEVICE"
+
+
+def device() -> str:
+    """The device PyTorch and JAX are checked on: ``$YAT_PARITY_DEVICE``, else ``"cpu"``."""
+    return os.environ.get(DEVICE_ENV_VAR) or "cpu"
+
 
 def _load_numpy() -> CoreImpl:
     from yat_core.backends import get_backend
@@ -248,7 +260,7 @@ def _load_strict() -> CoreImpl:
 def _load_torch() -> CoreImpl:
     from yat_core.backends import get_backend
 
-    backend = get_backend("torch", "cpu")
+    backend = get_backend("torch", device())
     return CoreImpl("torch", backend.xp, backend.asarray, backend.to_numpy, backend=backend)
 
 
@@ -257,13 +269,20 @@ def _load_jax() -> CoreImpl:
 
     from yat_core.backends import get_backend
 
-    backend = get_backend("jax", "cpu")
+    backend = get_backend("jax", device())
 
     def precision(dtype: np.dtype) -> Any:
         return jax.enable_x64(dtype == np.float64)
 
+    # The backend's compile: jax.jit at the backend's matmul precision (full float32 on a GPU).
     return CoreImpl(
-        "jax", backend.xp, backend.asarray, backend.to_numpy, backend=backend, compile_fn=jax.jit, precision=precision
+        "jax",
+        backend.xp,
+        backend.asarray,
+        backend.to_numpy,
+        backend=backend,
+        compile_fn=backend.compile,
+        precision=precision,
     )
 
 

@@ -62,6 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "python": sys.version.split()[0],
             "platform": platform.platform(),
+            "device": backends.device(),  # of the PyTorch and JAX entries ($YAT_PARITY_DEVICE)
             "require_all_backends": bool(config.getoption("--require-all-backends")),
             "args": list(config.invocation_params.args),
         }
