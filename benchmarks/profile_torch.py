@@ -1,8 +1,9 @@
 """``python -m benchmarks.profile_torch``: where one torch training step's time goes.
 
 For the Yat seed MLP and its same-shape Linear + ReLU twin (``yat_core.spec.relu_spec()``),
-on the torch backend as ``yat-core train --backend torch`` runs them (the core's step
-under ``torch.compile``), it measures:
+on the torch backend (the core's step under ``torch.compile``: the graph that ``yat-core
+train --backend torch`` compiles once with AOTInductor and loads from disk, where a C++
+wrapper replaces the Python one and no guards run), it measures:
 
 - the step's wall time (median and best of several rounds of steps, no profiler);
 - the same for the loss and gradients alone, compiled the same way: the step's

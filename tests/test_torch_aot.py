@@ -62,7 +62,7 @@ def _assert_same(a: dict[str, Any], b: dict[str, Any], atol: float = 0.0) -> Non
 def test_a_saved_step_is_loaded_by_a_later_one_and_computes_the_same(folder):
     first = _CompiledStep(_step_fn())
     compiled = _run(first, _inputs())
-    assert first.source == "compiled" and len(list(folder.glob("*.step"))) == 1
+    assert first.source == "compiled" and len(list(folder.glob("*.pt2"))) == 1
     later = _CompiledStep(_step_fn())  # as in a later process: a new closure of the same step
     loaded = _run(later, _inputs())
     assert later.source == "loaded"
@@ -79,7 +79,7 @@ def _eager() -> Any:
 
 def test_an_unreadable_file_is_compiled_again_and_replaced(folder):
     _run(_CompiledStep(_step_fn()), _inputs())
-    (saved,) = folder.glob("*.step")
+    (saved,) = folder.glob("*.pt2")
     saved.write_bytes(b"not a compiled step")
     again = _CompiledStep(_step_fn())
     _run(again, _inputs())
@@ -95,7 +95,7 @@ def test_without_inductor_caches_the_step_goes_to_torch_compile(folder):
     with inductor_config.patch(force_disable_caches=True):
         step = _CompiledStep(_step_fn())
         _run(step, _inputs())
-    assert step.source == "torch.compile" and not list(folder.glob("*.step"))
+    assert step.source == "torch.compile" and not list(folder.glob("*.pt2"))
 
 
 def test_a_loss_differentiated_by_autograd_is_left_to_torch_compile(folder):
@@ -106,4 +106,50 @@ def test_a_loss_differentiated_by_autograd_is_left_to_torch_compile(folder):
     w = torch.ones(3, requires_grad=True)
     (grad,) = torch.autograd.grad(compiled(w, torch.arange(3.0)), [w])
     assert compiled.source == "torch.compile" and grad.tolist() == [0.0, 1.0, 2.0]
-    assert not list(folder.glob("*.step"))
+    assert not list(folder.glob("*.pt2"))
+
+
+def test_prepare_runs_before_a_compile_only(folder):
+    calls: list[str] = []
+    _, source = _torch_aot.precompiled(_step_fn(), _inputs(), prepare=lambda: calls.append("prepare"))
+    assert source == "compiled" and calls == ["prepare"]
+    _, source = _torch_aot.precompiled(_step_fn(), _inputs(), prepare=lambda: calls.append("again"))
+    assert source == "loaded" and calls == ["prepare"]
+
+
+_LATER_PROCESS = """
+import sys
+import torch
+from tests.test_torch_aot import _inputs, _step_fn
+from yat_core.backends.torch import _CompiledStep
+
+step = _CompiledStep(_step_fn())
+params, _, loss = step(*_inputs())
+print(step.source, "torch._dynamo" in sys.modules, "torch._inductor" in sys.modules, float(loss))
+"""
+
+
+def test_a_later_process_loads_the_step_without_dynamo_or_inductor(tmp_path, monkeypatch):
+    # What a loaded step saves a fresh process: importing Dynamo and inductor (~2 s on two cores).
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    first = _CompiledStep(_step_fn())
+    _, _, loss = first(*_inputs())  # compiled here, where Dynamo and inductor are loaded
+    assert first.source == "compiled" and list((tmp_path / _torch_aot.FOLDER).glob("*.pt2"))
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", _LATER_PROCESS],
+        env=dict(os.environ),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    source, dynamo, inductor, later_loss = out.stdout.split()
+    assert (source, dynamo, inductor) == ("loaded", "False", "False")
+    assert float(later_loss) == float(loss)

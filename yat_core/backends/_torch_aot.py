@@ -2,10 +2,11 @@
 
 ``torch.compile`` traces and compiles the training step in every fresh process (2-5 s
 on two cores, most of a 3-epoch run's first step), although the step is the same
-each time. PyTorch's ahead-of-time form of it (``aot_compile`` and
-``torch.compiler.load_compiled_function``) saves the traced and compiled step to a
-file, and a later process loads it in about a second. The loaded step runs without
-Dynamo's per-call guard check (tens of microseconds of a ~1.3 ms step): the caller
+each time. Here the step is exported (``torch.export``) and compiled once by
+AOTInductor into a package (``.pt2``: one shared library and its metadata); later
+processes load it with PyTorch's C++ loader (``torch._C._aoti.AOTIModelPackageLoader``)
+in milliseconds, without importing Dynamo or inductor (about 2 s of a fresh
+process's start on two cores). The loaded step runs without guards: the caller
 (:class:`yat_core.backends.torch._CompiledStep`) already sends every call with other
 tensor shapes, dtypes or devices to the eager step.
 
@@ -20,34 +21,45 @@ hash of everything the compiled code depends on:
   then compiled as usual;
 - the call: the nesting of the arguments (dict keys included) and each tensor's
   shape, strides, dtype, device and ``requires_grad``;
-- torch and the machine: :func:`compiler_identity` (torch's version, the C++
-  compiler, the CPU's instruction-set flags) and inductor's settings.
+- torch and the machine (:func:`machine_identity`): torch's version and build, the
+  CPU's instruction-set flags, and inductor's settings made through the environment
+  (``TORCHINDUCTOR_*``). Settings changed in-process through ``torch._inductor.config``
+  are not seen: a process that changes them should clear the folder, or set
+  ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``.
 
-A file that does not load, or whose guards reject the call, is compiled anew and
-replaced. The files live in inductor's cache folder (``TORCHINDUCTOR_CACHE_DIR``),
-under ``yat-core-steps``; deleting the folder only costs the next run its compile.
+A file that does not load is compiled anew and replaced. The files live in
+``$TORCHINDUCTOR_CACHE_DIR/yat-core-steps`` when that is set, else in
+``$XDG_CACHE_HOME/yat-core/torch-steps`` (``~/.cache/yat-core/torch-steps``);
+deleting the folder only costs the next run its compile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
 import os
+import pickle
 import platform
 import shutil
 import sys
+import tempfile
 import types
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 
-__all__ = ["compiler_identity", "step_key", "precompiled"]
+__all__ = ["compiler_identity", "machine_identity", "step_key", "precompiled"]
 
-#: The folder of saved steps, inside inductor's cache folder.
+#: The folder of saved steps inside ``$TORCHINDUCTOR_CACHE_DIR``.
 FOLDER = "yat-core-steps"
+#: The package's metadata entry holding the step's output structure (a pickled pytree spec).
+_OUT_SPEC = "yat_core_out_spec"
 
 
 class _Unkeyable(Exception):
@@ -123,11 +135,35 @@ def compiler_identity() -> list[Any]:
     return [torch.__version__, compiler, os.path.realpath(shutil.which(compiler) or compiler), flags]
 
 
-def _machine() -> Any:
-    from torch._inductor import config as inductor_config
+@functools.cache
+def _cpu_flags() -> str:
+    # The instruction sets the compiled kernels may use: x86's "flags", Arm's "Features".
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    return " ".join(sorted(line.partition(":")[2].split()))
+    except OSError:
+        pass
+    return platform.processor()
 
-    settings = inductor_config.save_config_portable() if hasattr(inductor_config, "save_config_portable") else {}
-    return (compiler_identity(), sorted((k, repr(v)) for k, v in settings.items()))
+
+def machine_identity() -> list[Any]:
+    """What a compiled step depends on besides its source, read without importing inductor.
+
+    torch's version and build, the processor and its instruction-set flags, and
+    inductor's settings made through the environment (its cache folder aside).
+
+    Examples
+    --------
+    >>> identity = machine_identity()
+    >>> identity[0] == torch.__version__ and len(identity)
+    5
+    """
+    settings = sorted(
+        (k, v) for k, v in os.environ.items() if k.startswith("TORCHINDUCTOR_") and k != "TORCHINDUCTOR_CACHE_DIR"
+    )
+    return [torch.__version__, torch.version.git_version, platform.machine(), _cpu_flags(), settings]
 
 
 def step_key(fn: Callable[..., Any], args: tuple[Any, ...]) -> str | None:
@@ -151,7 +187,7 @@ def step_key(fn: Callable[..., Any], args: tuple[Any, ...]) -> str | None:
             _code_digest(),
             _describe(fn),
             _signature(args),
-            _machine(),
+            machine_identity(),
         )
     except _Unkeyable:
         return None
@@ -159,47 +195,115 @@ def step_key(fn: Callable[..., Any], args: tuple[Any, ...]) -> str | None:
 
 
 def _folder() -> Path:
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen:
+        return Path(chosen) / FOLDER
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    root = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return root / "yat-core" / "torch-steps"
 
-    return Path(cache_dir()) / FOLDER
+
+def _caches_disabled() -> bool:
+    # inductor's switch, read from the environment, or from its config where something imported it already.
+    if os.environ.get("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "").lower() in ("1", "true"):
+        return True
+    config = sys.modules.get("torch._inductor.config")
+    return bool(getattr(config, "force_disable_caches", False))
 
 
-def precompiled(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Callable[..., Any], str] | None:
+def _aoti_available() -> bool:
+    aoti = getattr(torch._C, "_aoti", None)
+    return hasattr(aoti, "AOTIModelPackageLoader") and hasattr(torch, "export")
+
+
+def precompiled(
+    fn: Callable[..., Any], args: tuple[Any, ...], *, prepare: Callable[[], None] | None = None
+) -> tuple[Callable[..., Any], str] | None:
     """``fn`` compiled for calls like ``fn(*args)``, loaded from disk or compiled and saved; None when it cannot be.
 
     Returns the compiled function, which checks no guards (the caller keeps the
     calls alike), and ``"loaded"`` or ``"compiled"``. None, for the caller to use
-    ``torch.compile``, when the step has no stable key, when inductor's caches are
-    disabled, or when this torch cannot compile ahead of time. Must be called with
-    the grad mode the step will run in.
+    ``torch.compile``, when an argument is not a CPU tensor, when the step has no
+    stable key, when inductor's caches are disabled, or when this torch has no
+    AOTInductor. ``prepare`` runs just before a compile (not before a load). Must be
+    called with the grad mode the step will run in.
     """
-    from torch._inductor import config as inductor_config
-
-    if not isinstance(fn, types.FunctionType) or not hasattr(torch.compiler, "load_compiled_function"):
+    if not isinstance(fn, types.FunctionType) or not _aoti_available() or _caches_disabled():
         return None
-    key = None if inductor_config.force_disable_caches else step_key(fn, args)
+    leaves = pytree.tree_leaves(args)
+    if not leaves or not all(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in leaves):
+        return None  # non-tensor leaves would be baked in; GPU steps are left to torch.compile
+    key = step_key(fn, args)
     if key is None:
         return None
-    path = _folder() / f"{key}.step"
-    # Before it looks for a kernel's library on disk, inductor precompiles a C++ header in
-    # every process (a g++ run and a checksum, ~0.15 s); the saved step's libraries are there.
-    no_header = (
-        {"cpp_cache_precompile_headers": False} if hasattr(inductor_config, "cpp_cache_precompile_headers") else {}
-    )
-    try:
-        with open(path, "rb") as file, inductor_config.patch(no_header):
-            step: Any = torch.compiler.load_compiled_function(file, f_globals=fn.__globals__)
-        if step.guard_check(*args):
-            step.disable_guard_check()
-            return step, "loaded"
-    except Exception:  # noqa: BLE001 - absent, unreadable or from another build: compile it again
-        pass
-    compiled = torch.compile(fn, fullgraph=True, dynamic=False)
-    step = compiled.aot_compile((args, {}))  # type: ignore[attr-defined, unused-ignore]
+    path = _folder() / f"{key}.pt2"
+    if path.is_file():
+        try:
+            return _load(path), "loaded"
+        except Exception:  # noqa: BLE001 - unreadable or from another build: compile it again
+            pass
+    if prepare is not None:
+        prepare()
+    return _load(_compile(fn, args, path)), "compiled"
+
+
+@contextlib.contextmanager
+def _quiet_pytree() -> Iterator[None]:
+    # Copying and pickling pytree specs trips torch's own deprecation of its LeafSpec check.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        yield
+
+
+def _load(path: Path) -> Callable[..., Any]:
+    loader = torch._C._aoti.AOTIModelPackageLoader(os.fspath(path), "model", False, 1, -1)
+    with _quiet_pytree():
+        out_spec = pickle.loads(bytes.fromhex(loader.get_metadata()[_OUT_SPEC]))
+    run = loader.run
+
+    def step(*args: Any) -> Any:
+        return pytree.tree_unflatten(run(pytree.tree_leaves(args)), out_spec)
+
+    return step
+
+
+def _compile(fn: Callable[..., Any], args: tuple[Any, ...], path: Path) -> Path:
+    """Export ``fn`` for ``args``, compile it into a package at ``path`` (atomically) and return where it is.
+
+    A folder that cannot be written leaves the package in a temporary folder, used by this process only.
+    """
+    from torch._inductor import aoti_compile_and_package
+
+    leaves, in_spec = pytree.tree_flatten(args)
+    out_specs: list[Any] = []
+
+    class FlatStep(torch.nn.Module):
+        # AOTInductor's packages take and return flat lists of tensors; the nesting is kept beside.
+        def forward(self, *flat: torch.Tensor) -> tuple[Any, ...]:
+            out, spec = pytree.tree_flatten(fn(*pytree.tree_unflatten(list(flat), in_spec)))
+            out_specs.append(spec)
+            return tuple(out)
+
+    with _quiet_pytree():
+        exported = torch.export.export(FlatStep(), tuple(leaves), strict=False)
+        metadata = {_OUT_SPEC: pickle.dumps(out_specs[-1]).hex()}
+    keep: Path | None = path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        step.save_compiled_function(os.fspath(path))  # written to a temporary file, then renamed
-    except (OSError, RuntimeError):  # a read-only cache folder, an unpicklable constant: use it unsaved
-        pass
-    step.disable_guard_check()
-    return step, "compiled"
+        fd, temporary = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
+    except OSError:  # a cache folder that cannot be written: a package for this process alone
+        keep = None
+        fd, temporary = tempfile.mkstemp(suffix=".pt2", prefix="yat-core-step-")
+    os.close(fd)
+    try:
+        with _quiet_pytree():
+            aoti_compile_and_package(
+                exported, package_path=temporary, inductor_configs={"aot_inductor.metadata": metadata}
+            )
+        if keep is None:
+            return Path(temporary)
+        os.replace(temporary, keep)  # a reader sees the whole package or none
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return keep

@@ -128,8 +128,6 @@ class _CompiledStep:
             self.shape_key = key
         if self.compiled is None or key != self.shape_key:
             return self.eager(*args)
-        if not self.ready and (not self.shape_key or self.shape_key[0][2].type == "cpu"):
-            _vec_isa_probe_cached()  # no tensor argument: a data-parallel update
         try:
             # Dynamo warns while it traces, on the first call: filtering every call would cost ~9 us a step.
             quiet = contextlib.nullcontext() if self.ready else warnings.catch_warnings()
@@ -154,10 +152,15 @@ class _CompiledStep:
         made = None
         if not self.grad:
             try:
-                made = precompiled(self.fn, args)
-            except Exception:  # noqa: BLE001 - e.g. a construct aot_compile refuses: torch.compile may take it
+                made = precompiled(self.fn, args, prepare=_vec_isa_probe_cached)
+            except Exception:  # noqa: BLE001 - e.g. a construct export refuses: torch.compile may take it
                 made = None
-        self.compiled, self.source = made or (torch.compile(self.fn, dynamic=False), "torch.compile")
+        if made is None:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if not tensors or tensors[0].device.type == "cpu":  # none: a data-parallel update
+                _vec_isa_probe_cached()
+            made = (torch.compile(self.fn, dynamic=False), "torch.compile")
+        self.compiled, self.source = made
         return self.compiled(*args)
 
 
