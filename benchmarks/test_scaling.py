@@ -42,6 +42,7 @@ def test_grid_full_quick_and_the_limits_of_slow_targets():
 
 def test_quick_targets_are_numpy_and_one_other(monkeypatch):
     found = [Target("numpy", "cpu"), Target("jax", "cpu"), Target("torch", "cpu"), Target("torch", "cuda")]
+
     def discover(wanted=None, devices=None):
         return [t for t in found if devices is None or t.device in devices]
 
