@@ -153,3 +153,20 @@ def test_a_later_process_loads_the_step_without_dynamo_or_inductor(tmp_path, mon
     source, dynamo, inductor, later_loss = out.stdout.split()
     assert (source, dynamo, inductor) == ("loaded", "False", "False")
     assert float(later_loss) == float(loss)
+
+
+def test_a_folder_that_cannot_be_written_gets_a_package_for_this_process_only(tmp_path, monkeypatch):
+    import tempfile
+    from pathlib import Path
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(_torch_aot, "_folder", lambda: blocker / "steps")
+    leftovers = set(Path(tempfile.gettempdir()).glob("yat-core-step-*.pt2"))
+    step = _CompiledStep(_step_fn())
+    got = _run(step, _inputs())
+    assert step.source == "compiled"
+    _assert_same(got, _run(_eager(), _inputs()), atol=1e-6)
+    assert set(Path(tempfile.gettempdir()).glob("yat-core-step-*.pt2")) == leftovers, (
+        "the package is removed once loaded"
+    )

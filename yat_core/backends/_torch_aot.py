@@ -244,7 +244,11 @@ def precompiled(
             pass
     if prepare is not None:
         prepare()
-    return _load(_compile(fn, args, path)), "compiled"
+    made = _compile(fn, args, path)
+    step = _load(made)
+    if made != path:  # a package for this process alone: the loader has read all of it
+        made.unlink(missing_ok=True)
+    return step, "compiled"
 
 
 @contextlib.contextmanager
@@ -270,7 +274,7 @@ def _load(path: Path) -> Callable[..., Any]:
 def _compile(fn: Callable[..., Any], args: tuple[Any, ...], path: Path) -> Path:
     """Export ``fn`` for ``args``, compile it into a package at ``path`` (atomically) and return where it is.
 
-    A folder that cannot be written leaves the package in a temporary folder, used by this process only.
+    Where the folder cannot be written, the package is a temporary file, for this process alone.
     """
     from torch._inductor import aoti_compile_and_package
 
