@@ -422,17 +422,28 @@ def _points(
     return records
 
 
+#: A worker given less time than this is not started: importing a framework alone takes seconds.
+_LEAST_WORKER_S = 10.0
+
+
 def _run_worker_process(
-    backend: str, device: str, points: Sequence[tuple[int, int]], profile: ScalingProfile, threads: int | None = None
+    backend: str,
+    device: str,
+    points: Sequence[tuple[int, int]],
+    profile: ScalingProfile,
+    threads: int | None = None,
+    timeout_s: float | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The worker in a fresh process (its CPU threads capped at ``threads``): its records and how it went."""
+    """The worker in a fresh process (its CPU threads capped at ``threads``, stopped after ``timeout_s``,
+    default the profile's): its records, those of the points finished in time, and how it went."""
+    timeout_s = profile.timeout_s if timeout_s is None else timeout_s
     from benchmarks.attention import thread_env
     from benchmarks.processes import python_env, run_measured, scratch_path
 
     report = scratch_path("scaling")
     cmd = [sys.executable, "-m", "benchmarks.scaling", "worker", "--backend", backend, "--device", device]
     cmd += ["--profile", profile.name, "--points", ",".join(f"{w}x{b}" for w, b in points), "--report", str(report)]
-    result = run_measured(cmd, timeout_s=profile.timeout_s, env={**python_env(), **thread_env(threads)})
+    result = run_measured(cmd, timeout_s=timeout_s, env={**python_env(), **thread_env(threads)})
     try:
         records = json.loads(report.read_text())["records"]
     except (OSError, ValueError, KeyError):
@@ -450,7 +461,7 @@ def _run_worker_process(
     }
     if result.returncode != 0 or len(records) < len(points):
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        what = f"timed out after {profile.timeout_s:g} s" if result.timed_out else f"exit {result.returncode}"
+        what = f"timed out after {timeout_s:g} s" if result.timed_out else f"exit {result.returncode}"
         process["reason"] = f"worker {what}: {' | '.join(tail)}"[:500]
     return records, process
 
@@ -809,11 +820,14 @@ def run(
     *,
     devices: tuple[str, ...] | None = None,
     threads: int | None = None,
+    time_limit_s: float | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The sweep of ``profile`` on ``backends`` (default: the profile's), one process per target; the document.
 
     ``devices`` limits the targets to those device kinds (``("cuda",)``); default every one found.
+    ``time_limit_s`` bounds the whole sweep: each worker gets what is left of it, its finished
+    points are kept, and targets reached after it is spent are recorded as not run.
 
     ``threads`` caps the workers' CPU threads (OpenMP, BLAS, XLA; :func:`benchmarks.attention.thread_env`):
     on a shared machine, timings of the arithmetic rather than of the scheduler.
@@ -833,13 +847,23 @@ def run(
         "cuda": probe_cuda(),
         "threads": threads,
         "devices": list(devices) if devices else None,
+        "time_limit_s": time_limit_s,
         "records": [],
         "processes": [],
     }
+    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
     for backend, device in _targets(profile, backends, devices):
         points = grid(profile, backend, device)
+        left = profile.timeout_s if deadline is None else min(profile.timeout_s, deadline - time.monotonic())
+        if left < _LEAST_WORKER_S:
+            reason = f"not run: the sweep's time limit of {time_limit_s:g} s was spent"
+            doc["processes"].append(
+                {"target": f"{backend}/{device}", "points": len(points), "measured": 0, "reason": reason}
+            )
+            log(f"{backend}/{device}: {reason}")
+            continue
         log(f"{backend}/{device}: {len(points)} points in a fresh process")
-        records, process = _run_worker_process(backend, device, points, profile, threads)
+        records, process = _run_worker_process(backend, device, points, profile, threads, left)
         doc["records"] += records
         doc["processes"].append(process)
         for r in records:
@@ -911,6 +935,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="cap the workers' CPU threads (OMP/BLAS/XLA), for a shared machine"
     )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="end the whole sweep within this many seconds, keeping the points finished by then",
+    )
     args = parser.parse_args(argv)
     profile = PROFILES["quick" if args.quick else "full"]
     try:
@@ -924,6 +955,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--batches: batch sizes must be >= 1")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.time_limit is not None and args.time_limit <= 0:
+        parser.error(f"--time-limit must be > 0 seconds, got {args.time_limit:g}")
     try:
         devices = parse_devices(args.devices)
     except ValueError as exc:
@@ -932,7 +965,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **{**asdict(profile), "batches": batches or profile.batches, "widths": widths or profile.widths}
     )
     backends = tuple(args.backends.split(",")) if args.backends else None
-    doc = run(profile, backends, devices=devices, threads=args.threads)
+    doc = run(profile, backends, devices=devices, threads=args.threads, time_limit_s=args.time_limit)
     for out in write_outputs(doc, Path(args.out) if args.out else RESULTS_DIRS[profile.name]).values():
         print(f"wrote {out}")
     # Exit status 1 when a point failed or a worker stopped before its last point.

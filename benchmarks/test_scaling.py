@@ -231,3 +231,28 @@ def test_exit_status_is_1_when_a_point_failed_or_a_worker_stopped_early(monkeypa
         records, processes = outcomes[name]
         monkeypatch.setattr(scaling, "run", lambda *a, r=records, p=processes, **k: {"records": r, "processes": p})
         assert scaling.main(["--out", str(tmp_path)]) == want, name
+
+
+def test_a_time_limit_bounds_every_worker_and_skips_targets_once_spent(monkeypatch):
+    given: list[float] = []
+    clock = iter([0.0, 0.0, 50.0, 95.0])  # the deadline's start, then before each target
+
+    def fake_worker(backend, device, points, profile, threads=None, timeout_s=None):
+        given.append(timeout_s)
+        return [], {"target": f"{backend}/{device}"}
+
+    found = [Target("numpy", "cpu"), Target("jax", "cpu"), Target("torch", "cpu")]
+    monkeypatch.setattr("benchmarks.devices.discover", lambda wanted=None, devices=None: found)
+    monkeypatch.setattr(scaling, "_run_worker_process", fake_worker)
+    monkeypatch.setattr(scaling.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(scaling, "complete", lambda doc: doc)
+    doc = scaling.run(scaling.PROFILES["full"], time_limit_s=100.0, log=lambda line: None)
+    assert given == [100.0, 50.0]
+    assert doc["processes"][-1]["target"] == "torch/cpu"
+    assert doc["processes"][-1]["reason"] == "not run: the sweep's time limit of 100 s was spent"
+
+
+def test_a_time_limit_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        scaling.main(["--time-limit", "0"])
+    assert exc.value.code == 2 and "--time-limit must be > 0" in capsys.readouterr().err
