@@ -170,3 +170,19 @@ def test_a_folder_that_cannot_be_written_gets_a_package_for_this_process_only(tm
     assert set(Path(tempfile.gettempdir()).glob("yat-core-step-*.pt2")) == leftovers, (
         "the package is removed once loaded"
     )
+
+
+def test_a_compile_keeps_the_most_recently_used_packages_and_a_load_marks_its_own(folder, monkeypatch):
+    import os
+
+    for age, name in enumerate(("old", "older", "oldest")):
+        (folder / f"{name}.pt2").write_bytes(b"")
+        os.utime(folder / f"{name}.pt2", (1000 - age, 1000 - age))
+    monkeypatch.setattr(_torch_aot, "KEEP", 2)
+    _run(_CompiledStep(_step_fn()), _inputs())
+    (compiled,) = [p for p in folder.glob("*.pt2") if len(p.stem) == 64]
+    assert sorted(p.name for p in folder.glob("*.pt2")) == sorted([compiled.name, "old.pt2"])
+    os.utime(compiled, (0, 0))
+    later = _CompiledStep(_step_fn())
+    _run(later, _inputs())
+    assert later.source == "loaded" and compiled.stat().st_mtime > 1000, "a load marks the package used"

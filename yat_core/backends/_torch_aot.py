@@ -27,7 +27,9 @@ hash of everything the compiled code depends on:
   are not seen: a process that changes them should clear the folder, or set
   ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``.
 
-A file that does not load is compiled anew and replaced. The files live in
+A file that does not load is compiled anew and replaced. After each compile the folder
+keeps the :data:`KEEP` most recently used packages (a load marks its file used), about
+2 MB each; older ones are deleted. The files live in
 ``$TORCHINDUCTOR_CACHE_DIR/yat-core-steps`` when that is set, else in
 ``$XDG_CACHE_HOME/yat-core/torch-steps`` (``~/.cache/yat-core/torch-steps``);
 deleting the folder only costs the next run its compile.
@@ -54,10 +56,12 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-__all__ = ["compiler_identity", "machine_identity", "step_key", "precompiled"]
+__all__ = ["compiler_identity", "machine_identity", "step_key", "precompiled", "prune"]
 
 #: The folder of saved steps inside ``$TORCHINDUCTOR_CACHE_DIR``.
 FOLDER = "yat-core-steps"
+#: Packages kept in the folder after a compile: the most recently used; the others are deleted.
+KEEP = 32
 #: The package's metadata entry holding the step's output structure (a pickled pytree spec).
 _OUT_SPEC = "yat_core_out_spec"
 
@@ -239,9 +243,13 @@ def precompiled(
     path = _folder() / f"{key}.pt2"
     if path.is_file():
         try:
-            return _load(path), "loaded"
+            step = _load(path)
         except Exception:  # noqa: BLE001 - unreadable or from another build: compile it again
             pass
+        else:
+            with contextlib.suppress(OSError):  # used now: the last to be pruned (a read-only folder keeps it anyway)
+                os.utime(path)
+            return step, "loaded"
     if prepare is not None:
         prepare()
     made = _compile(fn, args, path)
@@ -310,4 +318,33 @@ def _compile(fn: Callable[..., Any], args: tuple[Any, ...], path: Path) -> Path:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    prune(keep.parent, KEEP)
     return keep
+
+
+def prune(folder: Path, keep: int = KEEP) -> list[Path]:
+    """Delete all but the ``keep`` most recently used packages in ``folder``; the deleted paths.
+
+    Examples
+    --------
+    >>> import tempfile, time
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for i in range(3):
+    ...     _ = (folder / f"{i}.pt2").write_bytes(b"")
+    ...     os.utime(folder / f"{i}.pt2", (i, i))
+    >>> [p.name for p in prune(folder, keep=2)], sorted(p.name for p in folder.iterdir())
+    (['0.pt2'], ['1.pt2', '2.pt2'])
+    """
+    packages = []
+    for package in folder.glob("*.pt2"):
+        if package.name.startswith("tmp"):
+            continue  # a package another process is still writing
+        with contextlib.suppress(OSError):  # another process pruned it first
+            packages.append((package.stat().st_mtime, package))
+    packages.sort(reverse=True)
+    deleted = []
+    for _, package in packages[keep:]:
+        with contextlib.suppress(OSError):
+            package.unlink()
+            deleted.append(package)
+    return deleted
