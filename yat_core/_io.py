@@ -35,6 +35,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_files",
     "atomic_write_text",
+    "cache_root",
     "check_writable",
     "open_regular",
     "parse_json",
@@ -141,6 +142,21 @@ def _kind(mode: int) -> str | None:
     if stat.S_ISSOCK(mode):
         return "a socket"
     return "not a regular file"
+
+
+def cache_root() -> Path:
+    """The folder of yat-core's caches: ``$XDG_CACHE_HOME/yat-core``, else ``~/.cache/yat-core``.
+
+    A relative ``XDG_CACHE_HOME`` is ignored, as the XDG specification says.
+
+    Examples
+    --------
+    >>> cache_root().name
+    'yat-core'
+    """
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "yat-core"
 
 
 def check_writable(name: str, path: str | os.PathLike[str], *, folder: bool) -> Path:

@@ -44,7 +44,6 @@ import importlib.metadata
 import os
 import pickle
 import platform
-import shutil
 import sys
 import tempfile
 import types
@@ -56,7 +55,9 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-__all__ = ["compiler_identity", "machine_identity", "step_key", "precompiled", "prune"]
+from yat_core._io import atomic_write, cache_root, check_writable
+
+__all__ = ["machine_identity", "step_key", "precompiled", "prune"]
 
 #: The folder of saved steps inside ``$TORCHINDUCTOR_CACHE_DIR``.
 FOLDER = "yat-core-steps"
@@ -116,27 +117,6 @@ def _code_digest() -> str:
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
-
-
-def compiler_identity() -> list[Any]:
-    """What inductor's compiled CPU code depends on besides its source.
-
-    torch's version, the C++ compiler (its name and the file it resolves to) and the
-    CPU's vector instruction sets (none off x86).
-
-    Examples
-    --------
-    >>> identity = compiler_identity()
-    >>> identity[0] == torch.__version__ and len(identity)
-    4
-    """
-    from torch._inductor import cpu_vec_isa
-    from torch._inductor.cpp_builder import get_cpp_compiler
-
-    compiler = get_cpp_compiler()
-    x86 = platform.machine() in ("x86_64", "AMD64")
-    flags = sorted(cpu_vec_isa.x86_isa_checker()) if x86 else []
-    return [torch.__version__, compiler, os.path.realpath(shutil.which(compiler) or compiler), flags]
 
 
 @functools.cache
@@ -202,9 +182,7 @@ def _folder() -> Path:
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if chosen:
         return Path(chosen) / FOLDER
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    root = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return root / "yat-core" / "torch-steps"
+    return cache_root() / "torch-steps"
 
 
 def _caches_disabled() -> bool:
@@ -299,27 +277,25 @@ def _compile(fn: Callable[..., Any], args: tuple[Any, ...], path: Path) -> Path:
     with _quiet_pytree():
         exported = torch.export.export(FlatStep(), tuple(leaves), strict=False)
         metadata = {_OUT_SPEC: pickle.dumps(out_specs[-1]).hex()}
-    keep: Path | None = path
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
-    except OSError:  # a cache folder that cannot be written: a package for this process alone
-        keep = None
-        fd, temporary = tempfile.mkstemp(suffix=".pt2", prefix="yat-core-step-")
-    os.close(fd)
-    try:
+
+    def package(file: Any) -> None:
         with _quiet_pytree():
-            aoti_compile_and_package(
-                exported, package_path=temporary, inductor_configs={"aot_inductor.metadata": metadata}
-            )
-        if keep is None:
-            return Path(temporary)
-        os.replace(temporary, keep)  # a reader sees the whole package or none
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    prune(keep.parent, KEEP)
-    return keep
+            aoti_compile_and_package(exported, package_path=file, inductor_configs={"aot_inductor.metadata": metadata})
+
+    try:
+        check_writable("the torch step folder", path.parent, folder=True)
+    except ValueError:  # a package for this process alone
+        fd, temporary = tempfile.mkstemp(suffix=".pt2", prefix="yat-core-step-")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                package(file)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return Path(temporary)
+    atomic_write(path, package)  # a reader sees the whole package or none
+    prune(path.parent, KEEP)
+    return path
 
 
 def prune(folder: Path, keep: int = KEEP) -> list[Path]:
@@ -336,9 +312,7 @@ def prune(folder: Path, keep: int = KEEP) -> list[Path]:
     (['0.pt2'], ['1.pt2', '2.pt2'])
     """
     packages = []
-    for package in folder.glob("*.pt2"):
-        if package.name.startswith("tmp"):
-            continue  # a package another process is still writing
+    for package in folder.glob("*.pt2"):  # packages still being written end in .tmp (yat_core._io)
         with contextlib.suppress(OSError):  # another process pruned it first
             packages.append((package.stat().st_mtime, package))
     packages.sort(reverse=True)

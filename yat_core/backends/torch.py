@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
+import shutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -23,7 +25,7 @@ import torch
 
 from yat_core._io import atomic_write_text
 from yat_core.backends._base import Backend, Params
-from yat_core.backends._torch_aot import compiler_identity, precompiled
+from yat_core.backends._torch_aot import precompiled
 from yat_core.errors import BackendUnavailableError
 from yat_core.mlp import MLPSpec
 from yat_core.parallel.torch import TorchDataParallel, rank_device
@@ -55,6 +57,27 @@ def _resolve_device(device: str | None) -> torch.device:
 _DYNAMO_LRU_CACHE_WARNING = "Dynamo detected a call to a `functools.lru_cache`-wrapped function"
 
 
+def compiler_identity() -> list[Any]:
+    """What inductor's vector-ISA probe depends on: the keys of its record.
+
+    torch's version, the C++ compiler (its name and the file it resolves to) and the
+    CPU's vector instruction sets (none off x86).
+
+    Examples
+    --------
+    >>> identity = compiler_identity()
+    >>> identity[0] == torch.__version__ and len(identity)
+    4
+    """
+    from torch._inductor import cpu_vec_isa
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    compiler = get_cpp_compiler()
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    flags = sorted(cpu_vec_isa.x86_isa_checker()) if x86 else []
+    return [torch.__version__, compiler, os.path.realpath(shutil.which(compiler) or compiler), flags]
+
+
 def _vec_isa_probe_cached() -> None:
     """Let inductor skip its per-process vector-ISA probe when an earlier process passed it.
 
@@ -68,7 +91,6 @@ def _vec_isa_probe_cached() -> None:
     """
     import hashlib
     import json
-    import platform
 
     try:  # inductor's internals move between torch releases: without them, inductor probes as usual
         from torch._inductor import config as inductor_config

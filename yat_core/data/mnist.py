@@ -42,7 +42,7 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
-from .._io import STALE_AGE_S, atomic_write_files, open_regular, remove_stale_temps
+from .._io import STALE_AGE_S, atomic_write_files, cache_root, open_regular, remove_stale_temps
 from ..errors import DataError
 from .arraypickle import load_array_pickle
 from .idx import MAX_IDX_BYTES, _native, _read_idx_file, _read_idx_file_layout, decode_idx, encode_idx, gunzip_idx
@@ -123,10 +123,7 @@ def default_cache_dir() -> Path:
     override = os.environ.get("YAT_CORE_CACHE")
     if override:
         return Path(override).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    # The XDG spec says to ignore a relative XDG_CACHE_HOME.
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "yat-core" / "mnist"
+    return cache_root() / "mnist"
 
 
 def load_mnist(
